@@ -1,0 +1,1 @@
+"""Pure, synchronous features and models: no I/O happens in this package."""

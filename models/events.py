@@ -1,0 +1,242 @@
+"""Behavioral events: the input contract of SPEC §1, parsed and validated.
+
+Every rule of the contract lives here so that a message is either a fully
+valid :class:`Event` or an :class:`InvalidEvent` with a human-readable reason.
+
+Examples
+--------
+>>> e = parse_event(b'{"event_id": "e1", "customer_id": "c1", "type": "purchase",'
+...                 b' "timestamp": "2026-01-01T20:00:00+01:00",'
+...                 b' "properties": {"amount": 12.5, "device": "mobile"}}', key=b"c1")
+>>> (e.customer_id, e.type, e.ts_ms, e.local_hour, e.amount, e.device)
+('c1', 'purchase', 1767294000000, 20, 12.5, 'mobile')
+>>> parse_event(b'{"event_id": "e1"}', key=None)
+Traceback (most recent call last):
+...
+models.events.InvalidEvent: missing field 'customer_id'
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime
+
+import orjson
+
+MAX_EVENT_BYTES = 64 * 1024
+"""Largest accepted message value (SPEC §1)."""
+
+KNOWN_TYPES = frozenset(
+    {
+        "page_view",
+        "product_view",
+        "search",
+        "add_to_cart",
+        "remove_from_cart",
+        "checkout",
+        "purchase",
+        "session_start",
+        "identify",
+    }
+)
+"""Event types that feed features; other types are accepted, counted and ignored."""
+
+# Event time must be plausible: epoch ms in [2000-01-01, 2100-01-01).
+MIN_TS_MS = 946_684_800_000
+MAX_TS_MS = 4_102_444_800_000
+_STR_PROPS = ("currency", "category", "product_id", "device", "channel", "region")
+
+
+class InvalidEvent(ValueError):
+    """A message that breaks the event contract; ``str()`` is the reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class Traits:
+    """Demographic traits carried by an ``identify`` event."""
+
+    age: float | None = None
+    """Age in years."""
+    gender: str | None = None
+    """Self-described gender, free text."""
+    income: float | None = None
+    """Yearly income in the shop's currency."""
+    household_size: float | None = None
+    """Number of people in the household."""
+    interests: tuple[str, ...] = ()
+    """Declared interests."""
+
+
+@dataclass(frozen=True, slots=True)
+class Event:
+    """One validated behavioral event."""
+
+    event_id: str
+    """Unique id; a re-sent event with the same id changes nothing."""
+    customer_id: str
+    """Opaque customer id, never interpreted."""
+    type: str
+    """Event type; see :data:`KNOWN_TYPES`."""
+    ts_ms: int
+    """Event time, epoch milliseconds (UTC)."""
+    local_hour: int
+    """Hour of day in the sender's local time (UTC when no offset was given)."""
+    amount: float = 0.0
+    """Order amount of a ``purchase`` (0 otherwise)."""
+    category: str | None = None
+    """Product category."""
+    device: str | None = None
+    """Device class, lower-cased (``mobile``, ``desktop``, ``tablet``, ...)."""
+    channel: str | None = None
+    """Acquisition channel, lower-cased (``organic``, ``paid``, ``email``, ...)."""
+    country: str | None = None
+    """ISO 3166 alpha-2 country code, upper-cased."""
+    region: str | None = None
+    """Free-text region."""
+    traits: Traits | None = None
+    """Demographics from an ``identify`` event."""
+
+
+def _str_field(obj: dict[str, object], name: str, max_len: int = 128) -> str:
+    if name not in obj:
+        raise InvalidEvent(f"missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, str):
+        raise InvalidEvent(f"field {name!r} must be a string, got {type(value).__name__}")
+    if not 1 <= len(value) <= max_len:
+        raise InvalidEvent(f"field {name!r} must have 1 to {max_len} characters")
+    return value
+
+
+def _number(value: object, where: str, lo: float = 0.0, hi: float = math.inf) -> float:
+    # bool is an int subclass; true/false is never a valid number here.
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(f"{where} must be a number, got {type(value).__name__}")
+    number = float(value)
+    if not math.isfinite(number) or not lo <= number <= hi:
+        raise InvalidEvent(f"{where} must be a finite number in [{lo:g}, {hi:g}], got {value!r}")
+    return number
+
+
+def parse_timestamp(value: object) -> tuple[int, int]:
+    """Return ``(epoch_ms, local_hour)`` from an ISO-8601 string with offset or epoch ms.
+
+    >>> parse_timestamp("2026-03-01T08:30:00Z")
+    (1772353800000, 8)
+    >>> parse_timestamp(1772353800000)
+    (1772353800000, 8)
+    >>> parse_timestamp("2026-03-01T08:30:00")
+    Traceback (most recent call last):
+    ...
+    models.events.InvalidEvent: timestamp '2026-03-01T08:30:00' has no UTC offset
+    """
+    if isinstance(value, bool):
+        raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds")
+    if isinstance(value, int):
+        ts_ms = value
+        local_hour = (ts_ms // 3_600_000) % 24
+    elif isinstance(value, str) and len(value) <= 64:
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidEvent(f"timestamp {value!r} is not ISO-8601") from None
+        if parsed.utcoffset() is None:
+            raise InvalidEvent(f"timestamp {value!r} has no UTC offset")
+        ts_ms = int(parsed.timestamp() * 1000)
+        local_hour = parsed.hour
+    else:
+        raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds")
+    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
+        raise InvalidEvent(f"timestamp {value!r} is outside years 2000-2099")
+    return ts_ms, int(local_hour)
+
+
+def _traits(raw: object) -> Traits:
+    if not isinstance(raw, dict):
+        raise InvalidEvent("field 'traits' must be an object")
+    age = raw.get("age")
+    income = raw.get("income")
+    household = raw.get("household_size")
+    gender = raw.get("gender")
+    interests = raw.get("interests", [])
+    if gender is not None and not isinstance(gender, str):
+        raise InvalidEvent("traits.gender must be a string")
+    if not isinstance(interests, list) or not all(isinstance(i, str) for i in interests):
+        raise InvalidEvent("traits.interests must be a list of strings")
+    return Traits(
+        age=None if age is None else _number(age, "traits.age", 0, 130),
+        gender=gender,
+        income=None if income is None else _number(income, "traits.income"),
+        household_size=None
+        if household is None
+        else _number(household, "traits.household_size", 1, 50),
+        interests=tuple(i[:64] for i in interests[:32]),
+    )
+
+
+def parse_event(value: bytes | None, key: bytes | None) -> Event:
+    """Parse and validate one Kafka message; raise :class:`InvalidEvent` with the reason."""
+    if value is None:
+        raise InvalidEvent("message has no value (tombstone)")
+    if len(value) > MAX_EVENT_BYTES:
+        raise InvalidEvent(f"message is {len(value)} bytes, over the {MAX_EVENT_BYTES} limit")
+    try:
+        obj = orjson.loads(value)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidEvent(f"value is not valid UTF-8 JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise InvalidEvent(f"value must be a JSON object, got {type(obj).__name__}")
+    event_id = _str_field(obj, "event_id")
+    customer_id = _str_field(obj, "customer_id")
+    etype = _str_field(obj, "type", 64)
+    if "timestamp" not in obj:
+        raise InvalidEvent("missing field 'timestamp'")
+    ts_ms, local_hour = parse_timestamp(obj["timestamp"])
+    if key is not None and key != customer_id.encode():
+        # A wrong key puts the customer on another partition and breaks per-customer order.
+        raise InvalidEvent("message key does not equal customer_id")
+
+    props = obj.get("properties") or {}
+    if not isinstance(props, dict):
+        raise InvalidEvent("field 'properties' must be an object")
+    for name in _STR_PROPS:
+        if props.get(name) is not None and not isinstance(props[name], str):
+            raise InvalidEvent(f"properties.{name} must be a string")
+    amount = 0.0
+    if etype == "purchase":
+        if props.get("amount") is None:
+            raise InvalidEvent("purchase without properties.amount")
+        amount = _number(props["amount"], "properties.amount")
+    elif props.get("amount") is not None:
+        _number(props["amount"], "properties.amount")
+    country = props.get("country")
+    if country is not None:
+        if not (isinstance(country, str) and len(country) == 2 and country.isascii()
+                and country.isalpha()):
+            raise InvalidEvent("properties.country must be an ISO 3166 alpha-2 code")
+        country = country.upper()
+    traits = None
+    if obj.get("traits") is not None:
+        traits = _traits(obj["traits"])
+
+    def low(name: str) -> str | None:
+        v = props.get(name)
+        return v.lower()[:32] if isinstance(v, str) and v else None
+
+    category = props.get("category")
+    region = props.get("region")
+    return Event(
+        event_id=event_id,
+        customer_id=customer_id,
+        type=etype,
+        ts_ms=ts_ms,
+        local_hour=local_hour,
+        amount=amount,
+        category=category[:64] if isinstance(category, str) and category else None,
+        device=low("device"),
+        channel=low("channel"),
+        country=country,
+        region=region[:64] if isinstance(region, str) and region else None,
+        traits=traits,
+    )

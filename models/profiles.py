@@ -1,0 +1,127 @@
+"""Human-readable segment profiles: the centre in the features' own units, the
+traits that set a segment apart from the population, and a generated name.
+
+The model works in standardised space, so a centre's coordinates *are* z-scores
+against the population: the largest ones are what makes the segment distinct.
+
+Examples
+--------
+>>> from models.features import FEATURE_NAMES
+>>> z = [0.0] * len(FEATURE_NAMES)
+>>> z[FEATURE_NAMES.index("orders")] = 2.0
+>>> z[FEATURE_NAMES.index("mobile_share")] = 1.2
+>>> z[FEATURE_NAMES.index("spend")] = 1.5
+>>> name_segment(z)
+'Frequent buyers, big spenders, mobile-first'
+>>> name_segment([0.0] * len(FEATURE_NAMES))
+'Typical customers'
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from models.features import FEATURES, FEATURE_NAMES, from_model_space
+
+# (feature, direction) -> phrase; only features whose phrase reads well on its own.
+_PHRASES: dict[tuple[str, int], str] = {
+    ("orders", 1): "frequent buyers",
+    ("spend", 1): "big spenders",
+    ("avg_order_value", 1): "premium baskets",
+    ("avg_order_value", -1): "small baskets",
+    ("days_since_purchase", 1): "lapsing",
+    ("days_since_purchase", -1): "recent buyers",
+    ("views", 1): "heavy browsers",
+    ("views", -1): "light visitors",
+    ("searches", 1): "deal searchers",
+    ("carts", 1): "cart fillers",
+    ("cart_abandonment", 1): "cart abandoners",
+    ("sessions", 1): "regular visitors",
+    ("mobile_share", 1): "mobile-first",
+    ("mobile_share", -1): "desktop users",
+    ("evening_share", 1): "evening shoppers",
+    ("paid_social_share", 1): "paid & social traffic",
+    ("email_direct_share", 1): "email & direct loyal",
+    ("tenure_days", 1): "long-standing",
+    ("tenure_days", -1): "new visitors",
+    ("age", 1): "older",
+    ("age", -1): "young",
+    ("income", 1): "high income",
+    ("income", -1): "lower income",
+    ("household_size", 1): "families",
+}
+MIN_Z = 0.5
+"""A trait sets a segment apart when its centre is this many standard deviations off."""
+
+
+def distinguishing_traits(z: list[float], most: int = 5) -> list[dict[str, Any]]:
+    """The features farthest from the population mean, strongest first."""
+    order = sorted(range(len(z)), key=lambda i: -abs(z[i]))
+    out = []
+    for i in order[:most]:
+        if abs(z[i]) < MIN_Z:
+            break
+        out.append({
+            "feature": FEATURE_NAMES[i],
+            "label": FEATURES[i].label,
+            "direction": "high" if z[i] > 0 else "low",
+            "z": round(z[i], 2),
+        })
+    return out
+
+
+def name_segment(z: list[float], words: int = 3) -> str:
+    """A short name from the strongest traits that have a phrase."""
+    phrases = []
+    for i in sorted(range(len(z)), key=lambda i: -abs(z[i])):
+        if abs(z[i]) < MIN_Z or len(phrases) == words:
+            break
+        phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if z[i] > 0 else -1))
+        if phrase and phrase not in phrases:
+            phrases.append(phrase)
+    if not phrases:
+        return "Typical customers"
+    text = ", ".join(phrases)
+    return text[0].upper() + text[1:]
+
+
+def unique_names(names: list[str]) -> list[str]:
+    """Disambiguate equal names with a counter.
+
+    >>> unique_names(["A", "B", "A"])
+    ['A', 'B', 'A (2)']
+    """
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n} ({seen[n]})")
+    return out
+
+
+def build_profiles(
+    centres_scaled: list[list[float]],
+    centres_model_space: list[list[float]],
+    sizes: dict[str, int],
+    previous: dict[str, dict[str, Any]],
+    model_version: int,
+    now_ms: int,
+) -> dict[str, dict[str, Any]]:
+    """Profiles keyed by segment id (``s0``, ``s1``, ...), keeping ``created_at``."""
+    names = unique_names([name_segment(z) for z in centres_scaled])
+    profiles = {}
+    for k, (z, m) in enumerate(zip(centres_scaled, centres_model_space, strict=True)):
+        sid = f"s{k}"
+        units = from_model_space(m)
+        prev = previous.get(sid, {})
+        profiles[sid] = {
+            "id": sid,
+            "name": names[k],
+            "size": int(sizes.get(sid, 0)),
+            "centre": {n: round(v, 3) for n, v in zip(FEATURE_NAMES, units, strict=True)},
+            "traits": distinguishing_traits(z),
+            "model_version": model_version,
+            "created_at": prev.get("created_at", now_ms),
+            "updated_at": now_ms,
+        }
+    return profiles

@@ -1,0 +1,1 @@
+"""The Faust application and all I/O: Kafka, Redis, HTTP, command line."""

@@ -1,0 +1,102 @@
+"""The ``segmenter`` command (SPEC §6)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+
+from stream.errors import SegmenterError
+from stream.settings import Settings
+
+
+def _settings() -> Settings:
+    s = Settings.from_env()
+    if not s.kafka:
+        raise SegmenterError(
+            "SEGMENTER_KAFKA is not set: point it at a Kafka cluster, "
+            "or run `segmenter demo` for the embedded stack")
+    return s
+
+
+def _lag(args: argparse.Namespace) -> int:
+    from stream.kafka_io import read_lag_once
+
+    s = _settings()
+    rows = asyncio.run(read_lag_once(s.kafka, s.group, s.events_topic))
+    print(f"{'TOPIC':<24}{'PARTITION':>10}{'COMMITTED':>12}{'END':>12}{'LAG':>10}")
+    for r in rows:
+        committed = "-" if r.committed is None else str(r.committed)
+        print(f"{r.topic:<24}{r.partition:>10}{committed:>12}{r.end:>12}{r.lag:>10}")
+    total = sum(r.lag for r in rows)
+    print(f"{'TOTAL':<58}{total:>10}")
+    return 1 if args.max_lag is not None and total > args.max_lag else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``segmenter`` console script."""
+    parser = argparse.ArgumentParser(prog="segmenter", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator")
+    demo.add_argument("--customers", type=int, default=3000)
+    demo.add_argument("--rate", type=float, default=3000.0, help="events per second")
+    demo.add_argument("--days", type=float, default=30.0, help="days of history first")
+    demo.add_argument("--seconds", type=float, default=0.0, help="stop after (0: Ctrl-C)")
+    sub.add_parser("worker", help="one worker against SEGMENTER_KAFKA / SEGMENTER_REDIS_URL")
+    sim = sub.add_parser("simulate", help="produce realistic shoppers into the events topic")
+    sim.add_argument("--customers", type=int, default=2000)
+    sim.add_argument("--events", type=int, default=None, help="stop after N (default: never)")
+    sim.add_argument("--rate", type=float, default=0.0, help="events/s (0: as fast as possible)")
+    sim.add_argument("--days", type=float, default=30.0, help="days of history before live")
+    sim.add_argument("--seed", type=int, default=7)
+    sim.add_argument("--drift", type=float, default=0.01,
+                     help="chance per session that a shopper changes persona")
+    sim.add_argument("--no-live", action="store_true", help="stop after the history")
+    rep = sub.add_parser("replay", help="produce a JSON-lines file of events")
+    rep.add_argument("file")
+    rep.add_argument("--rate", type=float, default=0.0)
+    lag = sub.add_parser("lag", help="consumer lag per partition, read from the broker")
+    lag.add_argument("--max-lag", type=int, default=None,
+                     help="exit 1 when the total lag exceeds this")
+    args = parser.parse_args(argv)
+    debug = os.environ.get("SEGMENTER_DEBUG", "").lower() in ("1", "true", "yes", "on")
+    logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        if args.command == "demo":
+            from stream.demo import run_demo
+
+            return run_demo(args.customers, args.rate, args.days, args.seconds)
+        if args.command == "worker":
+            from stream.app import run_worker
+
+            sys.argv = [sys.argv[0], "worker"]  # Faust parses argv itself
+            run_worker(_settings())
+            return 0
+        if args.command == "simulate":
+            from stream.produce import simulate
+
+            n = asyncio.run(simulate(_settings(), args.customers, args.events, args.rate,
+                                     args.days, args.seed, args.drift, not args.no_live))
+            print(f"produced {n} events")
+            return 0
+        if args.command == "replay":
+            from stream.produce import replay
+
+            if not os.path.isfile(args.file):
+                raise SegmenterError(f"no such file: {args.file}")
+            n = asyncio.run(replay(_settings(), args.file, args.rate))
+            print(f"produced {n} events from {args.file}")
+            return 0
+        return _lag(args)
+    except SegmenterError as exc:
+        print(f"segmenter: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

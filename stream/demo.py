@@ -1,0 +1,135 @@
+"""``segmenter demo``: the whole product on one machine, with a live summary."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from typing import Any
+
+from stream.embedded import embedded_stack, free_port
+from stream.kafka_io import ensure_topics, read_lag_once
+from stream.redis_io import RedisStore, connect
+from stream.settings import Settings
+
+
+def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
+    with open(log_path, "ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "stream.cli", *args], env=env,
+                                stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, start_new_session=True)
+
+
+def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+
+def _health(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
+            return dict(json.load(r))
+    except urllib.error.HTTPError as exc:
+        return dict(json.load(exc))
+    except OSError:
+        return {"status": "starting", "processed": 0}
+
+
+async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> str:
+    health = _health(settings.web_port)
+    processed = int(health.get("processed", 0))
+    now = time.monotonic()
+    rate = (processed - seen[1]) / (now - seen[0]) if seen[0] else 0.0
+    seen[:] = [now, processed]
+    try:
+        lag = sum(p.lag for p in await read_lag_once(settings.kafka, settings.group,
+                                                     settings.events_topic))
+    except Exception:
+        lag = -1
+    profiles = await store.profiles()
+    customers = sum(max(0, p["size"]) for p in profiles.values())
+    lines = [f"[{time.strftime('%H:%M:%S')}] {rate:8.0f} events/s  processed {processed}  "
+             f"customers {customers}  lag {lag}  model v{health.get('model_version', 0)}  "
+             f"worker {health.get('status')}"]
+    for sid, p in sorted(profiles.items(), key=lambda kv: -kv[1]["size"]):
+        lines.append(f"    {sid:>4} {p['size']:>7}  {p['name']}")
+    return "\n".join(lines)
+
+
+def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
+    """Start the embedded stack, a worker and the simulator; print a summary until Ctrl-C."""
+    env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
+    env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
+    stack = contextlib.nullcontext((None, None)) if env_kafka and env_redis else embedded_stack()
+    with stack as (kafka, redis):
+        base = Settings.from_env()
+        port = base.web_port if base.web_port != 6066 else _port_or_free(6066)
+        settings = Settings.from_env({
+            **os.environ,
+            "SEGMENTER_KAFKA": kafka.url if kafka else env_kafka,
+            "SEGMENTER_REDIS_URL": redis.url if redis else env_redis,
+            "SEGMENTER_WEB_PORT": str(port),
+        })
+        env = {**os.environ, **settings.with_env()}
+        logdir = os.path.join(os.getcwd(), "segmenter-demo-logs")
+        os.makedirs(logdir, exist_ok=True)
+        asyncio.run(ensure_topics(settings))
+        print(f"Kafka  {settings.kafka}   Redis {settings.redis_url}   "
+              f"(embedded: {kafka is not None})")
+        print(f"Worker http://127.0.0.1:{port}/  - try:")
+        print(f"  curl http://127.0.0.1:{port}/customers/c000001/segment")
+        print(f"  curl http://127.0.0.1:{port}/segments")
+        print(f"  redis-cli -p {redis.port if redis else '<port>'} "
+              f"HGETALL '{settings.redis_prefix}customer:{{c000001}}'")
+        print(f"Logs in {logdir}. Ctrl-C stops everything.\n", flush=True)
+        worker = _spawn(["worker"], env, os.path.join(logdir, "worker.log"))
+        simulator = _spawn(["simulate", "--customers", str(customers), "--rate", str(rate),
+                            "--days", str(days)], env, os.path.join(logdir, "simulator.log"))
+        try:
+            asyncio.run(_watch(settings, [worker, simulator], seconds))
+        except KeyboardInterrupt:
+            print("\nstopping...", flush=True)
+        finally:
+            _stop(simulator)
+            _stop(worker)
+        print("stopped worker, simulator, broker and Redis.")
+    return 0
+
+
+def _port_or_free(port: int) -> int:
+    import socket
+
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            return free_port()
+
+
+async def _watch(settings: Settings, procs: list[subprocess.Popen[bytes]],
+                 seconds: float) -> None:
+    client = connect(settings.redis_url)
+    store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
+    seen = [0.0, 0.0]
+    started = time.monotonic()
+    try:
+        while not seconds or time.monotonic() - started < seconds:
+            await asyncio.sleep(3)
+            if procs[0].poll() is not None:
+                print("the worker exited; see segmenter-demo-logs/worker.log")
+                return
+            print(await _summary(settings, store, seen), flush=True)
+    finally:
+        await client.aclose()

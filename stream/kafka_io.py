@@ -1,0 +1,148 @@
+"""Kafka helpers: topic creation, producers, dead letters and broker-measured lag."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import TopicAlreadyExistsError
+
+from models.core import DeadLetter
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None:
+    """Create the events, dead-letter and changes topics when missing."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        names = (settings.events_topic, settings.dlq_topic, settings.changes_topic, *extra)
+        todo = [NewTopic(n, settings.partitions, settings.replication)
+                for n in dict.fromkeys(names) if n not in existing]
+        if todo:
+            try:
+                await admin.create_topics(todo)
+            except TopicAlreadyExistsError:
+                pass  # another worker created it first
+            log.info("created topics %s", [t.name for t in todo])
+    finally:
+        await admin.close()
+
+
+def make_producer(settings: Settings) -> AIOKafkaProducer:
+    """A producer that batches (linger) and waits for the broker's ack."""
+    return AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=5, acks="all",
+                            max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+
+
+async def send_dead_letters(
+    producer: AIOKafkaProducer, topic: str, dead: list[DeadLetter]
+) -> None:
+    """Send each invalid record to the DLQ: original key and bytes, origin and reason in
+    headers (the convention of Kafka Connect's dead-letter queues)."""
+    futures = []
+    for d in dead:
+        r = d.record
+        log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, d.reason)
+        headers = [
+            ("segmenter.error.reason", d.reason.encode()),
+            ("segmenter.source.topic", r.topic.encode()),
+            ("segmenter.source.partition", str(r.partition).encode()),
+            ("segmenter.source.offset", str(r.offset).encode()),
+        ]
+        futures.append(await producer.send(topic, key=r.key, value=r.value or b"",
+                                           headers=headers))
+    if futures:
+        await asyncio.gather(*futures)
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Lag of one partition, read from the broker."""
+
+    topic: str
+    """Topic."""
+    partition: int
+    """Partition."""
+    committed: int | None
+    """The group's committed offset (None: nothing committed yet)."""
+    end: int
+    """End offset (high watermark)."""
+
+    @property
+    def lag(self) -> int:
+        """End minus committed (everything, when nothing is committed)."""
+        return max(0, self.end - (self.committed or 0))
+
+
+class LagReader:
+    """Reads committed and end offsets from the broker, independently of any consumer.
+
+    End offsets come from ListOffsets and, because some Kafka-compatible brokers answer it
+    with the last batch's base offset + 1, from the high watermark of a real Fetch of the
+    last batch; the larger wins.
+    """
+
+    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+        self.bootstrap, self.group, self.topic = bootstrap, group, topic
+
+    async def start(self) -> None:
+        """Connect."""
+        # The group id only serves OffsetFetch: with manual assignment this consumer never
+        # joins the group and never commits. (The admin client's OffsetFetch is not used:
+        # some Kafka-compatible brokers answer it in a form aiokafka cannot decode.)
+        self._consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
+            max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50,
+        )
+        await self._consumer.start()
+
+    async def close(self) -> None:
+        """Disconnect."""
+        await self._consumer.stop()
+
+    async def read(self, timeout: float = 3.0) -> list[PartitionLag]:
+        """Lag per partition of the topic."""
+        await self._consumer.topics()  # refresh metadata
+        parts = self._consumer.partitions_for_topic(self.topic) or set()
+        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        if not tps:
+            return []
+        self._consumer.assign(tps)
+        committed = {}
+        for tp in tps:
+            offset = await self._consumer.committed(tp)
+            if offset is not None and offset >= 0:
+                committed[tp] = offset
+        listed = await self._consumer.end_offsets(tps)
+        for tp in tps:
+            self._consumer.seek(tp, max(listed[tp] - 1, 0))
+        seen: dict[TopicPartition, int] = {}
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while len(seen) < len(tps) and loop.time() < deadline:
+            await self._consumer.getmany(timeout_ms=100)
+            for tp in tps:
+                hw = self._consumer.highwater(tp)
+                if hw is not None:
+                    seen[tp] = hw
+            if all(listed[tp] == 0 for tp in tps if tp not in seen):
+                break  # empty partitions have nothing to fetch
+        return [PartitionLag(self.topic, tp.partition, committed.get(tp),
+                             max(listed[tp], seen.get(tp, 0))) for tp in tps]
+
+
+async def read_lag_once(bootstrap: str, group: str, topic: str) -> list[PartitionLag]:
+    """Open a :class:`LagReader`, read once, close."""
+    reader = LagReader(bootstrap, group, topic)
+    await reader.start()
+    try:
+        return await reader.read()
+    finally:
+        await reader.close()

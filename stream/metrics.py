@@ -1,0 +1,40 @@
+"""Prometheus metrics (SPEC §5). One registry per worker; labels never carry customer ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+
+@dataclass
+class Metrics:
+    """The worker's metrics, registered in their own registry."""
+
+    registry: CollectorRegistry = field(default_factory=CollectorRegistry)
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.events = Counter("segmenter_events", "Events consumed, by type and outcome",
+                              ["type", "outcome"], registry=r)
+        self.lag = Gauge("segmenter_consumer_lag",
+                         "End offset minus the group's committed offset, read from the broker",
+                         ["topic", "partition"], registry=r)
+        self.freshness = Histogram(
+            "segmenter_event_to_segment_seconds", "Event time to Redis write",
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
+            registry=r)
+        self.changes = Counter("segmenter_segment_changes", "Segment changes written",
+                               registry=r)
+        self.segment_size = Gauge("segmenter_segment_size", "Customers per segment",
+                                  ["segment"], registry=r)
+        self.model_version = Gauge("segmenter_model_version", "Version of the model in use",
+                                   registry=r)
+        self.batch_seconds = Histogram(
+            "segmenter_batch_seconds", "Wall time to process one consumed batch",
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
+        self.redis_errors = Counter("segmenter_redis_errors", "Failed Redis round trips",
+                                    registry=r)
+        self.fenced = Counter("segmenter_fenced_writes",
+                              "Customer writes refused because a newer write existed",
+                              registry=r)

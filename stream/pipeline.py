@@ -1,0 +1,202 @@
+"""The hot path: a batched consumer of the events topic, run as a service of the Faust app.
+
+Per batch: ``getmany`` -> validate -> load missing states from Redis -> features, learning
+and assignment (pure core) -> dead letters to Kafka -> atomic per-customer Redis writes ->
+change messages to Kafka -> commit. Nothing is committed before Redis has it, so a crash
+re-delivers, and re-delivered events are dropped by offset and event id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from models.core import BatchResult, Record, Segmenter
+from models.model import SegmentModel
+from models.profiles import build_profiles
+from stream.errors import RetriableError
+from stream.kafka_io import make_producer, send_dead_letters
+from stream.metrics import Metrics
+from stream.redis_io import RedisStore
+from stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, pipeline: EventPipeline) -> None:
+        self.pipeline = pipeline
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        # Another worker may update these customers from now on: never trust our copies.
+        self.pipeline.segmenter.forget_partitions({tp.partition for tp in revoked})
+        log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+
+
+class EventPipeline:
+    """Consumes the events topic in batches and keeps segments in Redis current."""
+
+    def __init__(self, settings: Settings, store: RedisStore, metrics: Metrics) -> None:
+        self.settings = settings
+        self.store = store
+        self.metrics = metrics
+        self.segmenter = Segmenter(settings.segmenter_config())
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.last_poll = 0.0
+        self.last_commit = 0.0
+        self.processed = 0
+        self.problem: str | None = None
+        self._stopping = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._profiles: dict[str, dict[str, Any]] = {}
+
+    async def start(self) -> None:
+        """Restore the model, connect to Kafka."""
+        cp = await self.store.load_model()
+        if cp is not None:
+            model = SegmentModel.from_checkpoint(cp)  # CheckpointMismatch stops the worker
+            self.segmenter = Segmenter(self.settings.segmenter_config(), model)
+            log.info("restored model version %d", model.version)
+        self.metrics.model_version.set(self.segmenter.model.version)
+        self._profiles = await self.store.profiles()
+        self.producer = make_producer(self.settings)
+        await self.producer.start()
+        self.consumer = AIOKafkaConsumer(
+            bootstrap_servers=self.settings.kafka, group_id=self.settings.group,
+            enable_auto_commit=False, auto_offset_reset="earliest",
+            session_timeout_ms=int(self.settings.session_timeout_s * 1000),
+            heartbeat_interval_ms=max(300, int(self.settings.session_timeout_s * 1000 / 4)),
+            max_poll_records=self.settings.batch_max, max_partition_fetch_bytes=4 * 1024 * 1024,
+            client_id=f"segmenter-{self.settings.group}",
+        )
+        self.consumer.subscribe([self.settings.events_topic], listener=_Rebalance(self))
+        await self.consumer.start()
+
+    async def stop(self, timeout: float = 30.0) -> None:
+        """Finish and commit the batch in flight, then leave the group and close."""
+        self._stopping.set()
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+        except TimeoutError:
+            log.warning("the batch in flight did not finish in %.0f s; it will be re-delivered",
+                        timeout)
+        if self.consumer is not None:
+            await self.consumer.stop()
+        if self.producer is not None:
+            await self.producer.stop()
+
+    async def run(self) -> None:
+        """The consume loop; returns when :meth:`stop` is called."""
+        assert self.consumer is not None and self.producer is not None
+        while not self._stopping.is_set():
+            try:
+                batch = await self.consumer.getmany(timeout_ms=500,
+                                                    max_records=self.settings.batch_max)
+            except KafkaError as exc:
+                self.problem = f"Kafka: {exc}"
+                log.warning("fetch failed: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            self.last_poll = time.time()
+            if not batch:
+                if self.problem is None or self.problem.startswith("Kafka"):
+                    self.problem = None
+                continue
+            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
+                       for tp, msgs in batch.items() for m in msgs]
+            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+            self._idle.clear()
+            try:
+                await self._process(records)
+                await self._commit(offsets)
+            finally:
+                self._idle.set()
+
+    async def _process(self, records: list[Record]) -> None:
+        started = time.perf_counter()
+        assert self.producer is not None
+        seg = self.segmenter
+        parsed = seg.parse(records)
+        loaded = await self._retry(lambda: self.store.load_states(seg.missing(parsed)))
+        now_ms = int(time.time() * 1000)
+        result = seg.apply(parsed, loaded, now_ms)
+        if result.dead:
+            await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
+        if result.model_updated:
+            await self._save_model(now_ms)
+        changes, fenced = await self._retry(lambda: self.store.write(result.assignments,
+                                                                     now_ms))
+        if changes:
+            futures = [await self.producer.send(
+                self.settings.changes_topic, key=orjson.loads(c)["customer_id"].encode(),
+                value=c) for c in changes]
+            await asyncio.gather(*futures)
+        self._observe(result, len(changes), fenced, started)
+
+    def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
+        m = self.metrics
+        for (etype, outcome), n in result.counts.items():
+            m.events.labels(etype, outcome).inc(n)
+        now = time.time()
+        for ts in result.event_ts[-200:]:  # a sample bounds the cost per batch
+            m.freshness.observe(max(0.0, now - ts / 1000))
+        m.changes.inc(changes)
+        m.fenced.inc(fenced)
+        m.model_version.set(self.segmenter.model.version)
+        m.batch_seconds.observe(time.perf_counter() - started)
+        self.processed += sum(result.counts.values())
+
+    async def _save_model(self, now_ms: int) -> None:
+        model = self.segmenter.model
+        sizes = {sid: p.get("size", 0) for sid, p in self._profiles.items()}
+        self._profiles = build_profiles(
+            model.centres_scaled().tolist(), model.centres_model_space().tolist(), sizes,
+            self._profiles, model.version, now_ms)
+        await self._retry(lambda: self.store.save_model(model.checkpoint(), self._profiles))
+
+    async def _retry(self, call: Any) -> Any:
+        """Wait out Redis outages with capped exponential back-off; never skip a batch."""
+        delay = 0.2
+        while True:
+            try:
+                result = await call()
+                if self.problem and self.problem.startswith("Redis"):
+                    self.problem = None
+                return result
+            except RetriableError as exc:
+                self.problem = str(exc)
+                self.metrics.redis_errors.inc()
+                log.warning("%s; retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+        assert self.consumer is not None
+        try:
+            await self.consumer.commit(offsets)
+            self.last_commit = time.time()
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved during the batch: the new owner re-reads from the last commit
+            # and the offset fence in Redis makes the repeat harmless.
+            log.warning("commit failed (%s); the batch will be re-delivered and deduplicated",
+                        exc)
+
+    async def refresh_sizes(self) -> dict[str, int]:
+        """Read segment sizes from Redis into the gauge and the profiles."""
+        sizes = await self.store.sizes()
+        for sid, n in sizes.items():
+            self.metrics.segment_size.labels(sid).set(n)
+            if sid in self._profiles:
+                self._profiles[sid]["size"] = n
+        return sizes

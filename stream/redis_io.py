@@ -1,0 +1,193 @@
+"""Redis I/O: customer states and segments (SPEC §2), change stream, model checkpoints.
+
+Every customer write is one Lua script call, atomic per customer: it fences stale writers
+by source partition/offset, writes the state and the segment hash, keeps segment sizes,
+and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+
+from models.core import Assignment
+from models.features import CustomerState
+from stream.errors import RetriableError
+
+_UPSERT = """
+local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
+if pos[1] and tonumber(pos[1]) == tonumber(ARGV[1]) and tonumber(pos[2]) > tonumber(ARGV[2]) then
+  return {-1, ''}
+end
+redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
+if ARGV[4] == '' then return {0, ''} end
+local old = redis.call('HGET', KEYS[2], 'segment')
+redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
+           'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8])
+if old == ARGV[4] then return {0, ''} end
+if old then redis.call('HINCRBY', KEYS[3], old, -1) end
+redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
+local msg = cjson.encode({customer_id = ARGV[11], ['from'] = old or cjson.null, to = ARGV[4],
+  segment_name = ARGV[5], model_version = tonumber(ARGV[6]), event_id = ARGV[9],
+  changed_at = tonumber(ARGV[7]), reason = ARGV[10]})
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 'change', msg)
+redis.call('PUBLISH', KEYS[4], msg)
+return {1, msg}
+"""
+RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every Redis key, derived from the prefix; customer ids sit inside a hash tag."""
+
+    prefix: str
+    """Key prefix, ``seg:`` by default."""
+
+    def customer(self, cid: str) -> str:
+        """The SPEC §2 hash a website reads."""
+        return f"{self.prefix}customer:{{{cid}}}"
+
+    def state(self, cid: str) -> str:
+        """Internal feature state of a customer (fencing position and blob)."""
+        return f"{self.prefix}state:{{{cid}}}"
+
+    @property
+    def segments(self) -> str:
+        """Hash of segment id -> JSON profile."""
+        return f"{self.prefix}segments"
+
+    @property
+    def sizes(self) -> str:
+        """Hash of segment id -> member count."""
+        return f"{self.prefix}sizes"
+
+    @property
+    def changes(self) -> str:
+        """Stream (and Pub/Sub channel) of segment changes."""
+        return f"{self.prefix}changes"
+
+    @property
+    def model(self) -> str:
+        """The latest model checkpoint (JSON)."""
+        return f"{self.prefix}model"
+
+
+def connect(url: str, max_connections: int = 16) -> aioredis.Redis:
+    """A client on a blocking pool (waits for a free connection instead of failing)."""
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=max_connections, timeout=10, socket_timeout=5,
+        socket_connect_timeout=3, health_check_interval=30,
+    )
+    return aioredis.Redis(connection_pool=pool)
+
+
+class RedisStore:
+    """Reads and writes of one worker."""
+
+    def __init__(self, client: aioredis.Redis, prefix: str, stream_maxlen: int) -> None:
+        self.r = client
+        self.keys = Keys(prefix)
+        self.maxlen = stream_maxlen
+        self._sha: str | None = None
+
+    async def _script(self) -> str:
+        if self._sha is None:
+            self._sha = await self.r.script_load(_UPSERT)
+        return self._sha
+
+    async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
+        """States of these customers that Redis holds (unknown ones are absent)."""
+        if not ids:
+            return {}
+        order = list(ids)
+        try:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for cid in order:
+                    pipe.hget(self.keys.state(cid), "b")
+                blobs = await pipe.execute()
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while loading states: {exc}") from exc
+        return {cid: CustomerState.from_bytes(cid, b) for cid, b in zip(order, blobs,
+                                                                        strict=True) if b}
+
+    async def write(self, assignments: list[Assignment], now_ms: int) -> tuple[list[bytes], int]:
+        """Write every assignment; return the change messages and how many were fenced."""
+        if not assignments:
+            return [], 0
+        k = self.keys
+        try:
+            sha = await self._script()
+            for _ in range(2):
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for a in assignments:
+                        cid = a.customer_id
+                        pipe.evalsha(
+                            sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
+                            a.partition, a.offset, a.state, a.segment, a.segment_name,
+                            a.model_version, now_ms, a.confidence, a.event_id, a.reason, cid,
+                            self.maxlen,
+                        )
+                    results = await pipe.execute(raise_on_error=False)
+                errors = [r for r in results if isinstance(r, Exception)]
+                if errors and all(isinstance(e, NoScriptError) for e in errors):
+                    # Redis restarted and lost its script cache: load and write again
+                    # (the writes are idempotent, so repeating the ones that passed is safe).
+                    self._sha = None
+                    sha = await self._script()
+                    continue
+                if errors:
+                    if isinstance(errors[0], RETRIABLE):
+                        raise errors[0]
+                    raise ResponseError(f"customer write failed: {errors[0]}")
+                break
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
+        changes = [r[1] for r in results if r[0] == 1]
+        fenced = sum(1 for r in results if r[0] == -1)
+        return changes, fenced
+
+    async def save_model(self, checkpoint: dict[str, Any],
+                         profiles: dict[str, dict[str, Any]]) -> None:
+        """Store the checkpoint and the segment profiles."""
+        try:
+            async with self.r.pipeline(transaction=True) as pipe:
+                pipe.set(self.keys.model, json.dumps(checkpoint))
+                if profiles:
+                    pipe.hset(self.keys.segments, mapping={
+                        sid: json.dumps(p) for sid, p in profiles.items()})
+                await pipe.execute()
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while saving the model: {exc}") from exc
+
+    async def load_model(self) -> dict[str, Any] | None:
+        """The latest checkpoint, if any."""
+        raw = await self.r.get(self.keys.model)
+        return json.loads(raw) if raw else None
+
+    async def sizes(self) -> dict[str, int]:
+        """Members per segment."""
+        raw = await self.r.hgetall(self.keys.sizes)
+        return {k.decode(): int(v) for k, v in raw.items()}
+
+    async def profiles(self) -> dict[str, dict[str, Any]]:
+        """Segment profiles with live sizes."""
+        raw = await self.r.hgetall(self.keys.segments)
+        sizes = await self.sizes()
+        out = {}
+        for k, v in raw.items():
+            p = json.loads(v)
+            p["size"] = sizes.get(p["id"], 0)
+            out[k.decode()] = p
+        return out
+
+    async def customer(self, cid: str) -> dict[str, str] | None:
+        """The SPEC §2 hash of a customer, or None."""
+        raw = await self.r.hgetall(self.keys.customer(cid))
+        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None

@@ -1,0 +1,129 @@
+"""All settings, read once from ``SEGMENTER_*`` environment variables into a frozen object.
+
+Examples
+--------
+>>> s = Settings.from_env({"SEGMENTER_PARTITIONS": "8", "SEGMENTER_DEBUG": "yes"})
+>>> s.partitions, s.kafka, s.embedded
+(8, '', True)
+>>> Settings.from_env({"SEGMENTER_PARTITIONS": "eight"})
+Traceback (most recent call last):
+...
+stream.errors.SettingsError: SEGMENTER_PARTITIONS must be an integer, got 'eight'
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from models.core import SegmenterConfig
+from stream.errors import SettingsError
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off", ""}
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Every ``SEGMENTER_<NAME>`` setting; the field name upper-cased is the variable."""
+
+    kafka: str = ""
+    """Kafka bootstrap servers, comma-separated. Empty: the embedded broker (demo, tests)."""
+    redis_url: str = ""
+    """Redis URL, e.g. ``redis://host:6379/0``. Empty: the embedded Valkey server."""
+    group: str = "segmenter"
+    """Consumer group of the workers; its committed offsets on the events topic are the lag."""
+    events_topic: str = "events"
+    """Topic of incoming behavioral events."""
+    dlq_topic: str = "events-dlq"
+    """Dead-letter topic for invalid events."""
+    changes_topic: str = "segment-changes"
+    """Topic of segment change messages."""
+    partitions: int = 4
+    """Partitions of the topics the worker creates."""
+    replication: int = 1
+    """Replication factor of the topics the worker creates."""
+    redis_prefix: str = "seg:"
+    """Prefix of every Redis key."""
+    web_port: int = 6066
+    """HTTP port of the worker (API, metrics, dashboard)."""
+    web_host: str = "127.0.0.1"
+    """Address the HTTP server binds."""
+    api_token: str = ""
+    """Bearer token for admin routes (``DELETE /customers/...``); empty disables them."""
+    session_timeout_s: float = 6.0
+    """Kafka consumer session timeout. Short, so a group forms fast on the embedded broker."""
+    n_segments: int = 6
+    """Number of segments (KMeans clusters)."""
+    half_life_days: float = 30.0
+    """Half-life of decayed features in event-time days."""
+    dedup_window: int = 32
+    """Recent event ids remembered per customer to drop re-sent events."""
+    model_update_every: int = 2000
+    """Valid events between model updates (each update bumps ``model_version``)."""
+    warmup: int = 500
+    """Customers seen before the model is seeded and starts assigning."""
+    state_cache: int = 200_000
+    """Customer states kept in worker memory; the rest are re-read from Redis."""
+    batch_max: int = 5000
+    """Most records consumed per batch."""
+    stream_maxlen: int = 100_000
+    """Approximate MAXLEN of the Redis change stream."""
+    debug: bool = False
+    """Verbose logging."""
+
+    @property
+    def embedded(self) -> bool:
+        """True when no external Kafka or Redis is configured."""
+        return not self.kafka or not self.redis_url
+
+    def segmenter_config(self) -> SegmenterConfig:
+        """The pure core's configuration."""
+        return SegmenterConfig(
+            n_segments=self.n_segments, half_life_days=self.half_life_days,
+            dedup_window=self.dedup_window, update_every=self.model_update_every,
+            warmup=self.warmup, cache_size=self.state_cache,
+        )
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None) -> Settings:
+        """Read and validate every ``SEGMENTER_*`` variable."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = f"SEGMENTER_{f.name.upper()}"
+            if name not in env:
+                continue
+            raw = env[name].strip()
+            kind = type(f.default)
+            if kind is bool:
+                if raw.lower() not in _TRUE | _FALSE:
+                    raise SettingsError(f"{name} must be a boolean (true/false), got {raw!r}")
+                values[f.name] = raw.lower() in _TRUE
+            elif kind in (int, float):
+                try:
+                    values[f.name] = kind(raw)
+                except ValueError:
+                    word = "an integer" if kind is int else "a number"
+                    raise SettingsError(f"{name} must be {word}, got {raw!r}") from None
+                if values[f.name] < 0:
+                    raise SettingsError(f"{name} must not be negative, got {raw!r}")
+            else:
+                values[f.name] = raw
+        s = cls(**values)
+        if s.partitions < 1 or s.n_segments < 1 or s.batch_max < 1:
+            raise SettingsError("SEGMENTER_PARTITIONS, _N_SEGMENTS and _BATCH_MAX must be >= 1")
+        if s.warmup < s.n_segments:
+            raise SettingsError("SEGMENTER_WARMUP must be at least SEGMENTER_N_SEGMENTS")
+        return s
+
+    def with_env(self, **overrides: Any) -> dict[str, str]:
+        """Environment variables that reproduce these settings (for child processes)."""
+        out = {}
+        for f in fields(self):
+            value = overrides.get(f.name, getattr(self, f.name))
+            out[f"SEGMENTER_{f.name.upper()}"] = str(value).lower() if isinstance(
+                value, bool) else str(value)
+        return out
