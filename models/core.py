@@ -208,11 +208,10 @@ class Segmenter:
                 res.dead.append(DeadLetter(rec, f"processing failed: {exc!r}"))
                 res.counts[label, "failed"] += 1
                 continue
-            st.partition, st.offset = rec.partition, rec.offset
-            if not fresh:
+            if not fresh:  # re-sent id: nothing is written, not even the new offset
                 res.counts[label, "duplicate"] += 1
-                changed.setdefault(ev.customer_id, ev)  # its offset moved: persist it
                 continue
+            st.partition, st.offset = rec.partition, rec.offset
             res.counts[label, "processed"] += 1
             res.event_ts.append(ev.ts_ms)
             changed[ev.customer_id] = ev

@@ -1,0 +1,47 @@
+"""Fixtures: a real Kafka-compatible broker and a real Redis-compatible server.
+
+By default both are the embedded servers, started once per session on free ports. When
+``SEGMENTER_KAFKA`` and ``SEGMENTER_REDIS_URL`` are set, the same tests run against those.
+Every test gets its own topics, consumer group and Redis key prefix.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+
+import pytest
+
+from stream.embedded import embedded_stack, free_port
+from stream.settings import Settings
+
+
+@pytest.fixture(scope="session")
+def servers() -> Iterator[tuple[str, str]]:
+    kafka, redis = os.environ.get("SEGMENTER_KAFKA"), os.environ.get("SEGMENTER_REDIS_URL")
+    if kafka and redis:
+        yield kafka, redis
+        return
+    with embedded_stack() as (k, r):
+        yield k.url, r.url
+
+
+@pytest.fixture
+def settings(servers: tuple[str, str]) -> Settings:
+    uid = uuid.uuid4().hex[:8]
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
+    env.update({
+        "SEGMENTER_KAFKA": servers[0],
+        "SEGMENTER_REDIS_URL": servers[1],
+        "SEGMENTER_EVENTS_TOPIC": f"events-{uid}",
+        "SEGMENTER_DLQ_TOPIC": f"events-dlq-{uid}",
+        "SEGMENTER_CHANGES_TOPIC": f"segment-changes-{uid}",
+        "SEGMENTER_GROUP": f"segmenter-{uid}",
+        "SEGMENTER_REDIS_PREFIX": f"t{uid}:",
+        "SEGMENTER_WEB_PORT": str(free_port()),
+        "SEGMENTER_PARTITIONS": "4",
+        "SEGMENTER_WARMUP": "300",
+        "SEGMENTER_MODEL_UPDATE_EVERY": "1000",
+    })
+    return Settings.from_env(env)

@@ -1,0 +1,114 @@
+"""Helpers for integration tests: worker processes, producing, consuming, waiting."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+
+from stream.settings import Settings
+
+
+class WorkerProcess:
+    """``segmenter worker`` as a real subprocess."""
+
+    def __init__(self, settings: Settings, log_dir: Path, name: str = "worker") -> None:
+        self.settings = settings
+        self.log_path = log_dir / f"{name}.log"
+        env = {**os.environ, **settings.with_env()}
+        with open(self.log_path, "ab") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"], env=env, stdout=log,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+
+    def health(self) -> tuple[int, dict[str, Any]]:
+        url = f"http://127.0.0.1:{self.settings.web_port}/health"
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+        except OSError as exc:
+            return 0, {"error": str(exc)}
+
+    def get(self, path: str) -> tuple[int, Any]:
+        url = f"http://127.0.0.1:{self.settings.web_port}{path}"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as r:
+                return r.status, json.load(r)
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.load(exc)
+
+    def wait_healthy(self, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            assert self.proc.poll() is None, self.log()
+            if self.health()[0] == 200:
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"worker not healthy in {timeout} s: {self.health()}\n{self.log()}")
+
+    def stop(self, timeout: float = 30) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
+
+async def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]],
+                  topic: str | None = None) -> None:
+    """Send in large batches (as real producers do)."""
+    p = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=20,
+                         max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+    await p.start()
+    try:
+        futures = [await p.send(topic or settings.events_topic, key=k, value=v)
+                   for k, v in messages]
+        await asyncio.gather(*futures)
+    finally:
+        await p.stop()
+
+
+async def consume_all(settings: Settings, topic: str, expect: int,
+                      timeout: float = 30) -> list[Any]:
+    """Read ``expect`` messages of a topic from the beginning (no group)."""
+    c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka, group_id=None,
+                         auto_offset_reset="earliest", enable_auto_commit=False)
+    await c.start()
+    out: list[Any] = []
+    try:
+        deadline = time.monotonic() + timeout
+        while len(out) < expect and time.monotonic() < deadline:
+            batch = await c.getmany(timeout_ms=500)
+            for msgs in batch.values():
+                out.extend(msgs)
+    finally:
+        await c.stop()
+    return out
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if await check():
+            return
+        await asyncio.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
