@@ -1,9 +1,10 @@
 """The pure, synchronous heart of the pipeline: a batch of raw Kafka records in,
 dead letters, counts and per-customer assignments out. No I/O happens here.
 
-The caller (``stream.pipeline``) does the I/O in two steps around it:
-:meth:`Segmenter.parse` tells which customers' states must be loaded, then
-:meth:`Segmenter.apply` updates features, learns, assigns and returns what to write.
+The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.parse` tells
+which customers' states must be loaded; :meth:`Segmenter.apply` updates features, learns,
+assigns, and returns the new segments to write at once; :meth:`Segmenter.drain` returns the
+other changed states, written once per commit interval.
 
 Examples
 --------
@@ -19,7 +20,7 @@ Examples
 >>> out = seg.apply(parsed, {}, now_ms=1767225700000)
 >>> len(out.dead), out.dead[0].reason[:22], out.model_updated
 (1, 'value is not valid UTF', True)
->>> final = {a.customer_id: a.segment for a in out.assignments}
+>>> final = {a.customer_id: a.segment for a in out.assignments + seg.drain()}
 >>> sorted(final), final["c0"] != final["c3"]
 (['c0', 'c1', 'c2', 'c3'], True)
 """
@@ -28,12 +29,12 @@ from __future__ import annotations
 
 import random
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-import numpy as np
+from typing import NamedTuple, Protocol
 
 from models.events import KNOWN_TYPES, Event, InvalidEvent, parse_event
-from models.features import DAY_MS, CustomerState, to_model_space, update, vector
+from models.features import DAY_MS, CustomerState, to_model_matrix, update, vector
 from models.model import SegmentModel
 from models.profiles import name_segment, unique_names
 
@@ -54,18 +55,33 @@ class Record:
     """Message value (one JSON event)."""
 
 
+class RecordLike(Protocol):
+    """What the core reads of a record: :class:`Record`, or aiokafka's own records as they
+    come (building a second object per message would cost more than the rest of parsing)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+
+
 @dataclass(frozen=True, slots=True)
 class DeadLetter:
     """An invalid record and why it was refused."""
 
-    record: Record
+    record: RecordLike
     """The original record, bytes untouched."""
     reason: str
     """Human-readable reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Assignment:
+class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batch, built fast
     """A customer's new state and current segment, to be written atomically."""
 
     customer_id: str
@@ -102,15 +118,15 @@ class SegmenterConfig:
     """Half-life of decayed features, in event-time days."""
     dedup_window: int = 32
     """Recent event ids remembered per customer for duplicate detection."""
-    update_every: int = 2000
+    update_every: int = 5000
     """Valid events between model updates."""
     warmup: int = 500
     """Distinct customer vectors gathered before the model starts assigning."""
-    learn_sample: int = 256
+    learn_sample: int = 64
     """Current customers sampled and learned (``learn_one``) per model update."""
-    refresh_every: int = 5
+    refresh_every: int = 4
     """Every this many updates, refresh the centres over a larger sample of current customers."""
-    refresh_sample: int = 3000
+    refresh_sample: int = 2000
     """Current customers sampled for seeding and refreshes."""
     step: float = 0.02
     """River KMeans step size (its ``halflife``)."""
@@ -125,13 +141,14 @@ class BatchResult:
     """Everything :meth:`Segmenter.apply` decided for one batch."""
 
     assignments: list[Assignment] = field(default_factory=list)
+    """Customers whose segment changed: write now (the rest wait for :meth:`Segmenter.drain`)."""
     dead: list[DeadLetter] = field(default_factory=list)
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     model_updated: bool = False
     event_ts: list[int] = field(default_factory=list)
 
 
-Parsed = list[tuple[Record, Event | DeadLetter]]
+Parsed = list[tuple[RecordLike, Event | DeadLetter]]
 
 
 class Segmenter:
@@ -149,6 +166,7 @@ class Segmenter:
         self._since_update = 0
         self._updates = 0
         self._pending: set[str] = set()  # changed before the model was ready
+        self.dirty: dict[str, None] = {}  # changed since the last drain (an ordered set)
         self.names: list[str] = self._names()
 
     def _names(self) -> list[str]:
@@ -156,7 +174,7 @@ class Segmenter:
             return []
         return unique_names([name_segment(z) for z in self.model.centres_scaled().tolist()])
 
-    def parse(self, records: list[Record]) -> Parsed:
+    def parse(self, records: Sequence[RecordLike]) -> Parsed:
         """Validate every record."""
         out: Parsed = []
         for r in records:
@@ -178,11 +196,13 @@ class Segmenter:
         for cid in [c for c, s in self.states.items() if s.partition in partitions]:
             del self.states[cid]
             self._pending.discard(cid)
+            self.dirty.pop(cid, None)
 
     def apply(self, parsed: Parsed, loaded: dict[str, CustomerState], now_ms: int) -> BatchResult:
         """Apply a parsed batch; ``loaded`` holds states read for :meth:`missing` ids."""
         res = BatchResult()
-        self.states.update(loaded)
+        for cid, known in loaded.items():
+            self.states.setdefault(cid, known)
         changed: dict[str, Event] = {}
         cfg = self.config
         for rec, ev in parsed:
@@ -220,7 +240,6 @@ class Segmenter:
                 self._flush(changed, res, now_ms)
                 changed = {}
         self._flush(changed, res, now_ms)
-        self._evict()
         return res
 
     def _flush(self, changed: dict[str, Event], res: BatchResult, now_ms: int) -> None:
@@ -232,8 +251,7 @@ class Segmenter:
             self._assign(ids, changed, res)
         else:
             self._pending.update(ids)
-            for cid in ids:  # persist state and offset even without a segment yet
-                res.assignments.append(self._assignment(cid, changed[cid], "", 0.0, "event"))
+            self.dirty.update(dict.fromkeys(ids))
         if self._since_update < self.config.update_every:
             return
         was_ready = self.model.ready
@@ -251,34 +269,59 @@ class Segmenter:
         self._since_update = 0
 
     def _assign(self, ids: list[str], changed: dict[str, Event], res: BatchResult) -> None:
+        """Score customers; a new segment is written at once, the rest at the next drain."""
         if not ids:
             return
-        rows = [to_model_space(vector(self.states[c], self.half_life_ms)) for c in ids]
-        labels, conf = self.model.assign(np.asarray(rows))
+        rows = [vector(self.states[c], self.half_life_ms) for c in ids]
+        labels, conf = self.model.assign(to_model_matrix(rows))
+        version = self.model.version
+        dirty = self.dirty
         for i, cid in enumerate(ids):
+            st = self.states[cid]
             ev = changed.get(cid)
-            res.assignments.append(self._assignment(
-                cid, ev, f"s{labels[i]}", float(conf[i]), "event" if ev else "model_update"))
+            if ev is not None:
+                st.last_event_id = ev.event_id
+            segment = f"s{labels[i]}"
+            st.confidence = round(float(conf[i]), 4)
+            st.model_version = version
+            if segment != st.segment:
+                st.segment = segment
+                res.assignments.append(self._assignment(
+                    st, "event" if ev is not None else "model_update"))
+                dirty.pop(cid, None)
+            else:
+                dirty[cid] = None
+
+    def drain(self) -> list[Assignment]:
+        """Full writes for every customer changed since the last drain (their segment did
+        not change, or it was written already); then shrink the cache to its bound.
+
+        The caller writes these, then commits: states reach Redis once per commit interval
+        however many events a customer sends in between.
+        """
+        states = self.states
+        out = [self._assignment(states[cid], "event") for cid in self.dirty]
+        self.dirty.clear()
+        self._evict()
+        return out
 
     def _population_sample(self, n: int) -> list[list[float]]:
         """Model-space vectors of up to ``n`` cached customers as they are now."""
         ids = list(self.states)
         if len(ids) > n:
             ids = self._rng.sample(ids, n)
-        return [to_model_space(vector(self.states[c], self.half_life_ms)) for c in ids]
+        rows = [vector(self.states[c], self.half_life_ms) for c in ids]
+        return to_model_matrix(rows).tolist() if rows else []
 
-    def _assignment(
-        self, cid: str, ev: Event | None, segment: str, confidence: float, reason: str
-    ) -> Assignment:
-        st = self.states[cid]
+    def _assignment(self, st: CustomerState, reason: str) -> Assignment:
         return Assignment(
-            customer_id=cid,
-            segment=segment,
-            segment_name=self.names[int(segment[1:])] if segment else "",
-            confidence=round(confidence, 4),
-            model_version=self.model.version,
-            event_id=ev.event_id if ev else "",
-            event_ts=ev.ts_ms if ev else st.last_ts,
+            customer_id=st.customer_id,
+            segment=st.segment,
+            segment_name=self.names[int(st.segment[1:])] if st.segment else "",
+            confidence=st.confidence,
+            model_version=st.model_version,
+            event_id=st.last_event_id if reason == "event" else "",
+            event_ts=st.last_ts,
             reason=reason,
             partition=st.partition,
             offset=st.offset,
@@ -286,6 +329,7 @@ class Segmenter:
         )
 
     def _evict(self) -> None:
+        """Forget the least recently active customers beyond the bound (all are in Redis)."""
         excess = len(self.states) - self.config.cache_size
         for _ in range(max(0, excess)):
             cid, _ = self.states.popitem(last=False)

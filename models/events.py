@@ -19,8 +19,8 @@ models.events.InvalidEvent: missing field 'customer_id'
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import datetime
+from typing import NamedTuple
 
 import orjson
 
@@ -45,15 +45,16 @@ KNOWN_TYPES = frozenset(
 # Event time must be plausible: epoch ms in [2000-01-01, 2100-01-01).
 MIN_TS_MS = 946_684_800_000
 MAX_TS_MS = 4_102_444_800_000
-_STR_PROPS = ("currency", "category", "product_id", "device", "channel", "region")
+_STR_PROPS = frozenset(("currency", "category", "product_id", "device", "channel", "region"))
 
 
 class InvalidEvent(ValueError):
     """A message that breaks the event contract; ``str()`` is the reason."""
 
 
-@dataclass(frozen=True, slots=True)
-class Traits:
+# Events are NamedTuples rather than frozen dataclasses: equally immutable, but built several
+# times faster, which matters at tens of thousands of events per second.
+class Traits(NamedTuple):
     """Demographic traits carried by an ``identify`` event."""
 
     age: float | None = None
@@ -68,8 +69,7 @@ class Traits:
     """Declared interests."""
 
 
-@dataclass(frozen=True, slots=True)
-class Event:
+class Event(NamedTuple):
     """One validated behavioral event."""
 
     event_id: str
@@ -200,8 +200,8 @@ def parse_event(value: bytes | None, key: bytes | None) -> Event:
     props = obj.get("properties") or {}
     if not isinstance(props, dict):
         raise InvalidEvent("field 'properties' must be an object")
-    for name in _STR_PROPS:
-        if props.get(name) is not None and not isinstance(props[name], str):
+    for name, v in props.items():
+        if name in _STR_PROPS and v is not None and not isinstance(v, str):
             raise InvalidEvent(f"properties.{name} must be a string")
     amount = 0.0
     if etype == "purchase":
@@ -227,16 +227,16 @@ def parse_event(value: bytes | None, key: bytes | None) -> Event:
     category = props.get("category")
     region = props.get("region")
     return Event(
-        event_id=event_id,
-        customer_id=customer_id,
-        type=etype,
-        ts_ms=ts_ms,
-        local_hour=local_hour,
-        amount=amount,
-        category=category[:64] if isinstance(category, str) and category else None,
-        device=low("device"),
-        channel=low("channel"),
-        country=country,
-        region=region[:64] if isinstance(region, str) and region else None,
-        traits=traits,
+        event_id,
+        customer_id,
+        etype,
+        ts_ms,
+        local_hour,
+        amount,
+        category[:64] if isinstance(category, str) and category else None,
+        low("device"),
+        low("channel"),
+        country,
+        region[:64] if isinstance(region, str) and region else None,
+        traits,
     )

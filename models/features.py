@@ -26,6 +26,7 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import orjson
 
 from models.events import Event
@@ -127,6 +128,8 @@ class CustomerState:
         "customer_id", "partition", "offset", "first_ts", "last_ts", "last_purchase_ts",
         "counters", "orders_total", "spend_total", "categories", "country", "region",
         "age", "income", "household", "gender", "recent_ids",
+        # current assignment, held in memory only (Redis holds it in the customer hash)
+        "segment", "confidence", "model_version", "last_event_id",
     )
 
     def __init__(self, customer_id: str) -> None:
@@ -147,6 +150,10 @@ class CustomerState:
         self.household: float | None = None
         self.gender: str | None = None
         self.recent_ids: list[int] = []
+        self.segment = ""
+        self.confidence = 0.0
+        self.model_version = 0
+        self.last_event_id = ""
 
     def to_bytes(self) -> bytes:
         """Serialize compactly (positional JSON) for Redis."""
@@ -284,6 +291,20 @@ def to_model_space(raw: list[float]) -> list[float]:
     [0.0, 0.0, 0.0]
     """
     return [math.log1p(v) if lg else v for v, lg in zip(raw, LOG_MASK, strict=True)]
+
+
+_LOG_COLUMNS = [i for i, lg in enumerate(LOG_MASK) if lg]
+
+
+def to_model_matrix(rows: list[list[float]]) -> np.ndarray:
+    """:func:`to_model_space` for many raw vectors at once (vectorised).
+
+    >>> to_model_matrix([[0.0] * len(FEATURES)]).shape == (1, len(FEATURES))
+    True
+    """
+    x = np.asarray(rows, dtype=float)
+    x[:, _LOG_COLUMNS] = np.log1p(x[:, _LOG_COLUMNS])
+    return x
 
 
 def from_model_space(values: list[float]) -> list[float]:

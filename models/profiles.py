@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from models.features import FEATURES, FEATURE_NAMES, from_model_space
+from models.features import FEATURE_NAMES, FEATURES, from_model_space
 
 # (feature, direction) -> phrase; only features whose phrase reads well on its own.
 _PHRASES: dict[tuple[str, int], str] = {
@@ -72,7 +72,7 @@ def distinguishing_traits(z: list[float], most: int = 5) -> list[dict[str, Any]]
 
 def name_segment(z: list[float], words: int = 3) -> str:
     """A short name from the strongest traits that have a phrase."""
-    phrases = []
+    phrases: list[str] = []
     for i in sorted(range(len(z)), key=lambda i: -abs(z[i])):
         if abs(z[i]) < MIN_Z or len(phrases) == words:
             break

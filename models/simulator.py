@@ -182,10 +182,7 @@ class ShopSimulator:
         # Move the session into the persona's favourite hours (local time).
         tz = self._tz[cid]
         day = ts - ts % DAY_MS
-        if rng.random() < p.evening:
-            hour = rng.uniform(18, 23.9)
-        else:
-            hour = rng.uniform(7, 17.9)
+        hour = rng.uniform(18, 23.9) if rng.random() < p.evening else rng.uniform(7, 17.9)
         if ts < self.end_ms:  # history: place the session in the persona's hours
             ts = max(ts, day + int((hour - tz) * 3_600_000) % DAY_MS)
         device = "mobile" if rng.random() < p.mobile else rng.choice(("desktop", "desktop",

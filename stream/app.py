@@ -4,6 +4,8 @@ inside it as a task (see the README's architecture section for why)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import logging
 import time
 from typing import Any
@@ -70,8 +72,9 @@ def create_app(settings: Settings) -> faust.App:
         except Exception as exc:  # monitoring must never stop the worker
             log.warning("lag/size refresh failed: %s", exc)
 
-    @app.on_before_shutdown.connect
-    async def shutdown(app: faust.App, **kwargs: Any) -> None:
+    # mode types receivers with a positional-only first parameter, which def cannot spell
+    @app.on_before_shutdown.connect  # type: ignore[arg-type]
+    async def shutdown(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
         await pipeline.stop()
         if state["started"]:
             await lag_reader.close()
@@ -133,15 +136,19 @@ def _typed(doc: dict[str, str]) -> dict[str, Any]:
     out: dict[str, Any] = dict(doc)
     for name, kind in (("model_version", int), ("updated_at", int), ("confidence", float)):
         if name in out:
-            try:
+            with contextlib.suppress(ValueError):
                 out[name] = kind(out[name])
-            except ValueError:
-                pass
     return out
 
 
 def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM."""
+    # The hot path allocates many short-lived objects and keeps many long-lived ones (the
+    # state cache); default GC thresholds rescan the long-lived ones far too often (~15% of
+    # CPU measured). Cycles are rare here, so collect less often, and never the start-up heap.
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 50, 1000)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
     worker.execute_from_commandline()

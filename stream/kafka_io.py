@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -26,10 +27,8 @@ async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None
         todo = [NewTopic(n, settings.partitions, settings.replication)
                 for n in dict.fromkeys(names) if n not in existing]
         if todo:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another worker was first
                 await admin.create_topics(todo)
-            except TopicAlreadyExistsError:
-                pass  # another worker created it first
             log.info("created topics %s", [t.name for t in todo])
     finally:
         await admin.close()

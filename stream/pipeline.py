@@ -9,6 +9,7 @@ re-delivers, and re-delivered events are dropped by offset and event id.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from typing import Any
@@ -17,7 +18,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from models.core import BatchResult, Record, Segmenter
+from models.core import BatchResult, Segmenter
 from models.model import SegmentModel
 from models.profiles import build_profiles
 from stream.errors import RetriableError
@@ -29,13 +30,16 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, pipeline: EventPipeline) -> None:
         self.pipeline = pipeline
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        # Another worker may update these customers from now on: never trust our copies.
-        self.pipeline.segmenter.forget_partitions({tp.partition for tp in revoked})
+        # Hand over cleanly: everything applied is written and committed before the new
+        # owner starts; then forget our copies, which another worker may change from now on.
+        async with self.pipeline._lock:
+            await self.pipeline.flush_and_commit()
+            self.pipeline.segmenter.forget_partitions({tp.partition for tp in revoked})
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
@@ -60,6 +64,8 @@ class EventPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._profiles: dict[str, dict[str, Any]] = {}
+        self._uncommitted: dict[TopicPartition, int] = {}
+        self._lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Restore the model, connect to Kafka."""
@@ -97,52 +103,81 @@ class EventPipeline:
             await self.producer.stop()
 
     async def run(self) -> None:
-        """The consume loop; returns when :meth:`stop` is called."""
-        assert self.consumer is not None and self.producer is not None
-        while not self._stopping.is_set():
-            try:
-                batch = await self.consumer.getmany(timeout_ms=500,
-                                                    max_records=self.settings.batch_max)
-            except KafkaError as exc:
-                self.problem = f"Kafka: {exc}"
-                log.warning("fetch failed: %s", exc)
-                await asyncio.sleep(1)
-                continue
-            self.last_poll = time.time()
-            if not batch:
-                if self.problem is None or self.problem.startswith("Kafka"):
-                    self.problem = None
-                continue
-            records = [Record(tp.topic, tp.partition, m.offset, m.key, m.value)
-                       for tp, msgs in batch.items() for m in msgs]
-            offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
-            self._idle.clear()
-            try:
-                await self._process(records)
-                await self._commit(offsets)
-            finally:
-                self._idle.set()
+        """The consume loop; returns when :meth:`stop` is called.
 
-    async def _process(self, records: list[Record]) -> None:
+        Per batch, new segments are written at once (and their change messages sent); the
+        other changed states are written once per commit interval, right before the commit
+        (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
+        not one per batch. Nothing is committed that Redis does not hold.
+        """
+        assert self.consumer is not None
+        interval = self.settings.commit_interval_s
+        next_flush = time.monotonic() + interval
+        try:
+            while not self._stopping.is_set():
+                try:
+                    batch = await self.consumer.getmany(timeout_ms=200,
+                                                        max_records=self.settings.batch_max)
+                except KafkaError as exc:
+                    self.problem = f"Kafka: {exc}"
+                    log.warning("fetch failed: %s", exc)
+                    await asyncio.sleep(1)
+                    continue
+                self.last_poll = time.time()
+                if batch:
+                    self._idle.clear()  # set again only when the loop has drained and exited
+                    async with self._lock:
+                        await self._apply_batch(batch)
+                elif self.problem is not None and self.problem.startswith("Kafka"):
+                    self.problem = None
+                if time.monotonic() >= next_flush:
+                    async with self._lock:
+                        await self.flush_and_commit()
+                    next_flush = time.monotonic() + interval
+        finally:
+            async with self._lock:
+                await self.flush_and_commit()
+            self._idle.set()
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
         started = time.perf_counter()
         assert self.producer is not None
+        records = [m for msgs in batch.values() for m in msgs]
         seg = self.segmenter
         parsed = seg.parse(records)
-        loaded = await self._retry(lambda: self.store.load_states(seg.missing(parsed)))
+        loaded = await self._retry(functools.partial(self.store.load_states,
+                                                     seg.missing(parsed)))
         now_ms = int(time.time() * 1000)
         result = seg.apply(parsed, loaded, now_ms)
         if result.dead:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
         if result.model_updated:
             await self._save_model(now_ms)
-        changes, fenced = await self._retry(lambda: self.store.write(result.assignments,
-                                                                     now_ms))
+        changes, fenced = await self._retry(functools.partial(
+            self.store.write, result.assignments, now_ms))
+        await self._send_changes(changes)
+        for tp, msgs in batch.items():
+            self._uncommitted[tp] = msgs[-1].offset + 1
+        self._observe(result, len(changes), fenced, started)
+
+    async def _send_changes(self, changes: list[bytes]) -> None:
         if changes:
+            assert self.producer is not None
             futures = [await self.producer.send(
                 self.settings.changes_topic, key=orjson.loads(c)["customer_id"].encode(),
                 value=c) for c in changes]
             await asyncio.gather(*futures)
-        self._observe(result, len(changes), fenced, started)
+
+    async def flush_and_commit(self) -> None:
+        """Write every changed state, then commit what was applied. Call under ``_lock``."""
+        writes = self.segmenter.drain()
+        if writes:
+            _, fenced = await self._retry(functools.partial(
+                self.store.write, writes, int(time.time() * 1000), refresh=True))
+            self.metrics.fenced.inc(fenced)
+        if self._uncommitted:
+            await self._commit(dict(self._uncommitted))
+            self._uncommitted.clear()
 
     def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
         m = self.metrics

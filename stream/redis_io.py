@@ -40,6 +40,19 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 'change', msg)
 redis.call('PUBLISH', KEYS[4], msg)
 return {1, msg}
 """
+# The interval flush of customers whose segment did not change: state, confidence, version.
+_REFRESH = """
+local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
+if pos[1] and tonumber(pos[1]) == tonumber(ARGV[1]) and tonumber(pos[2]) > tonumber(ARGV[2]) then
+  return -1
+end
+redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
+  redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
+             'updated_at', ARGV[7])
+end
+return 0
+"""
 RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -95,12 +108,12 @@ class RedisStore:
         self.r = client
         self.keys = Keys(prefix)
         self.maxlen = stream_maxlen
-        self._sha: str | None = None
+        self._sha: dict[str, str] = {}
 
-    async def _script(self) -> str:
-        if self._sha is None:
-            self._sha = await self.r.script_load(_UPSERT)
-        return self._sha
+    async def _script(self, source: str) -> str:
+        if source not in self._sha:
+            self._sha[source] = await self.r.script_load(source)
+        return self._sha[source]
 
     async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
         """States of these customers that Redis holds (unknown ones are absent)."""
@@ -117,30 +130,40 @@ class RedisStore:
         return {cid: CustomerState.from_bytes(cid, b) for cid, b in zip(order, blobs,
                                                                         strict=True) if b}
 
-    async def write(self, assignments: list[Assignment], now_ms: int) -> tuple[list[bytes], int]:
-        """Write every assignment; return the change messages and how many were fenced."""
+    async def write(self, assignments: list[Assignment], now_ms: int,
+                    refresh: bool = False) -> tuple[list[bytes], int]:
+        """Write every assignment; return the change messages and how many were fenced.
+
+        With ``refresh`` the segment is known not to have changed: only the state, the
+        confidence, the model version and ``updated_at`` are written (a lighter script).
+        """
         if not assignments:
             return [], 0
         k = self.keys
+        source = _REFRESH if refresh else _UPSERT
         try:
-            sha = await self._script()
             for _ in range(2):
+                sha = await self._script(source)
                 async with self.r.pipeline(transaction=False) as pipe:
                     for a in assignments:
                         cid = a.customer_id
-                        pipe.evalsha(
-                            sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
-                            a.partition, a.offset, a.state, a.segment, a.segment_name,
-                            a.model_version, now_ms, a.confidence, a.event_id, a.reason, cid,
-                            self.maxlen,
-                        )
+                        if refresh:
+                            pipe.evalsha(sha, 2, k.state(cid), k.customer(cid), a.partition,
+                                         a.offset, a.state, a.segment, a.confidence,
+                                         a.model_version, now_ms)
+                        else:
+                            pipe.evalsha(
+                                sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
+                                a.partition, a.offset, a.state, a.segment, a.segment_name,
+                                a.model_version, now_ms, a.confidence, a.event_id, a.reason,
+                                cid, self.maxlen,
+                            )
                     results = await pipe.execute(raise_on_error=False)
                 errors = [r for r in results if isinstance(r, Exception)]
                 if errors and all(isinstance(e, NoScriptError) for e in errors):
                     # Redis restarted and lost its script cache: load and write again
                     # (the writes are idempotent, so repeating the ones that passed is safe).
-                    self._sha = None
-                    sha = await self._script()
+                    self._sha.clear()
                     continue
                 if errors:
                     if isinstance(errors[0], RETRIABLE):
@@ -149,6 +172,8 @@ class RedisStore:
                 break
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
+        if refresh:
+            return [], sum(1 for r in results if r == -1)
         changes = [r[1] for r in results if r[0] == 1]
         fenced = sum(1 for r in results if r[0] == -1)
         return changes, fenced
@@ -174,7 +199,7 @@ class RedisStore:
     async def sizes(self) -> dict[str, int]:
         """Members per segment."""
         raw = await self.r.hgetall(self.keys.sizes)
-        return {k.decode(): int(v) for k, v in raw.items()}
+        return {_text(k): int(v) for k, v in raw.items()}
 
     async def profiles(self) -> dict[str, dict[str, Any]]:
         """Segment profiles with live sizes."""
@@ -184,10 +209,14 @@ class RedisStore:
         for k, v in raw.items():
             p = json.loads(v)
             p["size"] = sizes.get(p["id"], 0)
-            out[k.decode()] = p
+            out[_text(k)] = p
         return out
 
     async def customer(self, cid: str) -> dict[str, str] | None:
         """The SPEC §2 hash of a customer, or None."""
         raw = await self.r.hgetall(self.keys.customer(cid))
-        return {k.decode(): v.decode() for k, v in raw.items()} if raw else None
+        return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -61,12 +61,14 @@ class Settings:
     """Half-life of decayed features in event-time days."""
     dedup_window: int = 32
     """Recent event ids remembered per customer to drop re-sent events."""
-    model_update_every: int = 2000
+    model_update_every: int = 5000
     """Valid events between model updates (each update bumps ``model_version``)."""
     warmup: int = 500
     """Customers seen before the model is seeded and starts assigning."""
     state_cache: int = 200_000
     """Customer states kept in worker memory; the rest are re-read from Redis."""
+    commit_interval_s: float = 1.0
+    """Seconds between state flushes + offset commits (new segments are written at once)."""
     batch_max: int = 5000
     """Most records consumed per batch."""
     stream_maxlen: int = 100_000
@@ -97,7 +99,7 @@ class Settings:
             if name not in env:
                 continue
             raw = env[name].strip()
-            kind = type(f.default)
+            kind: type = type(f.default)
             if kind is bool:
                 if raw.lower() not in _TRUE | _FALSE:
                     raise SettingsError(f"{name} must be a boolean (true/false), got {raw!r}")

@@ -51,7 +51,7 @@ async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aiored
         assert not missing, f"{len(missing)} customers have no segment"
         for h in hashes:
             doc = {k.decode(): v.decode() for k, v in h.items()}
-            assert SPEC_FIELDS <= doc.keys()
+            assert doc.keys() >= SPEC_FIELDS
             assert 0.0 <= float(doc["confidence"]) <= 1.0
             assert int(doc["model_version"]) >= 1 and int(doc["updated_at"]) > 1.7e12
         labels = [h[b"segment"].decode() for h in hashes]

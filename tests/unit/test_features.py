@@ -6,8 +6,15 @@ import pytest
 
 from models.events import Event, Traits
 from models.features import (
-    DAY_MS, FEATURE_NAMES, PURCHASES, SPEND, CustomerState, from_model_space, to_model_space,
-    update, vector,
+    DAY_MS,
+    FEATURE_NAMES,
+    PURCHASES,
+    SPEND,
+    CustomerState,
+    from_model_space,
+    to_model_space,
+    update,
+    vector,
 )
 
 HL = 10 * DAY_MS

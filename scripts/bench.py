@@ -1,0 +1,172 @@
+"""End-to-end throughput of one worker vs the minimal baseline loop, side by side.
+
+Both read the same pre-produced topic of simulated events on the embedded stack (or on
+``SEGMENTER_KAFKA`` / ``SEGMENTER_REDIS_URL``):
+
+- **worker**: a real ``segmenter worker`` process (validation, dedup, features, learning,
+  assignment, atomic Lua writes, change messages, commits), timed from its first to its
+  last processed event via ``/health``;
+- **baseline**: aiokafka ``getmany`` + the same features + NumPy assign + pipelined
+  ``HSET`` of the five SPEC fields + commit, in this process, nothing else.
+
+Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+
+import numpy as np
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from models.events import parse_event
+from models.features import CustomerState, to_model_space, update, vector
+from models.simulator import ShopSimulator
+from stream.embedded import embedded_stack, free_port
+from stream.kafka_io import ensure_topics, make_producer
+from stream.produce import produce
+from stream.redis_io import connect
+from stream.settings import Settings
+
+
+async def produce_topic(settings: Settings, events: list[dict[str, object]]) -> None:
+    await ensure_topics(settings)
+    producer = make_producer(settings)
+    await producer.start()
+    try:
+        await produce(producer, settings.events_topic,
+                      [(str(e["customer_id"]).encode(), orjson.dumps(e)) for e in events])
+    finally:
+        await producer.stop()
+
+
+async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float:
+    """The minimal loop; returns events/s from first batch to last."""
+    redis = connect(settings.redis_url)
+    c = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka,
+                         group_id=f"baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
+                         auto_offset_reset="earliest", session_timeout_ms=6000,
+                         max_partition_fetch_bytes=4 * 1024 * 1024)
+    await c.start()
+    states: dict[str, CustomerState] = {}
+    half_life = 30 * 86_400_000
+    done, first = 0, 0.0
+    prefix = f"bl{uuid.uuid4().hex[:6]}:"
+    try:
+        while done < total:
+            batch = await c.getmany(timeout_ms=500, max_records=5000)
+            if not batch:
+                continue
+            if not first:
+                first = time.perf_counter()
+            changed: dict[str, CustomerState] = {}
+            for msgs in batch.values():
+                for m in msgs:
+                    e = parse_event(m.value, m.key)
+                    st = states.get(e.customer_id) or states.setdefault(
+                        e.customer_id, CustomerState(e.customer_id))
+                    update(st, e, half_life)
+                    changed[e.customer_id] = st
+                    done += 1
+            x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
+            z = (x - x.mean(0)) / (x.std(0) + 1e-9)
+            labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+            now = str(int(time.time() * 1000))
+            async with redis.pipeline(transaction=False) as pipe:
+                for cid, k in zip(changed, labels.tolist(), strict=True):
+                    pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
+                        "segment": f"s{k}", "segment_name": "n", "model_version": "1",
+                        "updated_at": now, "confidence": "0.5"})
+                await pipe.execute()
+            await c.commit()
+        return (total - 0) / (time.perf_counter() - first)
+    finally:
+        await c.stop()
+        await redis.aclose()
+
+
+def worker_run(settings: Settings, total: int) -> float:
+    """A real worker process; events/s from its first to its last processed event."""
+    env = {**os.environ, **settings.with_env()}
+    log_path = os.path.join(tempfile.gettempdir(), f"bench-worker-{settings.group}.log")
+    with open(log_path, "wb") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
+                                stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{settings.web_port}/health"
+    first_t, first_n = 0.0, 0
+    deadline = time.monotonic() + 600
+    try:
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(url, timeout=2) as r:
+                    n = json.load(r)["processed"]
+            except urllib.error.HTTPError as exc:
+                n = json.load(exc).get("processed", 0)
+            except OSError:
+                n = 0
+            now = time.perf_counter()
+            if n and not first_t:
+                first_t, first_n = now, n
+            if n >= total:
+                return (n - first_n) / (now - first_t)
+            time.sleep(0.05)
+        raise RuntimeError(f"worker did not finish; see {log_path}")
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the benchmark and print a table."""
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--customers", type=int, default=5000)
+    ap.add_argument("--runs", type=int, default=3)
+    args = ap.parse_args(argv)
+    sim = ShopSimulator(args.customers, seed=1, days=30)
+    events = []
+    for e in sim.history():
+        events.append(e)
+        if len(events) >= args.events:
+            break
+    total = len(events)
+    centres = np.random.default_rng(0).normal(size=(6, 18))
+    with embedded_stack() as (k, r):
+        kafka = os.environ.get("SEGMENTER_KAFKA") or k.url
+        redis = os.environ.get("SEGMENTER_REDIS_URL") or r.url
+        base = Settings.from_env({"SEGMENTER_KAFKA": kafka, "SEGMENTER_REDIS_URL": redis,
+                                  "SEGMENTER_EVENTS_TOPIC": f"bench-{uuid.uuid4().hex[:6]}",
+                                  "SEGMENTER_PARTITIONS": "4"})
+        asyncio.run(produce_topic(base, events))
+        w_rates, b_rates = [], []
+        for i in range(args.runs):
+            uid = uuid.uuid4().hex[:6]
+            s = Settings.from_env({**base.with_env(), "SEGMENTER_GROUP": f"bench-{uid}",
+                                   "SEGMENTER_REDIS_PREFIX": f"b{uid}:",
+                                   "SEGMENTER_WEB_PORT": str(free_port())})
+            w_rates.append(worker_run(s, total))
+            b_rates.append(asyncio.run(baseline(s, total, centres)))
+            print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
+                  f"ev/s", flush=True)
+    w, b = statistics.median(w_rates), statistics.median(b_rates)
+    print(f"\n{total:,} events, {args.customers:,} customers, 4 partitions, medians of "
+          f"{args.runs}:")
+    print(f"  segmenter worker : {w:>10,.0f} events/s")
+    print(f"  baseline loop    : {b:>10,.0f} events/s")
+    print(f"  ratio worker/baseline: {w / b:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
