@@ -36,7 +36,7 @@ from typing import NamedTuple, Protocol
 from models.events import KNOWN_TYPES, Event, InvalidEvent, parse_event
 from models.features import DAY_MS, CustomerState, to_model_matrix, update, vector
 from models.model import SegmentModel
-from models.profiles import name_segment, unique_names
+from models.profiles import customer_reason, name_segment, stable_names
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,6 +53,20 @@ class Record:
     """Message key (the customer id, UTF-8)."""
     value: bytes | None
     """Message value (one JSON event)."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Message headers."""
+
+
+class Erase(NamedTuple):
+    """A control message: forget this customer everywhere (right to erasure)."""
+
+    customer_id: str
+    """The customer to forget."""
+
+
+CONTROL_HEADER = "segmenter.control"
+"""Header of control messages; with the value ``erase`` and no message value, the message
+(keyed by the customer id) erases the customer, in order with that customer's events."""
 
 
 class RecordLike(Protocol):
@@ -69,6 +83,8 @@ class RecordLike(Protocol):
     def key(self) -> bytes | None: ...
     @property
     def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +116,8 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     """Event time of the last applied event, epoch ms."""
     reason: str
     """``event`` or ``model_update``."""
+    why: str
+    """The customer's own traits that put them in the segment (set when the segment changes)."""
     partition: int
     """Partition of the last applied event (fencing)."""
     offset: int
@@ -146,9 +164,11 @@ class BatchResult:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     model_updated: bool = False
     event_ts: list[int] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    """Customers to erase from Redis before the assignments are written."""
 
 
-Parsed = list[tuple[RecordLike, Event | DeadLetter]]
+Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
 
 
 class Segmenter:
@@ -167,17 +187,22 @@ class Segmenter:
         self._updates = 0
         self._pending: set[str] = set()  # changed before the model was ready
         self.dirty: dict[str, None] = {}  # changed since the last drain (an ordered set)
-        self.names: list[str] = self._names()
+        self.names: list[str] = []
+        self.names = self._names()
 
     def _names(self) -> list[str]:
         if not self.model.ready:
             return []
-        return unique_names([name_segment(z) for z in self.model.centres_scaled().tolist()])
+        fresh = [name_segment(z) for z in self.model.centres_scaled().tolist()]
+        return stable_names(self.names, fresh)
 
     def parse(self, records: Sequence[RecordLike]) -> Parsed:
         """Validate every record."""
         out: Parsed = []
         for r in records:
+            if r.value is None and r.key and (CONTROL_HEADER, b"erase") in (r.headers or ()):
+                out.append((r, Erase(r.key.decode("utf-8", "replace"))))
+                continue
             try:
                 out.append((r, parse_event(r.value, r.key)))
             except InvalidEvent as exc:
@@ -188,7 +213,7 @@ class Segmenter:
         """Customer ids whose state is not cached (the caller loads them from Redis)."""
         return {
             e.customer_id for _, e in parsed
-            if isinstance(e, Event) and e.customer_id not in self.states
+            if type(e) is Event and e.customer_id not in self.states
         }
 
     def forget_partitions(self, partitions: set[int]) -> None:
@@ -209,6 +234,9 @@ class Segmenter:
             if isinstance(ev, DeadLetter):
                 res.dead.append(ev)
                 res.counts["invalid", "dead_lettered"] += 1
+                continue
+            if isinstance(ev, Erase):
+                self._erase(ev.customer_id, changed, res)
                 continue
             label = ev.type if ev.type in KNOWN_TYPES else "other"
             if label == "other":
@@ -242,6 +270,17 @@ class Segmenter:
         self._flush(changed, res, now_ms)
         return res
 
+    def _erase(self, cid: str, changed: dict[str, Event], res: BatchResult) -> None:
+        """Forget a customer: what came before the erasure is never written."""
+        self.states.pop(cid, None)
+        self.dirty.pop(cid, None)
+        self._pending.discard(cid)
+        changed.pop(cid, None)
+        if any(a.customer_id == cid for a in res.assignments):
+            res.assignments = [a for a in res.assignments if a.customer_id != cid]
+        res.erased.append(cid)
+        res.counts["erase", "processed"] += 1
+
     def _flush(self, changed: dict[str, Event], res: BatchResult, now_ms: int) -> None:
         """Assign the changed customers with the current model, then update the model when an
         update is due; so every event is scored by the version current when it arrived,
@@ -273,7 +312,9 @@ class Segmenter:
         if not ids:
             return
         rows = [vector(self.states[c], self.half_life_ms) for c in ids]
-        labels, conf = self.model.assign(to_model_matrix(rows))
+        z = self.model.scale(to_model_matrix(rows))
+        labels, conf = self.model.assign_scaled(z)
+        centres = self.model.centres_scaled()
         version = self.model.version
         dirty = self.dirty
         for i, cid in enumerate(ids):
@@ -286,8 +327,9 @@ class Segmenter:
             st.model_version = version
             if segment != st.segment:
                 st.segment = segment
+                why = customer_reason(z[i].tolist(), centres[labels[i]].tolist())
                 res.assignments.append(self._assignment(
-                    st, "event" if ev is not None else "model_update"))
+                    st, "event" if ev is not None else "model_update", why))
                 dirty.pop(cid, None)
             else:
                 dirty[cid] = None
@@ -300,7 +342,7 @@ class Segmenter:
         however many events a customer sends in between.
         """
         states = self.states
-        out = [self._assignment(states[cid], "event") for cid in self.dirty]
+        out = [self._assignment(states[cid], "event", "") for cid in self.dirty]
         self.dirty.clear()
         self._evict()
         return out
@@ -313,7 +355,7 @@ class Segmenter:
         rows = [vector(self.states[c], self.half_life_ms) for c in ids]
         return to_model_matrix(rows).tolist() if rows else []
 
-    def _assignment(self, st: CustomerState, reason: str) -> Assignment:
+    def _assignment(self, st: CustomerState, reason: str, why: str) -> Assignment:
         return Assignment(
             customer_id=st.customer_id,
             segment=st.segment,
@@ -323,6 +365,7 @@ class Segmenter:
             event_id=st.last_event_id if reason == "event" else "",
             event_ts=st.last_ts,
             reason=reason,
+            why=why,
             partition=st.partition,
             offset=st.offset,
             state=st.to_bytes(),

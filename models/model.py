@@ -170,14 +170,20 @@ class SegmentModel:
         """Centres mapped back to model space (before scaling)."""
         return self.centres_scaled() * self._stds() + self._means()
 
+    def scale(self, rows: np.ndarray | list[list[float]]) -> np.ndarray:
+        """Model-space rows standardised with the scaler's current statistics."""
+        return (np.asarray(rows, dtype=float) - self._means()) / self._stds()
+
     def assign(self, rows: np.ndarray | list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centre and a confidence in [0, 1] (1 - nearest/second-nearest distance)."""
-        x = np.asarray(rows, dtype=float)
-        z = (x - self._means()) / self._stds()
+        return self.assign_scaled(self.scale(rows))
+
+    def assign_scaled(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`assign` for rows already :meth:`scale`-d."""
         d2 = ((z[:, None, :] - self.centres_scaled()[None]) ** 2).sum(-1)
         labels = d2.argmin(1)
         if self.n_segments == 1:
-            return labels, np.ones(len(x))
+            return labels, np.ones(len(z))
         two = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])
         confidence = np.where(two[:, 1] > 0, 1.0 - two[:, 0] / np.maximum(two[:, 1], 1e-12), 1.0)
         return labels, np.clip(confidence, 0.0, 1.0)

@@ -85,6 +85,44 @@ def name_segment(z: list[float], words: int = 3) -> str:
     return text[0].upper() + text[1:]
 
 
+def stable_names(old: list[str], fresh: list[str]) -> list[str]:
+    """Keep a segment's old name while its strongest trait is still one the name mentions,
+    so names change only when a segment's meaning does.
+
+    >>> stable_names(["Frequent buyers, big spenders"], ["Big spenders, frequent buyers"])
+    ['Frequent buyers, big spenders']
+    >>> stable_names(["Frequent buyers, big spenders"], ["Lapsing, small baskets"])
+    ['Lapsing, small baskets']
+    """
+    out = []
+    for k, name in enumerate(fresh):
+        prev = old[k] if k < len(old) else ""
+        lead = name.split(" (")[0].split(", ")[0].lower()
+        keep = prev and lead in [p.lower() for p in prev.split(" (")[0].split(", ")]
+        out.append(prev.split(" (")[0] if keep else name.split(" (")[0])
+    return unique_names(out)
+
+
+def customer_reason(z: list[float], centre: list[float], most: int = 3) -> str:
+    """The customer's own traits, among those that set the segment apart, strongest first.
+
+    >>> from models.features import FEATURE_NAMES
+    >>> z = [0.0] * len(FEATURE_NAMES); c = [0.0] * len(FEATURE_NAMES)
+    >>> z[FEATURE_NAMES.index("orders")], c[FEATURE_NAMES.index("orders")] = 2.5, 1.5
+    >>> customer_reason(z, c)
+    'frequent buyers'
+    """
+    scored = []
+    for i, (zi, ci) in enumerate(zip(z, centre, strict=True)):
+        if abs(ci) >= MIN_Z and zi * ci > 0 and abs(zi) >= MIN_Z:
+            phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if ci > 0 else -1))
+            if phrase:
+                scored.append((abs(zi), phrase))
+    scored.sort(reverse=True)
+    phrases = list(dict.fromkeys(p for _, p in scored))[:most]
+    return ", ".join(phrases) if phrases else "close to the segment's typical customer"
+
+
 def unique_names(names: list[str]) -> list[str]:
     """Disambiguate equal names with a counter.
 

@@ -54,6 +54,13 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--drift", type=float, default=0.01,
                      help="chance per session that a shopper changes persona")
     sim.add_argument("--no-live", action="store_true", help="stop after the history")
+    subs = sub.add_parser("subscribe", help="print segment changes (Redis stream, consumer "
+                          "group with acks; resumes where it stopped)")
+    subs.add_argument("--group", default="subscriber", help="consumer group (one per service)")
+    subs.add_argument("--consumer", default="consumer-1", help="name within the group")
+    subs.add_argument("--from-start", action="store_true",
+                      help="a new group starts at the oldest kept change, not the next one")
+    subs.add_argument("--limit", type=int, default=None, help="stop after N changes")
     rep = sub.add_parser("replay", help="produce a JSON-lines file of events")
     rep.add_argument("file")
     rep.add_argument("--rate", type=float, default=0.0)
@@ -81,6 +88,15 @@ def main(argv: list[str] | None = None) -> int:
             n = asyncio.run(simulate(_settings(), args.customers, args.events, args.rate,
                                      args.days, args.seed, args.drift, not args.no_live))
             print(f"produced {n} events")
+            return 0
+        if args.command == "subscribe":
+            from stream.subscribe import print_change, subscribe
+
+            s = Settings.from_env()
+            if not s.redis_url:
+                raise SegmenterError("SEGMENTER_REDIS_URL is not set")
+            asyncio.run(subscribe(s.redis_url, s.redis_prefix, args.group, args.consumer,
+                                  args.from_start, print_change, limit=args.limit))
             return 0
         if args.command == "replay":
             from stream.produce import replay

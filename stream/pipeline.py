@@ -14,7 +14,6 @@ import logging
 import time
 from typing import Any
 
-import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
@@ -153,20 +152,16 @@ class EventPipeline:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
         if result.model_updated:
             await self._save_model(now_ms)
+        if result.erased:
+            await self._retry(functools.partial(self.store.erase, result.erased, now_ms,
+                                                seg.model.version))
+        # Change messages reach the Redis stream atomically with each write; the relay
+        # (stream.relay) forwards them to Kafka.
         changes, fenced = await self._retry(functools.partial(
             self.store.write, result.assignments, now_ms))
-        await self._send_changes(changes)
         for tp, msgs in batch.items():
             self._uncommitted[tp] = msgs[-1].offset + 1
         self._observe(result, len(changes), fenced, started)
-
-    async def _send_changes(self, changes: list[bytes]) -> None:
-        if changes:
-            assert self.producer is not None
-            futures = [await self.producer.send(
-                self.settings.changes_topic, key=orjson.loads(c)["customer_id"].encode(),
-                value=c) for c in changes]
-            await asyncio.gather(*futures)
 
     async def flush_and_commit(self) -> None:
         """Write every changed state, then commit what was applied. Call under ``_lock``."""

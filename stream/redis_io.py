@@ -29,7 +29,8 @@ redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
 if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
-           'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8])
+           'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8],
+           'reason', ARGV[13])
 if old == ARGV[4] then return {0, ''} end
 if old then redis.call('HINCRBY', KEYS[3], old, -1) end
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
@@ -40,6 +41,20 @@ redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 'change', msg)
 redis.call('PUBLISH', KEYS[4], msg)
 return {1, msg}
 """
+# Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
+_ERASE = """
+local old = redis.call('HGET', KEYS[2], 'segment')
+local existed = redis.call('DEL', KEYS[1], KEYS[2])
+if not old then return {existed, ''} end
+redis.call('HINCRBY', KEYS[3], old, -1)
+local msg = cjson.encode({customer_id = ARGV[1], ['from'] = old, to = cjson.null,
+  segment_name = cjson.null, model_version = tonumber(ARGV[4]), event_id = cjson.null,
+  changed_at = tonumber(ARGV[2]), reason = 'delete'})
+redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'change', msg)
+redis.call('PUBLISH', KEYS[4], msg)
+return {existed, msg}
+"""
+
 # The interval flush of customers whose segment did not change: state, confidence, version.
 _REFRESH = """
 local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
@@ -156,7 +171,7 @@ class RedisStore:
                                 sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
                                 a.partition, a.offset, a.state, a.segment, a.segment_name,
                                 a.model_version, now_ms, a.confidence, a.event_id, a.reason,
-                                cid, self.maxlen,
+                                cid, self.maxlen, a.why,
                             )
                     results = await pipe.execute(raise_on_error=False)
                 errors = [r for r in results if isinstance(r, Exception)]
@@ -177,6 +192,36 @@ class RedisStore:
         changes = [r[1] for r in results if r[0] == 1]
         fenced = sum(1 for r in results if r[0] == -1)
         return changes, fenced
+
+    async def erase(self, ids: list[str], now_ms: int, model_version: int) -> int:
+        """Forget these customers; return how many had anything stored."""
+        if not ids:
+            return 0
+        k = self.keys
+        try:
+            sha = await self._script(_ERASE)
+            async with self.r.pipeline(transaction=False) as pipe:
+                for cid in ids:
+                    pipe.evalsha(sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
+                                 cid, now_ms, self.maxlen, model_version)
+                results = await pipe.execute(raise_on_error=False)
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
+        for res in results:
+            if isinstance(res, NoScriptError):
+                self._sha.clear()
+                return await self.erase(ids, now_ms, model_version)
+            if isinstance(res, Exception):
+                raise ResponseError(f"erase failed: {res}")
+        return sum(1 for res in results if res[0])
+
+    async def customers(self, ids: list[str]) -> list[dict[str, str] | None]:
+        """SPEC §2 hashes of several customers in one round trip."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for cid in ids:
+                pipe.hgetall(self.keys.customer(cid))
+            raw = await pipe.execute()
+        return [{_text(k): _text(v) for k, v in h.items()} if h else None for h in raw]
 
     async def save_model(self, checkpoint: dict[str, Any],
                          profiles: dict[str, dict[str, Any]]) -> None:

@@ -51,6 +51,8 @@ class Settings:
     """HTTP port of the worker (API, metrics, dashboard)."""
     web_host: str = "127.0.0.1"
     """Address the HTTP server binds."""
+    cors_origins: str = ""
+    """Origins allowed to call the HTTP API from a browser, comma-separated (``*``: any)."""
     api_token: str = ""
     """Bearer token for admin routes (``DELETE /customers/...``); empty disables them."""
     session_timeout_s: float = 6.0

@@ -43,5 +43,7 @@ def settings(servers: tuple[str, str]) -> Settings:
         "SEGMENTER_PARTITIONS": "4",
         "SEGMENTER_WARMUP": "300",
         "SEGMENTER_MODEL_UPDATE_EVERY": "1000",
+        "SEGMENTER_API_TOKEN": "test-token-" + uid,
+        "SEGMENTER_CORS_ORIGINS": "http://shop.example",
     })
     return Settings.from_env(env)

@@ -1,0 +1,56 @@
+"""Reference subscriber: how a service consumes segment changes durably.
+
+It reads the Redis stream ``seg:changes`` through a consumer group, so several instances
+share the work and a restarted one resumes where it stopped: it first re-reads its own
+pending (delivered, unacknowledged) entries, then new ones; it acknowledges each entry only
+after handling it. (Pub/Sub on the same channel name is instant but at most once.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+from stream.redis_io import Keys, connect
+
+
+async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
+                    handle: Callable[[str, dict[str, Any]], None],
+                    stop: asyncio.Event | None = None, limit: int | None = None) -> int:
+    """Deliver each change to ``handle(stream_id, change)``; return how many were handled."""
+    r: aioredis.Redis = connect(url, max_connections=2)
+    key = Keys(prefix).changes
+    handled = 0
+    try:
+        with contextlib.suppress(ResponseError):  # BUSYGROUP: the group exists
+            await r.xgroup_create(key, group, id="0" if from_start else "$", mkstream=True)
+        start = "0"  # our pending entries first
+        while (stop is None or not stop.is_set()) and (limit is None or handled < limit):
+            # BLOCK stays below redis-py's 5 s socket timeout.
+            resp: Any = await r.xreadgroup(group, consumer, {key: start}, count=100,
+                                      block=None if start == "0" else 2000)
+            entries = resp[0][1] if resp else []
+            if start == "0" and not entries:
+                start = ">"
+                continue
+            for entry_id, fields in entries:
+                if fields:
+                    handle(entry_id.decode(), json.loads(fields[b"change"]))
+                    handled += 1
+                await r.xack(key, group, entry_id)
+    finally:
+        await r.aclose()
+    return handled
+
+
+def print_change(entry_id: str, change: dict[str, Any]) -> None:
+    """Print one change as a JSON line (with its stream id)."""
+    sys.stdout.write(json.dumps({"id": entry_id, **change}, ensure_ascii=False) + "\n")
+    sys.stdout.flush()

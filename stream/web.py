@@ -1,0 +1,172 @@
+"""HTTP routes of a worker (SPEC §4): lookups, profiles, erasure, ingest, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import time
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+
+import orjson
+from faust.web import Request, Response, View
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from models.core import CONTROL_HEADER
+from models.events import InvalidEvent, parse_event
+
+if TYPE_CHECKING:
+    import faust
+
+    from stream.app import Runtime
+
+MAX_BATCH_IDS = 100
+
+
+def typed(doc: dict[str, str]) -> dict[str, Any]:
+    """Hash fields with their JSON types (Redis stores strings).
+
+    >>> typed({"segment": "s1", "confidence": "0.5", "model_version": "3"})
+    {'segment': 's1', 'confidence': 0.5, 'model_version': 3}
+    """
+    out: dict[str, Any] = dict(doc)
+    for name, kind in (("model_version", int), ("updated_at", int), ("confidence", float)):
+        if name in out:
+            with contextlib.suppress(ValueError):
+                out[name] = kind(out[name])
+    return out
+
+
+def register(app: faust.App, rt: Runtime) -> None:
+    """Add every route to the Faust app."""
+    settings = rt.settings
+
+    def authorized(request: Request) -> bool:
+        token = settings.api_token
+        given = request.headers.get("Authorization", "")
+        # constant time, and never logged
+        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+
+    @app.page("/customers/{customer_id:.+}/segment")
+    class CustomerSegment(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            doc = await rt.store.customer(customer_id)
+            if doc is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id},
+                                 status=404)
+            return self.json({"customer_id": customer_id, **typed(doc)})
+
+    @app.page("/customers/segments")
+    class CustomerSegments(View):
+        """Batch lookup: ``POST {"ids": [...]}`` or ``GET ?id=a&id=b``; unknown ids map to
+        null."""
+
+        async def _answer(self, ids: list[Any]) -> Response:
+            if not ids or len(ids) > MAX_BATCH_IDS or not all(
+                    isinstance(i, str) and 0 < len(i) <= 128 for i in ids):
+                return self.json({"error": f"give 1 to {MAX_BATCH_IDS} customer ids, each a "
+                                           "string of 1 to 128 characters"}, status=400)
+            docs = await rt.store.customers(ids)
+            return self.json({"customers": {
+                cid: (typed(d) if d else None) for cid, d in zip(ids, docs, strict=True)}})
+
+        async def get(self, request: Request) -> Response:
+            query: Any = request.query  # a MultiDict: repeated ?id= parameters
+            return await self._answer(list(query.getall("id", [])))
+
+        async def post(self, request: Request) -> Response:
+            try:
+                body = await request.json()
+            except ValueError:
+                return self.json({"error": "body must be JSON"}, status=400)
+            ids = body.get("ids") if isinstance(body, dict) else None
+            return await self._answer(ids if isinstance(ids, list) else [])
+
+    @app.page("/customers/{customer_id:.+}")
+    class Customer(View):
+        async def delete(self, request: Request, customer_id: str) -> Response:
+            if not settings.api_token:
+                return self.json({"error": "erasure is disabled: set SEGMENTER_API_TOKEN"},
+                                 status=403)
+            if not authorized(request):
+                return self.json({"error": "missing or wrong bearer token"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+            if not 0 < len(customer_id) <= 128:
+                return self.json({"error": "customer id must have 1 to 128 characters"},
+                                 status=400)
+            # In order with the customer's events: the worker owning the partition forgets
+            # its copy too; the Redis deletion below makes the erasure visible at once.
+            await rt.producer.send_and_wait(
+                settings.events_topic, key=customer_id.encode(), value=None,
+                headers=[(CONTROL_HEADER, b"erase")])
+            found = await rt.store.erase([customer_id], int(time.time() * 1000),
+                                         rt.pipeline.segmenter.model.version)
+            return self.json({"customer_id": customer_id, "erased": True, "found": bool(found)})
+
+    @app.page("/events")
+    class Events(View):
+        """Ingest one event or a JSON list of events (e.g. from a web page); each is validated
+        as the worker would, then produced keyed by its customer id."""
+
+        async def post(self, request: Request) -> Response:
+            raw = await request.read()
+            try:
+                body = orjson.loads(raw)
+            except orjson.JSONDecodeError as exc:
+                return self.json({"error": f"body is not JSON: {exc}"}, status=400)
+            items = body if isinstance(body, list) else [body]
+            if not 0 < len(items) <= 500:
+                return self.json({"error": "send 1 to 500 events"}, status=400)
+            encoded = []
+            for n, item in enumerate(items):
+                value = orjson.dumps(item)
+                try:
+                    ev = parse_event(value, None)
+                except InvalidEvent as exc:
+                    return self.json({"error": f"event {n}: {exc}"}, status=400)
+                encoded.append((ev.customer_id.encode(), value))
+            futures = [await rt.producer.send(settings.events_topic, key=k, value=v)
+                       for k, v in encoded]
+            await asyncio.gather(*futures)
+            return self.json({"accepted": len(encoded)}, status=202)
+
+    @app.page("/segments")
+    class Segments(View):
+        async def get(self, request: Request) -> Response:
+            return self.json(await rt.store.profiles())
+
+    @app.page("/segments/{segment_id}")
+    class OneSegment(View):
+        async def get(self, request: Request, segment_id: str) -> Response:
+            profiles = await rt.store.profiles()
+            if segment_id not in profiles:
+                return self.json({"error": "unknown segment", "segment_id": segment_id},
+                                 status=404)
+            return self.json(profiles[segment_id])
+
+    @app.page("/health")
+    class Health(View):
+        async def get(self, request: Request) -> Response:
+            reasons = rt.health_problems()
+            try:
+                await asyncio.wait_for(rt.redis.ping(), 2)
+            except Exception as exc:
+                reasons.append(f"Redis unreachable: {exc}")
+            body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons,
+                    "processed": rt.pipeline.processed,
+                    "model_version": rt.pipeline.segmenter.model.version,
+                    "relay_leader": rt.relay.leader if rt.relay else False}
+            return self.json(body, status=200 if not reasons else 503)
+
+    @app.page("/metrics")
+    class Metrics(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(generate_latest(rt.metrics.registry),
+                              content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+    @app.page("/demo/shop")
+    class Shop(View):
+        async def get(self, request: Request) -> Response:
+            page = resources.files("stream").joinpath("static/shop.html").read_text()
+            return self.html(page)

@@ -1,0 +1,207 @@
+"""Serving: lookups, erasure, change subscriptions, Kafka relay (real broker, worker, Redis)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import zlib
+import urllib.parse
+import urllib.request
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from models.simulator import ShopSimulator
+from stream.kafka_io import ensure_topics
+from stream.settings import Settings
+from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
+from tests.integration.test_pipeline import lag_is_zero
+
+
+@pytest.fixture
+async def r(settings: Settings):  # type: ignore[no-untyped-def]
+    client = aioredis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
+
+
+def request(worker: WorkerProcess, method: str, path: str, body: Any = None,
+            headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
+    url = f"http://127.0.0.1:{worker.settings.web_port}{path}"
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
+    try:
+        with urllib.request.urlopen(req, timeout=5) as resp:
+            return resp.status, dict(resp.headers), json.load(resp)
+    except urllib.error.HTTPError as exc:
+        return exc.code, dict(exc.headers), json.load(exc)
+
+
+def event(cid: str, n: int, etype: str = "page_view", **props: Any) -> tuple[bytes, bytes]:
+    return cid.encode(), orjson.dumps({
+        "event_id": f"e{n}-{zlib.crc32(cid.encode())}", "customer_id": cid, "type": etype,
+        "timestamp": 1767225600000 + n * 60_000, "properties": props})
+
+
+async def seeded_worker(settings: Settings, tmp_path: Path,
+                        customers: int = 400) -> tuple[WorkerProcess, ShopSimulator]:
+    """A worker whose model is seeded on simulated shoppers, caught up."""
+    await ensure_topics(settings)
+    sim = ShopSimulator(customers=customers, seed=3, days=6)
+    await produce(settings, [(e["customer_id"].encode(), orjson.dumps(e))
+                             for e in sim.history()])
+    worker = WorkerProcess(settings, tmp_path)
+    worker.wait_healthy()
+    await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
+    return worker, sim
+
+
+async def test_lookups_any_id_batch_and_cors(settings: Settings, tmp_path: Path) -> None:
+    worker, sim = await seeded_worker(settings, tmp_path)
+    try:
+        odd = ["ü/ß 客户", 'quote"\'id', "a/b/segment", "{brace}", "x" * 128]
+        await produce(settings, [event(c, n, "purchase", amount=10 + n)
+                                 for c in odd for n in range(3)])
+        await wait_for(lambda: lag_is_zero(settings), 60, "odd ids to be processed")
+        for cid in odd:
+            status, _, body = request(
+                worker, "GET", f"/customers/{urllib.parse.quote(cid, safe='')}/segment")
+            assert status == 200, (cid, body)
+            assert body["customer_id"] == cid and body["segment"].startswith("s")
+            assert body["reason"]
+        some = sorted(sim.truth)[:3]
+        status, _, body = request(worker, "POST", "/customers/segments",
+                                  {"ids": [*some, odd[0], "nobody"]})
+        assert status == 200 and body["customers"]["nobody"] is None
+        assert all(body["customers"][c]["segment"] for c in [*some, odd[0]])
+        q = "&".join(f"id={urllib.parse.quote(c)}" for c in some)
+        assert request(worker, "GET", f"/customers/segments?{q}")[0] == 200
+        assert request(worker, "POST", "/customers/segments", {"ids": []})[0] == 400
+        status, _, body = request(worker, "GET", "/customers/nobody/segment")
+        assert status == 404 and body["error"] == "unknown customer"
+        _, headers, _ = request(worker, "GET", f"/customers/{some[0]}/segment",
+                                headers={"Origin": "http://shop.example"})
+        assert headers.get("Access-Control-Allow-Origin") == "http://shop.example"
+        _, headers, _ = request(worker, "GET", f"/customers/{some[0]}/segment",
+                                headers={"Origin": "http://evil.example"})
+        assert "Access-Control-Allow-Origin" not in headers
+        status, _, body = request(worker, "GET", "/segments")
+        assert status == 200 and body and all(p["name"] and "size" in p for p in body.values())
+        sid = next(iter(body))
+        assert request(worker, "GET", f"/segments/{sid}")[2]["id"] == sid
+        assert request(worker, "GET", "/segments/s999")[0] == 404
+    finally:
+        assert worker.stop() == 0, worker.log()
+
+
+async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    worker, sim = await seeded_worker(settings, tmp_path)
+    prefix = settings.redis_prefix
+    try:
+        cid = sorted(sim.truth)[0]
+        seg = (await r.hget(f"{prefix}customer:{{{cid}}}", "segment")).decode()
+        size = int(await r.hget(f"{prefix}sizes", seg))
+        path = f"/customers/{cid}"
+        assert request(worker, "DELETE", path)[0] == 401
+        assert request(worker, "DELETE", path,
+                       headers={"Authorization": "Bearer wrong"})[0] == 401
+        status, _, body = request(worker, "DELETE", path,
+                                  headers={"Authorization": f"Bearer {settings.api_token}"})
+        assert status == 200 and body["found"] is True
+        assert not await r.exists(f"{prefix}customer:{{{cid}}}", f"{prefix}state:{{{cid}}}")
+        assert int(await r.hget(f"{prefix}sizes", seg)) == size - 1
+        last = (await r.xrevrange(f"{prefix}changes", count=50))
+        deletes = [json.loads(f[b"change"]) for _, f in last
+                   if json.loads(f[b"change"])["customer_id"] == cid]
+        assert deletes[0]["reason"] == "delete" and deletes[0]["from"] == seg
+        assert deletes[0]["to"] is None
+        # the owning worker processes the control message: it stays forgotten
+        await wait_for(lambda: lag_is_zero(settings), 30, "the erasure to be consumed")
+        time.sleep(2 * settings.commit_interval_s + 0.5)
+        assert not await r.exists(f"{prefix}state:{{{cid}}}")
+        assert request(worker, "GET", f"/customers/{cid}/segment")[0] == 404
+        # a later event starts a fresh profile
+        await produce(settings, [event(cid, 10_000)])
+        await wait_for(lambda: lag_is_zero(settings), 30, "the new event")
+
+        async def fresh() -> bool:
+            return bool(await r.exists(f"{prefix}customer:{{{cid}}}"))
+        await wait_for(fresh, 10, "a fresh profile")
+        from models.features import VIEWS, CustomerState
+        state = CustomerState.from_bytes(cid, await r.hget(f"{prefix}state:{{{cid}}}", "b"))
+        assert state.orders_total == 0 and state.counters[VIEWS] == 1.0
+    finally:
+        assert worker.stop() == 0, worker.log()
+
+
+def start_subscriber(settings: Settings, out: Path, group: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, **settings.with_env()}
+    with open(out, "ab") as fh:
+        return subprocess.Popen(
+            [sys.executable, "-m", "stream.cli", "subscribe", "--group", group,
+             "--from-start"], env=env, stdout=fh, stderr=subprocess.DEVNULL)
+
+
+async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_path: Path,
+                                                     r: aioredis.Redis) -> None:
+    await ensure_topics(settings)
+    live_out, flaky_out = tmp_path / "live.jsonl", tmp_path / "flaky.jsonl"
+    live = start_subscriber(settings, live_out, "live")  # connected before the run
+    flaky = start_subscriber(settings, flaky_out, "flaky")
+    sim = ShopSimulator(customers=600, seed=9, days=10, drift=0.05)
+    events = [(e["customer_id"].encode(), orjson.dumps(e)) for e in sim.history()]
+    worker = WorkerProcess(settings, tmp_path)
+    try:
+        worker.wait_healthy()
+        await produce(settings, events[: len(events) // 2])
+        time.sleep(1.5)
+        flaky.send_signal(signal.SIGKILL)  # down mid-run, unacked entries and all
+        flaky.wait()
+        await produce(settings, events[len(events) // 2:])
+        await wait_for(lambda: lag_is_zero(settings), 120, "the worker to catch up")
+        time.sleep(2 * settings.commit_interval_s + 0.5)
+        flaky = start_subscriber(settings, flaky_out, "flaky")  # back: catches up
+        stream = await r.xrange(f"{settings.redis_prefix}changes")
+        ids = {i.decode() for i, _ in stream}
+
+        def received(path: Path) -> list[dict[str, Any]]:
+            return [json.loads(line) for line in path.read_text().splitlines() if line]
+
+        async def all_in(path: Path) -> bool:
+            return {c["id"] for c in received(path)} >= ids
+        await wait_for(lambda: all_in(live_out), 30, "the live subscriber")
+        await wait_for(lambda: all_in(flaky_out), 30, "the restarted subscriber")
+        changes = received(live_out)
+        assert len(changes) == len(ids)  # exactly one message per change
+        chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for c in changes:
+            chains[c["customer_id"]].append(c)
+        async with r.pipeline(transaction=False) as pipe:
+            for cid in chains:
+                pipe.hget(f"{settings.redis_prefix}customer:{{{cid}}}", "segment")
+            current = dict(zip(chains, await pipe.execute(), strict=True))
+        for cid, chain in chains.items():
+            assert chain[0]["from"] is None
+            for a, b in zip(chain, chain[1:], strict=False):
+                assert b["from"] == a["to"] != b["to"]
+            assert chain[-1]["to"] == current[cid].decode()
+        assert len(chains) == len(sim.truth)
+        # the Kafka topic got the same changes through the relay, in the same order
+        kafka = await consume_all(settings, settings.changes_topic, len(ids), timeout=30)
+        by_id = {dict(m.headers)["segmenter.change_id"].decode(): m for m in kafka}
+        assert set(by_id) == ids
+        for m in kafka:
+            assert json.loads(m.value)["customer_id"].encode() == m.key
+    finally:
+        for p in (live, flaky):
+            p.terminate()
+            p.wait()
+        assert worker.stop() == 0, worker.log()
