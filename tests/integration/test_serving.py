@@ -8,9 +8,9 @@ import signal
 import subprocess
 import sys
 import time
-import zlib
 import urllib.parse
 import urllib.request
+import zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
