@@ -1,0 +1,58 @@
+"""The example shop page in a real headless browser against a running worker."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from stream.settings import Settings
+from tests.integration.browser import browser  # noqa: F401  (fixture)
+from tests.integration.test_serving import seeded_worker
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+def redis_segment(settings: Settings, cid: str) -> str | None:
+    r = redis.Redis.from_url(settings.redis_url)
+    try:
+        v = r.hget(f"{settings.redis_prefix}customer:{{{cid}}}", "segment")
+        return v.decode() if isinstance(v, bytes) else None
+    finally:
+        r.close()
+
+
+async def shown_segment(page: Any) -> str:
+    return str(await page.get_attribute("[data-testid=segment]", "data-segment") or "")
+
+
+async def test_shop_page_shows_and_follows_the_segment(
+        settings: Settings, tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    worker, _ = await seeded_worker(settings, tmp_path, customers=600)
+    try:
+        page = await browser.new_page()
+        cid = "shopper-e2e-1"
+        await page.goto(f"http://127.0.0.1:{settings.web_port}/demo/shop?customer={cid}")
+        # The page sent session_start + page_view at load; the worker assigns a segment.
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=segment]').dataset.segment", timeout=30_000)
+        first = await shown_segment(page)
+        assert first == redis_segment(settings, cid)
+        assert await page.inner_text("[data-testid=banner]")
+        # Behave very differently: buy again and again until the segment moves.
+        deadline = time.monotonic() + 60
+        clicks = 0
+        while await shown_segment(page) == first and time.monotonic() < deadline:
+            await page.locator("[data-action=purchase]").first.click()
+            clicks += 1
+            await page.wait_for_timeout(150)
+        second = await shown_segment(page)
+        assert second != first, f"segment did not change after {clicks} purchases"
+        assert second == redis_segment(settings, cid)
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "shop.png"), full_page=True)
+        await page.close()
+    finally:
+        assert worker.stop() == 0, worker.log()
