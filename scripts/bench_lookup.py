@@ -9,7 +9,9 @@ segments for simulated customers. Then, in one run:
 
 Paced latencies are measured from the real send time while the client keeps to its schedule,
 and from the *scheduled* time when it falls behind, so a stall also counts for the requests
-queued behind it (no coordinated omission) while the client's own sleep overshoot does not. Usage: ``python -m scripts.bench_lookup [--rate 500]``.
+queued behind it (no coordinated omission) while the client's own sleep overshoot does not.
+
+Usage: ``python -m scripts.bench_lookup [--rate 500]``.
 """
 
 from __future__ import annotations
