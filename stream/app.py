@@ -38,6 +38,7 @@ class Runtime:
         self.producer: AIOKafkaProducer
         self.relay: ChangeRelay | None = None
         self.started = False
+        self.started_at = 0.0
 
     async def start(self) -> None:
         """Topics, producer, pipeline, lag reader, relay."""
@@ -48,6 +49,7 @@ class Runtime:
         await self.lag_reader.start()
         self.relay = ChangeRelay(self.redis, self.producer, self.settings.redis_prefix,
                                  self.settings.changes_topic)
+        self.started_at = time.time()
         self.started = True
 
     async def stop(self) -> None:
@@ -66,8 +68,14 @@ class Runtime:
         if not self.started:
             return ["starting"]
         out = []
-        if time.time() - p.last_poll > 15:
+        now = time.time()
+        if now - p.last_poll > 15:
             out.append("not consuming: no poll for 15 s")
+        if p.assigned() == 0 and now - self.started_at > 3 * self.settings.session_timeout_s:
+            out.append("no partitions assigned (more workers than partitions, or no group)")
+        if p.uncommitted_since and now - p.uncommitted_since > max(
+                30.0, 10 * self.settings.commit_interval_s) and now - p.last_commit > 30:
+            out.append("commits stalled: nothing committed for 30 s while events wait")
         if p.problem:
             out.append(p.problem)
         return out
@@ -116,8 +124,12 @@ def create_app(settings: Settings) -> faust.App:
         if not rt.started:
             return
         try:
+            now_ms = int(time.time() * 1000)
+            rt.metrics.assigned.set(rt.pipeline.assigned())
             for p in await rt.lag_reader.read():
                 rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
+                rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(
+                    p.seconds_behind(now_ms))
             await rt.pipeline.refresh_sizes()
         except Exception as exc:  # monitoring must never stop the worker
             log.warning("lag/size refresh failed: %s", exc)

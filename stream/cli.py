@@ -7,6 +7,7 @@ import asyncio
 import logging
 import os
 import sys
+import time
 
 from stream.errors import SegmenterError
 from stream.settings import Settings
@@ -22,17 +23,38 @@ def _settings() -> Settings:
 
 
 def _lag(args: argparse.Namespace) -> int:
-    from stream.kafka_io import read_lag_once
+    from stream.kafka_io import partition_owners, read_lag_once
 
     s = _settings()
-    rows = asyncio.run(read_lag_once(s.kafka, s.group, s.events_topic))
-    print(f"{'TOPIC':<24}{'PARTITION':>10}{'COMMITTED':>12}{'END':>12}{'LAG':>10}")
-    for r in rows:
-        committed = "-" if r.committed is None else str(r.committed)
-        print(f"{r.topic:<24}{r.partition:>10}{committed:>12}{r.end:>12}{r.lag:>10}")
-    total = sum(r.lag for r in rows)
-    print(f"{'TOTAL':<58}{total:>10}")
-    return 1 if args.max_lag is not None and total > args.max_lag else 0
+
+    async def table() -> tuple[str, int]:
+        rows = await read_lag_once(s.kafka, s.group, s.events_topic)
+        owners = await partition_owners(s.kafka, s.group, s.events_topic)
+        now_ms = int(time.time() * 1000)
+        out = [f"GROUP {s.group}  TOPIC {s.events_topic}  ({time.strftime('%H:%M:%S')})",
+               f"{'PARTITION':>9} {'CURRENT-OFFSET':>15} {'LOG-END-OFFSET':>15} {'LAG':>10} "
+               f"{'SECONDS-BEHIND':>15}  CONSUMER"]
+        for r in rows:
+            committed = "-" if r.committed is None else str(r.committed)
+            out.append(f"{r.partition:>9} {committed:>15} {r.end:>15} {r.lag:>10} "
+                       f"{r.seconds_behind(now_ms):>15.1f}  {owners.get(r.partition, '-')}")
+        total = sum(r.lag for r in rows)
+        behind = max((r.seconds_behind(now_ms) for r in rows), default=0.0)
+        out.append(f"{'TOTAL':>9} {'':>15} {'':>15} {total:>10} {behind:>15.1f}")
+        return "\n".join(out), total
+
+    while True:
+        text, total = asyncio.run(table())
+        if args.watch:
+            print("\033[2J\033[H" if sys.stdout.isatty() else "", end="")
+        print(text, flush=True)
+        if not args.watch:
+            break
+        time.sleep(args.watch)
+    if args.max_lag is not None and total > args.max_lag:
+        print(f"lag {total} exceeds --max-lag {args.max_lag}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -67,6 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     lag = sub.add_parser("lag", help="consumer lag per partition, read from the broker")
     lag.add_argument("--max-lag", type=int, default=None,
                      help="exit 1 when the total lag exceeds this")
+    lag.add_argument("--watch", type=float, nargs="?", const=2.0, default=0.0,
+                     metavar="SECONDS", help="refresh every SECONDS (default 2) until Ctrl-C")
     args = parser.parse_args(argv)
     debug = os.environ.get("SEGMENTER_DEBUG", "").lower() in ("1", "true", "yes", "on")
     logging.basicConfig(level=logging.DEBUG if debug else logging.INFO,

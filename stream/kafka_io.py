@@ -73,19 +73,28 @@ class PartitionLag:
     """The group's committed offset (None: nothing committed yet)."""
     end: int
     """End offset (high watermark)."""
+    oldest_unprocessed_ms: int | None = None
+    """Timestamp of the first record after the committed offset (None when caught up)."""
 
     @property
     def lag(self) -> int:
         """End minus committed (everything, when nothing is committed)."""
         return max(0, self.end - (self.committed or 0))
 
+    def seconds_behind(self, now_ms: int) -> float:
+        """Age of the oldest unprocessed record (0 when caught up)."""
+        if not self.lag or self.oldest_unprocessed_ms is None:
+            return 0.0
+        return max(0.0, (now_ms - self.oldest_unprocessed_ms) / 1000)
+
 
 class LagReader:
     """Reads committed and end offsets from the broker, independently of any consumer.
 
     End offsets come from ListOffsets and, because some Kafka-compatible brokers answer it
-    with the last batch's base offset + 1, from the high watermark of a real Fetch of the
-    last batch; the larger wins.
+    with the last batch's base offset + 1, from the high watermark of a real Fetch; the larger
+    wins. The Fetch starts at the committed offset, so it also returns the oldest unprocessed
+    record, whose timestamp tells how far behind the group is in time.
     """
 
     def __init__(self, bootstrap: str, group: str, topic: str) -> None:
@@ -120,21 +129,54 @@ class LagReader:
             if offset is not None and offset >= 0:
                 committed[tp] = offset
         listed = await self._consumer.end_offsets(tps)
+        starts = await self._consumer.beginning_offsets(tps)
         for tp in tps:
-            self._consumer.seek(tp, max(listed[tp] - 1, 0))
+            self._consumer.seek(tp, max(committed.get(tp, 0), starts[tp]))
         seen: dict[TopicPartition, int] = {}
+        oldest: dict[TopicPartition, int] = {}
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
         while len(seen) < len(tps) and loop.time() < deadline:
-            await self._consumer.getmany(timeout_ms=100)
+            batch = await self._consumer.getmany(timeout_ms=100, max_records=len(tps) * 50)
+            for tp, msgs in batch.items():
+                if msgs and tp not in oldest:
+                    oldest[tp] = msgs[0].timestamp
             for tp in tps:
                 hw = self._consumer.highwater(tp)
                 if hw is not None:
                     seen[tp] = hw
-            if all(listed[tp] == 0 for tp in tps if tp not in seen):
-                break  # empty partitions have nothing to fetch
+                    self._consumer.pause(tp)  # one answer per partition is enough
+            if all(listed[tp] <= committed.get(tp, 0) for tp in tps if tp not in seen):
+                break  # nothing left to fetch where no answer came
+        self._consumer.resume(*tps)
         return [PartitionLag(self.topic, tp.partition, committed.get(tp),
-                             max(listed[tp], seen.get(tp, 0))) for tp in tps]
+                             max(listed[tp], seen.get(tp, 0)), oldest.get(tp)) for tp in tps]
+
+
+async def partition_owners(bootstrap: str, group: str, topic: str) -> dict[int, str]:
+    """Which member of the group holds each partition (empty when the broker does not say)."""
+    from aiokafka.protocol.group import MemberAssignment
+
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    owners: dict[int, str] = {}
+    try:
+        described = await admin.describe_consumer_groups([group])
+        for g in described:
+            for member in g.groups[0][5] if g.groups else []:
+                member_id, client_id, host, _, raw = member
+                if not raw:
+                    continue
+                assignment = MemberAssignment.decode(raw)
+                for t, parts in assignment.assignment:
+                    if t == topic:
+                        for p in parts:
+                            owners[p] = f"{client_id or member_id}@{host}".strip("@")
+    except Exception as exc:  # optional detail: never fail the lag report for it
+        log.debug("could not describe group %s: %s", group, exc)
+    finally:
+        await admin.close()
+    return owners
 
 
 async def read_lag_once(bootstrap: str, group: str, topic: str) -> list[PartitionLag]:

@@ -20,6 +20,10 @@ class Metrics:
         self.lag = Gauge("segmenter_consumer_lag",
                          "End offset minus the group's committed offset, read from the broker",
                          ["topic", "partition"], registry=r)
+        self.lag_seconds = Gauge(
+            "segmenter_consumer_lag_seconds",
+            "Age of the oldest unprocessed event (now minus its Kafka timestamp)",
+            ["topic", "partition"], registry=r)
         self.freshness = Histogram(
             "segmenter_event_to_segment_seconds", "Event time to Redis write",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
@@ -35,6 +39,13 @@ class Metrics:
             buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5), registry=r)
         self.redis_errors = Counter("segmenter_redis_errors", "Failed Redis round trips",
                                     registry=r)
+        self.commits = Counter("segmenter_commits", "Offset commits of the events group",
+                               registry=r)
+        self.last_commit = Gauge("segmenter_last_commit_timestamp_seconds",
+                                 "Unix time of the last offset commit", registry=r)
+        self.assigned = Gauge("segmenter_assigned_partitions",
+                              "Partitions of the events topic assigned to this worker",
+                              registry=r)
         self.fenced = Counter("segmenter_fenced_writes",
                               "Customer writes refused because a newer write existed",
                               registry=r)

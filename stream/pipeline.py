@@ -64,6 +64,7 @@ class EventPipeline:
         self._idle.set()
         self._profiles: dict[str, dict[str, Any]] = {}
         self._uncommitted: dict[TopicPartition, int] = {}
+        self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
 
     async def start(self) -> None:
@@ -159,6 +160,8 @@ class EventPipeline:
         # (stream.relay) forwards them to Kafka.
         changes, fenced = await self._retry(functools.partial(
             self.store.write, result.assignments, now_ms))
+        if not self._uncommitted:
+            self.uncommitted_since = time.time()
         for tp, msgs in batch.items():
             self._uncommitted[tp] = msgs[-1].offset + 1
         self._observe(result, len(changes), fenced, started)
@@ -170,9 +173,9 @@ class EventPipeline:
             _, fenced = await self._retry(functools.partial(
                 self.store.write, writes, int(time.time() * 1000), refresh=True))
             self.metrics.fenced.inc(fenced)
-        if self._uncommitted:
-            await self._commit(dict(self._uncommitted))
+        if self._uncommitted and await self._commit(dict(self._uncommitted)):
             self._uncommitted.clear()
+            self.uncommitted_since = 0.0
 
     def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
         m = self.metrics
@@ -211,16 +214,28 @@ class EventPipeline:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
 
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> None:
+    def assigned(self) -> int:
+        """Partitions assigned to this worker now."""
+        return len(self.consumer.assignment()) if self.consumer is not None else 0
+
+    async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
         assert self.consumer is not None
         try:
             await self.consumer.commit(offsets)
             self.last_commit = time.time()
-        except (CommitFailedError, KafkaError) as exc:
+            self.metrics.commits.inc()
+            self.metrics.last_commit.set(self.last_commit)
+            return True
+        except CommitFailedError as exc:
             # Partitions moved during the batch: the new owner re-reads from the last commit
             # and the offset fence in Redis makes the repeat harmless.
             log.warning("commit failed (%s); the batch will be re-delivered and deduplicated",
                         exc)
+            return True
+        except KafkaError as exc:  # broker unreachable: keep the offsets, commit later
+            self.problem = f"Kafka: commit failed: {exc}"
+            log.warning("commit failed (%s); will retry", exc)
+            return False
 
     async def refresh_sizes(self) -> dict[str, int]:
         """Read segment sizes from Redis into the gauge and the profiles."""

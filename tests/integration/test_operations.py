@@ -1,0 +1,144 @@
+"""Operations: broker-measured lag, `segmenter lag`, /health through a Redis outage."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import orjson
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from stream.embedded import start_redis
+from stream.kafka_io import ensure_topics
+from stream.settings import Settings
+from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.test_pipeline import lag_is_zero
+
+
+def events(n: int, start: int = 0) -> list[tuple[bytes | None, bytes | None]]:
+    return [(f"c{i % 97}".encode(), orjson.dumps({
+        "event_id": f"e{i}", "customer_id": f"c{i % 97}", "type": "page_view",
+        "timestamp": 1767225600000 + i * 1000})) for i in range(start, start + n)]
+
+
+async def independent_lag(settings: Settings) -> dict[int, int]:
+    """End offsets by reading every record from the start; committed offsets from aiokafka."""
+    reader = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka,
+                              group_id=None, auto_offset_reset="earliest")
+    await reader.start()
+    ends: dict[int, int] = {p: 0 for p in range(settings.partitions)}
+    idle = 0
+    try:
+        while idle < 3:
+            batch = await reader.getmany(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for tp, msgs in batch.items():
+                ends[tp.partition] = max(ends[tp.partition], msgs[-1].offset + 1)
+    finally:
+        await reader.stop()
+    group = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group,
+                             enable_auto_commit=False)
+    await group.start()
+    try:
+        out = {}
+        for p, end in ends.items():
+            committed = await group.committed(TopicPartition(settings.events_topic, p))
+            out[p] = end - (committed or 0)
+        return out
+    finally:
+        await group.stop()
+
+
+def metric_lag(worker: WorkerProcess) -> dict[int, float]:
+    url = f"http://127.0.0.1:{worker.settings.web_port}/metrics"
+    with urllib.request.urlopen(url, timeout=5) as r:
+        text = r.read().decode()
+    out = {}
+    for m in re.finditer(r'^segmenter_consumer_lag\{partition="(\d+)",topic="([^"]+)"\} (\S+)$',
+                         text, re.M):
+        if m.group(2) == worker.settings.events_topic:
+            out[int(m.group(1))] = float(m.group(3))
+    return out
+
+
+def lag_cli(settings: Settings, *extra: str) -> tuple[int, str]:
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "lag", *extra],
+                         env={**os.environ, **settings.with_env()}, capture_output=True,
+                         text=True, timeout=60)
+    return out.returncode, out.stdout + out.stderr
+
+
+async def test_lag_grows_while_stopped_and_returns_to_zero(settings: Settings,
+                                                           tmp_path: Path) -> None:
+    await ensure_topics(settings)
+    await produce(settings, events(2000))
+    worker = WorkerProcess(settings, tmp_path)
+    worker.wait_healthy()
+    await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
+    assert worker.stop() == 0, worker.log()
+    await produce(settings, events(3000, start=2000))  # batched: big record batches
+    code, text = lag_cli(settings)
+    assert code == 0, text
+    total = int(re.search(r"^\s*TOTAL\s+(\d+)", text, re.M).group(1))  # type: ignore[union-attr]
+    assert total == 3000 == sum((await independent_lag(settings)).values()), text
+    total_line = next(line for line in text.splitlines() if line.strip().startswith("TOTAL"))
+    assert float(total_line.split()[-1]) > 0, text  # seconds behind
+    assert lag_cli(settings, "--max-lag", "2999")[0] == 1
+    assert lag_cli(settings, "--max-lag", "3000")[0] == 0
+    worker = WorkerProcess(settings, tmp_path, "worker-again")
+    try:
+        worker.wait_healthy()
+        await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up again")
+        code, text = lag_cli(settings, "--max-lag", "0")
+        assert code == 0, text
+    finally:
+        assert worker.stop() == 0, worker.log()
+
+
+async def test_health_and_lag_through_a_redis_outage(settings: Settings,
+                                                     tmp_path: Path) -> None:
+    redis_server = start_redis()  # this test's own Redis, to stop and start again
+    settings = dataclasses.replace(settings, redis_url=redis_server.url)
+    await ensure_topics(settings)
+    await produce(settings, events(1000))
+    worker = WorkerProcess(settings, tmp_path)
+    try:
+        worker.wait_healthy()
+        await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
+        redis_server.stop()
+
+        async def unhealthy() -> bool:
+            status, body = worker.health()
+            return status == 503 and any("Redis" in r for r in body["reasons"])
+        await wait_for(unhealthy, 30, "/health to report Redis down")
+        await produce(settings, events(1500, start=1000))
+
+        async def stalled_lag_reported() -> bool:
+            return sum(metric_lag(worker).values()) >= 1500 - settings.batch_max
+        await wait_for(stalled_lag_reported, 30, "the lag metric to grow while stalled")
+        time.sleep(3)  # the worker is stuck on Redis: its offsets stay where they are
+        expected = await independent_lag(settings)
+        await wait_for(lambda: _equal(worker, expected), 15, "metric == end - committed")
+        assert worker.proc.poll() is None  # it waits; it does not die
+        redis_server = start_redis(redis_server.port)
+        await wait_for(lambda: _healthy(worker), 60, "/health to recover")
+        await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
+        await wait_for(lambda: _equal(worker, {p: 0 for p in expected}), 15, "metric back to 0")
+    finally:
+        assert worker.stop() == 0, worker.log()
+        redis_server.stop()
+
+
+async def _equal(worker: WorkerProcess, expected: dict[int, int]) -> bool:
+    got = metric_lag(worker)
+    return {p: int(v) for p, v in got.items()} == expected
+
+
+async def _healthy(worker: WorkerProcess) -> bool:
+    return worker.health()[0] == 200
