@@ -126,6 +126,7 @@ def create_app(settings: Settings) -> faust.App:
         try:
             now_ms = int(time.time() * 1000)
             rt.metrics.assigned.set(rt.pipeline.assigned())
+            rt.metrics.health_ok.set(0 if rt.health_problems() else 1)
             for p in await rt.lag_reader.read():
                 rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
                 rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(

@@ -46,6 +46,8 @@ class Metrics:
         self.assigned = Gauge("segmenter_assigned_partitions",
                               "Partitions of the events topic assigned to this worker",
                               registry=r)
+        self.health_ok = Gauge("segmenter_health_ok",
+                               "1 when /health would answer 200, else 0", registry=r)
         self.fenced = Counter("segmenter_fenced_writes",
                               "Customer writes refused because a newer write existed",
                               registry=r)

@@ -1,0 +1,151 @@
+"""The production stack's files, checked with real validators (no Docker engine runs here):
+the compose file against the Compose specification's JSON schema, the Prometheus config and
+rules with promtool, and the Grafana dashboard's queries with promtool and against the
+metrics the worker really exports. Validators come from PyPI and Debian's packages."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import pytest
+import yaml
+from prometheus_client import generate_latest
+
+from stream.metrics import Metrics
+from stream.settings import Settings
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segmenter-tests"
+
+
+def compose_schema() -> dict[str, Any]:
+    """The Compose specification schema, as shipped in the docker-compose 1.29.2 wheel."""
+    target = CACHE / "compose_spec.json"
+    if not target.exists():
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
+                            "--only-binary=:all:", "-q", "-d", tmp, "docker-compose==1.29.2"],
+                           check=True, capture_output=True)
+            wheel = next(Path(tmp).glob("docker_compose-*.whl"))
+            with zipfile.ZipFile(wheel) as z:
+                target.write_bytes(z.read("compose/config/compose_spec.json"))
+    return dict(json.loads(target.read_text()))
+
+
+def promtool() -> str:
+    found = shutil.which("promtool")
+    if found:
+        return found
+    if os.geteuid() != 0:
+        pytest.fail("promtool is missing and this is not root: `apt-get install prometheus`")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    install = ["apt-get", "install", "-y", "-q", "--no-install-recommends", "prometheus"]
+    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+        subprocess.run(["apt-get", "update", "-q"], env=env, capture_output=True, check=True)
+        subprocess.run(install, env=env, capture_output=True, check=True)
+    return shutil.which("promtool") or pytest.fail("promtool not found after install")
+
+
+def compose() -> dict[str, Any]:
+    return dict(yaml.safe_load((ROOT / "docker-compose.yml").read_text()))
+
+
+def test_compose_file_matches_the_compose_schema() -> None:
+    validator = jsonschema.Draft201909Validator(compose_schema())  # the schema's own draft
+    errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
+              for e in validator.iter_errors(compose())]
+    assert not errors, errors
+
+
+def test_compose_is_production_like() -> None:
+    c = compose()
+    services = c["services"]
+    assert {"kafka", "redis", "worker", "simulator", "prometheus", "grafana"} <= set(services)
+    for name, svc in services.items():
+        if "image" in svc:  # every image tag can be overridden: ${VAR:-default}
+            assert re.fullmatch(r"\$\{[A-Z_]+:-[^}]+\}", svc["image"]), (name, svc["image"])
+        text = json.dumps(svc)
+        assert "sleep" not in text and "wait-for" not in text, name
+    for name in ("kafka", "redis", "worker", "prometheus", "grafana"):
+        assert "healthcheck" in services[name], name
+    assert "KRaft" in (ROOT / "docker-compose.yml").read_text() or \
+        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    assert "--appendonly" in services["redis"]["command"]
+    assert "ports" not in services["worker"]  # so --scale worker=N does not clash
+    assert services["simulator"]["profiles"] == ["simulator"]
+    for dep in services["worker"]["depends_on"].values():
+        assert dep["condition"] == "service_healthy"
+    known = {f"SEGMENTER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
+    used = set(re.findall(r"\bSEGMENTER_[A-Z_]+\b", (ROOT / "docker-compose.yml").read_text()))
+    assert used - {"SEGMENTER_IMAGE"} <= known, used - known
+
+
+def test_dockerfile_runs_the_worker() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert text.startswith("#") and "FROM python:3.11" in text
+    assert 'ENTRYPOINT ["segmenter"]' in text and 'CMD ["worker"]' in text
+    assert "HEALTHCHECK" in text and "USER " in text
+
+
+def test_prometheus_config_and_rules() -> None:
+    tool = promtool()
+    cfg = ROOT / "deploy/prometheus/prometheus.yml"
+    out = subprocess.run([tool, "check", "config", str(cfg)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    out = subprocess.run([tool, "check", "rules", str(cfg.parent / "alerts.yml")],
+                         capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    alerts = {r.get("alert") for g in yaml.safe_load((cfg.parent / "alerts.yml").read_text())
+              ["groups"] for r in g["rules"]}
+    assert {"SegmenterLagGrowing", "SegmenterConsumerStalled", "SegmenterDeadLetterSpike",
+            "SegmenterHealthFailing"} <= alerts
+
+
+def exported_metric_names() -> set[str]:
+    m = Metrics()
+    m.events.labels("page_view", "processed").inc()
+    m.lag.labels("t", "0").set(0)
+    m.lag_seconds.labels("t", "0").set(0)
+    m.segment_size.labels("s0").set(0)
+    text = generate_latest(m.registry).decode()
+    return {line.split("{")[0].split(" ")[0] for line in text.splitlines()
+            if line and not line.startswith("#")}
+
+
+def test_dashboard_queries_parse_and_use_real_metrics(tmp_path: Path) -> None:
+    dash = json.loads((ROOT / "deploy/grafana/dashboards/segmenter.json").read_text())
+    ds = yaml.safe_load((ROOT / "deploy/grafana/provisioning/datasources/prometheus.yml")
+                        .read_text())["datasources"][0]
+    exprs = []
+    for p in dash["panels"]:
+        assert p["datasource"]["uid"] == ds["uid"], p["title"]
+        exprs += [t["expr"] for t in p["targets"]]
+    assert len(exprs) >= 10
+    # promtool parses PromQL: check every panel query as a recording rule
+    rules = {"groups": [{"name": "dashboard", "rules": [
+        {"record": f"dashboard:q{i}", "expr": e} for i, e in enumerate(exprs)]}]}
+    path = tmp_path / "dashboard-rules.yml"
+    path.write_text(yaml.safe_dump(rules))
+    out = subprocess.run([promtool(), "check", "rules", str(path)], capture_output=True,
+                         text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    names = exported_metric_names()
+    alerts = (ROOT / "deploy/prometheus/alerts.yml").read_text()
+    for expr in [*exprs, alerts]:
+        for metric in re.findall(r"\bsegmenter_[a-z_]+", expr):
+            assert metric in names, f"{metric} is not exported by the worker"
+    provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/segmenter.yml")
+                              .read_text())
+    assert provider["apiVersion"] == 1 and provider["providers"][0]["type"] == "file"
