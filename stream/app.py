@@ -14,6 +14,7 @@ from aiohttp_cors import ResourceOptions
 from aiokafka import AIOKafkaProducer
 
 from stream import web
+from stream.dashboard import Dashboard
 from stream.kafka_io import LagReader, ensure_topics, make_producer
 from stream.metrics import Metrics
 from stream.pipeline import EventPipeline
@@ -37,6 +38,8 @@ class Runtime:
         self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
         self.producer: AIOKafkaProducer
         self.relay: ChangeRelay | None = None
+        self.dashboard = Dashboard()
+        self.pipeline.freshness_sink = self.dashboard.freshness
         self.started = False
         self.started_at = 0.0
 
@@ -127,11 +130,14 @@ def create_app(settings: Settings) -> faust.App:
             now_ms = int(time.time() * 1000)
             rt.metrics.assigned.set(rt.pipeline.assigned())
             rt.metrics.health_ok.set(0 if rt.health_problems() else 1)
-            for p in await rt.lag_reader.read():
+            rows = await rt.lag_reader.read()
+            for p in rows:
                 rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
                 rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(
                     p.seconds_behind(now_ms))
-            await rt.pipeline.refresh_sizes()
+            sizes = await rt.pipeline.refresh_sizes()
+            rt.dashboard.sample(rt, sizes, sum(p.lag for p in rows),
+                                max((p.seconds_behind(now_ms) for p in rows), default=0.0))
         except Exception as exc:  # monitoring must never stop the worker
             log.warning("lag/size refresh failed: %s", exc)
 

@@ -58,6 +58,8 @@ class EventPipeline:
         self.last_poll = 0.0
         self.last_commit = 0.0
         self.processed = 0
+        self.dead_lettered = 0
+        self.freshness_sink: Any = None  # a deque that receives recent freshness samples
         self.problem: str | None = None
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
@@ -183,7 +185,11 @@ class EventPipeline:
             m.events.labels(etype, outcome).inc(n)
         now = time.time()
         for ts in result.event_ts[-200:]:  # a sample bounds the cost per batch
-            m.freshness.observe(max(0.0, now - ts / 1000))
+            age = max(0.0, now - ts / 1000)
+            m.freshness.observe(age)
+            if self.freshness_sink is not None:
+                self.freshness_sink.append(age)
+        self.dead_lettered += len(result.dead)
         m.changes.inc(changes)
         m.fenced.inc(fenced)
         m.model_version.set(self.segmenter.model.version)

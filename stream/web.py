@@ -165,6 +165,19 @@ def register(app: faust.App, rt: Runtime) -> None:
             return self.bytes(generate_latest(rt.metrics.registry),
                               content_type=CONTENT_TYPE_LATEST.split(";")[0])
 
+    @app.page("/api/dashboard")
+    class DashboardData(View):
+        async def get(self, request: Request) -> Response:
+            if not rt.started:
+                return self.json({"error": "starting"}, status=503)
+            return self.json(await rt.dashboard.snapshot(rt))
+
+    @app.page("/")
+    class DashboardPage(View):
+        async def get(self, request: Request) -> Response:
+            return self.html(resources.files("stream").joinpath("static/dashboard.html")
+                             .read_text())
+
     @app.page("/demo/shop")
     class Shop(View):
         async def get(self, request: Request) -> Response:

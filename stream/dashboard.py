@@ -1,0 +1,74 @@
+"""Data behind the dashboard page (``GET /`` renders it, ``GET /api/dashboard`` serves it):
+a short history of sizes, throughput and lag sampled by the worker's timer, plus segment
+flows read from the change stream."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter, deque
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from stream.app import Runtime
+
+HISTORY = 300  # samples: 10 minutes at one per 2 s
+FLOW_WINDOW_S = 300
+
+
+class Dashboard:
+    """Samples a worker's state for people to watch."""
+
+    def __init__(self) -> None:
+        self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
+        self.freshness: deque[float] = deque(maxlen=5000)  # recent event->Redis seconds
+        self._last: tuple[float, float, float] | None = None  # time, processed, dead
+
+    def sample(self, rt: Runtime, sizes: dict[str, int], lag: int, behind: float) -> None:
+        """Called by the worker's timer."""
+        now = time.time()
+        processed = float(rt.pipeline.processed)
+        dead = float(rt.pipeline.dead_lettered)
+        rate = dlq = 0.0
+        if self._last is not None and now > self._last[0]:
+            rate = (processed - self._last[1]) / (now - self._last[0])
+            dlq = (dead - self._last[2]) / (now - self._last[0])
+        self._last = (now, processed, dead)
+        self.history.append({"t": int(now * 1000), "sizes": sizes, "events_per_s": rate,
+                             "dlq_per_s": dlq, "lag": lag, "seconds_behind": behind})
+
+    def percentiles(self) -> dict[str, float | None]:
+        """Event time to Redis write, over the most recent events."""
+        data = sorted(self.freshness)
+        if not data:
+            return {"p50": None, "p95": None, "p99": None}
+        return {f"p{q}": data[min(len(data) - 1, int(len(data) * q / 100))]
+                for q in (50, 95, 99)}
+
+    async def snapshot(self, rt: Runtime) -> dict[str, Any]:
+        """Everything the page shows, in one JSON document."""
+        last = self.history[-1] if self.history else {}
+        since = int((time.time() - FLOW_WINDOW_S) * 1000)
+        flows: Counter[tuple[str, str]] = Counter()
+        entries: Any = await rt.redis.xrevrange(rt.store.keys.changes, count=5000)
+        for _, fields in entries:
+            change = json.loads(fields[b"change"])
+            if change["changed_at"] < since:
+                break
+            flows[change["from"] or "new", change["to"] or "erased"] += 1
+        return {
+            "now": int(time.time() * 1000),
+            "model_version": rt.pipeline.segmenter.model.version,
+            "processed": rt.pipeline.processed,
+            "dead_lettered": rt.pipeline.dead_lettered,
+            "events_per_s": last.get("events_per_s", 0.0),
+            "dlq_per_s": last.get("dlq_per_s", 0.0),
+            "lag": last.get("lag"),
+            "seconds_behind": last.get("seconds_behind"),
+            "freshness_s": self.percentiles(),
+            "health": rt.health_problems(),
+            "segments": await rt.store.profiles(),
+            "history": list(self.history),
+            "flows": [{"from": f, "to": t, "count": n} for (f, t), n in flows.most_common()],
+            "flow_window_s": FLOW_WINDOW_S,
+        }

@@ -1,0 +1,82 @@
+"""The dashboard in a real headless browser: live data that matches /metrics and Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from stream.settings import Settings
+from tests.integration.browser import browser  # noqa: F401  (fixture)
+from tests.integration.helpers import produce, wait_for
+from tests.integration.test_pipeline import lag_is_zero
+from tests.integration.test_serving import seeded_worker
+
+ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
+
+
+def metrics(settings: Settings) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/metrics") as r:
+        text = r.read().decode()
+
+    def value(pattern: str) -> float:
+        return sum(float(v) for v in re.findall(pattern + r" (\S+)$", text, re.M))
+    return {
+        "model_version": value(r"^segmenter_model_version"),
+        "lag": value(r'^segmenter_consumer_lag\{partition="\d+",topic="'
+                     + re.escape(settings.events_topic) + '"}'),
+        "dead": value(r'^segmenter_events_total\{outcome="dead_lettered",type="invalid"\}'),
+    }
+
+
+async def shown(page: Any) -> dict[str, Any]:
+    sizes = {}
+    for row in await page.query_selector_all("[data-testid=segments] tbody tr"):
+        size = await (await row.query_selector(".size")).get_attribute("data-value")
+        sizes[await row.get_attribute("data-segment")] = int(size)
+    return {
+        "model_version": float(await page.inner_text("[data-testid=model-version]")),
+        "lag": float(await page.get_attribute("[data-testid=lag]", "data-value") or -1),
+        "dead": float(await page.get_attribute("[data-testid=dead-lettered]", "data-value")),
+        "sizes": sizes,
+    }
+
+
+async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
+                                            browser: Any) -> None:  # noqa: F811
+    worker, _ = await seeded_worker(settings, tmp_path, customers=500)
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        await produce(settings, [(b"x", b"{broken") for _ in range(7)])
+        await wait_for(lambda: lag_is_zero(settings), 30, "bad messages to be consumed")
+        page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+        await page.goto(f"http://127.0.0.1:{settings.web_port}/")
+        await page.wait_for_function("document.body.dataset.updated", timeout=20_000)
+        await page.wait_for_function(
+            "document.querySelector('[data-testid=dead-lettered]').dataset.value === '7'",
+            timeout=20_000)
+        expected: dict[str, Any] = {}
+        got: dict[str, Any] = {}
+        for _ in range(10):  # the page and the metrics refresh every 2 s: compare when settled
+            got = await shown(page)
+            expected = metrics(settings)
+            expected["sizes"] = {k.decode(): int(v) for k, v in
+                                 (await r.hgetall(f"{settings.redis_prefix}sizes")).items()}
+            if got == expected:
+                break
+            await asyncio.sleep(1)
+        assert got == expected
+        assert expected["model_version"] >= 1 and expected["dead"] == 7
+        assert expected["lag"] == 0
+        assert await page.inner_text("#status") == "healthy"
+        assert await page.locator("#sizes polyline").count() == len(expected["sizes"])
+        ARTIFACTS.mkdir(exist_ok=True)
+        await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
+        await page.close()
+    finally:
+        await r.aclose()
+        assert worker.stop() == 0, worker.log()
