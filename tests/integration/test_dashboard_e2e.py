@@ -53,6 +53,10 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
     try:
         await produce(settings, [(b"x", b"{broken") for _ in range(7)])
         await wait_for(lambda: lag_is_zero(settings), 30, "bad messages to be consumed")
+
+        async def worker_sees_no_lag() -> bool:  # its gauge follows on a 2 s timer
+            return metrics(settings)["lag"] == 0
+        await wait_for(worker_sees_no_lag, 20, "the worker's lag metric to reach 0")
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         await page.goto(f"http://127.0.0.1:{settings.web_port}/")
         await page.wait_for_function("document.body.dataset.updated", timeout=20_000)
