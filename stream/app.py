@@ -42,6 +42,7 @@ class Runtime:
         self.pipeline.freshness_sink = self.dashboard.freshness
         self.started = False
         self.started_at = 0.0
+        self.kafka_problem: str | None = None  # set when the broker stops answering
 
     async def start(self) -> None:
         """Topics, producer, pipeline, lag reader, relay."""
@@ -81,6 +82,8 @@ class Runtime:
             out.append("commits stalled: nothing committed for 30 s while events wait")
         if p.problem:
             out.append(p.problem)
+        if self.kafka_problem:
+            out.append(self.kafka_problem)
         return out
 
 
@@ -130,7 +133,14 @@ def create_app(settings: Settings) -> faust.App:
             now_ms = int(time.time() * 1000)
             rt.metrics.assigned.set(rt.pipeline.assigned())
             rt.metrics.health_ok.set(0 if rt.health_problems() else 1)
-            rows = await rt.lag_reader.read()
+            try:
+                # aiokafka's fetch loop just returns nothing while the broker is away; this
+                # read from the broker is what notices.
+                rows = await asyncio.wait_for(rt.lag_reader.read(), 5.0)
+                rt.kafka_problem = None
+            except Exception as exc:
+                rt.kafka_problem = f"Kafka unreachable: {exc!r}"
+                raise
             for p in rows:
                 rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
                 rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(

@@ -149,3 +149,33 @@ def test_dashboard_queries_parse_and_use_real_metrics(tmp_path: Path) -> None:
     provider = yaml.safe_load((ROOT / "deploy/grafana/provisioning/dashboards/segmenter.yml")
                               .read_text())
     assert provider["apiVersion"] == 1 and provider["providers"][0]["type"] == "file"
+
+
+def _keys(obj: Any, prefix: str = "") -> set[str]:
+    if isinstance(obj, dict):
+        out = set()
+        for k, v in obj.items():
+            out.add(f"{prefix}{k}")
+            out |= _keys(v, f"{prefix}{k}.")
+        return out
+    if isinstance(obj, list):
+        return set().union(*(_keys(v, prefix) for v in obj)) if obj else set()
+    return set()
+
+
+def test_dashboard_round_trips_through_grafanas_schema() -> None:
+    """Grafana's own dashboard schema (the Foundation SDK's models are generated from it):
+    every key of our dashboard must survive a decode/encode round trip, so none is unknown
+    to Grafana, and the panels keep their types, places and queries."""
+    from grafana_foundation_sdk.models.dashboard import Dashboard
+
+    raw = json.loads((ROOT / "deploy/grafana/dashboards/segmenter.json").read_text())
+    back = json.loads(json.dumps(Dashboard.from_json(raw).to_json(), default=lambda o: o.to_json()
+                                 if hasattr(o, "to_json") else str(o)))
+    lost = {k for k in _keys(raw) - _keys(back)
+            if not k.startswith("panels.targets.")}  # queries are datasource-specific: below
+    assert not lost, f"keys Grafana's schema does not know: {sorted(lost)}"
+    assert [(p["type"], p["gridPos"]) for p in back["panels"]] == \
+        [(p["type"], p["gridPos"]) for p in raw["panels"]]
+    assert [[t["expr"] for t in p["targets"]] for p in back["panels"]] == \
+        [[t["expr"] for t in p["targets"]] for p in raw["panels"]]
