@@ -67,8 +67,16 @@ async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> 
     return "\n".join(lines)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
     """Start the embedded stack, a worker and the simulator; print a summary until Ctrl-C."""
+    # Ctrl-C even when started where SIGINT is inherited as ignored (background jobs), and
+    # `kill` (SIGTERM) stop everything the same way.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, _interrupt)
     env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
     env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
     stack = contextlib.nullcontext((None, None)) if env_kafka and env_redis else embedded_stack()
