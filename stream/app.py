@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import sys
+import threading
 import time
 from typing import Any
 
@@ -154,7 +157,11 @@ def create_app(settings: Settings) -> faust.App:
     # mode types receivers with a positional-only first parameter, which def cannot spell
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def shutdown(sender: Any, *args: Any, signal: Any, **kwargs: Any) -> None:
-        await rt.stop()
+        try:  # with the broker or Redis gone, closing must not hang the process forever
+            await asyncio.wait_for(rt.stop(), 45)
+        except TimeoutError:
+            log.error("shutdown did not finish in 45 s (broker or Redis unreachable?); "
+                      "uncommitted events will be re-delivered and deduplicated")
 
     web.register(app, rt)
     app.segmenter_runtime = rt  # type: ignore[attr-defined]
@@ -171,4 +178,20 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     gc.set_threshold(50_000, 50, 1000)
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
-    worker.execute_from_commandline()
+    code = 0
+    try:
+        worker.execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+    # Faust's consumer thread does not stop when the broker is gone; it must not keep a
+    # stopped worker alive forever.
+    others = [t for t in threading.enumerate()
+              if t is not threading.main_thread() and not t.daemon]
+    for t in others:
+        t.join(5)
+    if any(t.is_alive() for t in others):
+        log.error("threads still running after shutdown (broker unreachable?); exiting")
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(code)
+    sys.exit(code)
