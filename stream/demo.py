@@ -13,7 +13,7 @@ import time
 import urllib.request
 from typing import Any
 
-from stream.embedded import embedded_stack, free_port
+from stream.embedded import embedded_stack, free_port, stop_process
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
@@ -24,16 +24,6 @@ def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Po
         return subprocess.Popen([sys.executable, "-m", "stream.cli", *args], env=env,
                                 stdout=log, stderr=subprocess.STDOUT,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
-
-
-def _stop(proc: subprocess.Popen[bytes], timeout: float = 15) -> None:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _health(port: int) -> dict[str, Any]:
@@ -109,8 +99,8 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         except KeyboardInterrupt:
             print("\nstopping...", flush=True)
         finally:
-            _stop(simulator)
-            _stop(worker)
+            stop_process(simulator, 15)
+            stop_process(worker, 60)
         print("stopped worker, simulator, broker and Redis.")
     return 0
 
