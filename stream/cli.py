@@ -13,11 +13,15 @@ from stream.errors import SegmenterError
 from stream.settings import Settings
 
 
-def _settings() -> Settings:
+def _settings(redis: bool = False) -> Settings:
     s = Settings.from_env()
     if not s.kafka:
         raise SegmenterError(
             "SEGMENTER_KAFKA is not set: point it at a Kafka cluster, "
+            "or run `segmenter demo` for the embedded stack")
+    if redis and not s.redis_url:
+        raise SegmenterError(
+            "SEGMENTER_REDIS_URL is not set: point it at Redis (redis://host:6379/0), "
             "or run `segmenter demo` for the embedded stack")
     return s
 
@@ -104,7 +108,7 @@ def main(argv: list[str] | None = None) -> int:
             from stream.app import run_worker
 
             sys.argv = [sys.argv[0], "worker"]  # Faust parses argv itself
-            run_worker(_settings())
+            run_worker(_settings(redis=True))
             return 0
         if args.command == "simulate":
             from stream.produce import simulate

@@ -34,3 +34,18 @@ def test_every_setting_is_documented_in_the_readme() -> None:
     readme = (ROOT / "README.md").read_text()
     for f in dataclasses.fields(Settings):
         assert f"`SEGMENTER_{f.name.upper()}`" in readme, f.name
+
+
+def test_cli_explains_missing_settings() -> None:
+    env = {k: v for k, v in __import__("os").environ.items() if not k.startswith("SEGMENTER_")}
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "worker"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "SEGMENTER_KAFKA is not set" in out.stderr
+    env["SEGMENTER_KAFKA"] = "127.0.0.1:1"
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "worker"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "SEGMENTER_REDIS_URL is not set" in out.stderr
+    env["SEGMENTER_PARTITIONS"] = "many"
+    out = subprocess.run([sys.executable, "-m", "stream.cli", "lag"], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and "SEGMENTER_PARTITIONS must be an integer" in out.stderr
