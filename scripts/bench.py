@@ -145,7 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     with embedded_stack() as (k, r):
         kafka = os.environ.get("SEGMENTER_KAFKA") or k.url
         redis = os.environ.get("SEGMENTER_REDIS_URL") or r.url
-        base = Settings.from_env({"SEGMENTER_KAFKA": kafka, "SEGMENTER_REDIS_URL": redis,
+        tuning = {k: v for k, v in os.environ.items()  # e.g. SEGMENTER_BATCH_MAX to compare
+                  if k.startswith("SEGMENTER_") and k not in ("SEGMENTER_KAFKA",
+                                                              "SEGMENTER_REDIS_URL")}
+        base = Settings.from_env({**tuning, "SEGMENTER_KAFKA": kafka, "SEGMENTER_REDIS_URL": redis,
                                   "SEGMENTER_EVENTS_TOPIC": f"bench-{uuid.uuid4().hex[:6]}",
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
