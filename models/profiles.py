@@ -140,13 +140,17 @@ def unique_names(names: list[str]) -> list[str]:
 def build_profiles(
     centres_scaled: list[list[float]],
     centres_model_space: list[list[float]],
+    names: list[str],
     sizes: dict[str, int],
     previous: dict[str, dict[str, Any]],
     model_version: int,
     now_ms: int,
 ) -> dict[str, dict[str, Any]]:
-    """Profiles keyed by segment id (``s0``, ``s1``, ...), keeping ``created_at``."""
-    names = unique_names([name_segment(z) for z in centres_scaled])
+    """Profiles keyed by segment id (``s0``, ``s1``, ...), keeping ``created_at``.
+
+    ``names`` are the names the assignments carry (:attr:`models.core.Segmenter.names`), so
+    a profile and a customer's ``segment_name`` always agree.
+    """
     profiles = {}
     for k, (z, m) in enumerate(zip(centres_scaled, centres_model_space, strict=True)):
         sid = f"s{k}"

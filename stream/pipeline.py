@@ -200,8 +200,8 @@ class EventPipeline:
         model = self.segmenter.model
         sizes = {sid: p.get("size", 0) for sid, p in self._profiles.items()}
         self._profiles = build_profiles(
-            model.centres_scaled().tolist(), model.centres_model_space().tolist(), sizes,
-            self._profiles, model.version, now_ms)
+            model.centres_scaled().tolist(), model.centres_model_space().tolist(),
+            self.segmenter.names, sizes, self._profiles, model.version, now_ms)
         await self._retry(lambda: self.store.save_model(model.checkpoint(), self._profiles))
 
     async def _retry(self, call: Any) -> Any:
