@@ -52,7 +52,7 @@ class Runtime:
         await ensure_topics(self.settings)
         self.producer = make_producer(self.settings)
         await self.producer.start()
-        await self.pipeline.start()
+        await self.pipeline.start(self.producer)
         await self.lag_reader.start()
         self.relay = ChangeRelay(self.redis, self.producer, self.settings.redis_prefix,
                                  self.settings.changes_topic)

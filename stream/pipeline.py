@@ -21,7 +21,7 @@ from models.core import BatchResult, Segmenter
 from models.model import SegmentModel
 from models.profiles import build_profiles
 from stream.errors import RetriableError
-from stream.kafka_io import make_producer, send_dead_letters
+from stream.kafka_io import send_dead_letters
 from stream.metrics import Metrics
 from stream.redis_io import RedisStore
 from stream.settings import Settings
@@ -69,8 +69,9 @@ class EventPipeline:
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
 
-    async def start(self) -> None:
-        """Restore the model, connect to Kafka."""
+    async def start(self, producer: AIOKafkaProducer) -> None:
+        """Restore the model, connect to Kafka; ``producer`` (started, owned by the caller)
+        sends the dead letters."""
         cp = await self.store.load_model()
         if cp is not None:
             model = SegmentModel.from_checkpoint(cp)  # CheckpointMismatch stops the worker
@@ -78,8 +79,7 @@ class EventPipeline:
             log.info("restored model version %d", model.version)
         self.metrics.model_version.set(self.segmenter.model.version)
         self._profiles = await self.store.profiles()
-        self.producer = make_producer(self.settings)
-        await self.producer.start()
+        self.producer = producer
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka, group_id=self.settings.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -101,13 +101,11 @@ class EventPipeline:
                         timeout)
         if self.consumer is not None:
             await self.consumer.stop()
-        if self.producer is not None:
-            await self.producer.stop()
 
     async def run(self) -> None:
         """The consume loop; returns when :meth:`stop` is called.
 
-        Per batch, new segments are written at once (and their change messages sent); the
+        Per batch, new segments are written at once (with their change-stream entries); the
         other changed states are written once per commit interval, right before the commit
         (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
         not one per batch. Nothing is committed that Redis does not hold.
