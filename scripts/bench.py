@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 
 import numpy as np
@@ -33,7 +31,8 @@ from aiokafka import AIOKafkaConsumer
 from models.events import parse_event
 from models.features import CustomerState, to_model_space, update, vector
 from models.simulator import ShopSimulator
-from stream.embedded import embedded_stack, free_port
+from stream.demo import worker_health
+from stream.embedded import embedded_stack, free_port, stop_process
 from stream.kafka_io import ensure_topics, make_producer
 from stream.produce import produce
 from stream.redis_io import connect
@@ -103,18 +102,11 @@ def worker_run(settings: Settings, total: int) -> float:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
                                 stdout=log, stderr=subprocess.STDOUT)
-    url = f"http://127.0.0.1:{settings.web_port}/health"
     first_t, first_n = 0.0, 0
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(url, timeout=2) as r:
-                    n = json.load(r)["processed"]
-            except urllib.error.HTTPError as exc:
-                n = json.load(exc).get("processed", 0)
-            except OSError:
-                n = 0
+            n = worker_health(settings.web_port).get("processed", 0)
             now = time.perf_counter()
             if n and not first_t:
                 first_t, first_n = now, n
@@ -123,8 +115,7 @@ def worker_run(settings: Settings, total: int) -> float:
             time.sleep(0.05)
         raise RuntimeError(f"worker did not finish; see {log_path}")
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_process(proc, 30)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,6 @@ import argparse
 import asyncio
 import http.client
 import itertools
-import json
 import os
 import random
 import statistics
@@ -31,13 +30,12 @@ import urllib.parse
 import urllib.request
 from collections.abc import Callable
 
-import orjson
 import redis
 
 from models.simulator import ShopSimulator
-from stream.embedded import embedded_stack, free_port
-from stream.kafka_io import make_producer
-from stream.produce import produce
+from scripts.bench import produce_topic
+from stream.demo import worker_health
+from stream.embedded import embedded_stack, free_port, stop_process
 from stream.settings import Settings
 
 
@@ -86,20 +84,9 @@ def main(argv: list[str] | None = None) -> int:
                                or r.url, "SEGMENTER_WEB_PORT": str(free_port()),
                                "SEGMENTER_EVENTS_TOPIC": f"lookup-{os.getpid()}"})
         sim = ShopSimulator(args.customers, seed=2, days=10)
-        msgs = [(e["customer_id"].encode(), orjson.dumps(e)) for e in sim.history()]
 
-        async def load() -> None:
-            from stream.kafka_io import ensure_topics
-
-            await ensure_topics(s)
-            p = make_producer(s)
-            await p.start()
-            try:
-                await produce(p, s.events_topic, msgs)
-            finally:
-                await p.stop()
-
-        asyncio.run(load())
+        events = list(sim.history())
+        asyncio.run(produce_topic(s, events))
         proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"],
                                 env={**os.environ, **s.with_env()},
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -107,14 +94,9 @@ def main(argv: list[str] | None = None) -> int:
             rc = redis.Redis.from_url(s.redis_url)
             ids = sorted(sim.truth)
             deadline = time.monotonic() + 180
-            health_url = f"http://127.0.0.1:{s.web_port}/health"
             while time.monotonic() < deadline:  # measure once the worker has caught up
-                try:
-                    with urllib.request.urlopen(health_url, timeout=2) as h:
-                        if json.load(h)["processed"] >= len(msgs):
-                            break
-                except OSError:
-                    pass
+                if worker_health(s.web_port).get("processed", 0) >= len(events):
+                    break
                 time.sleep(0.5)
             rng = random.Random(0)
             picks = [rng.choice(ids) for _ in range(args.requests)]
@@ -140,11 +122,9 @@ def main(argv: list[str] | None = None) -> int:
                                                              args.requests),
                 "baseline: HGETALL loop, unpaced": unpaced(redis_get, args.requests),
             }
-            with urllib.request.urlopen(f"http://127.0.0.1:{s.web_port}/health") as h:
-                health = json.load(h)
+            health = worker_health(s.web_port)
         finally:
-            proc.terminate()
-            proc.wait(30)
+            stop_process(proc, 30)
     base = percentiles(results["baseline: HGETALL loop, unpaced"])
     print(f"{args.requests:,} lookups each over {len(ids):,} customers "
           f"(worker processed {health['processed']:,} events)")

@@ -26,18 +26,26 @@ def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Po
                                 stdin=subprocess.DEVNULL, start_new_session=True)
 
 
-def _health(port: int) -> dict[str, Any]:
+def fetch_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
+    """GET a JSON route of a worker: ``(status, body)`` for any HTTP status, and
+    ``(0, {"error": ...})`` when nothing answers (the worker is starting or gone)."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2) as r:
-            return dict(json.load(r))
+        with urllib.request.urlopen(url, timeout=timeout) as r:
+            return r.status, json.load(r)
     except urllib.error.HTTPError as exc:
-        return dict(json.load(exc))
-    except OSError:
-        return {"status": "starting", "processed": 0}
+        return exc.code, json.load(exc)
+    except OSError as exc:
+        return 0, {"error": str(exc)}
+
+
+def worker_health(port: int) -> dict[str, Any]:
+    """A local worker's ``/health`` body, 200 or 503 alike (``processed`` is 0 until it answers)."""
+    status, body = fetch_json(f"http://127.0.0.1:{port}/health")
+    return dict(body) if status else {"status": "starting", "processed": 0}
 
 
 async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> str:
-    health = _health(settings.web_port)
+    health = worker_health(settings.web_port)
     processed = int(health.get("processed", 0))
     now = time.monotonic()
     rate = (processed - seen[1]) / (now - seen[0]) if seen[0] else 0.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -16,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.demo import fetch_json
 from stream.embedded import stop_process
 from stream.settings import Settings
 
@@ -33,22 +33,16 @@ class WorkerProcess:
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
 
     def health(self) -> tuple[int, dict[str, Any]]:
-        url = f"http://127.0.0.1:{self.settings.web_port}/health"
-        try:
-            with urllib.request.urlopen(url, timeout=2) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
-        except OSError as exc:
-            return 0, {"error": str(exc)}
+        """``/health`` status and body (status 0 while nothing answers)."""
+        return self.get("/health")
 
     def get(self, path: str) -> tuple[int, Any]:
-        url = f"http://127.0.0.1:{self.settings.web_port}{path}"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as r:
-                return r.status, json.load(r)
-        except urllib.error.HTTPError as exc:
-            return exc.code, json.load(exc)
+        return fetch_json(f"http://127.0.0.1:{self.settings.web_port}{path}", timeout=5)
+
+    def metrics_text(self) -> str:
+        url = f"http://127.0.0.1:{self.settings.web_port}/metrics"
+        with urllib.request.urlopen(url, timeout=5) as r:
+            return str(r.read().decode())
 
     def wait_healthy(self, timeout: float = 60) -> None:
         deadline = time.monotonic() + timeout

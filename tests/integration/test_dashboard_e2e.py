@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import re
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -12,16 +11,16 @@ import redis.asyncio as aioredis
 
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
-from tests.integration.helpers import produce, wait_for
+from tests.integration.helpers import WorkerProcess, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import seeded_worker
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 
 
-def metrics(settings: Settings) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{settings.web_port}/metrics") as r:
-        text = r.read().decode()
+def metrics(worker: WorkerProcess) -> dict[str, float]:
+    text = worker.metrics_text()
+    settings = worker.settings
 
     def value(pattern: str) -> float:
         return sum(float(v) for v in re.findall(pattern + r" (\S+)$", text, re.M))
@@ -55,7 +54,7 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         await wait_for(lambda: lag_is_zero(settings), 30, "bad messages to be consumed")
 
         async def worker_sees_no_lag() -> bool:  # its gauge follows on a 2 s timer
-            return metrics(settings)["lag"] == 0
+            return metrics(worker)["lag"] == 0
         await wait_for(worker_sees_no_lag, 20, "the worker's lag metric to reach 0")
         page = await browser.new_page(viewport={"width": 1400, "height": 1000})
         await page.goto(f"http://127.0.0.1:{settings.web_port}/")
@@ -67,7 +66,7 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         got: dict[str, Any] = {}
         for _ in range(10):  # the page and the metrics refresh every 2 s: compare when settled
             got = await shown(page)
-            expected = metrics(settings)
+            expected = metrics(worker)
             expected["sizes"] = {k.decode(): int(v) for k, v in
                                  (await r.hgetall(f"{settings.redis_prefix}sizes")).items()}
             if got == expected:

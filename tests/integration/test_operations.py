@@ -8,7 +8,6 @@ import re
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import orjson
@@ -56,9 +55,7 @@ async def independent_lag(settings: Settings) -> dict[int, int]:
 
 
 def metric_lag(worker: WorkerProcess) -> dict[int, float]:
-    url = f"http://127.0.0.1:{worker.settings.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as r:
-        text = r.read().decode()
+    text = worker.metrics_text()
     out = {}
     for m in re.finditer(r'^segmenter_consumer_lag\{partition="(\d+)",topic="([^"]+)"\} (\S+)$',
                          text, re.M):

@@ -126,18 +126,10 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
         worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 90, "redelivered events to be consumed")
         assert await snapshot() == before
-        metrics = worker_metrics(worker)
+        metrics = worker.metrics_text()
         assert 'outcome="duplicate"' in metrics
     finally:
         assert worker.stop() == 0, worker.log()
-
-
-def worker_metrics(worker: WorkerProcess) -> str:
-    import urllib.request
-
-    url = f"http://127.0.0.1:{worker.settings.web_port}/metrics"
-    with urllib.request.urlopen(url, timeout=5) as resp:
-        return str(resp.read().decode())
 
 
 async def test_malformed_messages_go_to_dlq(settings: Settings, tmp_path: Path,
@@ -186,7 +178,7 @@ async def test_malformed_messages_go_to_dlq(settings: Settings, tmp_path: Path,
         # every valid customer was processed around them
         for i in range(40):
             assert await r.exists(f"{settings.redis_prefix}state:{{ok{i}}}")
-        metrics = worker_metrics(worker)
+        metrics = worker.metrics_text()
         assert f'segmenter_events_total{{outcome="dead_lettered",type="invalid"}} {n_bad}.0' \
             in metrics
         assert worker.health()[0] == 200
