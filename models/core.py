@@ -4,11 +4,12 @@ dead letters, counts and per-customer assignments out. No I/O happens here.
 The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.parse` tells
 which customers' states must be loaded; :meth:`Segmenter.apply` updates features, learns,
 assigns, and returns the new segments to write at once; :meth:`Segmenter.drain` returns the
-other changed states, written once per commit interval.
+other changed states, written once per commit interval; :meth:`Segmenter.rescore` re-scores
+customers without new events as event time advances or the model changes.
 
 Examples
 --------
->>> seg = Segmenter(SegmenterConfig(n_segments=2, warmup=2, update_every=2))
+>>> seg = Segmenter(SegmenterConfig(min_segments=2, max_segments=2, warmup=2, update_every=2))
 >>> recs = [Record("events", 0, i, f"c{i}".encode(),
 ...         ('{"event_id":"e%d","customer_id":"c%d","type":"purchase",'
 ...          '"timestamp":%d,"properties":{"amount":%d}}' % (i, i, 1767225600000 + i, i * 50)
@@ -31,107 +32,37 @@ import random
 from collections import Counter, OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any
 
+from models.density import DensityModel
+from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event, InvalidEvent, parse_event
 from models.features import DAY_MS, CustomerState, to_model_matrix, update, vector
-from models.model import SegmentModel
+from models.model import BaseModel, SegmentModel
 from models.profiles import customer_reason, name_segment, stable_names
+from models.records import (
+    CONTROL_HEADER,
+    Assignment,
+    DeadLetter,
+    Erase,
+    Record,
+    RecordLike,
+)
 
-
-@dataclass(frozen=True, slots=True)
-class Record:
-    """One consumed Kafka message."""
-
-    topic: str
-    """Source topic."""
-    partition: int
-    """Source partition."""
-    offset: int
-    """Offset in that partition."""
-    key: bytes | None
-    """Message key (the customer id, UTF-8)."""
-    value: bytes | None
-    """Message value (one JSON event)."""
-    headers: tuple[tuple[str, bytes], ...] = ()
-    """Message headers."""
-
-
-class Erase(NamedTuple):
-    """A control message: forget this customer everywhere (right to erasure)."""
-
-    customer_id: str
-    """The customer to forget."""
-
-
-CONTROL_HEADER = "segmenter.control"
-"""Header of control messages; with the value ``erase`` and no message value, the message
-(keyed by the customer id) erases the customer, in order with that customer's events."""
-
-
-class RecordLike(Protocol):
-    """What the core reads of a record: :class:`Record`, or aiokafka's own records as they
-    come (building a second object per message would cost more than the rest of parsing)."""
-
-    @property
-    def topic(self) -> str: ...
-    @property
-    def partition(self) -> int: ...
-    @property
-    def offset(self) -> int: ...
-    @property
-    def key(self) -> bytes | None: ...
-    @property
-    def value(self) -> bytes | None: ...
-    @property
-    def headers(self) -> Sequence[tuple[str, bytes]]: ...
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """An invalid record and why it was refused."""
-
-    record: RecordLike
-    """The original record, bytes untouched."""
-    reason: str
-    """Human-readable reason."""
-
-
-class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batch, built fast
-    """A customer's new state and current segment, to be written atomically."""
-
-    customer_id: str
-    """The customer."""
-    segment: str
-    """Stable segment id (``s0``...)."""
-    segment_name: str
-    """Human-readable segment name."""
-    confidence: float
-    """How clearly the customer belongs, in [0, 1]."""
-    model_version: int
-    """Version of the model that assigned."""
-    event_id: str
-    """Last event applied (empty when re-assigned without a new event)."""
-    event_ts: int
-    """Event time of the last applied event, epoch ms."""
-    reason: str
-    """``event`` or ``model_update``."""
-    why: str
-    """The customer's own traits that put them in the segment (set when the segment changes)."""
-    partition: int
-    """Partition of the last applied event (fencing)."""
-    offset: int
-    """Offset of the last applied event (fencing)."""
-    state: bytes
-    """Serialized :class:`CustomerState`."""
+__all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Record",
+           "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
 
 
 @dataclass(frozen=True, slots=True)
 class SegmenterConfig:
     """Tuning of the pure core (mirrors the ``SEGMENTER_*`` settings)."""
 
-    n_segments: int = 6
-    """Number of segments."""
+    algorithm: str = "kmeans"
+    """``kmeans`` (River KMeans, count chosen in bounds) or ``dbstream`` (River DBSTREAM)."""
+    min_segments: int = 3
+    """Fewest segments."""
+    max_segments: int = 8
+    """Most segments."""
     half_life_days: float = 30.0
     """Half-life of decayed features, in event-time days."""
     dedup_window: int = 32
@@ -143,7 +74,7 @@ class SegmenterConfig:
     learn_sample: int = 64
     """Current customers sampled and learned (``learn_one``) per model update."""
     refresh_every: int = 4
-    """Every this many updates, refresh the centres over a larger sample of current customers."""
+    """Every this many updates, re-cluster a larger sample of current customers."""
     refresh_sample: int = 2000
     """Current customers sampled for seeding and refreshes."""
     step: float = 0.02
@@ -152,6 +83,23 @@ class SegmenterConfig:
     """Random seed."""
     cache_size: int = 200_000
     """Customer states kept in memory (the rest is re-read from Redis)."""
+    learner: bool = True
+    """This core updates the model; False: it assigns with snapshots it is given."""
+    active_days: float = 90.0
+    """Customers active within this many event-time days form the population the model
+    learns from (the long gone still get a segment, but no longer shape the segments)."""
+
+
+def make_model(cfg: SegmenterConfig) -> BaseModel:
+    """The model the configuration names."""
+    if cfg.algorithm == "kmeans":
+        return SegmentModel(min_segments=cfg.min_segments, max_segments=cfg.max_segments,
+                            warmup=cfg.warmup, learn_sample=cfg.learn_sample, seed=cfg.seed,
+                            step=cfg.step)
+    if cfg.algorithm == "dbstream":
+        return DensityModel(min_segments=1, max_segments=cfg.max_segments, warmup=cfg.warmup,
+                            learn_sample=cfg.learn_sample, seed=cfg.seed)
+    raise ValueError(f"unknown algorithm {cfg.algorithm!r} (use kmeans or dbstream)")
 
 
 @dataclass(slots=True)
@@ -166,6 +114,8 @@ class BatchResult:
     event_ts: list[int] = field(default_factory=list)
     erased: list[str] = field(default_factory=list)
     """Customers to erase from Redis before the assignments are written."""
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    """Segments born, split, merged or retired by this batch's model updates."""
 
 
 Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
@@ -174,27 +124,52 @@ Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
 class Segmenter:
     """Features, learning and assignment over batches; holds an LRU cache of states."""
 
-    def __init__(self, config: SegmenterConfig, model: SegmentModel | None = None) -> None:
+    def __init__(self, config: SegmenterConfig, model: BaseModel | None = None) -> None:
         self.config = config
-        self.model = model or SegmentModel(
-            n_segments=config.n_segments, step=config.step, warmup=config.warmup,
-            learn_sample=config.learn_sample, seed=config.seed,
-        )
+        self.model = model or make_model(config)
+        self.learner = config.learner
         self.states: OrderedDict[str, CustomerState] = OrderedDict()
         self.half_life_ms = config.half_life_days * DAY_MS
+        self.watermark = 0  # the latest event time seen: "now" for time-based features
+        self.drift = DriftMonitor()
+        self.remote: dict[str, tuple[int, list[list[float]]]] = {}
+        """Other workers' samples of current customers: worker -> (population, rows)."""
+        self.sample_due = False  # a non-learner's turn to publish its sample
         self._rng = random.Random(config.seed)
         self._since_update = 0
         self._updates = 0
+        self._force_refresh = False
         self._pending: set[str] = set()  # changed before the model was ready
+        self._sweep: list[str] = []
         self.dirty: dict[str, None] = {}  # changed since the last drain (an ordered set)
-        self.names: list[str] = []
-        self.names = self._names()
+        self.names: dict[str, str] = dict(self.model.names)
 
-    def _names(self) -> list[str]:
-        if not self.model.ready:
-            return []
-        fresh = [name_segment(z) for z in self.model.centres_scaled().tolist()]
-        return stable_names(self.names, fresh)
+    def _name(self) -> None:
+        fresh = {sid: name_segment(z) for sid, z in
+                 zip(self.model.ids, self.model.centres_scaled().tolist(), strict=True)}
+        self.names = self.model.names = stable_names(self.model.names, fresh)
+
+    def adopt(self, model: BaseModel) -> BatchResult | None:
+        """Assign with ``model`` (a snapshot from the learner) from now on; None if it is not
+        newer. Customers who waited for a first model are assigned now; the others are
+        re-scored by :meth:`rescore`, rate-limited."""
+        if model.version <= self.model.version:
+            return None
+        self.model, self.names = model, dict(model.names)
+        self._sweep = []  # start a fresh re-scoring pass under the new model
+        res = BatchResult(model_updated=True)
+        pending = sorted(c for c in self._pending if c in self.states)
+        self._pending.clear()
+        self._assign(pending, {}, res)
+        return res
+
+    def update_if_due(self) -> BatchResult:
+        """Run a model update when enough events (here or, via :meth:`add_remote`, on other
+        workers) arrived since the last one; for a learner whose own partitions are quiet."""
+        res = BatchResult()
+        if self._since_update >= self.config.update_every:
+            self._flush({}, res)
+        return res
 
     def parse(self, records: Sequence[RecordLike]) -> Parsed:
         """Validate every record."""
@@ -228,6 +203,7 @@ class Segmenter:
         res = BatchResult()
         for cid, known in loaded.items():
             self.states.setdefault(cid, known)
+            self.watermark = max(self.watermark, known.last_ts)
         changed: dict[str, Event] = {}
         cfg = self.config
         for rec, ev in parsed:
@@ -262,12 +238,14 @@ class Segmenter:
             st.partition, st.offset = rec.partition, rec.offset
             res.counts[label, "processed"] += 1
             res.event_ts.append(ev.ts_ms)
+            if ev.ts_ms > self.watermark:
+                self.watermark = ev.ts_ms
             changed[ev.customer_id] = ev
             self._since_update += 1
             if self._since_update >= cfg.update_every:
-                self._flush(changed, res, now_ms)
+                self._flush(changed, res)
                 changed = {}
-        self._flush(changed, res, now_ms)
+        self._flush(changed, res)
         return res
 
     def _erase(self, cid: str, changed: dict[str, Event], res: BatchResult) -> None:
@@ -281,7 +259,7 @@ class Segmenter:
         res.erased.append(cid)
         res.counts["erase", "processed"] += 1
 
-    def _flush(self, changed: dict[str, Event], res: BatchResult, now_ms: int) -> None:
+    def _flush(self, changed: dict[str, Event], res: BatchResult) -> None:
         """Assign the changed customers with the current model, then update the model when an
         update is due; so every event is scored by the version current when it arrived,
         whatever the batching."""
@@ -293,19 +271,27 @@ class Segmenter:
             self.dirty.update(dict.fromkeys(ids))
         if self._since_update < self.config.update_every:
             return
+        self._since_update = 0
+        if not self.learner:
+            self.sample_due = True
+            return
         was_ready = self.model.ready
         self._updates += 1
-        refresh = not was_ready or self._updates % self.config.refresh_every == 0
-        sample = self._population_sample(
+        refresh = (not was_ready or self._force_refresh
+                   or self._updates % self.config.refresh_every == 0)
+        sample = self.learning_sample(
             self.config.refresh_sample if refresh else self.config.learn_sample)
         if self.model.learn(sample, refresh=refresh):
+            self._force_refresh = False
             res.model_updated = True
-            self.names = self._names()
+            self._name()
+            self._sweep = []
+            for e in self.model.take_lifecycle():
+                res.lifecycle.append({**e, "name": self.names.get(e["segment"], "")})
             if not was_ready:
                 pending = sorted(self._pending)
                 self._pending.clear()
                 self._assign(pending, changed, res)
-        self._since_update = 0
 
     def _assign(self, ids: list[str], changed: dict[str, Event], res: BatchResult) -> None:
         """Score customers; a new segment is written at once, the rest at the next drain."""
@@ -313,8 +299,13 @@ class Segmenter:
             return
         rows = [vector(self.states[c], self.half_life_ms) for c in ids]
         z = self.model.scale(to_model_matrix(rows))
-        labels, conf = self.model.assign_scaled(z)
+        labels, conf, dist = self.model.assign_with_distance(z)
+        labels = self.model.keep_current(z, labels, [self.states[c].segment for c in ids])
+        if self.drift.observe(dist):
+            self._force_refresh = True
+            self._sweep = []
         centres = self.model.centres_scaled()
+        seg_ids = self.model.ids
         version = self.model.version
         dirty = self.dirty
         for i, cid in enumerate(ids):
@@ -322,7 +313,7 @@ class Segmenter:
             ev = changed.get(cid)
             if ev is not None:
                 st.last_event_id = ev.event_id
-            segment = f"s{labels[i]}"
+            segment = seg_ids[labels[i]]
             st.confidence = round(float(conf[i]), 4)
             st.model_version = version
             if segment != st.segment:
@@ -333,6 +324,41 @@ class Segmenter:
                 dirty.pop(cid, None)
             else:
                 dirty[cid] = None
+
+    def rescore(self, budget: int) -> list[Assignment]:
+        """Re-score up to ``budget`` cached customers as of the watermark, round-robin.
+
+        A customer whose segment changes gets reason ``model_update`` when the current model
+        puts them elsewhere even as of their last event (the model moved), else ``time``
+        (their decayed features moved them: no new behaviour, time passed).
+        """
+        if not self.model.ready or budget <= 0:
+            return []
+        if not self._sweep:
+            self._sweep = [c for c, s in self.states.items() if s.segment]
+        batch, self._sweep = self._sweep[-budget:], self._sweep[:-budget]
+        sts = [self.states[c] for c in batch if c in self.states and c not in self.dirty]
+        if not sts:
+            return []
+        hl, now = self.half_life_ms, self.watermark
+        then = self.model.scale(to_model_matrix([vector(s, hl) for s in sts]))
+        z = self.model.scale(to_model_matrix([vector(s, hl, now) for s in sts]))
+        current = [s.segment for s in sts]
+        lab_then, _ = self.model.assign_scaled(then)
+        lab_then = self.model.keep_current(then, lab_then, current)
+        lab_now, conf = self.model.assign_scaled(z)
+        lab_now = self.model.keep_current(z, lab_now, current)
+        ids, centres, out = self.model.ids, self.model.centres_scaled(), []
+        for i, st in enumerate(sts):
+            segment = ids[lab_now[i]]
+            if segment == st.segment:
+                continue
+            reason = "model_update" if ids[lab_then[i]] != st.segment else "time"
+            st.segment, st.confidence = segment, round(float(conf[i]), 4)
+            st.model_version = self.model.version
+            why = customer_reason(z[i].tolist(), centres[lab_now[i]].tolist())
+            out.append(self._assignment(st, reason, why))
+        return out
 
     def drain(self) -> list[Assignment]:
         """Full writes for every customer changed since the last drain (their segment did
@@ -347,19 +373,39 @@ class Segmenter:
         self._evict()
         return out
 
-    def _population_sample(self, n: int) -> list[list[float]]:
-        """Model-space vectors of up to ``n`` cached customers as they are now."""
-        ids = list(self.states)
+    def population_sample(self, n: int) -> list[list[float]]:
+        """Model-space vectors of up to ``n`` cached customers as of the watermark."""
+        cutoff = self.watermark - self.config.active_days * DAY_MS
+        ids = [c for c, s in self.states.items() if s.last_ts >= cutoff]
         if len(ids) > n:
             ids = self._rng.sample(ids, n)
-        rows = [vector(self.states[c], self.half_life_ms) for c in ids]
+        hl, now = self.half_life_ms, self.watermark
+        rows = [vector(self.states[c], hl, now) for c in ids]
         return to_model_matrix(rows).tolist() if rows else []
+
+    def learning_sample(self, n: int) -> list[list[float]]:
+        """About ``n`` current customers of all workers, each worker in proportion to the
+        customers it holds (its own from its cache, the others' from :attr:`remote`)."""
+        total = len(self.states) + sum(pop for pop, _ in self.remote.values())
+        if not self.remote or total == 0:
+            return self.population_sample(n)
+        rows = self.population_sample(max(1, round(n * len(self.states) / total)))
+        for _, (pop, theirs) in sorted(self.remote.items()):
+            want = min(len(theirs), round(n * pop / total))
+            rows.extend(self._rng.sample(theirs, want))
+        return rows
+
+    def add_remote(self, worker: str, population: int, rows: list[list[float]],
+                   events: int) -> None:
+        """A sample published by another worker; its events count towards the next update."""
+        self.remote[worker] = (population, rows)
+        self._since_update += events
 
     def _assignment(self, st: CustomerState, reason: str, why: str) -> Assignment:
         return Assignment(
             customer_id=st.customer_id,
             segment=st.segment,
-            segment_name=self.names[int(st.segment[1:])] if st.segment else "",
+            segment_name=self.names.get(st.segment, "") if st.segment else "",
             confidence=st.confidence,
             model_version=st.model_version,
             event_id=st.last_event_id if reason == "event" else "",
@@ -377,3 +423,4 @@ class Segmenter:
         for _ in range(max(0, excess)):
             cid, _ = self.states.popitem(last=False)
             self._pending.discard(cid)
+

@@ -1,29 +1,35 @@
-"""The online segmentation model: River ``StandardScaler`` + ``KMeans``.
+"""The online segmentation models: River's ``StandardScaler`` with River ``KMeans`` (default)
+or River ``DBSTREAM`` (:mod:`models.density`), behind one interface.
 
-River learns (``learn_one`` on a bounded, deterministic sample of *current*
-customer vectors per model update); assignment is vectorised with NumPy over
-River's own scaler statistics and centres, so the hot path never pays a River
-call per event. KMeans is seeded once with k-means++ on a warm-up sample,
-because River's random Gaussian initial centres often leave clusters empty.
+Both learn from a bounded sample of *current* customers per update (never from the raw event
+trajectory, which over-represents active customers and early-life states). Every few updates
+a refresh re-clusters that sample: KMeans runs warm Lloyd rounds from its centres and, side by
+side, k-means++ restarts for every number of segments in ``[min_segments, max_segments]``;
+it moves to the restarts' best only when that is clearly better (Davies–Bouldin index for a
+new count, inertia for the same count), so segments do not flap. Centres carry stable ids
+(:mod:`models.lifecycle`), so ``s3`` means the same group across updates, workers and
+restarts. Assignment is vectorised with NumPy; the hot path never calls River per event.
 
-Checkpoints are plain JSON (no pickle): they carry the model version, River's
-version and the feature schema, and a mismatch is refused.
+Checkpoints are plain JSON (no pickle): they carry the model version, River's version, the
+algorithm and the feature schema, and a mismatch is refused.
 
 Examples
 --------
->>> import numpy as np
 >>> rng = np.random.default_rng(0)
 >>> blobs = np.concatenate([rng.normal(m, 0.1, size=(100, len(FEATURE_NAMES)))
 ...                         for m in (0.0, 5.0)])
->>> m = SegmentModel(n_segments=2, warmup=200)
+>>> m = SegmentModel(min_segments=2, max_segments=4, warmup=200)
 >>> m.learn(blobs.tolist())
 True
+>>> m.ids, [e["event"] for e in m.take_lifecycle()]
+(['s0', 's1'], ['born', 'born'])
 >>> labels, confidence = m.assign(blobs)
->>> len(set(labels[:100].tolist())), len(set(labels[100:].tolist())), bool(labels[0] != labels[150])
-(1, 1, True)
+>>> len(set(labels[:100].tolist())), bool(labels[0] != labels[150])
+(1, True)
 >>> bool(confidence.min() > 0.9)
 True
->>> SegmentModel.from_checkpoint(m.checkpoint()).version == m.version
+>>> m2 = from_checkpoint(m.checkpoint())
+>>> m2.version == m.version and m2.ids == m.ids
 True
 """
 
@@ -37,120 +43,85 @@ import numpy as np
 import river
 from river import cluster, preprocessing
 
+from models.clustering import choose_k, kmeans_pp_next, solve
 from models.features import FEATURE_NAMES, FEATURE_SCHEMA
+from models.lifecycle import match_ids
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
+STICKY = 0.1
+"""A customer keeps their segment while its centre is within 10% of the nearest one
+(distance); measured in scripts/evaluate.py: fewer flips per update, same ARI."""
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit this code (River version, features or format)."""
+    """A checkpoint that does not fit this code (River version, features, algorithm)."""
 
 
-class SegmentModel:
-    """Scaler + KMeans with k-means++ seeding, versioned updates and JSON checkpoints.
+class BaseModel:
+    """What every algorithm shares: scaler, stable ids, versions, assignment, checkpoints."""
 
-    Parameters
-    ----------
-    n_segments
-        Number of KMeans clusters (segments).
-    step
-        River KMeans ``halflife``: the step size towards each learned point.
-    warmup
-        Distinct vectors gathered before seeding; no assignment happens before.
-    learn_sample
-        Most vectors learned per update (evenly spaced, so deterministic).
-    seed
-        Seed for k-means++ and River's KMeans.
-    """
+    algorithm = "base"
 
-    def __init__(
-        self,
-        n_segments: int = 6,
-        step: float = 0.02,
-        warmup: int = 500,
-        learn_sample: int = 256,
-        seed: int = 42,
-    ) -> None:
-        if n_segments < 1 or warmup < n_segments:
-            raise ValueError("need n_segments >= 1 and warmup >= n_segments")
-        self.n_segments = n_segments
-        self.step = step
-        self.warmup = warmup
-        self.learn_sample = learn_sample
-        self.seed = seed
+    def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
+                 learn_sample: int = 256, seed: int = 42, min_share: float = 0.01) -> None:
+        if not 1 <= min_segments <= max_segments or warmup < max_segments:
+            raise ValueError("need 1 <= min_segments <= max_segments <= warmup")
+        self.min_segments, self.max_segments = min_segments, max_segments
+        self.warmup, self.learn_sample, self.seed = warmup, learn_sample, seed
+        self.min_share = min_share
         self.scaler = preprocessing.StandardScaler()
-        self.kmeans = cluster.KMeans(n_clusters=n_segments, halflife=step, seed=seed)
         self.version = 0
+        self.ids: list[str] = []
+        self.next_id = 0
+        self.criterion: dict[str, Any] = {}
+        self._centres = np.zeros((0, len(FEATURE_NAMES)))
+        self._lifecycle: list[dict[str, Any]] = []
+        self.names: dict[str, str] = {}
+        """Segment names by id (set by the learner, carried in checkpoints so every worker
+        shows the same names)."""
+        self._rng = np.random.default_rng(seed)
 
     @property
     def ready(self) -> bool:
         """True once seeded; only a ready model assigns."""
         return self.version > 0
 
-    # -- learning ---------------------------------------------------------------------------
+    @property
+    def n_segments(self) -> int:
+        """Current number of segments."""
+        return len(self.ids)
+
+    def take_lifecycle(self) -> list[dict[str, Any]]:
+        """Lifecycle events since the last call (see :mod:`models.lifecycle`)."""
+        out, self._lifecycle = self._lifecycle, []
+        return out
+
     def learn(self, rows: list[list[float]], refresh: bool = False) -> bool:
-        """Learn from model-space vectors of *current* customers; True when the version moved.
+        """Learn from model-space vectors of current customers; True when the version moved."""
+        raise NotImplementedError
 
-        Before the model is ready, ``rows`` must be a sample of at least ``warmup`` current
-        customers; it seeds the model. With ``refresh``, a few Lloyd rounds start from the
-        current centres over ``rows``: centres keep their identity (and so segment ids),
-        while drifted or empty ones are pulled back to where customers are now.
-        """
-        if not rows:
-            return False
-        if not self.ready:
-            if len(rows) < self.warmup:
-                return False
-            self._seed(np.asarray(rows, dtype=float))
-            self.version = 1
-            return True
-        if refresh:
-            data = np.asarray(rows, dtype=float)
-            z = (data - self._means()) / self._stds()
-            self._set_centres(self._lloyd(z, self.centres_scaled(), rounds=5))
-        stride = max(1, -(-len(rows) // self.learn_sample))
-        names = FEATURE_NAMES
-        for row in rows[::stride]:
-            x = dict(zip(names, row, strict=True))
-            self.scaler.learn_one(x)
-            self.kmeans.learn_one(self.scaler.transform_one(x))
-        self.version += 1
-        return True
+    def _relabel(self, new: np.ndarray, z: np.ndarray) -> None:
+        """Adopt ``new`` centres, carrying ids over from the current ones."""
+        ids, events, self.next_id = match_ids(self.ids, self._centres, new, z, self.next_id)
+        for e in events:
+            e["model_version"] = self.version + 1
+        self._lifecycle.extend(events)
+        self.ids, self._centres = ids, new
 
-    def _seed(self, data: np.ndarray) -> None:
-        for row in data:
-            self.scaler.learn_one(dict(zip(FEATURE_NAMES, row.tolist(), strict=True)))
-        z = (data - self._means()) / self._stds()
-        rng = np.random.default_rng(self.seed)
-        centres = [z[rng.integers(len(z))]]
-        for _ in range(1, self.n_segments):
-            d2 = ((z[:, None, :] - np.asarray(centres)[None]) ** 2).sum(-1).min(1)
-            total = d2.sum()
-            pick = rng.choice(len(z), p=d2 / total) if total > 0 else rng.integers(len(z))
-            centres.append(z[pick])
-        self._set_centres(self._lloyd(z, np.asarray(centres), rounds=20))
+    def _rescale(self, rows: np.ndarray) -> None:
+        """Re-fit the scaler to this sample of current customers (the population as it is
+        now, not as it has been since the start), keeping the centres where they are."""
+        centres = self.centres_model_space()
+        var = rows.var(0)
+        for i, n in enumerate(FEATURE_NAMES):
+            self.scaler.counts[n] = len(rows)
+            self.scaler.means[n] = float(rows[:, i].mean())
+            self.scaler.vars[n] = float(var[i])
+        self._centres = self.scale(centres)
 
-    def _lloyd(self, z: np.ndarray, c: np.ndarray, rounds: int) -> np.ndarray:
-        c = c.copy()
-        for _ in range(rounds):
-            d2 = ((z[:, None, :] - c[None]) ** 2).sum(-1)
-            labels = d2.argmin(1)
-            for k in range(self.n_segments):
-                members = labels == k
-                if members.any():
-                    c[k] = z[members].mean(0)
-                else:  # an empty centre restarts at the worst-served customer
-                    worst = int(d2.min(1).argmax())
-                    c[k] = z[worst]
-                    d2[worst] = 0.0
-        return c
-
-    def _set_centres(self, c: np.ndarray) -> None:
-        gauss = functools.partial(self.kmeans._rng.gauss, self.kmeans.mu, self.kmeans.sigma)
-        for k in range(self.n_segments):
-            centre: collections.defaultdict[str, float] = collections.defaultdict(gauss)
-            centre.update(zip(FEATURE_NAMES, c[k].tolist(), strict=True))
-            self.kmeans.centers[k] = centre
+    def _learn_scaler(self, rows: np.ndarray) -> None:
+        for row in rows.tolist():
+            self.scaler.learn_one(dict(zip(FEATURE_NAMES, row, strict=True)))
 
     # -- assignment -------------------------------------------------------------------------
     def _means(self) -> np.ndarray:
@@ -161,10 +132,8 @@ class SegmentModel:
         return np.where(v > 1e-12, np.sqrt(np.maximum(v, 1e-12)), 1.0)
 
     def centres_scaled(self) -> np.ndarray:
-        """Centres in scaled space, shape ``(n_segments, n_features)``."""
-        return np.array(
-            [[self.kmeans.centers[k][n] for n in FEATURE_NAMES] for k in range(self.n_segments)]
-        )
+        """Centres in scaled space, shape ``(n_segments, n_features)``, in :attr:`ids` order."""
+        return self._centres
 
     def centres_model_space(self) -> np.ndarray:
         """Centres mapped back to model space (before scaling)."""
@@ -175,64 +144,205 @@ class SegmentModel:
         return (np.asarray(rows, dtype=float) - self._means()) / self._stds()
 
     def assign(self, rows: np.ndarray | list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
-        """Nearest centre and a confidence in [0, 1] (1 - nearest/second-nearest distance)."""
+        """Nearest centre (index into :attr:`ids`) and a confidence in [0, 1]
+        (1 - nearest / second-nearest distance)."""
         return self.assign_scaled(self.scale(rows))
 
     def assign_scaled(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`assign` for rows already :meth:`scale`-d."""
-        d2 = ((z[:, None, :] - self.centres_scaled()[None]) ** 2).sum(-1)
+        labels, conf, _ = self.assign_with_distance(z)
+        return labels, conf
+
+    def keep_current(self, z: np.ndarray, labels: np.ndarray, current: list[str],
+                     margin: float = STICKY) -> np.ndarray:
+        """``labels``, except that a customer stays in their ``current`` segment while it is
+        within ``margin`` (relative distance) of the nearest: model updates then move only
+        customers who clearly belong elsewhere, not everyone near a boundary."""
+        index = {sid: i for i, sid in enumerate(self.ids)}
+        cur = np.array([index.get(s, -1) for s in current])
+        known = cur >= 0
+        if not known.any():
+            return labels
+        c = self.centres_scaled()
+        rows = np.nonzero(known)[0]
+        d_cur = np.sqrt(((z[rows] - c[cur[rows]]) ** 2).sum(1))
+        d_best = np.sqrt(((z[rows] - c[labels[rows]]) ** 2).sum(1))
+        out = labels.copy()
+        stay = d_cur <= d_best * (1 + margin)
+        out[rows[stay]] = cur[rows[stay]]
+        return out
+
+    def assign_with_distance(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`assign_scaled` plus the distance to the nearest centre."""
+        c = self.centres_scaled()
+        d2 = ((z[:, None, :] - c[None]) ** 2).sum(-1)
         labels = d2.argmin(1)
-        if self.n_segments == 1:
-            return labels, np.ones(len(z))
+        if len(c) == 1:
+            return labels, np.ones(len(z)), np.sqrt(d2[:, 0])
         two = np.sqrt(np.partition(d2, 1, axis=1)[:, :2])
         confidence = np.where(two[:, 1] > 0, 1.0 - two[:, 0] / np.maximum(two[:, 1], 1e-12), 1.0)
-        return labels, np.clip(confidence, 0.0, 1.0)
+        return labels, np.clip(confidence, 0.0, 1.0), two[:, 0]
 
     # -- checkpoints ------------------------------------------------------------------------
+    def params(self) -> dict[str, Any]:
+        """Constructor arguments (stored in checkpoints)."""
+        return {"min_segments": self.min_segments, "max_segments": self.max_segments,
+                "warmup": self.warmup, "learn_sample": self.learn_sample, "seed": self.seed,
+                "min_share": self.min_share}
+
+    def _state(self) -> dict[str, Any]:
+        return {}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        pass
+
     def checkpoint(self) -> dict[str, Any]:
         """A JSON-serialisable snapshot of the whole model."""
         return {
             "format": CHECKPOINT_FORMAT,
+            "algorithm": self.algorithm,
             "version": self.version,
             "river_version": river.__version__,
             "feature_schema": FEATURE_SCHEMA,
             "features": list(FEATURE_NAMES),
-            "params": {
-                "n_segments": self.n_segments,
-                "step": self.step,
-                "warmup": self.warmup,
-                "learn_sample": self.learn_sample,
-                "seed": self.seed,
-            },
+            "params": self.params(),
             "scaler": {
                 "counts": [self.scaler.counts[n] for n in FEATURE_NAMES],
                 "means": self._means().tolist(),
                 "vars": [self.scaler.vars[n] for n in FEATURE_NAMES],
             },
-            "centres": self.centres_scaled().tolist() if self.ready else None,
+            "ids": self.ids,
+            "next_id": self.next_id,
+            "centres": self._centres.tolist(),
+            "criterion": self.criterion,
+            "names": self.names,
+            "state": self._state(),
         }
 
-    @classmethod
-    def from_checkpoint(cls, data: dict[str, Any]) -> SegmentModel:
-        """Rebuild a model; raise :class:`CheckpointMismatch` when it does not fit this code."""
-        if data.get("format") != CHECKPOINT_FORMAT:
-            raise CheckpointMismatch(f"checkpoint format {data.get('format')!r} is unknown")
-        if data.get("river_version") != river.__version__:
-            raise CheckpointMismatch(
-                f"checkpoint was made with River {data.get('river_version')}, "
-                f"this is River {river.__version__}"
-            )
-        if data.get("feature_schema") != FEATURE_SCHEMA:
-            raise CheckpointMismatch(
-                f"checkpoint feature schema {data.get('feature_schema')} is not {FEATURE_SCHEMA}"
-            )
-        m = cls(**data["params"])
-        sc = data["scaler"]
-        for i, n in enumerate(FEATURE_NAMES):
-            m.scaler.counts[n] = sc["counts"][i]
-            m.scaler.means[n] = sc["means"][i]
-            m.scaler.vars[n] = sc["vars"][i]
-        if data["centres"] is not None:
-            m._set_centres(np.asarray(data["centres"], dtype=float))
-        m.version = int(data["version"])
-        return m
+
+def from_checkpoint(data: dict[str, Any]) -> BaseModel:
+    """Rebuild a model of any algorithm; raise :class:`CheckpointMismatch` when the
+    checkpoint does not fit this code."""
+    from models.density import DensityModel
+
+    if data.get("format") != CHECKPOINT_FORMAT:
+        raise CheckpointMismatch(f"checkpoint format {data.get('format')!r} is not "
+                                 f"{CHECKPOINT_FORMAT} (made by another Segmenter version)")
+    if data.get("river_version") != river.__version__:
+        raise CheckpointMismatch(f"checkpoint was made with River {data.get('river_version')}, "
+                                 f"this is River {river.__version__}")
+    if data.get("feature_schema") != FEATURE_SCHEMA:
+        raise CheckpointMismatch(f"checkpoint feature schema {data.get('feature_schema')} "
+                                 f"is not {FEATURE_SCHEMA}")
+    kinds: dict[str, type[BaseModel]] = {"kmeans": SegmentModel, "dbstream": DensityModel}
+    if data.get("algorithm") not in kinds:
+        raise CheckpointMismatch(f"checkpoint algorithm {data.get('algorithm')!r} is unknown")
+    m = kinds[data["algorithm"]](**data["params"])
+    sc = data["scaler"]
+    for i, n in enumerate(FEATURE_NAMES):
+        m.scaler.counts[n] = sc["counts"][i]
+        m.scaler.means[n] = sc["means"][i]
+        m.scaler.vars[n] = sc["vars"][i]
+    m.ids, m.next_id = list(data["ids"]), int(data["next_id"])
+    m._centres = np.asarray(data["centres"], dtype=float).reshape(-1, len(FEATURE_NAMES))
+    m.criterion = dict(data.get("criterion") or {})
+    m.names = dict(data.get("names") or {})
+    m.version = int(data["version"])
+    m._restore(data.get("state") or {})
+    return m
+
+
+class SegmentModel(BaseModel):
+    """Scaler + River KMeans; the number of segments chosen by the Davies–Bouldin index.
+
+    Parameters
+    ----------
+    min_segments, max_segments
+        Bounds for the number of segments.
+    step
+        River KMeans ``halflife``: the step size towards each learned point.
+    warmup
+        Distinct vectors gathered before seeding; no assignment happens before.
+    learn_sample
+        Most vectors learned (``learn_one``) per update (evenly spaced, so deterministic).
+    n_init
+        k-means++ restarts per candidate count at a refresh.
+    hysteresis
+        Relative improvement a refresh's restarts need before the model moves to them.
+    """
+
+    algorithm = "kmeans"
+
+    def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
+                 learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
+                 step: float = 0.02, n_init: int = 3, hysteresis: float = 0.05) -> None:
+        super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
+        self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "step": self.step, "n_init": self.n_init,
+                "hysteresis": self.hysteresis}
+
+    def learn(self, rows: list[list[float]], refresh: bool = False) -> bool:
+        if not rows:
+            return False
+        data = np.asarray(rows, dtype=float)
+        if not self.ready:
+            if len(rows) < self.warmup:
+                return False
+            self._learn_scaler(data)
+            z = self.scale(data)
+            sol, scan = choose_k(z, self.min_segments, self.max_segments, self.n_init, self._rng)
+            self._relabel(sol.centres, z)
+            self._criterion(sol.score, scan)
+            self.version = 1
+            return True
+        if refresh:
+            self._rescale(data)
+            self._refresh(self.scale(data))
+        # River's online step over an evenly spaced part of the sample.
+        stride = max(1, -(-len(rows) // self.learn_sample))
+        km = cluster.KMeans(n_clusters=len(self.ids), halflife=self.step, seed=self.seed)
+        gauss = functools.partial(km._rng.gauss, km.mu, km.sigma)
+        for k, row in enumerate(self._centres.tolist()):
+            km.centers[k] = collections.defaultdict(gauss, zip(FEATURE_NAMES, row, strict=True))
+        for row in data[::stride].tolist():
+            x = dict(zip(FEATURE_NAMES, row, strict=True))
+            self.scaler.learn_one(x)
+            km.learn_one(self.scaler.transform_one(x))
+        self._centres = np.array([[km.centers[k][n] for n in FEATURE_NAMES]
+                                  for k in range(len(self.ids))])
+        self.version += 1
+        return True
+
+    def _refresh(self, z: np.ndarray) -> None:
+        # Identity-keeping candidates first: the current centres after Lloyd rounds, and the
+        # same plus one centre (a segment splitting off, or a new group showing up).
+        warm, _ = solve(z, self._centres, rounds=10)
+        chosen = warm
+        if warm.k < self.max_segments:
+            grown = min((solve(z, np.vstack([warm.centres, kmeans_pp_next(z, warm.centres,
+                                                                           self._rng)]))[0]
+                         for _ in range(self.n_init)), key=lambda s: s.inertia)
+            if grown.k > warm.k and grown.score < warm.score * (1 - self.hysteresis):
+                chosen = grown
+        # Restarts for every count: taken only when clearly better than both.
+        cand, scan = choose_k(z, self.min_segments, self.max_segments, self.n_init, self._rng)
+        if cand.k != chosen.k:
+            better = cand.score < chosen.score * (1 - self.hysteresis)
+        else:
+            better = cand.inertia < chosen.inertia * (1 - self.hysteresis / 5)
+        if better:
+            chosen = cand
+        share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
+        small = share < self.min_share
+        if small.any() and chosen.k - int(small.sum()) >= self.min_segments:
+            chosen, _ = solve(z, chosen.centres[~small], rounds=10)
+        self._relabel(chosen.centres, z)
+        scan[chosen.k] = round(chosen.score, 4)
+        self._criterion(chosen.score, scan)
+
+    def _criterion(self, value: float, scan: dict[int, float]) -> None:
+        self.criterion = {"name": "davies_bouldin", "value": round(value, 4),
+                          "segments": len(self.ids),
+                          "by_count": {str(k): v for k, v in sorted(scan.items())}}

@@ -85,22 +85,23 @@ def name_segment(z: list[float], words: int = 3) -> str:
     return text[0].upper() + text[1:]
 
 
-def stable_names(old: list[str], fresh: list[str]) -> list[str]:
-    """Keep a segment's old name while its strongest trait is still one the name mentions,
-    so names change only when a segment's meaning does.
+def stable_names(old: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
+    """Names by segment id: a segment keeps its old name while its strongest trait is still
+    one the name mentions, so names change only when a segment's meaning does.
 
-    >>> stable_names(["Frequent buyers, big spenders"], ["Big spenders, frequent buyers"])
-    ['Frequent buyers, big spenders']
-    >>> stable_names(["Frequent buyers, big spenders"], ["Lapsing, small baskets"])
-    ['Lapsing, small baskets']
+    >>> stable_names({"s0": "Frequent buyers, big spenders"},
+    ...              {"s0": "Big spenders, frequent buyers", "s4": "Lapsing"})
+    {'s0': 'Frequent buyers, big spenders', 's4': 'Lapsing'}
+    >>> stable_names({"s0": "Frequent buyers, big spenders"}, {"s0": "Lapsing, small baskets"})
+    {'s0': 'Lapsing, small baskets'}
     """
     out = []
-    for k, name in enumerate(fresh):
-        prev = old[k] if k < len(old) else ""
+    for sid, name in fresh.items():
+        prev = old.get(sid, "")
         lead = name.split(" (")[0].split(", ")[0].lower()
         keep = prev and lead in [p.lower() for p in prev.split(" (")[0].split(", ")]
         out.append(prev.split(" (")[0] if keep else name.split(" (")[0])
-    return unique_names(out)
+    return dict(zip(fresh, unique_names(out), strict=True))
 
 
 def customer_reason(z: list[float], centre: list[float], most: int = 3) -> str:
@@ -138,32 +139,59 @@ def unique_names(names: list[str]) -> list[str]:
 
 
 def build_profiles(
+    ids: list[str],
     centres_scaled: list[list[float]],
     centres_model_space: list[list[float]],
-    names: list[str],
+    names: dict[str, str],
     sizes: dict[str, int],
     previous: dict[str, dict[str, Any]],
     model_version: int,
     now_ms: int,
+    criterion: dict[str, Any] | None = None,
+    lifecycle: list[dict[str, Any]] | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """Profiles keyed by segment id (``s0``, ``s1``, ...), keeping ``created_at``.
+    """Profiles keyed by segment id, keeping ``created_at`` and each segment's lifecycle.
 
     ``names`` are the names the assignments carry (:attr:`models.core.Segmenter.names`), so
-    a profile and a customer's ``segment_name`` always agree.
+    a profile and a customer's ``segment_name`` always agree. Segments no longer in ``ids``
+    keep their last profile, marked ``"status": "retired"`` (ids are never reused). Every
+    profile carries the model's criterion for the number of segments.
+
+    >>> p = build_profiles(["s0"], [[0.0] * 18], [[0.0] * 18], {"s0": "Typical customers"},
+    ...                    {}, {}, 3, 1000, {"name": "davies_bouldin", "value": 0.9},
+    ...                    [{"event": "born", "segment": "s0", "model_version": 3}])
+    >>> p["s0"]["status"], p["s0"]["lifecycle"][0]["event"], p["s0"]["criterion"]["value"]
+    ('active', 'born', 0.9)
     """
+    events: dict[str, list[dict[str, Any]]] = {}
+    for e in lifecycle or []:
+        events.setdefault(e["segment"], []).append(e)
+        for other in (e.get("from"), e.get("into")):
+            if other:
+                events.setdefault(other, []).append(e)
     profiles = {}
-    for k, (z, m) in enumerate(zip(centres_scaled, centres_model_space, strict=True)):
-        sid = f"s{k}"
+    for sid, z, m in zip(ids, centres_scaled, centres_model_space, strict=True):
         units = from_model_space(m)
         prev = previous.get(sid, {})
         profiles[sid] = {
             "id": sid,
-            "name": names[k],
+            "name": names.get(sid, sid),
+            "status": "active",
             "size": int(sizes.get(sid, 0)),
             "centre": {n: round(v, 3) for n, v in zip(FEATURE_NAMES, units, strict=True)},
             "traits": distinguishing_traits(z),
             "model_version": model_version,
+            "criterion": criterion or {},
+            "lifecycle": (prev.get("lifecycle", []) + events.get(sid, []))[-20:],
             "created_at": prev.get("created_at", now_ms),
             "updated_at": now_ms,
         }
+    for sid, prev in previous.items():
+        if sid not in profiles:
+            was_active = prev.get("status", "active") == "active"
+            profiles[sid] = {
+                **prev, "status": "retired", "size": int(sizes.get(sid, 0)),
+                "lifecycle": (prev.get("lifecycle", []) + events.get(sid, []))[-20:],
+                "retired_at": prev.get("retired_at", now_ms) if not was_active else now_ms,
+            }
     return profiles

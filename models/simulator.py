@@ -71,7 +71,7 @@ class Persona:
 
 
 PERSONAS: tuple[Persona, ...] = (
-    Persona("bargain_hunter", 0.2, 0.45, (2, 4), (3, 7), (3, 6), 0.3, 0.3, (28, 8), 0.5, 0.3,
+    Persona("bargain_hunter", 0.2, 0.45, (2, 4), (3, 7), (3, 6), 0.3, 0.3, (28, 8), 0.25, 0.15,
             (("paid", 0.5), ("social", 0.35), ("organic", 0.15)), ("fashion", "home", "beauty"),
             (33, 7), (38_000, 9_000), (2.5, 1.0), 0.7),
     Persona("loyal_big_spender", 0.15, 0.5, (1, 3), (2, 4), (0, 1), 0.55, 0.9, (230, 60), 0.1,
@@ -107,12 +107,14 @@ class ShopSimulator:
     def __init__(
         self, customers: int, seed: int = 7, start_ms: int = 1_767_225_600_000,
         days: float = 30.0, drift: float = 0.0, prefix: str = "c",
+        personas: tuple[Persona, ...] = PERSONAS,
     ) -> None:
         self.rng = random.Random(seed)
         self.start_ms = start_ms
         self.end_ms = int(start_ms + days * DAY_MS)
         self.drift = drift
         self.prefix = prefix
+        self.personas = personas
         self.truth: dict[str, str] = {}
         self._tz: dict[str, int] = {}
         self._last: dict[str, int] = {}
@@ -124,7 +126,7 @@ class ShopSimulator:
 
     def _add_customer(self, at_ms: int | None = None) -> str:
         rng = self.rng
-        persona = rng.choices(PERSONAS, weights=[p.weight for p in PERSONAS])[0]
+        persona = rng.choices(self.personas, weights=[p.weight for p in self.personas])[0]
         cid = f"{self.prefix}{self._n:06d}"
         self._n += 1
         self.truth[cid] = persona.name

@@ -41,6 +41,7 @@ class Runtime:
         self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
         self.producer: AIOKafkaProducer
         self.relay: ChangeRelay | None = None
+        self.lifecycle_relay: ChangeRelay | None = None
         self.dashboard = Dashboard()
         self.pipeline.freshness_sink = self.dashboard.freshness
         self.started = False
@@ -54,15 +55,20 @@ class Runtime:
         await self.producer.start()
         await self.pipeline.start(self.producer)
         await self.lag_reader.start()
-        self.relay = ChangeRelay(self.redis, self.producer, self.settings.redis_prefix,
-                                 self.settings.changes_topic)
+        keys, prefix = self.store.keys, self.settings.redis_prefix
+        self.relay = ChangeRelay(self.redis, self.producer, keys.changes,
+                                 self.settings.changes_topic, f"{prefix}relay-leader")
+        self.lifecycle_relay = ChangeRelay(
+            self.redis, self.producer, keys.lifecycle, self.settings.lifecycle_topic,
+            f"{prefix}relay-leader:lifecycle", key_field="segment", field=b"lifecycle")
         self.started_at = time.time()
         self.started = True
 
     async def stop(self) -> None:
         """Drain and close, in reverse order."""
-        if self.relay is not None:
-            self.relay.stop()
+        for relay in (self.relay, self.lifecycle_relay):
+            if relay is not None:
+                relay.stop()
         await self.pipeline.stop()
         if self.started:
             await self.lag_reader.close()
@@ -113,8 +119,8 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def run_pipeline() -> None:
         await rt.start()
-        assert rt.relay is not None
-        relay_task = asyncio.ensure_future(rt.relay.run())
+        assert rt.relay is not None and rt.lifecycle_relay is not None
+        relays = [asyncio.ensure_future(r.run()) for r in (rt.relay, rt.lifecycle_relay)]
         log.info("segmenter worker consuming %r as group %r", settings.events_topic,
                  settings.group)
         try:
@@ -125,8 +131,18 @@ def create_app(settings: Settings) -> faust.App:
             log.critical("pipeline failed, stopping the worker: %r", exc)
             await app.crash(exc)
         finally:
-            rt.relay.stop()
-            await relay_task
+            for relay in (rt.relay, rt.lifecycle_relay):
+                relay.stop()
+            await asyncio.gather(*relays)
+
+    @app.timer(interval=settings.model_poll_s)
+    async def maintain_model() -> None:
+        if not rt.started or rt.pipeline._stopping.is_set():
+            return
+        try:
+            await rt.pipeline.maintain(int(settings.rescore_per_s * settings.model_poll_s))
+        except Exception as exc:  # a failed round is retried at the next tick
+            log.warning("model sync / re-scoring failed: %r", exc)
 
     @app.timer(interval=2.0)
     async def observe() -> None:

@@ -23,7 +23,8 @@ async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None
     await admin.start()
     try:
         existing = set(await admin.list_topics())
-        names = (settings.events_topic, settings.dlq_topic, settings.changes_topic, *extra)
+        names = (settings.events_topic, settings.dlq_topic, settings.changes_topic,
+                 settings.lifecycle_topic, *extra)
         todo = [NewTopic(n, settings.partitions, settings.replication)
                 for n in dict.fromkeys(names) if n not in existing]
         if todo:

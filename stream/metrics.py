@@ -51,3 +51,23 @@ class Metrics:
         self.fenced = Counter("segmenter_fenced_writes",
                               "Customer writes refused because a newer write existed",
                               registry=r)
+        self.learner = Gauge("segmenter_model_learner",
+                             "1 on the one worker that updates the shared model, else 0",
+                             registry=r)
+        self.segments = Gauge("segmenter_segments", "Active segments in the model in use",
+                              registry=r)
+        self.criterion = Gauge("segmenter_model_criterion",
+                               "Criterion for the number of segments (Davies-Bouldin index, "
+                               "lower is better)", ["criterion"], registry=r)
+        self.lifecycle = Counter("segmenter_segment_lifecycle",
+                                 "Segments born, split, merged or retired", ["event"],
+                                 registry=r)
+        self.drift = Counter("segmenter_drift_detected",
+                             "ADWIN detections of customers drifting away from segment centres",
+                             registry=r)
+        self.distance = Gauge("segmenter_assignment_distance",
+                              "Mean scaled distance of assigned customers to their centre "
+                              "(ADWIN estimate)", registry=r)
+        self.rescored = Counter("segmenter_rescored_changes",
+                                "Segment changes without a new event, by reason",
+                                ["reason"], registry=r)

@@ -17,12 +17,11 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from models.core import BatchResult, Segmenter
-from models.model import SegmentModel
-from models.profiles import build_profiles
+from models.core import Assignment, BatchResult, Segmenter
 from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
 from stream.metrics import Metrics
+from stream.modelsync import ModelSync
 from stream.redis_io import RedisStore
 from stream.settings import Settings
 
@@ -64,7 +63,9 @@ class EventPipeline:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._profiles: dict[str, dict[str, Any]] = {}
+        self.sync = ModelSync(store, self.segmenter, metrics,
+                              settings.segmenter_config().refresh_sample)
+        self._drifts = 0
         self._uncommitted: dict[TopicPartition, int] = {}
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
@@ -72,13 +73,13 @@ class EventPipeline:
     async def start(self, producer: AIOKafkaProducer) -> None:
         """Restore the model, connect to Kafka; ``producer`` (started, owned by the caller)
         sends the dead letters."""
-        cp = await self.store.load_model()
-        if cp is not None:
-            model = SegmentModel.from_checkpoint(cp)  # CheckpointMismatch stops the worker
-            self.segmenter = Segmenter(self.settings.segmenter_config(), model)
-            log.info("restored model version %d", model.version)
+        model = await self.sync.load_latest()  # CheckpointMismatch stops the worker
+        if model is not None:
+            self.segmenter = self.sync.seg = Segmenter(self.settings.segmenter_config(), model)
+            log.info("loaded model version %d (%s, %d segments)", model.version,
+                     model.algorithm, model.n_segments)
         self.metrics.model_version.set(self.segmenter.model.version)
-        self._profiles = await self.store.profiles()
+        await self.maintain(rescore=0)  # learner or not, before the first event
         self.producer = producer
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka, group_id=self.settings.group,
@@ -101,6 +102,7 @@ class EventPipeline:
                         timeout)
         if self.consumer is not None:
             await self.consumer.stop()
+        await self.sync.close()
 
     async def run(self) -> None:
         """The consume loop; returns when :meth:`stop` is called.
@@ -151,8 +153,9 @@ class EventPipeline:
         result = seg.apply(parsed, loaded, now_ms)
         if result.dead:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
-        if result.model_updated:
-            await self._save_model(now_ms)
+        self.sync.events_seen += len(result.event_ts)
+        if result.model_updated and seg.learner:
+            await self._retry(functools.partial(self.sync.publish, result))
         if result.erased:
             await self._retry(functools.partial(self.store.erase, result.erased, now_ms,
                                                 seg.model.version))
@@ -191,16 +194,35 @@ class EventPipeline:
         m.changes.inc(changes)
         m.fenced.inc(fenced)
         m.model_version.set(self.segmenter.model.version)
+        drift = self.segmenter.drift
+        if drift.detections > self._drifts:
+            m.drift.inc(drift.detections - self._drifts)
+            self._drifts = drift.detections
+            log.warning("drift: customers moved away from the segment centres (ADWIN); "
+                        "refreshing the model and re-scoring")
+        m.distance.set(drift.mean_distance)
         m.batch_seconds.observe(time.perf_counter() - started)
         self.processed += sum(result.counts.values())
 
-    async def _save_model(self, now_ms: int) -> None:
-        model = self.segmenter.model
-        sizes = {sid: p.get("size", 0) for sid, p in self._profiles.items()}
-        self._profiles = build_profiles(
-            model.centres_scaled().tolist(), model.centres_model_space().tolist(),
-            self.segmenter.names, sizes, self._profiles, model.version, now_ms)
-        await self._retry(lambda: self.store.save_model(model.checkpoint(), self._profiles))
+    async def maintain(self, rescore: int) -> None:
+        """Keep the shared model in sync (:class:`ModelSync`), then re-score up to ``rescore``
+        customers without new events (time passed, or the model moved); writes what changed.
+        Called on a timer, and once before consuming."""
+        async with self._lock:
+            now_ms = int(time.time() * 1000)
+            for res in await self._retry(self.sync.tick):
+                await self._write_rescored(res.assignments, now_ms)
+            await self._write_rescored(self.segmenter.rescore(rescore), now_ms)
+
+    async def _write_rescored(self, writes: list[Assignment], now_ms: int) -> None:
+        if not writes:
+            return
+        changes, fenced = await self._retry(functools.partial(self.store.write, writes,
+                                                              now_ms))
+        self.metrics.changes.inc(len(changes))
+        self.metrics.fenced.inc(fenced)
+        for a in writes:
+            self.metrics.rescored.labels(a.reason).inc()
 
     async def _retry(self, call: Any) -> Any:
         """Wait out Redis outages with capped exponential back-off; never skip a batch."""
@@ -246,6 +268,4 @@ class EventPipeline:
         sizes = await self.store.sizes()
         for sid, n in sizes.items():
             self.metrics.segment_size.labels(sid).set(n)
-            if sid in self._profiles:
-                self._profiles[sid]["size"] = n
         return sizes

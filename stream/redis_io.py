@@ -103,8 +103,28 @@ class Keys:
 
     @property
     def model(self) -> str:
-        """The latest model checkpoint (JSON)."""
+        """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
         return f"{self.prefix}model"
+
+    @property
+    def model_version(self) -> str:
+        """The version of :attr:`model` (workers poll this small key)."""
+        return f"{self.prefix}model-version"
+
+    @property
+    def learner(self) -> str:
+        """Lease of the one worker that updates the shared model."""
+        return f"{self.prefix}learner"
+
+    @property
+    def samples(self) -> str:
+        """Hash of worker -> its latest sample of current customers, for the learner."""
+        return f"{self.prefix}samples"
+
+    @property
+    def lifecycle(self) -> str:
+        """Stream of segment lifecycle messages (born, split, merged, retired)."""
+        return f"{self.prefix}lifecycle"
 
 
 def connect(url: str, max_connections: int = 16) -> aioredis.Redis:
@@ -222,24 +242,6 @@ class RedisStore:
                 pipe.hgetall(self.keys.customer(cid))
             raw = await pipe.execute()
         return [{_text(k): _text(v) for k, v in h.items()} if h else None for h in raw]
-
-    async def save_model(self, checkpoint: dict[str, Any],
-                         profiles: dict[str, dict[str, Any]]) -> None:
-        """Store the checkpoint and the segment profiles."""
-        try:
-            async with self.r.pipeline(transaction=True) as pipe:
-                pipe.set(self.keys.model, json.dumps(checkpoint))
-                if profiles:
-                    pipe.hset(self.keys.segments, mapping={
-                        sid: json.dumps(p) for sid, p in profiles.items()})
-                await pipe.execute()
-        except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while saving the model: {exc}") from exc
-
-    async def load_model(self) -> dict[str, Any] | None:
-        """The latest checkpoint, if any."""
-        raw = await self.r.get(self.keys.model)
-        return json.loads(raw) if raw else None
 
     async def sizes(self) -> dict[str, int]:
         """Members per segment."""

@@ -1,5 +1,6 @@
 """Forwards segment changes from the Redis stream (written atomically with each change) to
-the Kafka changes topic: the stream is the outbox, so a crash never loses a Kafka copy.
+the Kafka changes topic: the stream is the outbox, so a crash never loses a Kafka copy. The
+same relay forwards segment lifecycle messages (``seg:lifecycle`` -> ``segment-lifecycle``).
 
 One relay runs at a time across all workers (a Redis lock with a lease). It reads the stream
 through the consumer group ``kafka-relay`` as the consumer ``relay``, produces, waits for the
@@ -13,8 +14,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
 from typing import Any
 
 import orjson
@@ -22,28 +21,22 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.exceptions import ResponseError
 
-from stream.redis_io import RETRIABLE, Keys
+from stream.lease import Lease
+from stream.redis_io import RETRIABLE
 
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "kafka-relay", "relay"
-LEASE_MS = 10_000
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
-"""
 
 
 class ChangeRelay:
     """Redis stream -> Kafka topic, at least once, in order, one leader at a time."""
 
-    def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, prefix: str,
-                 topic: str) -> None:
+    def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, stream: str,
+                 topic: str, lock_key: str, key_field: str = "customer_id",
+                 field: bytes = b"change") -> None:
         self.r, self.producer, self.topic = redis, producer, topic
-        self.keys = Keys(prefix)
-        self.lock_key = f"{prefix}relay-leader"
-        self.me = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.stream, self.key_field, self.field = stream, key_field, field
+        self.lease = Lease(redis, lock_key)
         self.relayed = 0
         self.leader = False
         self._stop = asyncio.Event()
@@ -52,19 +45,16 @@ class ChangeRelay:
         """Ask :meth:`run` to return."""
         self._stop.set()
 
-    async def _lead(self) -> bool:
-        return bool(await self.r.eval(_RENEW, 1, self.lock_key, self.me, LEASE_MS))
-
     async def run(self) -> None:
         """Relay until stopped; survives Redis and Kafka outages."""
         while not self._stop.is_set():
             try:
-                self.leader = await self._lead()
+                self.leader = await self.lease.renew()
                 if not self.leader:
                     await self._sleep(2.0)
                     continue
                 with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                    await self.r.xgroup_create(self.keys.changes, GROUP, id="0", mkstream=True)
+                    await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                 # Our own unacknowledged entries first (a previous leader's crash), then new.
                 sent = await self._relay_once("0", block=None)
                 if not sent:
@@ -75,10 +65,7 @@ class ChangeRelay:
             except Exception as exc:  # Kafka down, or anything else: retry, never die
                 log.warning("change relay: %r; retrying", exc)
                 await self._sleep(1.0)
-        if self.leader:
-            with contextlib.suppress(Exception):
-                if await self.r.get(self.lock_key) == self.me.encode():
-                    await self.r.delete(self.lock_key)
+        await self.lease.release()
 
     async def _sleep(self, seconds: float) -> None:
         with contextlib.suppress(TimeoutError):
@@ -86,7 +73,7 @@ class ChangeRelay:
 
     async def _relay_once(self, start: str, block: int | None) -> int:
         # BLOCK stays below redis-py's 5 s socket timeout.
-        resp: Any = await self.r.xreadgroup(GROUP, CONSUMER, {self.keys.changes: start},
+        resp: Any = await self.r.xreadgroup(GROUP, CONSUMER, {self.stream: start},
                                             count=1000, block=block)
         entries = resp[0][1] if resp else []
         if not entries:
@@ -96,12 +83,12 @@ class ChangeRelay:
             if not fields:  # trimmed away before it was relayed: nothing left to send
                 log.error("change %s was trimmed before the relay sent it", entry_id)
                 continue
-            msg = fields[b"change"]
-            key = orjson.loads(msg)["customer_id"].encode()
+            msg = fields[self.field]
+            key = str(orjson.loads(msg)[self.key_field]).encode()
             futures.append(await self.producer.send(
                 self.topic, key=key, value=msg,
                 headers=[("segmenter.change_id", entry_id)]))
         await asyncio.gather(*futures)
-        await self.r.xack(self.keys.changes, GROUP, *[i for i, _ in entries])
+        await self.r.xack(self.stream, GROUP, *[i for i, _ in entries])
         self.relayed += len(entries)
         return len(entries)

@@ -41,6 +41,8 @@ class Settings:
     """Dead-letter topic for invalid events."""
     changes_topic: str = "segment-changes"
     """Topic of segment change messages."""
+    lifecycle_topic: str = "segment-lifecycle"
+    """Topic of segment lifecycle messages (born, split, merged, retired)."""
     partitions: int = 4
     """Partitions of the topics the worker creates."""
     replication: int = 1
@@ -57,8 +59,13 @@ class Settings:
     """Bearer token for admin routes (``DELETE /customers/...``); empty disables them."""
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout. Short, so a group forms fast on the embedded broker."""
-    n_segments: int = 6
-    """Number of segments (KMeans clusters)."""
+    algorithm: str = "kmeans"
+    """Clusterer: ``kmeans`` (River KMeans, segment count chosen in bounds) or ``dbstream``
+    (River DBSTREAM, density-based); trade-offs in BENCHMARKS.md."""
+    min_segments: int = 3
+    """Fewest segments the model may choose."""
+    max_segments: int = 8
+    """Most segments the model may choose (chosen by the Davies–Bouldin index in between)."""
     half_life_days: float = 30.0
     """Half-life of decayed features in event-time days."""
     dedup_window: int = 32
@@ -67,6 +74,13 @@ class Settings:
     """Valid events between model updates (each update bumps ``model_version``)."""
     warmup: int = 500
     """Customers seen before the model is seeded and starts assigning."""
+    refresh_every: int = 4
+    """Every this many model updates, re-cluster a sample of current customers (and choose
+    the number of segments again)."""
+    rescore_per_s: int = 5000
+    """Customers without new events re-scored per second (reasons ``time``, ``model_update``)."""
+    model_poll_s: float = 1.0
+    """Seconds between checks for a newer model snapshot, and between sample publications."""
     state_cache: int = 200_000
     """Customer states kept in worker memory; the rest are re-read from Redis."""
     commit_interval_s: float = 1.0
@@ -86,9 +100,11 @@ class Settings:
     def segmenter_config(self) -> SegmenterConfig:
         """The pure core's configuration."""
         return SegmenterConfig(
-            n_segments=self.n_segments, half_life_days=self.half_life_days,
+            algorithm=self.algorithm, min_segments=self.min_segments,
+            max_segments=self.max_segments, half_life_days=self.half_life_days,
             dedup_window=self.dedup_window, update_every=self.model_update_every,
-            warmup=self.warmup, cache_size=self.state_cache,
+            warmup=self.warmup, refresh_every=max(1, self.refresh_every),
+            cache_size=self.state_cache, learner=False,
         )
 
     @classmethod
@@ -117,10 +133,15 @@ class Settings:
             else:
                 values[f.name] = raw
         s = cls(**values)
-        if s.partitions < 1 or s.n_segments < 1 or s.batch_max < 1:
-            raise SettingsError("SEGMENTER_PARTITIONS, _N_SEGMENTS and _BATCH_MAX must be >= 1")
-        if s.warmup < s.n_segments:
-            raise SettingsError("SEGMENTER_WARMUP must be at least SEGMENTER_N_SEGMENTS")
+        if s.partitions < 1 or s.min_segments < 1 or s.batch_max < 1:
+            raise SettingsError("SEGMENTER_PARTITIONS, _MIN_SEGMENTS and _BATCH_MAX must be >= 1")
+        if s.max_segments < s.min_segments:
+            raise SettingsError("SEGMENTER_MAX_SEGMENTS must be at least SEGMENTER_MIN_SEGMENTS")
+        if s.warmup < s.max_segments:
+            raise SettingsError("SEGMENTER_WARMUP must be at least SEGMENTER_MAX_SEGMENTS")
+        if s.algorithm not in ("kmeans", "dbstream"):
+            raise SettingsError(f"SEGMENTER_ALGORITHM must be kmeans or dbstream, "
+                                f"got {s.algorithm!r}")
         return s
 
     def with_env(self, **overrides: Any) -> dict[str, str]:

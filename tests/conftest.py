@@ -37,6 +37,7 @@ def settings(servers: tuple[str, str]) -> Settings:
         "SEGMENTER_EVENTS_TOPIC": f"events-{uid}",
         "SEGMENTER_DLQ_TOPIC": f"events-dlq-{uid}",
         "SEGMENTER_CHANGES_TOPIC": f"segment-changes-{uid}",
+        "SEGMENTER_LIFECYCLE_TOPIC": f"segment-lifecycle-{uid}",
         "SEGMENTER_GROUP": f"segmenter-{uid}",
         "SEGMENTER_REDIS_PREFIX": f"t{uid}:",
         "SEGMENTER_WEB_PORT": str(free_port()),

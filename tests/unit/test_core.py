@@ -5,10 +5,10 @@ import pytest
 
 from models.core import Record, Segmenter, SegmenterConfig
 from models.evaluation import adjusted_rand_index
-from models.model import CheckpointMismatch, SegmentModel
+from models.model import CheckpointMismatch, SegmentModel, from_checkpoint
 from models.simulator import ShopSimulator
 
-CFG = SegmenterConfig(n_segments=6, warmup=300, update_every=1000)
+CFG = SegmenterConfig(warmup=300, update_every=1000)
 
 
 def records(customers: int = 600, days: float = 12, seed: int = 3) -> tuple[list[Record],
@@ -67,25 +67,33 @@ def test_invalid_records_are_dead_lettered_and_valid_ones_processed() -> None:
 
 def test_segments_recover_personas() -> None:
     recs, sim = records(1500, 15)
-    final = run(Segmenter(CFG), recs, 5000)
+    seg = Segmenter(CFG)
+    final = run(seg, recs, 5000)
+    for a in seg.rescore(10**6):  # what the worker's background re-scoring does
+        final[a.customer_id] = (a.segment, "")
     ids = sorted(sim.truth)
     ari = adjusted_rand_index([sim.truth[c] for c in ids], [final[c][0] for c in ids])
-    # Batch k-means (10 restarts) on the same final features scores ~0.75; the online model
-    # sees each customer's evolving state and lands lower. Below 0.45 it has lost personas.
-    assert ari >= 0.45, ari
+    # scripts/evaluate.py measures ~0.9 on 5000 customers over 30 days; this smaller, shorter
+    # stream (fewer events per customer) scores ~0.67. Below 0.6 personas are being lost.
+    assert ari >= 0.6, ari
 
 
 def test_checkpoint_mismatch_is_refused() -> None:
-    m = SegmentModel(n_segments=2, warmup=2)
+    m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
     cp = m.checkpoint()
     with pytest.raises(CheckpointMismatch, match="River"):
-        SegmentModel.from_checkpoint({**cp, "river_version": "0.0.1"})
+        from_checkpoint({**cp, "river_version": "0.0.1"})
     with pytest.raises(CheckpointMismatch, match="feature schema"):
-        SegmentModel.from_checkpoint({**cp, "feature_schema": "other"})
+        from_checkpoint({**cp, "feature_schema": "other"})
+    with pytest.raises(CheckpointMismatch, match="algorithm"):
+        from_checkpoint({**cp, "algorithm": "pickle"})
+    with pytest.raises(CheckpointMismatch, match="format"):
+        from_checkpoint({**cp, "format": 1})
 
 
 def test_resend_outside_the_dedup_window_is_documented_limit() -> None:
-    cfg = SegmenterConfig(n_segments=2, warmup=2, update_every=10**6, dedup_window=4)
+    cfg = SegmenterConfig(min_segments=2, max_segments=2, warmup=2, update_every=10**6,
+                          dedup_window=4)
     seg = Segmenter(cfg)
     base = '{"event_id":"e%d","customer_id":"c","type":"page_view","timestamp":%d}'
     recs = [Record("t", 0, i, b"c", (base % (i, 1767225600000 + i)).encode()) for i in range(6)]

@@ -1,0 +1,95 @@
+"""What the pure core takes in and gives out: consumed records, control messages, dead
+letters and per-customer assignments (plain, immutable values)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import NamedTuple, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed Kafka message."""
+
+    topic: str
+    """Source topic."""
+    partition: int
+    """Source partition."""
+    offset: int
+    """Offset in that partition."""
+    key: bytes | None
+    """Message key (the customer id, UTF-8)."""
+    value: bytes | None
+    """Message value (one JSON event)."""
+    headers: tuple[tuple[str, bytes], ...] = ()
+    """Message headers."""
+
+
+class Erase(NamedTuple):
+    """A control message: forget this customer everywhere (right to erasure)."""
+
+    customer_id: str
+    """The customer to forget."""
+
+
+CONTROL_HEADER = "segmenter.control"
+"""Header of control messages; with the value ``erase`` and no message value, the message
+(keyed by the customer id) erases the customer, in order with that customer's events."""
+
+
+class RecordLike(Protocol):
+    """What the core reads of a record: :class:`Record`, or aiokafka's own records as they
+    come (building a second object per message would cost more than the rest of parsing)."""
+
+    @property
+    def topic(self) -> str: ...
+    @property
+    def partition(self) -> int: ...
+    @property
+    def offset(self) -> int: ...
+    @property
+    def key(self) -> bytes | None: ...
+    @property
+    def value(self) -> bytes | None: ...
+    @property
+    def headers(self) -> Sequence[tuple[str, bytes]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DeadLetter:
+    """An invalid record and why it was refused."""
+
+    record: RecordLike
+    """The original record, bytes untouched."""
+    reason: str
+    """Human-readable reason."""
+
+
+class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batch, built fast
+    """A customer's new state and current segment, to be written atomically."""
+
+    customer_id: str
+    """The customer."""
+    segment: str
+    """Stable segment id (``s0``...)."""
+    segment_name: str
+    """Human-readable segment name."""
+    confidence: float
+    """How clearly the customer belongs, in [0, 1]."""
+    model_version: int
+    """Version of the model that assigned."""
+    event_id: str
+    """Last event applied (empty when re-assigned without a new event)."""
+    event_ts: int
+    """Event time of the last applied event, epoch ms."""
+    reason: str
+    """``event``, ``model_update`` or ``time``."""
+    why: str
+    """The customer's own traits that put them in the segment (set when the segment changes)."""
+    partition: int
+    """Partition of the last applied event (fencing)."""
+    offset: int
+    """Offset of the last applied event (fencing)."""
+    state: bytes
+    """Serialized :class:`CustomerState`."""

@@ -1,0 +1,39 @@
+"""A leader lease in Redis: one holder at a time, renewed while alive, free again
+``ttl_ms`` after its holder dies (kill -9 included)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+
+import redis.asyncio as aioredis
+
+_RENEW = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
+"""
+
+
+class Lease:
+    """Hold ``key`` as ``me`` (host-pid-object, unique per process and object)."""
+
+    def __init__(self, redis: aioredis.Redis, key: str, ttl_ms: int = 10_000) -> None:
+        self.r, self.key, self.ttl_ms = redis, key, ttl_ms
+        self.me = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
+        self.held = False
+
+    async def renew(self) -> bool:
+        """Take or keep the lease; True while held. Raises Redis errors."""
+        self.held = bool(await self.r.eval(_RENEW, 1, self.key, self.me, self.ttl_ms))
+        return self.held
+
+    async def release(self) -> None:
+        """Give the lease up now (on shutdown) so another worker takes over at once."""
+        if self.held:
+            with contextlib.suppress(Exception):
+                if await self.r.get(self.key) == self.me.encode():
+                    await self.r.delete(self.key)
+        self.held = False

@@ -1,0 +1,187 @@
+"""One model for all workers: a single learner, versioned snapshots, samples from everyone.
+
+- The worker holding the Redis lease ``seg:learner`` is the learner: its core updates the
+  model from a sample of *current* customers of every worker (its own cache, plus the samples
+  the others publish to ``seg:samples``), and publishes each new version as a snapshot
+  (``seg:model`` + ``seg:model-version``, with the profiles and lifecycle messages, in one
+  atomic script that refuses to overwrite a newer version).
+- Every other worker assigns with the latest snapshot it loaded (polled every
+  ``SEGMENTER_MODEL_POLL_S``), publishes its sample, and never learns. When the learner dies,
+  its lease expires and another worker takes over from the latest snapshot.
+
+Snapshots are JSON checkpoints (never pickle) checked against River's version, the
+algorithm and the feature schema (:func:`models.model.from_checkpoint`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+import orjson
+
+from models.core import BatchResult, Segmenter
+from models.model import BaseModel, from_checkpoint
+from models.profiles import build_profiles
+from stream.errors import RetriableError
+from stream.lease import Lease
+from stream.metrics import Metrics
+from stream.redis_io import RETRIABLE, RedisStore
+
+log = logging.getLogger(__name__)
+SAMPLE_STALE_S = 60.0
+"""A worker's sample older than this no longer counts (the worker is gone)."""
+
+# Publish a snapshot unless a newer one is already there (a deposed learner cannot win).
+_PUBLISH = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
+end
+for i = 4 + 2 * n + 1, #ARGV do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
+end
+return 1
+"""
+
+
+class ModelSync:
+    """Keeps a worker's core on the shared model: learner election, snapshots, samples."""
+
+    def __init__(self, store: RedisStore, segmenter: Segmenter, metrics: Metrics,
+                 sample_size: int = 2000) -> None:
+        self.store, self.seg, self.metrics = store, segmenter, metrics
+        self.keys = store.keys
+        self.lease = Lease(store.r, self.keys.learner)
+        self.sample_size = sample_size
+        self.events_seen = 0  # events this worker processed (published with its sample)
+        self._last_sample = 0.0
+        self._remote_events: dict[str, int] = {}
+        self.profiles: dict[str, dict[str, Any]] = {}
+
+    async def load_latest(self) -> BaseModel | None:
+        """The latest snapshot, or None; a mismatching one raises ``CheckpointMismatch``."""
+        raw = await self.store.r.get(self.keys.model)
+        return from_checkpoint(json.loads(raw)) if raw else None
+
+    async def tick(self) -> list[BatchResult]:
+        """One round: hold or seek the lease; as learner, take the others' samples and update
+        when due; otherwise load a newer snapshot and publish our sample. Returns results
+        whose assignments the caller writes. Raises :class:`RetriableError` on Redis outages.
+        """
+        try:
+            return await self._tick()
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while syncing the model: {exc}") from exc
+
+    async def _tick(self) -> list[BatchResult]:
+        seg, out = self.seg, []
+        learner = await self.lease.renew()
+        if learner and not seg.learner:
+            newer = await self._load_newer()  # continue from the last published version
+            if newer is not None:
+                out.append(newer)
+            log.info("this worker is now the learner (model version %d)", seg.model.version)
+        seg.learner = learner
+        self.metrics.learner.set(1 if learner else 0)
+        if learner:
+            await self._take_samples()
+            res = seg.update_if_due()
+            if res.model_updated:
+                await self.publish(res)
+            out.append(res)
+        else:
+            newer = await self._load_newer()
+            if newer is not None:
+                out.append(newer)
+            await self._publish_sample()
+        return out
+
+    async def _load_newer(self) -> BatchResult | None:
+        raw_version = await self.store.r.get(self.keys.model_version)
+        if raw_version is None or int(raw_version) <= self.seg.model.version:
+            return None
+        model = await self.load_latest()
+        if model is None:
+            return None
+        res = self.seg.adopt(model)
+        if res is not None:
+            log.info("loaded model version %d (%d segments)", model.version, model.n_segments)
+            self._observe_model()
+        return res
+
+    async def _publish_sample(self) -> None:
+        seg, now = self.seg, time.time()
+        if not seg.sample_due and now - self._last_sample < 10 and self._last_sample:
+            return
+        rows = seg.population_sample(self.sample_size)
+        entry = {"population": len(seg.states), "events": self.events_seen, "at": now,
+                 "rows": [[round(v, 5) for v in r] for r in rows]}
+        await self.store.r.hset(self.keys.samples, self.lease.me, orjson.dumps(entry))
+        seg.sample_due, self._last_sample = False, now
+
+    async def _take_samples(self) -> None:
+        raw = await self.store.r.hgetall(self.keys.samples)
+        now, seg = time.time(), self.seg
+        for worker_b, blob in raw.items():
+            worker = worker_b.decode() if isinstance(worker_b, bytes) else worker_b
+            if worker == self.lease.me:
+                continue
+            entry = orjson.loads(blob)
+            if now - entry["at"] > SAMPLE_STALE_S:
+                seg.remote.pop(worker, None)
+                continue
+            seen = self._remote_events.get(worker, entry["events"])
+            self._remote_events[worker] = entry["events"]
+            seg.add_remote(worker, entry["population"], entry["rows"],
+                           max(0, entry["events"] - seen))
+
+    async def publish(self, res: BatchResult) -> bool:
+        """Store the learner's new version with profiles and lifecycle messages, atomically;
+        False when a newer version was there already."""
+        seg, now_ms = self.seg, int(time.time() * 1000)
+        model = seg.model
+        sizes = await self.store.sizes()
+        for e in res.lifecycle:
+            e["at"] = now_ms
+        self.profiles = build_profiles(
+            model.ids, model.centres_scaled().tolist(), model.centres_model_space().tolist(),
+            seg.names, sizes, self.profiles or await self.store.profiles(), model.version,
+            now_ms, model.criterion, res.lifecycle)
+        args: list[Any] = [model.version, json.dumps(model.checkpoint()),
+                           self.store.maxlen, len(self.profiles)]
+        for sid, p in self.profiles.items():
+            args += [sid, json.dumps(p)]
+        args += [orjson.dumps(e) for e in res.lifecycle]
+        keys = self.keys
+        try:
+            ok = await self.store.r.eval(_PUBLISH, 4, keys.model, keys.model_version,
+                                         keys.segments, keys.lifecycle, *args)
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
+        if ok:
+            for e in res.lifecycle:
+                self.metrics.lifecycle.labels(e["event"]).inc()
+                log.info("segment %s %s (model version %d)", e["segment"], e["event"],
+                         model.version)
+        self._observe_model()
+        return bool(ok)
+
+    def _observe_model(self) -> None:
+        m, model = self.metrics, self.seg.model
+        m.model_version.set(model.version)
+        m.segments.set(model.n_segments)
+        if model.criterion:
+            m.criterion.labels(model.criterion.get("name", "")).set(
+                model.criterion.get("value", 0.0))
+        m.distance.set(self.seg.drift.mean_distance)
+
+    async def close(self) -> None:
+        """Hand the learner role over at once (the next worker need not wait for expiry)."""
+        await self.lease.release()
