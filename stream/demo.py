@@ -55,7 +55,8 @@ async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> 
                                                      settings.events_topic))
     except Exception:
         lag = -1
-    profiles = await store.profiles()
+    profiles = {sid: p for sid, p in (await store.profiles()).items()
+                if p.get("status", "active") == "active"}
     customers = sum(max(0, p["size"]) for p in profiles.values())
     lines = [f"[{time.strftime('%H:%M:%S')}] {rate:8.0f} events/s  processed {processed}  "
              f"customers {customers}  lag {lag}  model v{health.get('model_version', 0)}  "
