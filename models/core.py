@@ -142,12 +142,16 @@ class Segmenter:
         self._pending: set[str] = set()  # changed before the model was ready
         self._sweep: list[str] = []
         self.dirty: dict[str, None] = {}  # changed since the last drain (an ordered set)
-        self.names: dict[str, str] = dict(self.model.names)
+
+    @property
+    def names(self) -> dict[str, str]:
+        """Segment names by id: the model's (carried in snapshots, the same on every worker)."""
+        return self.model.names
 
     def _name(self) -> None:
         fresh = {sid: name_segment(z) for sid, z in
                  zip(self.model.ids, self.model.centres_scaled().tolist(), strict=True)}
-        self.names = self.model.names = stable_names(self.model.names, fresh)
+        self.model.names = stable_names(self.model.names, fresh)
 
     def adopt(self, model: BaseModel) -> BatchResult | None:
         """Assign with ``model`` (a snapshot from the learner) from now on; None if it is not
@@ -155,7 +159,7 @@ class Segmenter:
         re-scored by :meth:`rescore`, rate-limited."""
         if model.version <= self.model.version:
             return None
-        self.model, self.names = model, dict(model.names)
+        self.model = model
         self._sweep = []  # start a fresh re-scoring pass under the new model
         res = BatchResult(model_updated=True)
         pending = sorted(c for c in self._pending if c in self.states)
@@ -328,9 +332,11 @@ class Segmenter:
     def rescore(self, budget: int) -> list[Assignment]:
         """Re-score up to ``budget`` cached customers as of the watermark, round-robin.
 
-        A customer whose segment changes gets reason ``model_update`` when the current model
-        puts them elsewhere even as of their last event (the model moved), else ``time``
-        (their decayed features moved them: no new behaviour, time passed).
+        The model moved a customer (reason ``model_update``) when, as of their last event,
+        it places them elsewhere even with the stickiness of :meth:`BaseModel.keep_current`
+        (so model updates move only those who clearly belong elsewhere). Time moved them
+        (reason ``time``) when decay changed their nearest segment between their last event
+        and now: stickiness guards against model updates, not against time.
         """
         if not self.model.ready or budget <= 0:
             return []
@@ -340,23 +346,27 @@ class Segmenter:
         sts = [self.states[c] for c in batch if c in self.states and c not in self.dirty]
         if not sts:
             return []
-        hl, now = self.half_life_ms, self.watermark
-        then = self.model.scale(to_model_matrix([vector(s, hl) for s in sts]))
-        z = self.model.scale(to_model_matrix([vector(s, hl, now) for s in sts]))
+        hl, now, model = self.half_life_ms, self.watermark, self.model
+        then = model.scale(to_model_matrix([vector(s, hl) for s in sts]))
+        z = model.scale(to_model_matrix([vector(s, hl, now) for s in sts]))
         current = [s.segment for s in sts]
-        lab_then, _ = self.model.assign_scaled(then)
-        lab_then = self.model.keep_current(then, lab_then, current)
-        lab_now, conf = self.model.assign_scaled(z)
-        lab_now = self.model.keep_current(z, lab_now, current)
-        ids, centres, out = self.model.ids, self.model.centres_scaled(), []
+        near_then, _ = model.assign_scaled(then)
+        kept_then = model.keep_current(then, near_then, current)
+        near_now, conf = model.assign_scaled(z)
+        kept_now = model.keep_current(z, near_now, current)
+        ids, centres, out = model.ids, model.centres_scaled(), []
         for i, st in enumerate(sts):
-            segment = ids[lab_now[i]]
-            if segment == st.segment:
+            if ids[kept_then[i]] != st.segment:
+                label, reason = kept_now[i], "model_update"
+            elif near_now[i] != near_then[i]:
+                label, reason = near_now[i], "time"
+            else:
                 continue
-            reason = "model_update" if ids[lab_then[i]] != st.segment else "time"
-            st.segment, st.confidence = segment, round(float(conf[i]), 4)
-            st.model_version = self.model.version
-            why = customer_reason(z[i].tolist(), centres[lab_now[i]].tolist())
+            if ids[label] == st.segment:
+                continue
+            st.segment, st.confidence = ids[label], round(float(conf[i]), 4)
+            st.model_version = model.version
+            why = customer_reason(z[i].tolist(), centres[label].tolist())
             out.append(self._assignment(st, reason, why))
         return out
 

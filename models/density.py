@@ -73,24 +73,22 @@ class DensityModel(BaseModel):
         return {**super().params(), "radius": self.radius, "fading": self.fading,
                 "intersection": self.intersection}
 
-    def learn(self, rows: list[list[float]], refresh: bool = False) -> bool:
-        if not rows:
-            return False
-        data = np.asarray(rows, dtype=float)
-        if not self.ready:
-            if len(rows) < self.warmup:
-                return False
-            self._learn_scaler(data)
-            sample = data
-        else:
-            stride = max(1, -(-len(rows) // self.learn_sample))
-            sample = data if refresh else data[::stride]
-            self._learn_scaler(sample)
+    def _seed(self, data: np.ndarray) -> bool:
+        return self._cluster(data, data, relabel=True)
+
+    def _update(self, data: np.ndarray, refresh: bool) -> bool:
+        sample = data if refresh else self._spaced(data)
+        self._learn_scaler(sample)
+        # segments move at refreshes only: less churn
+        return self._cluster(data, sample, relabel=refresh)
+
+    def _cluster(self, data: np.ndarray, sample: np.ndarray, relabel: bool) -> bool:
+        """DBSTREAM learns ``sample``; with ``relabel``, its macro clusters over ``data``
+        become the segments (False when there are none yet)."""
         z = self.scale(data)
         for row in self.scale(sample).tolist():
             self.db.learn_one(dict(enumerate(row)))
-        if self.ready and not refresh:  # segments move at refreshes only: less churn
-            self.version += 1
+        if not relabel:
             return True
         macro = self._macro_centres(z)
         if len(macro) == 0:
@@ -100,7 +98,6 @@ class DensityModel(BaseModel):
         self.criterion = {"name": "davies_bouldin",
                           "value": round(davies_bouldin(z, self._centres, labels), 4),
                           "segments": len(self.ids)}
-        self.version += 1
         return True
 
     def _macro_centres(self, z: np.ndarray) -> np.ndarray:

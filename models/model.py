@@ -97,8 +97,36 @@ class BaseModel:
         return out
 
     def learn(self, rows: list[list[float]], refresh: bool = False) -> bool:
-        """Learn from model-space vectors of current customers; True when the version moved."""
+        """Learn from model-space vectors of current customers; True when the version moved.
+
+        Before the model is ready, ``rows`` must hold at least ``warmup`` customers: they fit
+        the scaler and seed the segments. After, with ``refresh``, the sample is re-clustered.
+        """
+        if not rows:
+            return False
+        data = np.asarray(rows, dtype=float)
+        if not self.ready:
+            if len(rows) < self.warmup:
+                return False
+            self._learn_scaler(data)
+            moved = self._seed(data)
+        else:
+            moved = self._update(data, refresh)
+        if moved:
+            self.version += 1
+        return moved
+
+    def _seed(self, data: np.ndarray) -> bool:
+        """First segments from a warm-up sample (the scaler has learned it already)."""
         raise NotImplementedError
+
+    def _update(self, data: np.ndarray, refresh: bool) -> bool:
+        """One model update from a sample of current customers."""
+        raise NotImplementedError
+
+    def _spaced(self, data: np.ndarray) -> np.ndarray:
+        """At most ``learn_sample`` evenly spaced rows (deterministic)."""
+        return data[::max(1, -(-len(data) // self.learn_sample))]
 
     def _relabel(self, new: np.ndarray, z: np.ndarray) -> None:
         """Adopt ``new`` centres, carrying ids over from the current ones."""
@@ -283,36 +311,28 @@ class SegmentModel(BaseModel):
         return {**super().params(), "step": self.step, "n_init": self.n_init,
                 "hysteresis": self.hysteresis}
 
-    def learn(self, rows: list[list[float]], refresh: bool = False) -> bool:
-        if not rows:
-            return False
-        data = np.asarray(rows, dtype=float)
-        if not self.ready:
-            if len(rows) < self.warmup:
-                return False
-            self._learn_scaler(data)
-            z = self.scale(data)
-            sol, scan = choose_k(z, self.min_segments, self.max_segments, self.n_init, self._rng)
-            self._relabel(sol.centres, z)
-            self._criterion(sol.score, scan)
-            self.version = 1
-            return True
+    def _seed(self, data: np.ndarray) -> bool:
+        z = self.scale(data)
+        sol, scan = choose_k(z, self.min_segments, self.max_segments, self.n_init, self._rng)
+        self._relabel(sol.centres, z)
+        self._criterion(sol.score, scan)
+        return True
+
+    def _update(self, data: np.ndarray, refresh: bool) -> bool:
         if refresh:
             self._rescale(data)
             self._refresh(self.scale(data))
         # River's online step over an evenly spaced part of the sample.
-        stride = max(1, -(-len(rows) // self.learn_sample))
         km = cluster.KMeans(n_clusters=len(self.ids), halflife=self.step, seed=self.seed)
         gauss = functools.partial(km._rng.gauss, km.mu, km.sigma)
         for k, row in enumerate(self._centres.tolist()):
             km.centers[k] = collections.defaultdict(gauss, zip(FEATURE_NAMES, row, strict=True))
-        for row in data[::stride].tolist():
+        for row in self._spaced(data).tolist():
             x = dict(zip(FEATURE_NAMES, row, strict=True))
             self.scaler.learn_one(x)
             km.learn_one(self.scaler.transform_one(x))
         self._centres = np.array([[km.centers[k][n] for n in FEATURE_NAMES]
                                   for k in range(len(self.ids))])
-        self.version += 1
         return True
 
     def _refresh(self, z: np.ndarray) -> None:

@@ -162,6 +162,16 @@ def build_profiles(
     ...                    [{"event": "born", "segment": "s0", "model_version": 3}])
     >>> p["s0"]["status"], p["s0"]["lifecycle"][0]["event"], p["s0"]["criterion"]["value"]
     ('active', 'born', 0.9)
+
+    A segment born and merged away between two publications still gets a (retired) profile,
+    so every id a customer was ever given has one:
+
+    >>> q = build_profiles(["s0"], [[0.0] * 18], [[0.0] * 18], {"s0": "Typical customers"},
+    ...                    {}, p, 4, 2000, None,
+    ...                    [{"event": "split", "segment": "s1", "from": "s0", "name": "Young"},
+    ...                     {"event": "merged", "segment": "s1", "into": "s0"}])
+    >>> q["s1"]["status"], q["s1"]["name"], [e["event"] for e in q["s1"]["lifecycle"]]
+    ('retired', 'Young', ['split', 'merged'])
     """
     events: dict[str, list[dict[str, Any]]] = {}
     for e in lifecycle or []:
@@ -193,5 +203,15 @@ def build_profiles(
                 **prev, "status": "retired", "size": int(sizes.get(sid, 0)),
                 "lifecycle": (prev.get("lifecycle", []) + events.get(sid, []))[-20:],
                 "retired_at": prev.get("retired_at", now_ms) if not was_active else now_ms,
+            }
+    for sid, evs in events.items():  # born and ended between two publications
+        if sid not in profiles:
+            profiles[sid] = {
+                "id": sid, "name": next((e.get("name") for e in evs if e["segment"] == sid
+                                         and e.get("name")), sid),
+                "status": "retired", "size": int(sizes.get(sid, 0)), "centre": {},
+                "traits": [], "model_version": model_version, "criterion": criterion or {},
+                "lifecycle": evs[-20:], "created_at": now_ms, "updated_at": now_ms,
+                "retired_at": now_ms,
             }
     return profiles

@@ -113,7 +113,7 @@ class ModelSync:
         res = self.seg.adopt(model)
         if res is not None:
             log.info("loaded model version %d (%d segments)", model.version, model.n_segments)
-            self._observe_model()
+            self.observe_model()
         return res
 
     async def _publish_sample(self) -> None:
@@ -170,10 +170,11 @@ class ModelSync:
                 self.metrics.lifecycle.labels(e["event"]).inc()
                 log.info("segment %s %s (model version %d)", e["segment"], e["event"],
                          model.version)
-        self._observe_model()
+        self.observe_model()
         return bool(ok)
 
-    def _observe_model(self) -> None:
+    def observe_model(self) -> None:
+        """Model gauges: version, segments, criterion, mean assignment distance."""
         m, model = self.metrics, self.seg.model
         m.model_version.set(model.version)
         m.segments.set(model.n_segments)

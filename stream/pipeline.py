@@ -51,7 +51,6 @@ class EventPipeline:
         self.settings = settings
         self.store = store
         self.metrics = metrics
-        self.segmenter = Segmenter(settings.segmenter_config())
         self.consumer: AIOKafkaConsumer | None = None
         self.producer: AIOKafkaProducer | None = None
         self.last_poll = 0.0
@@ -63,22 +62,27 @@ class EventPipeline:
         self._stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self.sync = ModelSync(store, self.segmenter, metrics,
+        self.sync = ModelSync(store, Segmenter(settings.segmenter_config()), metrics,
                               settings.segmenter_config().refresh_sample)
         self._drifts = 0
         self._uncommitted: dict[TopicPartition, int] = {}
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
 
+    @property
+    def segmenter(self) -> Segmenter:
+        """The pure core (owned by :attr:`sync`, which may replace its model)."""
+        return self.sync.seg
+
     async def start(self, producer: AIOKafkaProducer) -> None:
         """Restore the model, connect to Kafka; ``producer`` (started, owned by the caller)
         sends the dead letters."""
         model = await self.sync.load_latest()  # CheckpointMismatch stops the worker
         if model is not None:
-            self.segmenter = self.sync.seg = Segmenter(self.settings.segmenter_config(), model)
+            self.sync.seg = Segmenter(self.settings.segmenter_config(), model)
             log.info("loaded model version %d (%s, %d segments)", model.version,
                      model.algorithm, model.n_segments)
-        self.metrics.model_version.set(self.segmenter.model.version)
+        self.sync.observe_model()
         await self.maintain(rescore=0)  # learner or not, before the first event
         self.producer = producer
         self.consumer = AIOKafkaConsumer(
@@ -193,14 +197,13 @@ class EventPipeline:
         self.dead_lettered += len(result.dead)
         m.changes.inc(changes)
         m.fenced.inc(fenced)
-        m.model_version.set(self.segmenter.model.version)
         drift = self.segmenter.drift
         if drift.detections > self._drifts:
             m.drift.inc(drift.detections - self._drifts)
             self._drifts = drift.detections
             log.warning("drift: customers moved away from the segment centres (ADWIN); "
                         "refreshing the model and re-scoring")
-        m.distance.set(drift.mean_distance)
+        self.sync.observe_model()
         m.batch_seconds.observe(time.perf_counter() - started)
         self.processed += sum(result.counts.values())
 

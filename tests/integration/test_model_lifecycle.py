@@ -6,13 +6,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from datetime import datetime
 from pathlib import Path
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from models.events import parse_timestamp
 from models.simulator import DAY_MS, PERSONAS, ShopSimulator
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics, read_lag_once
@@ -42,7 +42,7 @@ def metric(worker: WorkerProcess, name: str) -> float:
 
 def encode(events: list[dict]) -> list[tuple[bytes | None, bytes | None]]:
     for e in events:
-        e["timestamp"] = int(datetime.fromisoformat(e["timestamp"]).timestamp() * 1000)
+        e["timestamp"] = parse_timestamp(e["timestamp"])[0]
     events.sort(key=lambda e: e["timestamp"])
     return [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
 
@@ -139,9 +139,9 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
     two = tuple(BY_NAME[n] for n in ("loyal_big_spender", "window_shopper"))
     old = ShopSimulator(900, seed=1, start_ms=START, days=40, prefix="a", personas=two)
     events = list(old.history())
-    cut = datetime.fromtimestamp((START + 20 * DAY_MS) / 1000).astimezone()
-    first = [e for e in events if datetime.fromisoformat(e["timestamp"]) < cut]
-    rest = [e for e in events if datetime.fromisoformat(e["timestamp"]) >= cut]
+    cut = START + 20 * DAY_MS
+    first = [e for e in events if parse_timestamp(e["timestamp"])[0] < cut]
+    rest = [e for e in events if parse_timestamp(e["timestamp"])[0] >= cut]
     worker = WorkerProcess(cfg, tmp_path)
     prefix = cfg.redis_prefix
     try:

@@ -7,6 +7,7 @@ from collections import Counter
 import orjson
 
 from models.core import Record, Segmenter, SegmenterConfig
+from models.events import parse_timestamp
 from models.simulator import DAY_MS, PERSONAS, ShopSimulator
 
 START = 1_767_225_600_000
@@ -35,14 +36,9 @@ def feed(seg: Segmenter, events: list[dict], offset: int) -> tuple[list, list, i
 def history(sim: ShopSimulator) -> list[dict]:
     out = []
     for e in sim.history():  # integer timestamps sort across simulators
-        e["timestamp"] = _ms(e["timestamp"])
+        e["timestamp"] = parse_timestamp(e["timestamp"])[0]
         out.append(e)
     return out
-
-
-def _ms(iso: str) -> int:
-    from datetime import datetime
-    return int(datetime.fromisoformat(iso).timestamp() * 1000)
 
 
 def members(seg: Segmenter, prefix: str) -> Counter[str]:
