@@ -116,6 +116,9 @@ class BatchResult:
     """Customers to erase from Redis before the assignments are written."""
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     """Segments born, split, merged or retired by this batch's model updates."""
+    centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """Centre (scaled, model space) of every segment a lifecycle event names, as it was at
+    that update: a segment born and merged within one batch still gets a full profile."""
 
 
 Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
@@ -290,8 +293,12 @@ class Segmenter:
             res.model_updated = True
             self._name()
             self._sweep = []
+            scaled, units = self.model.centres_scaled(), self.model.centres_model_space()
             for e in self.model.take_lifecycle():
                 res.lifecycle.append({**e, "name": self.names.get(e["segment"], "")})
+                if e["segment"] in self.model.ids:
+                    i = self.model.ids.index(e["segment"])
+                    res.centres[e["segment"]] = (scaled[i].tolist(), units[i].tolist())
             if not was_ready:
                 pending = sorted(self._pending)
                 self._pending.clear()

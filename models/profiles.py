@@ -149,6 +149,7 @@ def build_profiles(
     now_ms: int,
     criterion: dict[str, Any] | None = None,
     lifecycle: list[dict[str, Any]] | None = None,
+    centres: dict[str, tuple[list[float], list[float]]] | None = None,
 ) -> dict[str, dict[str, Any]]:
     """Profiles keyed by segment id, keeping ``created_at`` and each segment's lifecycle.
 
@@ -164,14 +165,18 @@ def build_profiles(
     ('active', 'born', 0.9)
 
     A segment born and merged away between two publications still gets a (retired) profile,
-    so every id a customer was ever given has one:
+    with the centre it had when born (``centres``), so every id a customer was ever given has
+    one:
 
     >>> q = build_profiles(["s0"], [[0.0] * 18], [[0.0] * 18], {"s0": "Typical customers"},
     ...                    {}, p, 4, 2000, None,
     ...                    [{"event": "split", "segment": "s1", "from": "s0", "name": "Young"},
-    ...                     {"event": "merged", "segment": "s1", "into": "s0"}])
+    ...                     {"event": "merged", "segment": "s1", "into": "s0"}],
+    ...                    {"s1": ([0.0] * 18, [0.0] * 18)})
     >>> q["s1"]["status"], q["s1"]["name"], [e["event"] for e in q["s1"]["lifecycle"]]
     ('retired', 'Young', ['split', 'merged'])
+    >>> len(q["s1"]["centre"]) == len(q["s0"]["centre"])
+    True
     """
     events: dict[str, list[dict[str, Any]]] = {}
     for e in lifecycle or []:
@@ -206,11 +211,15 @@ def build_profiles(
             }
     for sid, evs in events.items():  # born and ended between two publications
         if sid not in profiles:
+            z, m = (centres or {}).get(sid, ([], []))
             profiles[sid] = {
                 "id": sid, "name": next((e.get("name") for e in evs if e["segment"] == sid
                                          and e.get("name")), sid),
-                "status": "retired", "size": int(sizes.get(sid, 0)), "centre": {},
-                "traits": [], "model_version": model_version, "criterion": criterion or {},
+                "status": "retired", "size": int(sizes.get(sid, 0)),
+                "centre": {n: round(v, 3) for n, v in
+                           zip(FEATURE_NAMES, from_model_space(m) if m else [], strict=False)},
+                "traits": distinguishing_traits(z) if z else [],
+                "model_version": model_version, "criterion": criterion or {},
                 "lifecycle": evs[-20:], "created_at": now_ms, "updated_at": now_ms,
                 "retired_at": now_ms,
             }

@@ -153,7 +153,7 @@ class ModelSync:
         self.profiles = build_profiles(
             model.ids, model.centres_scaled().tolist(), model.centres_model_space().tolist(),
             seg.names, sizes, self.profiles or await self.store.profiles(), model.version,
-            now_ms, model.criterion, res.lifecycle)
+            now_ms, model.criterion, res.lifecycle, res.centres)
         args: list[Any] = [model.version, json.dumps(model.checkpoint()),
                            self.store.maxlen, len(self.profiles)]
         for sid, p in self.profiles.items():
