@@ -29,16 +29,14 @@ Examples
 from __future__ import annotations
 
 import random
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Any
 
-from models.density import DensityModel
+from models.config import BatchResult, SegmenterConfig, make_model
 from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event, InvalidEvent, parse_event
 from models.features import DAY_MS, CustomerState, to_model_matrix, update, vector
-from models.model import BaseModel, SegmentModel
+from models.model import BaseModel
 from models.profiles import customer_reason, name_segment, stable_names
 from models.records import (
     CONTROL_HEADER,
@@ -48,77 +46,10 @@ from models.records import (
     Record,
     RecordLike,
 )
+from models.rescoring import moves, population_sample
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Record",
            "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
-
-
-@dataclass(frozen=True, slots=True)
-class SegmenterConfig:
-    """Tuning of the pure core (mirrors the ``SEGMENTER_*`` settings)."""
-
-    algorithm: str = "kmeans"
-    """``kmeans`` (River KMeans, count chosen in bounds) or ``dbstream`` (River DBSTREAM)."""
-    min_segments: int = 3
-    """Fewest segments."""
-    max_segments: int = 8
-    """Most segments."""
-    half_life_days: float = 30.0
-    """Half-life of decayed features, in event-time days."""
-    dedup_window: int = 32
-    """Recent event ids remembered per customer for duplicate detection."""
-    update_every: int = 5000
-    """Valid events between model updates."""
-    warmup: int = 500
-    """Distinct customer vectors gathered before the model starts assigning."""
-    learn_sample: int = 64
-    """Current customers sampled and learned (``learn_one``) per model update."""
-    refresh_every: int = 4
-    """Every this many updates, re-cluster a larger sample of current customers."""
-    refresh_sample: int = 2000
-    """Current customers sampled for seeding and refreshes."""
-    step: float = 0.02
-    """River KMeans step size (its ``halflife``)."""
-    seed: int = 42
-    """Random seed."""
-    cache_size: int = 200_000
-    """Customer states kept in memory (the rest is re-read from Redis)."""
-    learner: bool = True
-    """This core updates the model; False: it assigns with snapshots it is given."""
-    active_days: float = 90.0
-    """Customers active within this many event-time days form the population the model
-    learns from (the long gone still get a segment, but no longer shape the segments)."""
-
-
-def make_model(cfg: SegmenterConfig) -> BaseModel:
-    """The model the configuration names."""
-    if cfg.algorithm == "kmeans":
-        return SegmentModel(min_segments=cfg.min_segments, max_segments=cfg.max_segments,
-                            warmup=cfg.warmup, learn_sample=cfg.learn_sample, seed=cfg.seed,
-                            step=cfg.step)
-    if cfg.algorithm == "dbstream":
-        return DensityModel(min_segments=1, max_segments=cfg.max_segments, warmup=cfg.warmup,
-                            learn_sample=cfg.learn_sample, seed=cfg.seed)
-    raise ValueError(f"unknown algorithm {cfg.algorithm!r} (use kmeans or dbstream)")
-
-
-@dataclass(slots=True)
-class BatchResult:
-    """Everything :meth:`Segmenter.apply` decided for one batch."""
-
-    assignments: list[Assignment] = field(default_factory=list)
-    """Customers whose segment changed: write now (the rest wait for :meth:`Segmenter.drain`)."""
-    dead: list[DeadLetter] = field(default_factory=list)
-    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
-    model_updated: bool = False
-    event_ts: list[int] = field(default_factory=list)
-    erased: list[str] = field(default_factory=list)
-    """Customers to erase from Redis before the assignments are written."""
-    lifecycle: list[dict[str, Any]] = field(default_factory=list)
-    """Segments born, split, merged or retired by this batch's model updates."""
-    centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
-    """Centre (scaled, model space) of every segment a lifecycle event names, as it was at
-    that update: a segment born and merged within one batch still gets a full profile."""
 
 
 Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
@@ -138,6 +69,9 @@ class Segmenter:
         self.remote: dict[str, tuple[int, list[list[float]]]] = {}
         """Other workers' samples of current customers: worker -> (population, rows)."""
         self.sample_due = False  # a non-learner's turn to publish its sample
+        self.warming = False
+        """True while states of newly assigned partitions are being read from Redis
+        (:meth:`warm`): model updates and samples wait, so they do not miss those customers."""
         self._rng = random.Random(config.seed)
         self._since_update = 0
         self._updates = 0
@@ -154,7 +88,16 @@ class Segmenter:
     def _name(self) -> None:
         fresh = {sid: name_segment(z) for sid, z in
                  zip(self.model.ids, self.model.centres_scaled().tolist(), strict=True)}
-        self.model.names = stable_names(self.model.names, fresh)
+        before = self.model.names
+        self.model.names = stable_names(before, fresh)
+        self._mark_renamed(before)
+
+    def _mark_renamed(self, before: dict[str, str]) -> None:
+        """Customers of a renamed segment get the new name at the next drain."""
+        renamed = {sid for sid, n in self.names.items() if before.get(sid, n) != n}
+        if renamed:
+            self.dirty.update(dict.fromkeys(
+                c for c, s in self.states.items() if s.segment in renamed))
 
     def adopt(self, model: BaseModel) -> BatchResult | None:
         """Assign with ``model`` (a snapshot from the learner) from now on; None if it is not
@@ -162,7 +105,8 @@ class Segmenter:
         re-scored by :meth:`rescore`, rate-limited."""
         if model.version <= self.model.version:
             return None
-        self.model = model
+        before, self.model = self.names, model
+        self._mark_renamed(before)
         self._sweep = []  # start a fresh re-scoring pass under the new model
         res = BatchResult(model_updated=True)
         pending = sorted(c for c in self._pending if c in self.states)
@@ -204,6 +148,24 @@ class Segmenter:
             del self.states[cid]
             self._pending.discard(cid)
             self.dirty.pop(cid, None)
+
+    def warm(self, states: list[CustomerState]) -> int:
+        """Cache states read from Redis for newly assigned partitions (a start, a restart,
+        a failover), so that re-scoring and the learner's sample cover customers who send no
+        new event. A cached state is newer and wins; the cache bound is kept (warmed states
+        are the first evicted). Returns how many were added; they are re-scored next.
+        """
+        added = []
+        for st in states:
+            if len(self.states) >= self.config.cache_size:
+                break
+            if st.customer_id not in self.states:
+                self.states[st.customer_id] = st
+                self.states.move_to_end(st.customer_id, last=False)
+                self.watermark = max(self.watermark, st.last_ts)
+                added.append(st.customer_id)
+        self._sweep.extend(c for c in added if self.states[c].segment)
+        return len(added)
 
     def apply(self, parsed: Parsed, loaded: dict[str, CustomerState], now_ms: int) -> BatchResult:
         """Apply a parsed batch; ``loaded`` holds states read for :meth:`missing` ids."""
@@ -276,7 +238,7 @@ class Segmenter:
         else:
             self._pending.update(ids)
             self.dirty.update(dict.fromkeys(ids))
-        if self._since_update < self.config.update_every:
+        if self._since_update < self.config.update_every or self.warming:
             return
         self._since_update = 0
         if not self.learner:
@@ -337,14 +299,8 @@ class Segmenter:
                 dirty[cid] = None
 
     def rescore(self, budget: int) -> list[Assignment]:
-        """Re-score up to ``budget`` cached customers as of the watermark, round-robin.
-
-        The model moved a customer (reason ``model_update``) when, as of their last event,
-        it places them elsewhere even with the stickiness of :meth:`BaseModel.keep_current`
-        (so model updates move only those who clearly belong elsewhere). Time moved them
-        (reason ``time``) when decay changed their nearest segment between their last event
-        and now: stickiness guards against model updates, not against time.
-        """
+        """Re-score up to ``budget`` cached customers as of the watermark, round-robin;
+        the moves (reason ``model_update`` or ``time``) are :func:`models.rescoring.moves`."""
         if not self.model.ready or budget <= 0:
             return []
         if not self._sweep:
@@ -353,25 +309,13 @@ class Segmenter:
         sts = [self.states[c] for c in batch if c in self.states and c not in self.dirty]
         if not sts:
             return []
-        hl, now, model = self.half_life_ms, self.watermark, self.model
+        hl, model = self.half_life_ms, self.model
         then = model.scale(to_model_matrix([vector(s, hl) for s in sts]))
-        z = model.scale(to_model_matrix([vector(s, hl, now) for s in sts]))
-        current = [s.segment for s in sts]
-        near_then, _ = model.assign_scaled(then)
-        kept_then = model.keep_current(then, near_then, current)
-        near_now, conf = model.assign_scaled(z)
-        kept_now = model.keep_current(z, near_now, current)
-        ids, centres, out = model.ids, model.centres_scaled(), []
-        for i, st in enumerate(sts):
-            if ids[kept_then[i]] != st.segment:
-                label, reason = kept_now[i], "model_update"
-            elif near_now[i] != near_then[i]:
-                label, reason = near_now[i], "time"
-            else:
-                continue
-            if ids[label] == st.segment:
-                continue
-            st.segment, st.confidence = ids[label], round(float(conf[i]), 4)
+        z = model.scale(to_model_matrix([vector(s, hl, self.watermark) for s in sts]))
+        centres, out = model.centres_scaled(), []
+        for i, label, reason, conf in moves(model, then, z, [s.segment for s in sts]):
+            st = sts[i]
+            st.segment, st.confidence = model.ids[label], conf
             st.model_version = model.version
             why = customer_reason(z[i].tolist(), centres[label].tolist())
             out.append(self._assignment(st, reason, why))
@@ -392,13 +336,8 @@ class Segmenter:
 
     def population_sample(self, n: int) -> list[list[float]]:
         """Model-space vectors of up to ``n`` cached customers as of the watermark."""
-        cutoff = self.watermark - self.config.active_days * DAY_MS
-        ids = [c for c, s in self.states.items() if s.last_ts >= cutoff]
-        if len(ids) > n:
-            ids = self._rng.sample(ids, n)
-        hl, now = self.half_life_ms, self.watermark
-        rows = [vector(self.states[c], hl, now) for c in ids]
-        return to_model_matrix(rows).tolist() if rows else []
+        return population_sample(self.states.values(), n, self.watermark, self.half_life_ms,
+                                 self.config.active_days * DAY_MS, self._rng)
 
     def learning_sample(self, n: int) -> list[list[float]]:
         """About ``n`` current customers of all workers, each worker in proportion to the

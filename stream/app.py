@@ -151,6 +151,7 @@ def create_app(settings: Settings) -> faust.App:
         try:
             now_ms = int(time.time() * 1000)
             rt.metrics.assigned.set(rt.pipeline.assigned())
+            rt.metrics.cached.set(len(rt.pipeline.segmenter.states))
             rt.metrics.health_ok.set(0 if rt.health_problems() else 1)
             try:
                 # aiokafka's fetch loop just returns nothing while the broker is away; this

@@ -56,8 +56,14 @@ class Dashboard:
             if change["changed_at"] < since:
                 break
             flows[change["from"] or "new", change["to"] or "erased"] += 1
+        seg = rt.pipeline.segmenter
+        recent: Any = await rt.redis.xrevrange(rt.store.keys.lifecycle, count=10)
         return {
             "now": int(time.time() * 1000),
+            "model": {"algorithm": seg.model.algorithm, "learner": seg.learner,
+                      "segments": seg.model.n_segments, "criterion": seg.model.criterion,
+                      "drift_detections": seg.drift.detections},
+            "lifecycle": [json.loads(f[b"lifecycle"]) for _, f in recent],
             "model_version": rt.pipeline.segmenter.model.version,
             "processed": rt.pipeline.processed,
             "dead_lettered": rt.pipeline.dead_lettered,

@@ -68,6 +68,9 @@ class Metrics:
         self.distance = Gauge("segmenter_assignment_distance",
                               "Mean scaled distance of assigned customers to their centre "
                               "(ADWIN estimate)", registry=r)
+        self.cached = Gauge("segmenter_cached_customers",
+                            "Customer states held in worker memory (re-scored without events)",
+                            registry=r)
         self.rescored = Counter("segmenter_rescored_changes",
                                 "Segment changes without a new event, by reason",
                                 ["reason"], registry=r)

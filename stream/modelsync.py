@@ -118,6 +118,8 @@ class ModelSync:
 
     async def _publish_sample(self) -> None:
         seg, now = self.seg, time.time()
+        if seg.warming:
+            return
         if not seg.sample_due and now - self._last_sample < 10 and self._last_sample:
             return
         rows = seg.population_sample(self.sample_size)

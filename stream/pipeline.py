@@ -42,6 +42,7 @@ class _Rebalance(ConsumerRebalanceListener):
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        self.pipeline.warm({tp.partition for tp in assigned})
 
 
 class EventPipeline:
@@ -68,6 +69,7 @@ class EventPipeline:
         self._uncommitted: dict[TopicPartition, int] = {}
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
+        self._warming: asyncio.Task[None] | None = None
 
     @property
     def segmenter(self) -> Segmenter:
@@ -99,6 +101,8 @@ class EventPipeline:
     async def stop(self, timeout: float = 30.0) -> None:
         """Finish and commit the batch in flight, then leave the group and close."""
         self._stopping.set()
+        if self._warming is not None:
+            self._warming.cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -226,6 +230,33 @@ class EventPipeline:
         self.metrics.fenced.inc(fenced)
         for a in writes:
             self.metrics.rescored.labels(a.reason).inc()
+
+    def warm(self, partitions: set[int]) -> None:
+        """Read the states of these (newly assigned) partitions from Redis in the background
+        (:meth:`Segmenter.warm`); a rebalance restarts it."""
+        if self._warming is not None:
+            self._warming.cancel()
+        self.segmenter.warming = bool(partitions)
+        if partitions:
+            self._warming = asyncio.create_task(self._warm(partitions))
+
+    async def _warm(self, partitions: set[int]) -> None:
+        seg, cursor, added, started = self.segmenter, 0, 0, time.monotonic()
+        try:
+            while True:
+                cursor, states = await self._retry(functools.partial(
+                    self.store.scan_states, cursor, partitions))
+                async with self._lock:  # not while a rebalance drops partitions
+                    owned = {tp.partition for tp in self.consumer.assignment()} \
+                        if self.consumer is not None else set()
+                    added += seg.warm([s for s in states if s.partition in owned])
+                if cursor == 0 or len(seg.states) >= self.settings.state_cache:
+                    break
+            log.info("read %d customer states of partitions %s from Redis in %.1f s",
+                     added, sorted(partitions), time.monotonic() - started)
+        finally:
+            if self._warming is asyncio.current_task():  # not replaced by a newer rebalance
+                seg.warming = False
 
     async def _retry(self, call: Any) -> Any:
         """Wait out Redis outages with capped exponential back-off; never skip a batch."""

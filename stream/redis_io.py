@@ -8,6 +8,7 @@ and appends a change to the stream (and Pub/Sub) only when the segment really ch
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -55,7 +56,8 @@ redis.call('PUBLISH', KEYS[4], msg)
 return {existed, msg}
 """
 
-# The interval flush of customers whose segment did not change: state, confidence, version.
+# The interval flush of customers whose segment did not change: state, confidence, version,
+# and the segment's current name (a renamed segment reaches its customers' hashes).
 _REFRESH = """
 local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
 if pos[1] and tonumber(pos[1]) == tonumber(ARGV[1]) and tonumber(pos[2]) > tonumber(ARGV[2]) then
@@ -64,7 +66,7 @@ end
 redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
-             'updated_at', ARGV[7])
+             'updated_at', ARGV[7], 'segment_name', ARGV[8])
 end
 return 0
 """
@@ -85,6 +87,11 @@ class Keys:
     def state(self, cid: str) -> str:
         """Internal feature state of a customer (fencing position and blob)."""
         return f"{self.prefix}state:{{{cid}}}"
+
+    @property
+    def state_pattern(self) -> str:
+        """``SCAN MATCH`` pattern of every :meth:`state` key (the prefix glob-escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "state:{*}"
 
     @property
     def segments(self) -> str:
@@ -151,19 +158,46 @@ class RedisStore:
         return self._sha[source]
 
     async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
-        """States of these customers that Redis holds (unknown ones are absent)."""
+        """States of these customers that Redis holds (unknown ones are absent), with their
+        current segment (what stickiness and re-scoring start from)."""
         if not ids:
             return {}
-        order = list(ids)
         try:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for cid in order:
-                    pipe.hget(self.keys.state(cid), "b")
-                blobs = await pipe.execute()
+            return {s.customer_id: s for s in await self._read(list(ids))}
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while loading states: {exc}") from exc
-        return {cid: CustomerState.from_bytes(cid, b) for cid, b in zip(order, blobs,
-                                                                        strict=True) if b}
+
+    async def scan_states(self, cursor: int, partitions: set[int],
+                          count: int = 1000) -> tuple[int, list[CustomerState]]:
+        """One ``SCAN`` step over customer states: the next cursor (0 at the end) and the
+        states of these source partitions among the keys it returned."""
+        head = len(self.keys.state(""))
+        try:
+            cursor, keys = await self.r.scan(cursor, match=self.keys.state_pattern,
+                                             count=count)
+            cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
+            return int(cursor), await self._read(cids, partitions)
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
+
+    async def _read(self, cids: list[str],
+                    partitions: set[int] | None = None) -> list[CustomerState]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.hmget(self.keys.state(cid), "p", "b")
+                pipe.hmget(self.keys.customer(cid), "segment", "model_version", "confidence")
+            rows = await pipe.execute()
+        out = []
+        for i, cid in enumerate(cids):
+            (p, blob), (segment, version, confidence) = rows[2 * i], rows[2 * i + 1]
+            if not blob or (partitions is not None and int(p) not in partitions):
+                continue
+            st = CustomerState.from_bytes(cid, blob)
+            if segment:
+                st.segment = segment.decode()
+                st.model_version, st.confidence = int(version), float(confidence)
+            out.append(st)
+        return out
 
     async def write(self, assignments: list[Assignment], now_ms: int,
                     refresh: bool = False) -> tuple[list[bytes], int]:
@@ -185,7 +219,7 @@ class RedisStore:
                         if refresh:
                             pipe.evalsha(sha, 2, k.state(cid), k.customer(cid), a.partition,
                                          a.offset, a.state, a.segment, a.confidence,
-                                         a.model_version, now_ms)
+                                         a.model_version, now_ms, a.segment_name)
                         else:
                             pipe.evalsha(
                                 sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,

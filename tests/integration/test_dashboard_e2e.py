@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 import redis.asyncio as aioredis
 
 from stream.settings import Settings
@@ -77,6 +79,17 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         assert expected["lag"] == 0
         assert await page.inner_text("#status") == "healthy"
         assert await page.locator("#sizes polyline").count() == len(expected["sizes"])
+        # the model card shows the published model's criterion per segment count tried
+        snapshot = json.loads(await r.get(f"{settings.redis_prefix}model") or b"{}")
+        crit = snapshot["criterion"]
+        rows = await page.eval_on_selector_all(
+            "[data-testid=criterion] tbody tr",
+            "rs => rs.map(r => [r.dataset.count, ...[...r.children].slice(1).map(c => "
+            "c.textContent)])")
+        assert {k: float(v) for k, v, _ in rows} == pytest.approx(crit["by_count"], abs=5e-4)
+        assert [k for k, _, chosen in rows if chosen] == [str(len(snapshot["ids"]))]
+        lifecycle = await page.inner_text("[data-testid=lifecycle]")
+        assert "born" in lifecycle
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         await page.close()

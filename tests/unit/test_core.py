@@ -103,3 +103,46 @@ def test_resend_outside_the_dedup_window_is_documented_limit() -> None:
     assert out.counts["page_view", "duplicate"] == 4  # the 4 most recent ids are remembered
     oldest = seg.apply(seg.parse([Record("t", 0, 200, b"c", recs[0].value)]), {}, 0)
     assert oldest.counts["page_view", "processed"] == 1  # older ones are not
+
+
+def test_warmed_states_are_rescored_and_sampled_and_learning_waits() -> None:
+    """A worker that restarts, or takes partitions over, reads their states from Redis:
+    those customers are re-scored without new events and join the learner's sample."""
+    recs, _ = records(400, 10)
+    first = Segmenter(CFG)
+    run(first, recs, 1000)
+    saved = []
+    for cid, st in first.states.items():  # as Redis holds them: blob + the segment hash
+        saved.append(type(st).from_bytes(cid, st.to_bytes()))
+        saved[-1].segment = st.segment
+    survivor = Segmenter(CFG, from_checkpoint(first.model.checkpoint()))
+    survivor.warming = True
+    assert survivor.warm(saved) == len(saved) and survivor.warm(saved) == 0  # cached win
+    assert len(survivor.population_sample(10_000)) == len(saved)
+    # learning waits while warming, however many events arrive
+    before = survivor.model.version
+    survivor._since_update = 10 * CFG.update_every
+    assert not survivor.update_if_due().model_updated and survivor.model.version == before
+    survivor.warming = False
+    assert survivor.update_if_due().model_updated
+    # every warmed customer is visited by the re-scoring pass
+    survivor.watermark += 200 * 86_400_000  # much later: activity has faded for everyone
+    moved = survivor.rescore(len(saved))
+    assert moved and {a.reason for a in moved} <= {"time", "model_update"}
+    bounded = Segmenter(SegmenterConfig(warmup=300, update_every=1000, cache_size=50))
+    assert bounded.warm(saved) == 50  # the cache bound holds
+
+
+def test_a_renamed_segment_reaches_its_customers_at_the_next_drain() -> None:
+    recs, _ = records()
+    seg = Segmenter(CFG)
+    run(seg, recs, 1000)
+    sid = max(seg.model.ids, key=lambda s: sum(st.segment == s for st in seg.states.values()))
+    ckpt = seg.model.checkpoint()
+    ckpt["version"] += 1
+    ckpt["names"] = {**ckpt["names"], sid: "Renamed by the learner"}
+    seg.adopt(from_checkpoint(ckpt))
+    written = {a.customer_id: a.segment_name for a in seg.drain()}
+    members = {c for c, st in seg.states.items() if st.segment == sid}
+    assert members and set(written) == members
+    assert set(written.values()) == {"Renamed by the learner"}

@@ -1,0 +1,81 @@
+"""Configuration of the pure core, the model it names, and what one batch decided."""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from models.density import DensityModel
+from models.model import BaseModel, SegmentModel
+from models.records import Assignment, DeadLetter
+
+__all__ = ["BatchResult", "SegmenterConfig", "make_model"]
+
+
+@dataclass(frozen=True, slots=True)
+class SegmenterConfig:
+    """Tuning of the pure core (mirrors the ``SEGMENTER_*`` settings)."""
+
+    algorithm: str = "kmeans"
+    """``kmeans`` (River KMeans, count chosen in bounds) or ``dbstream`` (River DBSTREAM)."""
+    min_segments: int = 3
+    """Fewest segments."""
+    max_segments: int = 8
+    """Most segments."""
+    half_life_days: float = 30.0
+    """Half-life of decayed features, in event-time days."""
+    dedup_window: int = 32
+    """Recent event ids remembered per customer for duplicate detection."""
+    update_every: int = 5000
+    """Valid events between model updates."""
+    warmup: int = 500
+    """Distinct customer vectors gathered before the model starts assigning."""
+    learn_sample: int = 64
+    """Current customers sampled and learned (``learn_one``) per model update."""
+    refresh_every: int = 4
+    """Every this many updates, re-cluster a larger sample of current customers."""
+    refresh_sample: int = 2000
+    """Current customers sampled for seeding and refreshes."""
+    step: float = 0.02
+    """River KMeans step size (its ``halflife``)."""
+    seed: int = 42
+    """Random seed."""
+    cache_size: int = 200_000
+    """Customer states kept in memory (the rest is re-read from Redis)."""
+    learner: bool = True
+    """This core updates the model; False: it assigns with snapshots it is given."""
+    active_days: float = 90.0
+    """Customers active within this many event-time days form the population the model
+    learns from (the long gone still get a segment, but no longer shape the segments)."""
+
+
+def make_model(cfg: SegmenterConfig) -> BaseModel:
+    """The model the configuration names."""
+    if cfg.algorithm == "kmeans":
+        return SegmentModel(min_segments=cfg.min_segments, max_segments=cfg.max_segments,
+                            warmup=cfg.warmup, learn_sample=cfg.learn_sample, seed=cfg.seed,
+                            step=cfg.step)
+    if cfg.algorithm == "dbstream":
+        return DensityModel(min_segments=1, max_segments=cfg.max_segments, warmup=cfg.warmup,
+                            learn_sample=cfg.learn_sample, seed=cfg.seed)
+    raise ValueError(f"unknown algorithm {cfg.algorithm!r} (use kmeans or dbstream)")
+
+
+@dataclass(slots=True)
+class BatchResult:
+    """Everything :meth:`Segmenter.apply` decided for one batch."""
+
+    assignments: list[Assignment] = field(default_factory=list)
+    """Customers whose segment changed: write now (the rest wait for :meth:`Segmenter.drain`)."""
+    dead: list[DeadLetter] = field(default_factory=list)
+    counts: Counter[tuple[str, str]] = field(default_factory=Counter)
+    model_updated: bool = False
+    event_ts: list[int] = field(default_factory=list)
+    erased: list[str] = field(default_factory=list)
+    """Customers to erase from Redis before the assignments are written."""
+    lifecycle: list[dict[str, Any]] = field(default_factory=list)
+    """Segments born, split, merged or retired by this batch's model updates."""
+    centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
+    """Centre (scaled, model space) of every segment a lifecycle event names, as it was at
+    that update: a segment born and merged within one batch still gets a full profile."""
