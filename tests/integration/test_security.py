@@ -1,0 +1,63 @@
+"""Security (issue #6): the admin token never leaks, and customer ids (user-controlled)
+appear in Redis only inside the hash tag of their own keys, and never in metric labels.
+Pickle, eval/exec and shells are excluded from the code by lint rules (pyproject ``S``)."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from pathlib import Path
+
+import redis.asyncio as aioredis
+
+from stream.settings import Settings
+from tests.integration.helpers import produce, wait_for
+from tests.integration.test_pipeline import lag_is_zero
+from tests.integration.test_serving import event, request, seeded_worker
+
+HOSTILE = ["zz*}{evil", "zz\r\nFLUSHALL\r\n", "zz') or 1=1 --", "zz{seg:model}",
+           'zz"label="x', "zz/../../etc/passwd", "zz$(rm -rf /)", "zz\x00nul"]
+
+
+async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels(
+        settings: Settings, tmp_path: Path) -> None:
+    settings = dataclasses.replace(settings, debug=True)  # the most verbose logs
+    token = settings.api_token
+    worker, sim = await seeded_worker(settings, tmp_path, customers=350)
+    r = aioredis.from_url(settings.redis_url)
+    try:
+        await produce(settings, [event(c, n, "purchase", amount=5 + n)
+                                 for c in HOSTILE for n in range(3)])
+        await wait_for(lambda: lag_is_zero(settings), 60, "hostile ids to be processed")
+        victim = urllib.parse.quote(HOSTILE[0], safe="")
+        auth = {"Authorization": f"Bearer {token}"}
+        assert request(worker, "DELETE", f"/customers/{victim}",
+                       headers={"Authorization": f"Bearer {token}x"})[0] == 401
+        assert request(worker, "DELETE", f"/customers/{victim}", headers=auth)[0] == 200
+        for path in ("/health", "/api/dashboard", "/metrics", "/customers/nobody/segment"):
+            request_text = worker.metrics_text() if path == "/metrics" else str(
+                request(worker, "GET", path))
+            assert token not in request_text, path
+        # every key is either a known global one or a customer's own, id inside {…}
+        prefix = settings.redis_prefix.encode()
+        ids = {c.encode() for c in [*sim.truth, *HOSTILE]}
+        globals_ = {b"segments", b"sizes", b"changes", b"model", b"model-version", b"learner",
+                    b"samples", b"lifecycle", b"relay-leader", b"relay-leader:lifecycle"}
+        strays = []
+        async for key in r.scan_iter(match=prefix + b"*", count=1000):
+            rest = key[len(prefix):]
+            kind, _, tagged = rest.partition(b":")
+            if kind in (b"customer", b"state"):
+                if not (tagged[:1] == b"{" and tagged[-1:] == b"}" and tagged[1:-1] in ids):
+                    strays.append(key)
+            elif rest not in globals_:
+                strays.append(key)
+        assert not strays, strays[:5]
+        metrics = worker.metrics_text()
+        assert not [c for c in HOSTILE if c in metrics]
+        assert not [c for c in sim.truth if f'"{c}"' in metrics]
+    finally:
+        await r.aclose()
+        assert worker.stop() == 0, worker.log()
+    log = (tmp_path / "worker.log").read_text(errors="replace")
+    assert "DEBUG" in log and token not in log
