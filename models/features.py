@@ -24,6 +24,9 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
+import sys
+from array import array
 from dataclasses import dataclass
 
 import numpy as np
@@ -65,7 +68,10 @@ _TYPE_COUNTER = {
     "session_start": SESSIONS,
 }
 MAX_CATEGORIES = 8
-STATE_SCHEMA = 1
+STATE_SCHEMA = 2
+"""Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers)."""
+_COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
+_BIG_ENDIAN = sys.byteorder == "big"  # the packed ids are little-endian everywhere
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,31 +155,57 @@ class CustomerState:
         self.income: float | None = None
         self.household: float | None = None
         self.gender: str | None = None
-        self.recent_ids: list[int] = []
+        self.recent_ids = array("Q")  # 64-bit hashes of the latest event ids, oldest first
         self.segment = ""
         self.confidence = 0.0
         self.model_version = 0
         self.last_event_id = ""
 
     def to_bytes(self) -> bytes:
-        """Serialize compactly (positional JSON) for Redis."""
-        return orjson.dumps([
+        """Serialize compactly for Redis: a positional JSON head, a NUL, then the counters
+        (float64) and the recent event-id hashes (uint64), packed little-endian. About half
+        the size of all-JSON (the numbers were most of it), and exact.
+
+        >>> s = CustomerState("c1")
+        >>> s.counters[0], s.recent_ids = 2.5, array("Q", [7, 2**64 - 1])
+        >>> t = CustomerState.from_bytes("c1", s.to_bytes())
+        >>> t.counters[0], list(t.recent_ids), t.to_bytes() == s.to_bytes()
+        (2.5, [7, 18446744073709551615], True)
+        """
+        head = orjson.dumps([
             STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
-            self.last_purchase_ts, self.counters, self.orders_total, self.spend_total,
-            self.categories, self.country, self.region, self.age, self.income,
-            self.household, self.gender, self.recent_ids,
+            self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
+            self.country, self.region, self.age, self.income, self.household, self.gender,
         ])
+        ids = self.recent_ids
+        if _BIG_ENDIAN:
+            ids = array("Q", ids)
+            ids.byteswap()
+        return b"%s\x00%s%s" % (head, _COUNTERS.pack(*self.counters), ids.tobytes())
 
     @classmethod
     def from_bytes(cls, customer_id: str, blob: bytes) -> CustomerState:
-        """Inverse of :meth:`to_bytes`."""
-        data = orjson.loads(blob)
-        if data[0] != STATE_SCHEMA:
-            raise ValueError(f"customer state schema {data[0]} is not {STATE_SCHEMA}")
+        """Inverse of :meth:`to_bytes` (also reads schema 1, all JSON)."""
         s = cls(customer_id)
-        (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.counters,
-         s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age, s.income,
-         s.household, s.gender, s.recent_ids) = data
+        if blob[:3] == b"[1,":
+            data = orjson.loads(blob)
+            (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.counters,
+             s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age,
+             s.income, s.household, s.gender, ids) = data
+            s.recent_ids = array("Q", ids)
+            return s
+        cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
+        head = orjson.loads(blob[:cut]) if cut > 0 else None
+        if not head or head[0] != STATE_SCHEMA:
+            raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
+        (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.orders_total,
+         s.spend_total, s.categories, s.country, s.region, s.age, s.income, s.household,
+         s.gender) = head
+        end = cut + 1 + _COUNTERS.size
+        s.counters = list(_COUNTERS.unpack_from(blob, cut + 1))
+        s.recent_ids.frombytes(blob[end:])
+        if _BIG_ENDIAN:
+            s.recent_ids.byteswap()
         return s
 
 

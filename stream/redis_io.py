@@ -1,7 +1,8 @@
 """Redis I/O: customer states and segments (SPEC §2), change stream, model checkpoints.
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
-by source partition/offset, writes the state and the segment hash, keeps segment sizes,
+by source partition/offset (the ``partition:offset:`` head of the state string), writes the
+state and the segment hash, keeps segment sizes,
 and appends a change to the stream (and Pub/Sub) only when the segment really changed.
 """
 
@@ -22,11 +23,11 @@ from models.features import CustomerState
 from stream.errors import RetriableError
 
 _UPSERT = """
-local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
-if pos[1] and tonumber(pos[1]) == tonumber(ARGV[1]) and tonumber(pos[2]) > tonumber(ARGV[2]) then
+local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
+if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return {-1, ''}
 end
-redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3])
 if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
@@ -59,11 +60,11 @@ return {existed, msg}
 # The interval flush of customers whose segment did not change: state, confidence, version,
 # and the segment's current name (a renamed segment reaches its customers' hashes).
 _REFRESH = """
-local pos = redis.call('HMGET', KEYS[1], 'p', 'o')
-if pos[1] and tonumber(pos[1]) == tonumber(ARGV[1]) and tonumber(pos[2]) > tonumber(ARGV[2]) then
+local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
+if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return -1
 end
-redis.call('HSET', KEYS[1], 'p', ARGV[1], 'o', ARGV[2], 'b', ARGV[3])
+redis.call('SET', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
              'updated_at', ARGV[7], 'segment_name', ARGV[8])
@@ -85,7 +86,9 @@ class Keys:
         return f"{self.prefix}customer:{{{cid}}}"
 
     def state(self, cid: str) -> str:
-        """Internal feature state of a customer (fencing position and blob)."""
+        """Internal feature state of a customer: a string ``partition:offset:`` + the
+        :meth:`~models.features.CustomerState.to_bytes` blob (a plain string, not a hash:
+        half the memory)."""
         return f"{self.prefix}state:{{{cid}}}"
 
     @property
@@ -184,13 +187,16 @@ class RedisStore:
                     partitions: set[int] | None = None) -> list[CustomerState]:
         async with self.r.pipeline(transaction=False) as pipe:
             for cid in cids:
-                pipe.hmget(self.keys.state(cid), "p", "b")
+                pipe.get(self.keys.state(cid))
                 pipe.hmget(self.keys.customer(cid), "segment", "model_version", "confidence")
             rows = await pipe.execute()
         out = []
         for i, cid in enumerate(cids):
-            (p, blob), (segment, version, confidence) = rows[2 * i], rows[2 * i + 1]
-            if not blob or (partitions is not None and int(p) not in partitions):
+            raw, (segment, version, confidence) = rows[2 * i], rows[2 * i + 1]
+            if not raw:
+                continue
+            p, _, blob = raw.split(b":", 2)
+            if partitions is not None and int(p) not in partitions:
                 continue
             st = CustomerState.from_bytes(cid, blob)
             if segment:
@@ -218,12 +224,16 @@ class RedisStore:
                         cid = a.customer_id
                         if refresh:
                             pipe.evalsha(sha, 2, k.state(cid), k.customer(cid), a.partition,
-                                         a.offset, a.state, a.segment, a.confidence,
+                                         a.offset, b"%d:%d:%s" % (a.partition, a.offset,
+                                                                  a.state),
+                                         a.segment, a.confidence,
                                          a.model_version, now_ms, a.segment_name)
                         else:
                             pipe.evalsha(
                                 sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
-                                a.partition, a.offset, a.state, a.segment, a.segment_name,
+                                a.partition, a.offset,
+                                b"%d:%d:%s" % (a.partition, a.offset, a.state),
+                                a.segment, a.segment_name,
                                 a.model_version, now_ms, a.confidence, a.event_id, a.reason,
                                 cid, self.maxlen, a.why,
                             )

@@ -24,7 +24,7 @@ def run(seg: Segmenter, recs: list[Record], batch: int) -> dict[str, tuple[str, 
     for i in range(0, len(recs), batch):
         out = seg.apply(seg.parse(recs[i:i + batch]), {}, now_ms=0)
         for a in out.assignments + seg.drain():
-            final[a.customer_id] = (a.segment, a.state.decode())
+            final[a.customer_id] = (a.segment, a.state.hex())
     return final
 
 

@@ -1,0 +1,89 @@
+"""Redis memory per customer, at 100k and 1M customers (issue #6: target ≤ 1 KiB).
+
+Customer states come from the simulator run through the pure core, so they are what a
+worker stores (full dedup windows, category mixes, traits, segment, name and explanation).
+They are cloned under new customer ids up to the target count and written with the worker's
+own write path (``RedisStore.write``: the same Lua script, keys and fields), on a fresh
+Redis. Reported: ``used_memory`` growth per customer, and ``MEMORY USAGE`` of each key.
+The change stream is trimmed to its ``MAXLEN`` and the same for any count, so it is left out:
+each run deletes it before measuring.
+
+Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import statistics
+import sys
+
+import orjson
+
+from models.config import SegmenterConfig
+from models.core import Record, Segmenter
+from models.records import Assignment
+from models.simulator import ShopSimulator
+from stream.embedded import start_redis
+from stream.redis_io import RedisStore, connect
+
+
+def realistic_assignments(sample: int) -> list[Assignment]:
+    """Simulated shoppers (30 days) through the core: the writes a worker would make."""
+    sim = ShopSimulator(sample, seed=4, days=30)
+    seg = Segmenter(SegmenterConfig(warmup=500, update_every=5000))
+    recs = [Record("events", hash(e["customer_id"]) % 4, i, e["customer_id"].encode(),
+                   orjson.dumps(e)) for i, e in enumerate(sim.history())]
+    final: dict[str, Assignment] = {}
+    for i in range(0, len(recs), 20_000):
+        out = seg.apply(seg.parse(recs[i:i + 20_000]), {}, now_ms=0)
+        for a in out.assignments:
+            final[a.customer_id] = a
+        seg.drain()
+    seg.rescore(10**9)
+    why = {c: a.why for c, a in final.items()}
+    return [seg._assignment(st, "event", why.get(c, "")) for c, st in seg.states.items()
+            if st.segment]
+
+
+async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:
+    r = connect(url)
+    store = RedisStore(r, "seg:", 100_000)
+    await r.flushall()
+    before = int((await r.info("memory"))["used_memory"])
+    for start in range(0, n, 5000):
+        batch = [base[(start + j) % len(base)]._replace(customer_id=f"c{start + j:07d}")
+                 for j in range(min(5000, n - start))]
+        await store.write(batch, 1_767_225_600_000)
+    await r.delete(store.keys.changes)
+    after = int((await r.info("memory"))["used_memory"])
+    keys = [f"c{i:07d}" for i in range(0, n, max(1, n // 500))]
+    state = [await r.memory_usage(store.keys.state(c)) or 0 for c in keys]
+    hash_ = [await r.memory_usage(store.keys.customer(c)) or 0 for c in keys]
+    await r.aclose()
+    return {"per_customer": (after - before) / n, "state_key": statistics.mean(state),
+            "customer_key": statistics.mean(hash_),
+            "blob": statistics.mean(len(a.state) for a in base)}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Write the customers, print bytes per customer."""
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--customers", default="100000,1000000")
+    ap.add_argument("--sample", type=int, default=3000)
+    args = ap.parse_args(argv)
+    base = realistic_assignments(args.sample)
+    server = start_redis()
+    try:
+        for n in (int(x) for x in args.customers.split(",")):
+            m = asyncio.run(measure(server.url, base, n))
+            print(f"{n:>9,} customers: {m['per_customer']:,.0f} B per customer "
+                  f"(MEMORY USAGE: state key {m['state_key']:,.0f} B, customer hash "
+                  f"{m['customer_key']:,.0f} B; state blob {m['blob']:,.0f} B)", flush=True)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
