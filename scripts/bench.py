@@ -9,7 +9,8 @@ Both read the same pre-produced topic of simulated events on the embedded stack 
 - **baseline**: aiokafka ``getmany`` + the same features + NumPy assign + pipelined
   ``HSET`` of the five SPEC fields + commit, in this process, nothing else.
 
-Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3]``
+Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3] [--scale]``
+(``--scale`` adds two workers in one consumer group on the same topic, for 1 vs 2 workers).
 """
 
 from __future__ import annotations
@@ -95,27 +96,34 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float
         await redis.aclose()
 
 
-def worker_run(settings: Settings, total: int) -> float:
-    """A real worker process; events/s from its first to its last processed event."""
+def worker_run(settings: Settings, total: int, workers: int = 1) -> float:
+    """Real worker processes in one group; events/s from the first to the last processed
+    event (summed over the workers)."""
     env = {**os.environ, **settings.with_env()}
-    log_path = os.path.join(tempfile.gettempdir(), f"bench-worker-{settings.group}.log")
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "stream.cli", "worker"], env=env,
-                                stdout=log, stderr=subprocess.STDOUT)
+    ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
+    procs = []
+    for i, port in enumerate(ports):
+        log_path = os.path.join(tempfile.gettempdir(), f"bench-worker-{settings.group}-{i}.log")
+        with open(log_path, "wb") as log:
+            procs.append(subprocess.Popen(
+                [sys.executable, "-m", "stream.cli", "worker"],
+                env={**env, "SEGMENTER_WEB_PORT": str(port)}, stdout=log,
+                stderr=subprocess.STDOUT))
     first_t, first_n = 0.0, 0
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
-            n = worker_health(settings.web_port).get("processed", 0)
+            n = sum(worker_health(p).get("processed", 0) for p in ports)
             now = time.perf_counter()
             if n and not first_t:
                 first_t, first_n = now, n
             if n >= total:
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
-        raise RuntimeError(f"worker did not finish; see {log_path}")
+        raise RuntimeError(f"workers did not finish; see {tempfile.gettempdir()}")
     finally:
-        stop_process(proc, 30)
+        for proc in procs:
+            stop_process(proc, 30)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -124,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--events", type=int, default=200_000)
     ap.add_argument("--customers", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=3)
+    ap.add_argument("--scale", action="store_true",
+                    help="also run 2 workers in one group on the same topic (1 vs 2 workers)")
     args = ap.parse_args(argv)
     sim = ShopSimulator(args.customers, seed=1, days=30)
     events = []
@@ -143,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "SEGMENTER_EVENTS_TOPIC": f"bench-{uuid.uuid4().hex[:6]}",
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
-        w_rates, b_rates = [], []
+        w_rates, b_rates, two_rates = [], [], []
         for i in range(args.runs):
             uid = uuid.uuid4().hex[:6]
             s = Settings.from_env({**base.with_env(), "SEGMENTER_GROUP": f"bench-{uid}",
@@ -151,14 +161,22 @@ def main(argv: list[str] | None = None) -> int:
                                    "SEGMENTER_WEB_PORT": str(free_port())})
             w_rates.append(worker_run(s, total))
             b_rates.append(asyncio.run(baseline(s, total, centres)))
+            if args.scale:
+                two = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"bench2-{uid}",
+                                         "SEGMENTER_REDIS_PREFIX": f"b2{uid}:"})
+                two_rates.append(worker_run(two, total, workers=2))
             print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
-                  f"ev/s", flush=True)
+                  f"ev/s" + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else ""),
+                  flush=True)
     w, b = statistics.median(w_rates), statistics.median(b_rates)
     print(f"\n{total:,} events, {args.customers:,} customers, 4 partitions, medians of "
           f"{args.runs}:")
     print(f"  segmenter worker : {w:>10,.0f} events/s")
     print(f"  baseline loop    : {b:>10,.0f} events/s")
     print(f"  ratio worker/baseline: {w / b:.2f}x")
+    if two_rates:
+        t = statistics.median(two_rates)
+        print(f"  2 workers, one group : {t:>10,.0f} events/s ({t / w:.2f}x one worker)")
     return 0
 
 

@@ -136,7 +136,8 @@ async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) ->
             return bool(await r.exists(f"{prefix}customer:{{{cid}}}"))
         await wait_for(fresh, 10, "a fresh profile")
         from models.features import VIEWS, CustomerState
-        state = CustomerState.from_bytes(cid, await r.hget(f"{prefix}state:{{{cid}}}", "b"))
+        raw = await r.get(f"{prefix}state:{{{cid}}}")  # "partition:offset:" + the blob
+        state = CustomerState.from_bytes(cid, raw.split(b":", 2)[2])
         assert state.orders_total == 0 and state.counters[VIEWS] == 1.0
     finally:
         assert worker.stop() == 0, worker.log()
