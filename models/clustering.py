@@ -72,8 +72,8 @@ def lloyd(z: np.ndarray, c: np.ndarray, rounds: int = 30) -> tuple[np.ndarray, n
         labels = sq_distances(z, c).argmin(1)
         counts = np.bincount(labels, minlength=len(c))
         alive = counts > 0
-        new = np.zeros_like(c)
-        np.add.at(new, labels, z)
+        # member sums as one small matrix product (np.add.at is ~10x slower here)
+        new = (labels[None, :] == np.arange(len(c))[:, None]).astype(z.dtype) @ z
         new[alive] /= counts[alive, None]
         if not alive.all():
             c, kept = new[alive], kept[alive]

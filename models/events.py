@@ -141,7 +141,7 @@ def parse_timestamp(value: object) -> tuple[int, int]:
             parsed = datetime.fromisoformat(value)
         except ValueError:
             raise InvalidEvent(f"timestamp {value!r} is not ISO-8601") from None
-        if parsed.utcoffset() is None:
+        if parsed.tzinfo is None:  # fromisoformat gives a fixed-offset timezone or none
             raise InvalidEvent(f"timestamp {value!r} has no UTC offset")
         ts_ms = int(parsed.timestamp() * 1000)
         local_hour = parsed.hour

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from dataclasses import dataclass
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -15,6 +16,32 @@ from models.core import DeadLetter
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+class _Quota:
+    """At most ``per_window`` log lines per ``window_s``; then one summary per window, so a
+    flood of bad messages does not become a flood of log lines (the metric counts them all).
+    """
+
+    def __init__(self, per_window: int = 20, window_s: float = 10.0) -> None:
+        self.per_window, self.window_s = per_window, window_s
+        self.start, self.used, self.skipped = 0.0, 0, 0
+
+    def take(self, now: float) -> bool:
+        if now - self.start >= self.window_s:
+            if self.skipped:
+                log.warning("... and %d more dead-lettered messages in the last %.0f s "
+                            "(see segmenter_events_total{outcome=\"dead_lettered\"})",
+                            self.skipped, now - self.start)
+            self.start, self.used, self.skipped = now, 0, 0
+        if self.used < self.per_window:
+            self.used += 1
+            return True
+        self.skipped += 1
+        return False
+
+
+_dead_log = _Quota()
 
 
 async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None:
@@ -47,9 +74,12 @@ async def send_dead_letters(
     """Send each invalid record to the DLQ: original key and bytes, origin and reason in
     headers (the convention of Kafka Connect's dead-letter queues)."""
     futures = []
+    now = time.monotonic()
     for d in dead:
         r = d.record
-        log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset, d.reason)
+        if _dead_log.take(now):
+            log.warning("dead-lettered %s[%d]@%d: %s", r.topic, r.partition, r.offset,
+                        d.reason)
         headers = [
             ("segmenter.error.reason", d.reason.encode()),
             ("segmenter.source.topic", r.topic.encode()),
