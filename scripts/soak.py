@@ -71,7 +71,10 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     with embedded_stack() as (k, r):
         uid = uuid.uuid4().hex[:6]
+        tuning = {k: v for k, v in os.environ.items()  # e.g. SEGMENTER_STATE_CACHE
+                  if k.startswith("SEGMENTER_")}
         settings = Settings.from_env({
+            **tuning,
             "SEGMENTER_KAFKA": os.environ.get("SEGMENTER_KAFKA") or k.url,
             "SEGMENTER_REDIS_URL": os.environ.get("SEGMENTER_REDIS_URL") or r.url,
             "SEGMENTER_EVENTS_TOPIC": f"soak-{uid}", "SEGMENTER_GROUP": f"soak-{uid}",
@@ -94,6 +97,8 @@ def main(argv: list[str] | None = None) -> int:
             started = time.monotonic()
             prev_text, prev_t = scrape(settings.web_port), time.monotonic()
             rss_start = rss_mb(worker.pid)
+            cmds0 = int(red.info("stats")["total_commands_processed"])
+            events0 = total(prev_text, "segmenter_events_total")
             print(f"{'min':>5} {'events/s':>9} {'lag':>8} {'p99 s':>7} {'RSS MB':>7} "
                   f"{'Redis MB':>9}", flush=True)
             while time.monotonic() - started < args.minutes * 60:
@@ -111,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
                       f"{'-' if p99 is None else f'{p99:.3g}':>7} {row[4]:>7.0f} {mem:>9.0f}",
                       flush=True)
                 prev_text, prev_t = text, now
+            cmds = int(red.info("stats")["total_commands_processed"]) - cmds0
+            per_event = cmds / max(1.0, total(text, "segmenter_events_total") - events0)
         finally:
             stop_process(sim, 10)
             stop_process(worker, 30)
@@ -123,6 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"lag: max {max(lags):,.0f} events, last {lags[-1]:,.0f}")
     print(f"event->segment p99 per interval: max {max(p99s, default=0):.3g} s, median "
           f"{sorted(p99s)[len(p99s) // 2] if p99s else 0:.3g} s (histogram bucket bounds)")
+    print(f"Redis commands per event (all clients; a script call counts once): "
+          f"{per_event:.2f}")
     print(f"worker RSS: start {rss_start:.0f} MB, end {rows[-1][4]:.0f} MB; after warm-up "
           f"{steady[0][4]:.0f} -> {steady[-1][4]:.0f} MB")
     return 0
