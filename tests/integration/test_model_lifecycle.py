@@ -69,7 +69,9 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         for w in workers:
             w.wait_healthy()
         await wait_for(lambda: caught_up(settings), 180, "both workers to catch up")
-        assert all(metric(w, "segmenter_assigned_partitions") == 2 for w in workers)
+        async def shared() -> bool:  # the gauge follows the group on a 2 s timer
+            return all(metric(w, "segmenter_assigned_partitions") == 2 for w in workers)
+        await wait_for(shared, 30, "each worker to own two partitions")
         learners = [metric(w, "segmenter_model_learner") for w in workers]
         assert sorted(learners) == [0.0, 1.0], learners
         published = int(await r.get(f"{prefix}model-version") or 0)
@@ -127,9 +129,12 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
             return int(await r.get(f"{prefix}model-version") or 0) > before
         await wait_for(moved_on, 30, "new model versions from the new learner")
         after = json.loads(await r.get(f"{prefix}model") or b"{}")
-        # it continued the lineage: the same personas, so the same segments keep their ids
-        # (its sample holds the taken-over customers too), and versions go on
-        assert set(after["ids"]) >= set(snapshot["ids"]) and after["version"] > before
+        # it continued the lineage: the same personas, so the segments keep their ids (its
+        # sample holds the taken-over customers too; without that, only one id survived
+        # here). Learning goes on, so one segment may merge meanwhile; not more.
+        lost = set(snapshot["ids"]) - set(after["ids"])
+        assert len(lost) <= 1, (snapshot["ids"], after["ids"])
+        assert after["version"] > before
     finally:
         for w in workers:
             w.stop()
