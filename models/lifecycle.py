@@ -3,7 +3,8 @@
 When the clustering changes (a refresh, a new number of segments, a density re-cluster), the
 new centres are matched to the old ones by the customers they share on a sample: pairs that
 share the most customers keep the id, as long as at least half of the smaller of the two is
-shared. What is left over is a lifecycle event:
+shared; then an old segment whose customers mostly went, together, to a centre still
+unclaimed continues there. What is left over is a lifecycle event:
 
 - ``born``: a new segment (a new id) that did not come out of one surviving segment;
 - ``split``: a new segment carved out of a segment that survives (``from``);
@@ -66,6 +67,15 @@ def match_ids(
         if overlap[o, n] == 0:
             break
         if contained[o, n] >= SAME_SEGMENT and o not in taken and new_ids[n] is None:
+            new_ids[n] = old_ids[o]
+            taken.add(o)
+    # An old segment whose customers mostly moved, together, to a centre nobody claimed
+    # continues there (re-partitions would otherwise rename it: "merged" into a newcomer).
+    for flat in np.argsort(-overlap, axis=None, kind="stable"):
+        o, n = divmod(int(flat), len(new))
+        if overlap[o, n] == 0:
+            break
+        if o not in taken and new_ids[n] is None and overlap[o, n] >= 0.5 * size_o[o]:
             new_ids[n] = old_ids[o]
             taken.add(o)
     for n in range(len(new)):  # empty on both sides: match by distance
