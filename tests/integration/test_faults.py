@@ -340,10 +340,12 @@ async def test_redis_down_15_s_mid_stream_backs_off_reports_it_and_loses_nothing
         assert status == 200
     finally:
         producing.cancel()
-        assert worker.stop() == 0, worker.log()
-        got = await final_state(client, settings, stream.ids)
-        await client.aclose()
-        own.stop()
+        try:
+            assert worker.stop() == 0, worker.log()
+            got = await final_state(client, settings, stream.ids)
+        finally:
+            await client.aclose()
+            own.stop()
     print(f"Redis outage: worker CPU {cpu:.0%} of a core while waiting, RSS {grown:+.1f} MB")
     assert cpu < 0.25, "busy loop while Redis is down"  # back-off, not a spin
     assert grown < 64, "memory grew while Redis was down"  # it stops fetching; it does not buffer
