@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import subprocess
@@ -136,11 +137,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run 2 workers in one group on the same topic (1 vs 2 workers)")
     args = ap.parse_args(argv)
     sim = ShopSimulator(args.customers, seed=1, days=30)
-    events = []
-    for e in sim.history():
-        events.append(e)
-        if len(events) >= args.events:
-            break
+    events = list(itertools.islice(sim.history(), args.events))
     total = len(events)
     centres = np.random.default_rng(0).normal(size=(6, 18))
     with embedded_stack() as (k, r):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import statistics
 import sys
 import time
@@ -38,11 +39,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--customers", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=3)
     args = ap.parse_args(argv)
-    events = []
-    for e in ShopSimulator(args.customers, seed=1, days=30).history():
-        events.append(e)
-        if len(events) >= args.events:
-            break
+    sim = ShopSimulator(args.customers, seed=1, days=30)
+    events = list(itertools.islice(sim.history(), args.events))
     recs = [Record("events", hash(e["customer_id"]) % 4, i, e["customer_id"].encode(),
                    orjson.dumps(e)) for i, e in enumerate(events)]
     batch = Settings().batch_max

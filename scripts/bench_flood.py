@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import os
 import statistics
 import sys
@@ -45,11 +46,7 @@ def bad_message(i: int, event: dict[str, object]) -> tuple[bytes, bytes]:
 def streams(events: int, bad_ratio: float, oversized: int
             ) -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]]]:
     sim = ShopSimulator(5000, seed=1, days=30)
-    valid = []
-    for e in sim.history():
-        valid.append(e)
-        if len(valid) >= events:
-            break
+    valid = list(itertools.islice(sim.history(), events))
     clean = [(str(e["customer_id"]).encode(), orjson.dumps(e)) for e in valid]
     flood: list[tuple[bytes, bytes]] = []
     big_every = max(1, len(valid) // max(1, oversized)) if oversized else 0

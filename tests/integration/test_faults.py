@@ -167,12 +167,10 @@ def assert_complete_chain(cid: str, chain: list[tuple[str | None, str, str]],
     assert len(events) == len(set(events)), f"{cid}: a change message was repeated"
 
 
-async def produce_slowly(s: Stream, started: asyncio.Event, to: Settings) -> None:
+async def produce_slowly(s: Stream, to: Settings) -> None:
     """The events arrive over a few seconds, in chunks, as live traffic does."""
-    for i, chunk in enumerate(s.chunks):
+    for chunk in s.chunks:
         await produce(to, chunk)
-        if i == 1:
-            started.set()
         await asyncio.sleep(0.4)
 
 
@@ -197,8 +195,7 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(
     await install_model(r, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "killed")
     worker.wait_healthy()
-    started = asyncio.Event()
-    producing = asyncio.create_task(produce_slowly(stream, started, settings))
+    producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
         worker.proc.send_signal(signal.SIGKILL)
@@ -225,8 +222,7 @@ async def test_one_of_two_workers_killed_the_survivor_takes_over_exactly(
     async def shared() -> bool:
         return all(w.metrics_text().count("segmenter_assigned_partitions 2.0") for w in workers)
     await wait_for(shared, 60, "both workers to own two partitions")
-    started = asyncio.Event()
-    producing = asyncio.create_task(produce_slowly(stream, started, settings))
+    producing = asyncio.create_task(produce_slowly(stream, settings))
     # the learner dies: its partitions and the learner role both move to the survivor
     learner = ["segmenter_model_learner 1.0" in w.metrics_text() for w in workers]
     assert sorted(learner) == [False, True]
@@ -261,8 +257,7 @@ async def test_sigterm_commits_what_was_processed_and_leaves_no_half_written_cus
     await install_model(r, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "terminated")
     worker.wait_healthy()
-    started = asyncio.Event()
-    producing = asyncio.create_task(produce_slowly(stream, started, settings))
+    producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
         worker.proc.send_signal(signal.SIGTERM)
@@ -315,8 +310,7 @@ async def test_redis_down_15_s_mid_stream_backs_off_reports_it_and_loses_nothing
     await install_model(client, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "redis-outage")
     worker.wait_healthy()
-    started = asyncio.Event()
-    producing = asyncio.create_task(produce_slowly(stream, started, settings))
+    producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
         own.stop()
