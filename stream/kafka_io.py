@@ -119,6 +119,21 @@ class PartitionLag:
         return max(0.0, (now_ms - self.oldest_unprocessed_ms) / 1000)
 
 
+class _QuietLagReads(logging.Filter):
+    """Drops aiokafka's INFO lines about (re-)assigning partitions and finding the group
+    coordinator: the lag reader re-assigns on every read (every few seconds), which would
+    fill worker logs with tables of topic names."""
+
+    PREFIXES = ("Updating subscribed topics", "Subscribed to topic", "Discovered coordinator")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.levelno <= logging.INFO
+                    and str(record.msg).startswith(self.PREFIXES))
+
+
+_QUIET = _QuietLagReads()
+
+
 class LagReader:
     """Reads committed and end offsets from the broker, independently of any consumer.
 
@@ -141,6 +156,8 @@ class LagReader:
             max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50,
         )
         await self._consumer.start()
+        for name in ("aiokafka.consumer.subscription_state", "aiokafka.consumer.group_coordinator"):
+            logging.getLogger(name).addFilter(_QUIET)
 
     async def close(self) -> None:
         """Disconnect."""
@@ -154,6 +171,10 @@ class LagReader:
         if not tps:
             return []
         self._consumer.assign(tps)
+        # Paused except while reading: records fetched ahead and then dropped by the next
+        # seek would be garbage in reference cycles (aiokafka's PartitionRecords), each with
+        # its fetch buffer, freed only by a full collection (seen as a slowly rising RSS).
+        self._consumer.pause(*tps)
         committed = {}
         for tp in tps:
             offset = await self._consumer.committed(tp)
@@ -163,23 +184,31 @@ class LagReader:
         starts = await self._consumer.beginning_offsets(tps)
         for tp in tps:
             self._consumer.seek(tp, max(committed.get(tp, 0), starts[tp]))
+        self._consumer.resume(*tps)
         seen: dict[TopicPartition, int] = {}
         oldest: dict[TopicPartition, int] = {}
+        done: set[TopicPartition] = set()
         loop = asyncio.get_running_loop()
         deadline = loop.time() + timeout
-        while len(seen) < len(tps) and loop.time() < deadline:
+        while len(done) < len(tps) and loop.time() < deadline:
             batch = await self._consumer.getmany(timeout_ms=100, max_records=len(tps) * 50)
             for tp, msgs in batch.items():
                 if msgs and tp not in oldest:
                     oldest[tp] = msgs[0].timestamp
             for tp in tps:
                 hw = self._consumer.highwater(tp)
-                if hw is not None:
-                    seen[tp] = hw
-                    self._consumer.pause(tp)  # one answer per partition is enough
-            if all(listed[tp] <= committed.get(tp, 0) for tp in tps if tp not in seen):
+                if tp in done or hw is None:
+                    continue
+                seen[tp] = hw
+                # done with a partition once it has an end offset and, if it lags, the
+                # timestamp of its oldest unprocessed record
+                if tp in oldest or hw <= committed.get(tp, 0):
+                    done.add(tp)
+                    self._consumer.pause(tp)
+            if all(tp in done or (tp not in seen and listed[tp] <= committed.get(tp, 0))
+                   for tp in tps):
                 break  # nothing left to fetch where no answer came
-        self._consumer.resume(*tps)
+        self._consumer.pause(*tps)
         return [PartitionLag(self.topic, tp.partition, committed.get(tp),
                              max(listed[tp], seen.get(tp, 0)), oldest.get(tp)) for tp in tps]
 

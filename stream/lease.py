@@ -24,10 +24,11 @@ class Lease:
         self.r, self.key, self.ttl_ms = redis, key, ttl_ms
         self.me = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.held = False
+        self._renew = redis.register_script(_RENEW)  # EVALSHA, loading it again if needed
 
     async def renew(self) -> bool:
         """Take or keep the lease; True while held. Raises Redis errors."""
-        self.held = bool(await self.r.eval(_RENEW, 1, self.key, self.me, self.ttl_ms))
+        self.held = bool(await self._renew(keys=[self.key], args=[self.me, self.ttl_ms]))
         return self.held
 
     async def release(self) -> None:

@@ -39,6 +39,7 @@ class ChangeRelay:
         self.lease = Lease(redis, lock_key)
         self.relayed = 0
         self.leader = False
+        self._group_ready = False
         self._stop = asyncio.Event()
 
     def stop(self) -> None:
@@ -53,16 +54,20 @@ class ChangeRelay:
                 if not self.leader:
                     await self._sleep(2.0)
                     continue
-                with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
-                    await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+                if not self._group_ready:  # once, not per loop: BUSYGROUP errors cost a trip
+                    with contextlib.suppress(ResponseError):  # BUSYGROUP: it exists already
+                        await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
+                    self._group_ready = True
                 # Our own unacknowledged entries first (a previous leader's crash), then new.
                 sent = await self._relay_once("0", block=None)
                 if not sent:
                     await self._relay_once(">", block=1000)
             except RETRIABLE as exc:
+                self._group_ready = False  # a restarted Redis may have lost the group
                 log.warning("change relay: Redis unavailable (%s)", exc)
                 await self._sleep(1.0)
-            except Exception as exc:  # Kafka down, or anything else: retry, never die
+            except Exception as exc:  # Kafka down, NOGROUP, anything else: retry, never die
+                self._group_ready = False
                 log.warning("change relay: %r; retrying", exc)
                 await self._sleep(1.0)
         await self.lease.release()
