@@ -35,15 +35,19 @@ def realistic_assignments(sample: int) -> list[Assignment]:
     recs = [Record("events", hash(e["customer_id"]) % 4, i, e["customer_id"].encode(),
                    orjson.dumps(e)) for i, e in enumerate(sim.history())]
     final: dict[str, Assignment] = {}
+
+    def keep(writes: list[Assignment]) -> None:
+        # the latest write per customer, with the latest "why" (drain writes carry none)
+        for a in writes:
+            prior = final.get(a.customer_id)
+            final[a.customer_id] = a if a.why or prior is None else \
+                a._replace(why=prior.why)
+
     for i in range(0, len(recs), 20_000):
-        out = seg.apply(seg.parse(recs[i:i + 20_000]), {}, now_ms=0)
-        for a in out.assignments:
-            final[a.customer_id] = a
-        seg.drain()
-    seg.rescore(10**9)
-    why = {c: a.why for c, a in final.items()}
-    return [seg._assignment(st, "event", why.get(c, "")) for c, st in seg.states.items()
-            if st.segment]
+        keep(seg.apply(seg.parse(recs[i:i + 20_000]), {}, now_ms=0).assignments)
+        keep(seg.drain())
+    keep(seg.rescore(10**9))
+    return [a for a in final.values() if a.segment]
 
 
 async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:

@@ -185,19 +185,34 @@ class RedisStore:
 
     async def _read(self, cids: list[str],
                     partitions: set[int] | None = None) -> list[CustomerState]:
-        async with self.r.pipeline(transaction=False) as pipe:
-            for cid in cids:
-                pipe.get(self.keys.state(cid))
-                pipe.hmget(self.keys.customer(cid), "segment", "model_version", "confidence")
-            rows = await pipe.execute()
+        """States with their current segment; with ``partitions``, only those whose last
+        event came from one of them (their hashes are then read only for those)."""
+        if partitions is None:  # the hot path (cache misses): one round trip
+            async with self.r.pipeline(transaction=False) as pipe:
+                for cid in cids:
+                    pipe.get(self.keys.state(cid))
+                    pipe.hmget(self.keys.customer(cid), "segment", "model_version",
+                               "confidence")
+                rows = await pipe.execute()
+            raws, hashes = rows[0::2], rows[1::2]
+        else:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for cid in cids:
+                    pipe.get(self.keys.state(cid))
+                got = await pipe.execute()
+            kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True)
+                    if raw and int(raw.split(b":", 1)[0]) in partitions]
+            cids, raws = [c for c, _ in kept], [r for _, r in kept]
+            async with self.r.pipeline(transaction=False) as pipe:
+                for cid in cids:
+                    pipe.hmget(self.keys.customer(cid), "segment", "model_version",
+                               "confidence")
+                hashes = await pipe.execute() if cids else []
         out = []
-        for i, cid in enumerate(cids):
-            raw, (segment, version, confidence) = rows[2 * i], rows[2 * i + 1]
+        for cid, raw, (segment, version, confidence) in zip(cids, raws, hashes, strict=True):
             if not raw:
                 continue
-            p, _, blob = raw.split(b":", 2)
-            if partitions is not None and int(p) not in partitions:
-                continue
+            _, _, blob = raw.split(b":", 2)
             st = CustomerState.from_bytes(cid, blob)
             if segment:
                 st.segment = segment.decode()
