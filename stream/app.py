@@ -148,8 +148,9 @@ def create_app(settings: Settings) -> faust.App:
     async def release_memory() -> None:
         # Cyclic garbage that reached the oldest generation (aiokafka's dropped fetch
         # results hold their buffers) waits for a full collection, which CPython's own rule
-        # runs rarely with a big heap; RSS rose ~10 MB/min without this. One collection a
-        # minute took 130-260 ms with 30k cached customers. Then give freed memory back.
+        # runs rarely with a big heap; RSS rose ~10 MB/min without this. A collection takes
+        # ~45 ms per 30k cached customers (400 ms at 200k; BENCHMARKS.md), more when it has
+        # much garbage to free (130-260 ms seen in the soak). Then give freed memory back.
         started = time.perf_counter()
         freed = gc.collect()
         native_memory.trim()

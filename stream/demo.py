@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import logging
 import os
 import signal
 import subprocess
@@ -77,8 +76,6 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
     # `kill` (SIGTERM) stop everything the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    # the summary's lag reads would print aiokafka's group chatter every few seconds
-    logging.getLogger("aiokafka").setLevel(logging.WARNING)
     env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
     env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
     stack = contextlib.nullcontext((None, None)) if env_kafka and env_redis else embedded_stack()

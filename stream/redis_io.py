@@ -137,6 +137,10 @@ class Keys:
         return f"{self.prefix}lifecycle"
 
 
+_CURRENT = ("segment", "model_version", "confidence")
+"""Customer hash fields a loaded state takes its current segment from."""
+
+
 def connect(url: str, max_connections: int = 16) -> aioredis.Redis:
     """A client on a blocking pool (waits for a free connection instead of failing)."""
     pool = aioredis.BlockingConnectionPool.from_url(
@@ -191,8 +195,7 @@ class RedisStore:
             async with self.r.pipeline(transaction=False) as pipe:
                 for cid in cids:
                     pipe.get(self.keys.state(cid))
-                    pipe.hmget(self.keys.customer(cid), "segment", "model_version",
-                               "confidence")
+                    pipe.hmget(self.keys.customer(cid), *_CURRENT)
                 rows = await pipe.execute()
             raws, hashes = rows[0::2], rows[1::2]
         else:
@@ -205,8 +208,7 @@ class RedisStore:
             cids, raws = [c for c, _ in kept], [r for _, r in kept]
             async with self.r.pipeline(transaction=False) as pipe:
                 for cid in cids:
-                    pipe.hmget(self.keys.customer(cid), "segment", "model_version",
-                               "confidence")
+                    pipe.hmget(self.keys.customer(cid), *_CURRENT)
                 hashes = await pipe.execute() if cids else []
         out = []
         for cid, raw, (segment, version, confidence) in zip(cids, raws, hashes, strict=True):
