@@ -149,7 +149,7 @@ def create_app(settings: Settings) -> faust.App:
         # Cyclic garbage that reached the oldest generation (aiokafka's dropped fetch
         # results hold their buffers) waits for a full collection, which CPython's own rule
         # runs rarely with a big heap; RSS rose ~10 MB/min without this. A collection takes
-        # ~45 ms per 30k cached customers (400 ms at 200k; BENCHMARKS.md), more when it has
+        # ~46 ms per 30k cached customers (382 ms at 200k; BENCHMARKS.md), more when it has
         # much garbage to free (130-260 ms seen in the soak). Then give freed memory back.
         started = time.perf_counter()
         freed = gc.collect()
