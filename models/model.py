@@ -348,7 +348,7 @@ class SegmentModel(BaseModel):
                 chosen = grown
         # Restarts for every count: taken only when clearly better than both.
         # Two starts per count here (the seeding takes n_init): refreshes recur, so a lucky
-        # start is taken later, and each start costs the learner's hot path ~2 ms.
+        # start is taken later, and each start costs the learner's hot path ~1 ms.
         cand, scan = choose_k(z, self.min_segments, self.max_segments, 2, self._rng)
         if cand.k != chosen.k:
             better = cand.score < chosen.score * (1 - self.hysteresis)
