@@ -190,30 +190,22 @@ class RedisStore:
     async def _read(self, cids: list[str],
                     partitions: set[int] | None = None) -> list[CustomerState]:
         """States with their current segment; with ``partitions``, only those whose last
-        event came from one of them (their hashes are then read only for those)."""
-        if partitions is None:  # the hot path (cache misses): one round trip
-            async with self.r.pipeline(transaction=False) as pipe:
-                for cid in cids:
-                    pipe.get(self.keys.state(cid))
-                    pipe.hmget(self.keys.customer(cid), *_CURRENT)
-                rows = await pipe.execute()
-            raws, hashes = rows[0::2], rows[1::2]
-        else:
-            async with self.r.pipeline(transaction=False) as pipe:
-                for cid in cids:
-                    pipe.get(self.keys.state(cid))
-                got = await pipe.execute()
-            kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True)
-                    if raw and int(raw.split(b":", 1)[0]) in partitions]
-            cids, raws = [c for c, _ in kept], [r for _, r in kept]
-            async with self.r.pipeline(transaction=False) as pipe:
-                for cid in cids:
-                    pipe.hmget(self.keys.customer(cid), *_CURRENT)
-                hashes = await pipe.execute() if cids else []
+        event came from one of them. Hashes are read only for the states found: most cache
+        misses are new customers, who cost one ``GET`` instead of two commands."""
+        async with self.r.pipeline(transaction=False) as pipe:
+            for cid in cids:
+                pipe.get(self.keys.state(cid))
+            got = await pipe.execute()
+        kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True) if raw and (
+            partitions is None or int(raw.split(b":", 1)[0]) in partitions)]
+        if not kept:
+            return []
+        async with self.r.pipeline(transaction=False) as pipe:
+            for cid, _ in kept:
+                pipe.hmget(self.keys.customer(cid), *_CURRENT)
+            hashes = await pipe.execute()
         out = []
-        for cid, raw, (segment, version, confidence) in zip(cids, raws, hashes, strict=True):
-            if not raw:
-                continue
+        for (cid, raw), (segment, version, confidence) in zip(kept, hashes, strict=True):
             _, _, blob = raw.split(b":", 2)
             st = CustomerState.from_bytes(cid, blob)
             if segment:
