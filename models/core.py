@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import random
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 
@@ -175,46 +176,55 @@ class Segmenter:
             self.watermark = max(self.watermark, known.last_ts)
         changed: dict[str, Event] = {}
         cfg = self.config
+        states, counts, event_ts = self.states, res.counts, res.event_ts
+        half_life, window, every = self.half_life_ms, cfg.dedup_window, cfg.update_every
+        processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
+        watermark = self.watermark
         for rec, ev in parsed:
-            if isinstance(ev, DeadLetter):
-                res.dead.append(ev)
-                res.counts["invalid", "dead_lettered"] += 1
+            if type(ev) is not Event:
+                if isinstance(ev, DeadLetter):
+                    res.dead.append(ev)
+                    counts["invalid", "dead_lettered"] += 1
+                elif isinstance(ev, Erase):
+                    self._erase(ev.customer_id, changed, res)
                 continue
-            if isinstance(ev, Erase):
-                self._erase(ev.customer_id, changed, res)
+            label = ev.type
+            if label not in processed:
+                counts["other", "ignored"] += 1
                 continue
-            label = ev.type if ev.type in KNOWN_TYPES else "other"
-            if label == "other":
-                res.counts[label, "ignored"] += 1
-                continue
-            st = self.states.get(ev.customer_id)
+            cid = ev.customer_id
+            st = states.get(cid)
             if st is None:
-                st = self.states[ev.customer_id] = CustomerState(ev.customer_id)
+                st = states[cid] = CustomerState(cid)
             else:
-                self.states.move_to_end(ev.customer_id)
+                states.move_to_end(cid)
             if st.partition == rec.partition and rec.offset <= st.offset:
-                res.counts[label, "duplicate"] += 1
+                counts[label, "duplicate"] += 1
                 continue
             try:
-                fresh = update(st, ev, self.half_life_ms, cfg.dedup_window)
+                fresh = update(st, ev, half_life, window)
             except Exception as exc:  # a bug must cost one event (dead-lettered), not the worker
                 res.dead.append(DeadLetter(rec, f"processing failed: {exc!r}"))
-                res.counts[label, "failed"] += 1
+                counts[label, "failed"] += 1
                 continue
             if not fresh:  # re-sent id: nothing is written, not even the new offset
-                res.counts[label, "duplicate"] += 1
+                counts[label, "duplicate"] += 1
                 continue
             st.partition, st.offset = rec.partition, rec.offset
-            res.counts[label, "processed"] += 1
-            res.event_ts.append(ev.ts_ms)
-            if ev.ts_ms > self.watermark:
-                self.watermark = ev.ts_ms
-            changed[ev.customer_id] = ev
+            processed[label] += 1
+            ts = ev.ts_ms
+            event_ts.append(ts)
+            if ts > watermark:
+                watermark = ts
+            changed[cid] = ev
             self._since_update += 1
-            if self._since_update >= cfg.update_every:
+            if self._since_update >= every:
+                self.watermark = watermark  # a model update samples customers as of now
                 self._flush(changed, res)
                 changed = {}
+        self.watermark = watermark
         self._flush(changed, res)
+        counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return res
 
     def _erase(self, cid: str, changed: dict[str, Event], res: BatchResult) -> None:
@@ -244,6 +254,14 @@ class Segmenter:
         if not self.learner:
             self.sample_due = True
             return
+        started = time.perf_counter()
+        try:
+            self._learn(changed, res)
+        finally:
+            res.learn_seconds += time.perf_counter() - started
+
+    def _learn(self, changed: dict[str, Event], res: BatchResult) -> None:
+        """One model update from a sample of current customers (a refresh every few)."""
         was_ready = self.model.ready
         self._updates += 1
         refresh = (not was_ready or self._force_refresh
@@ -282,18 +300,19 @@ class Segmenter:
         centres = self.model.centres_scaled()
         seg_ids = self.model.ids
         version = self.model.version
-        dirty = self.dirty
-        for i, cid in enumerate(ids):
-            st = self.states[cid]
+        dirty, states = self.dirty, self.states
+        for i, (cid, label, confidence) in enumerate(zip(ids, labels.tolist(),
+                                                         conf.round(4).tolist(), strict=True)):
+            st = states[cid]
             ev = changed.get(cid)
             if ev is not None:
                 st.last_event_id = ev.event_id
-            segment = seg_ids[labels[i]]
-            st.confidence = round(float(conf[i]), 4)
+            segment = seg_ids[label]
+            st.confidence = confidence
             st.model_version = version
             if segment != st.segment:
                 st.segment = segment
-                why = customer_reason(z[i].tolist(), centres[labels[i]].tolist())
+                why = customer_reason(z[i].tolist(), centres[label].tolist())
                 res.assignments.append(self._assignment(
                     st, "event" if ev is not None else "model_update", why))
                 dirty.pop(cid, None)

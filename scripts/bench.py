@@ -19,11 +19,13 @@ import argparse
 import asyncio
 import itertools
 import os
+import re
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 
 import numpy as np
@@ -52,8 +54,20 @@ async def produce_topic(settings: Settings, events: list[dict[str, object]]) -> 
         await producer.stop()
 
 
-async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float:
-    """The minimal loop; returns events/s from first batch to last."""
+def stage_seconds(port: int) -> dict[str, float]:
+    """A worker's ``segmenter_busy_seconds_total`` by stage, from its ``/metrics``."""
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+        text = resp.read().decode()
+    return {m[1]: float(m[2]) for m in re.finditer(
+        r'^segmenter_busy_seconds_total\{stage="(\w+)"\} (\S+)$', text, re.M)}
+
+
+async def baseline(settings: Settings, total: int, centres: np.ndarray,
+                   stages: dict[str, float] | None = None) -> float:
+    """The minimal loop; returns events/s from first batch to last (and adds the time of its
+    steps to ``stages``, by the worker's stage names)."""
+    took = stages if stages is not None else {}
+    clock = time.perf_counter
     redis = connect(settings.redis_url)
     c = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka,
                          group_id=f"baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
@@ -66,11 +80,13 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float
     prefix = f"bl{uuid.uuid4().hex[:6]}:"
     try:
         while done < total:
+            t0 = clock()
             batch = await c.getmany(timeout_ms=500, max_records=5000)
             if not batch:
                 continue
             if not first:
                 first = time.perf_counter()
+            t1 = clock()
             changed: dict[str, CustomerState] = {}
             for msgs in batch.values():
                 for m in msgs:
@@ -83,6 +99,7 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float
             x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
             z = (x - x.mean(0)) / (x.std(0) + 1e-9)
             labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+            t2 = clock()
             now = str(int(time.time() * 1000))
             async with redis.pipeline(transaction=False) as pipe:
                 for cid, k in zip(changed, labels.tolist(), strict=True):
@@ -90,16 +107,21 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray) -> float
                         "segment": f"s{k}", "segment_name": "n", "model_version": "1",
                         "updated_at": now, "confidence": "0.5"})
                 await pipe.execute()
+            t3 = clock()
             await c.commit()
+            for stage, took_s in (("fetch", t1 - t0), ("parse+features", t2 - t1),
+                                  ("write", t3 - t2), ("commit", clock() - t3)):
+                took[stage] = took.get(stage, 0.0) + took_s
         return (total - 0) / (time.perf_counter() - first)
     finally:
         await c.stop()
         await redis.aclose()
 
 
-def worker_run(settings: Settings, total: int, workers: int = 1) -> float:
+def worker_run(settings: Settings, total: int, workers: int = 1,
+               stages: dict[str, float] | None = None) -> float:
     """Real worker processes in one group; events/s from the first to the last processed
-    event (summed over the workers)."""
+    event (summed over the workers); adds the first worker's time by stage to ``stages``."""
     env = {**os.environ, **settings.with_env()}
     ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
     procs = []
@@ -111,6 +133,7 @@ def worker_run(settings: Settings, total: int, workers: int = 1) -> float:
                 env={**env, "SEGMENTER_WEB_PORT": str(port)}, stdout=log,
                 stderr=subprocess.STDOUT))
     first_t, first_n = 0.0, 0
+    before: dict[str, float] = {}
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
@@ -118,7 +141,11 @@ def worker_run(settings: Settings, total: int, workers: int = 1) -> float:
             now = time.perf_counter()
             if n and not first_t:
                 first_t, first_n = now, n
+                before = stage_seconds(ports[0])  # not the idle wait for the first events
             if n >= total:
+                if stages is not None:
+                    for stage, took_s in stage_seconds(ports[0]).items():
+                        stages[stage] = stages.get(stage, 0.0) + took_s - before.get(stage, 0)
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
         raise RuntimeError(f"workers did not finish; see {tempfile.gettempdir()}")
@@ -151,13 +178,15 @@ def main(argv: list[str] | None = None) -> int:
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
         w_rates, b_rates, two_rates = [], [], []
+        w_stages: dict[str, float] = {}
+        b_stages: dict[str, float] = {}
         for i in range(args.runs):
             uid = uuid.uuid4().hex[:6]
             s = Settings.from_env({**base.with_env(), "SEGMENTER_GROUP": f"bench-{uid}",
                                    "SEGMENTER_REDIS_PREFIX": f"b{uid}:",
                                    "SEGMENTER_WEB_PORT": str(free_port())})
-            w_rates.append(worker_run(s, total))
-            b_rates.append(asyncio.run(baseline(s, total, centres)))
+            w_rates.append(worker_run(s, total, stages=w_stages))
+            b_rates.append(asyncio.run(baseline(s, total, centres, b_stages)))
             if args.scale:
                 two = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"bench2-{uid}",
                                          "SEGMENTER_REDIS_PREFIX": f"b2{uid}:"})
@@ -171,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  segmenter worker : {w:>10,.0f} events/s")
     print(f"  baseline loop    : {b:>10,.0f} events/s")
     print(f"  ratio worker/baseline: {w / b:.2f}x")
+    per_event = args.runs * total / 1e6
+    print("  main-thread time per event, µs (all runs; fetch includes waiting):")
+    for name, st in (("worker", w_stages), ("baseline", b_stages)):
+        print(f"    {name:<8} " + "  ".join(f"{k} {v / per_event:.1f}" for k, v in st.items())
+              + f"  | total {sum(st.values()) / per_event:.1f}")
     if two_rates:
         t = statistics.median(two_rates)
         print(f"  2 workers, one group : {t:>10,.0f} events/s ({t / w:.2f}x one worker)")

@@ -71,6 +71,11 @@ class Metrics:
         self.cached = Gauge("segmenter_cached_customers",
                             "Customer states held in worker memory (re-scored without events)",
                             registry=r)
+        self.busy = Counter(
+            "segmenter_busy_seconds",
+            "Hot-path time by stage: fetch (getmany, waiting included), parse, load (states "
+            "from Redis), features (and assignment), learn, write (Redis, dead letters, "
+            "model), flush (interval writes), commit", ["stage"], registry=r)
         self.rescored = Counter("segmenter_rescored_changes",
                                 "Segment changes without a new event, by reason",
                                 ["reason"], registry=r)

@@ -9,6 +9,7 @@ re-delivers, and re-delivered events are dropped by offset and event id.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import time
@@ -17,7 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 
-from models.core import Assignment, BatchResult, Segmenter
+from models.core import Assignment, BatchResult, Parsed, Segmenter
 from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
 from stream.metrics import Metrics
@@ -26,6 +27,9 @@ from stream.redis_io import RedisStore
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+Fetched = tuple[dict[TopicPartition, list[Any]], Parsed]
+_PARSE_STEP = 2000  # records validated between yields to the batch being applied
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -123,21 +127,26 @@ class EventPipeline:
         assert self.consumer is not None
         interval = self.settings.commit_interval_s
         next_flush = time.monotonic() + interval
+        ahead: asyncio.Task[Fetched] | None = None
         try:
             while not self._stopping.is_set():
+                if ahead is None:
+                    ahead = asyncio.create_task(self._fetch())
                 try:
-                    batch = await self.consumer.getmany(timeout_ms=200,
-                                                        max_records=self.settings.batch_max)
+                    batch, parsed = await ahead
                 except KafkaError as exc:
+                    ahead = None
                     self.problem = f"Kafka: {exc}"
                     log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(1)
                     continue
-                self.last_poll = time.time()
+                # Read and validate the next batch while this one is applied: parsing then
+                # fills the waits for Redis (and the commit) instead of adding to them.
+                ahead = asyncio.create_task(self._fetch())
                 if batch:
                     self._idle.clear()  # set again only when the loop has drained and exited
                     async with self._lock:
-                        await self._apply_batch(batch)
+                        await self._apply_batch(batch, parsed)
                 elif self.problem is not None and self.problem.startswith("Kafka"):
                     self.problem = None
                 if time.monotonic() >= next_flush:
@@ -145,20 +154,51 @@ class EventPipeline:
                         await self.flush_and_commit()
                     next_flush = time.monotonic() + interval
         finally:
+            if ahead is not None:  # read but not applied: re-read after the last commit
+                ahead.cancel()
+                with contextlib.suppress(asyncio.CancelledError, KafkaError):
+                    await ahead
             async with self._lock:
                 await self.flush_and_commit()
             self._idle.set()
 
-    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]]) -> None:
-        started = time.perf_counter()
-        assert self.producer is not None
+    async def _fetch(self) -> Fetched:
+        """The next batch, read and validated; runs while the previous one is applied."""
+        assert self.consumer is not None
+        fetching = time.perf_counter()
+        batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.batch_max)
+        busy = time.perf_counter() - fetching
+        self.metrics.busy.labels("fetch").inc(busy)
+        self.last_poll = time.time()
         records = [m for msgs in batch.values() for m in msgs]
+        parsed: Parsed = []
+        took = 0.0
+        for i in range(0, len(records), _PARSE_STEP):
+            started = time.perf_counter()
+            parsed += self.segmenter.parse(records[i:i + _PARSE_STEP])
+            took += time.perf_counter() - started
+            if i + _PARSE_STEP < len(records):
+                await asyncio.sleep(0)  # the batch being applied goes on as Redis answers
+        self.metrics.busy.labels("parse").inc(took)
+        return batch, parsed
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed) -> None:
+        started = time.perf_counter()
+        assert self.producer is not None and self.consumer is not None
+        owned = self.consumer.assignment()
+        if any(tp not in owned for tp in batch):  # revoked while the batch waited: not ours
+            batch = {tp: msgs for tp, msgs in batch.items() if tp in owned}
+            parsed = [(r, e) for r, e in parsed
+                      if TopicPartition(r.topic, r.partition) in owned]
+            if not batch:
+                return
         seg = self.segmenter
-        parsed = seg.parse(records)
         loaded = await self._retry(functools.partial(self.store.load_states,
                                                      seg.missing(parsed)))
+        t_loaded = time.perf_counter()
         now_ms = int(time.time() * 1000)
         result = seg.apply(parsed, loaded, now_ms)
+        t_applied = time.perf_counter()
         if result.dead:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
         self.sync.events_seen += len(result.event_ts)
@@ -175,18 +215,27 @@ class EventPipeline:
             self.uncommitted_since = time.time()
         for tp, msgs in batch.items():
             self._uncommitted[tp] = msgs[-1].offset + 1
+        busy = self.metrics.busy
+        busy.labels("load").inc(t_loaded - started)
+        busy.labels("features").inc(t_applied - t_loaded - result.learn_seconds)
+        busy.labels("learn").inc(result.learn_seconds)
+        busy.labels("write").inc(time.perf_counter() - t_applied)
         self._observe(result, len(changes), fenced, started)
 
     async def flush_and_commit(self) -> None:
         """Write every changed state, then commit what was applied. Call under ``_lock``."""
+        started = time.perf_counter()
         writes = self.segmenter.drain()
         if writes:
             _, fenced = await self._retry(functools.partial(
                 self.store.write, writes, int(time.time() * 1000), refresh=True))
             self.metrics.fenced.inc(fenced)
+        flushed = time.perf_counter()
+        self.metrics.busy.labels("flush").inc(flushed - started)
         if self._uncommitted and await self._commit(dict(self._uncommitted)):
             self._uncommitted.clear()
             self.uncommitted_since = 0.0
+        self.metrics.busy.labels("commit").inc(time.perf_counter() - flushed)
 
     def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
         m = self.metrics
