@@ -76,6 +76,8 @@ class BatchResult:
     """Customers to erase from Redis before the assignments are written."""
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     """Segments born, split, merged or retired by this batch's model updates."""
+    resume: int | None = None
+    """Where :meth:`Segmenter.apply` stopped for a deferred model update (None: done)."""
     learn_seconds: float = 0.0
     """Time spent updating the model (sampling, learning, naming), for the stage metric."""
     centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)

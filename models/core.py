@@ -32,6 +32,8 @@ import random
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
+from dataclasses import dataclass
+from itertools import islice
 
 from models.config import BatchResult, SegmenterConfig, make_model
 from models.drift import DriftMonitor
@@ -56,6 +58,20 @@ __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase",
 Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
 
 
+@dataclass(frozen=True, slots=True)
+class LearnJob:
+    """A due model update: what ``BaseModel.learn`` is called with, and what comes after."""
+
+    sample: list[list[float]]
+    """Model-space vectors of current customers."""
+    refresh: bool
+    """Re-cluster the sample (a refresh) rather than only step towards it."""
+    changed: dict[str, Event]
+    """Customers whose events made the update due (assigned once a first model exists)."""
+    first: bool
+    """The model was not ready yet: this update seeds it."""
+
+
 class Segmenter:
     """Features, learning and assignment over batches; holds an LRU cache of states."""
 
@@ -77,6 +93,14 @@ class Segmenter:
         self._since_update = 0
         self._updates = 0
         self._force_refresh = False
+        self.defer_learning = False
+        """True: model updates run elsewhere (:attr:`job`, :meth:`deliver`), see :meth:`apply`."""
+        self.job: LearnJob | None = None
+        """The deferred model update in progress."""
+        self.job_sent = False
+        """The caller has started :attr:`job` (set by the caller)."""
+        self._learned: tuple[BaseModel, bool] | None = None
+        self._carry: dict[str, Event] | None = None  # a flush point waiting for the model
         self._pending: set[str] = set()  # changed before the model was ready
         self._sweep: list[str] = []
         self.dirty: dict[str, None] = {}  # changed since the last drain (an ordered set)
@@ -119,16 +143,26 @@ class Segmenter:
         """Run a model update when enough events (here or, via :meth:`add_remote`, on other
         workers) arrived since the last one; for a learner whose own partitions are quiet."""
         res = BatchResult()
-        if self._since_update >= self.config.update_every:
-            self._flush({}, res)
+        if self._since_update >= self.config.update_every and self.job is None:
+            deferred, self.defer_learning = self.defer_learning, False  # rare: inline
+            try:
+                self._flush({}, res)
+            finally:
+                self.defer_learning = deferred
         return res
 
-    def parse(self, records: Sequence[RecordLike]) -> Parsed:
-        """Validate every record."""
+    def parse(self, records: Sequence[RecordLike],
+              validated: Sequence[Event | str] | None = None) -> Parsed:
+        """Validate every record; or take ``validated``, what :func:`parse_event` gave for
+        each record elsewhere (e.g. in a helper process): its event, or why it is invalid."""
         out: Parsed = []
-        for r in records:
+        for i, r in enumerate(records):
             if r.value is None and r.key and (CONTROL_HEADER, b"erase") in (r.headers or ()):
                 out.append((r, Erase(r.key.decode("utf-8", "replace"))))
+                continue
+            if validated is not None:
+                ev = validated[i]
+                out.append((r, DeadLetter(r, ev) if isinstance(ev, str) else ev))
                 continue
             try:
                 out.append((r, parse_event(r.value, r.key)))
@@ -168,9 +202,18 @@ class Segmenter:
         self._sweep.extend(c for c in added if self.states[c].segment)
         return len(added)
 
-    def apply(self, parsed: Parsed, loaded: dict[str, CustomerState], now_ms: int) -> BatchResult:
-        """Apply a parsed batch; ``loaded`` holds states read for :meth:`missing` ids."""
-        res = BatchResult()
+    def apply(self, parsed: Parsed, loaded: dict[str, CustomerState], now_ms: int,
+              res: BatchResult | None = None, start: int = 0) -> BatchResult:
+        """Apply a parsed batch; ``loaded`` holds states read for :meth:`missing` ids.
+
+        With :attr:`defer_learning`, model updates run elsewhere while events go on: the
+        batch stops (``res.resume`` is where to go on from) when a due update is ready to be
+        started (:attr:`job`; set :attr:`job_sent`), and when its result is needed, i.e. at
+        the next point where customers are assigned (:meth:`deliver` it). Call again with
+        ``res`` and ``start=res.resume``. The outcome is exactly that of inline updates.
+        """
+        res = res if res is not None else BatchResult()
+        res.resume = None
         for cid, known in loaded.items():
             self.states.setdefault(cid, known)
             self.watermark = max(self.watermark, known.last_ts)
@@ -180,7 +223,12 @@ class Segmenter:
         half_life, window, every = self.half_life_ms, cfg.dedup_window, cfg.update_every
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark = self.watermark
-        for rec, ev in parsed:
+        if self._carry is not None:  # the flush point this batch stopped at
+            carried, self._carry = self._carry, None
+            if self._point(carried, res):
+                res.resume = start
+                return res
+        for i, (rec, ev) in enumerate(islice(parsed, start, None), start):
             if type(ev) is not Event:
                 if isinstance(ev, DeadLetter):
                     res.dead.append(ev)
@@ -220,12 +268,31 @@ class Segmenter:
             self._since_update += 1
             if self._since_update >= every:
                 self.watermark = watermark  # a model update samples customers as of now
-                self._flush(changed, res)
+                stop = self._point(changed, res)
                 changed = {}
-        self.watermark = watermark
-        self._flush(changed, res)
+                if stop:
+                    res.resume = i + 1
+                    break
+        else:
+            self.watermark = watermark
+            if self._point(changed, res):
+                res.resume = len(parsed)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return res
+
+    def deliver(self, model: BaseModel, moved: bool) -> None:
+        """The outcome of :attr:`job`: ``model`` is a copy of :attr:`model` after
+        ``learn(job.sample, refresh=job.refresh)`` returned ``moved``."""
+        assert self.job is not None, "no model update is out"
+        self._learned = (model, moved)
+
+    def _point(self, changed: dict[str, Event], res: BatchResult) -> bool:
+        """A flush point; True when :meth:`apply` must stop, for the caller to start
+        :attr:`job` or to :meth:`deliver` it (then ``changed`` waits here)."""
+        if not self._flush(changed, res):
+            self._carry = changed
+            return True
+        return self.job is not None and not self.job_sent
 
     def _erase(self, cid: str, changed: dict[str, Event], res: BatchResult) -> None:
         """Forget a customer: what came before the erasure is never written."""
@@ -238,10 +305,18 @@ class Segmenter:
         res.erased.append(cid)
         res.counts["erase", "processed"] += 1
 
-    def _flush(self, changed: dict[str, Event], res: BatchResult) -> None:
+    def _flush(self, changed: dict[str, Event], res: BatchResult) -> bool:
         """Assign the changed customers with the current model, then update the model when an
         update is due; so every event is scored by the version current when it arrived,
-        whatever the batching."""
+        whatever the batching. False (nothing done) while a deferred update's outcome is
+        still out."""
+        if self.job is not None:
+            if self._learned is None:
+                return False
+            (model, moved), job = self._learned, self.job
+            self.job, self.job_sent, self._learned = None, False, None
+            self.model = model
+            self._learned_post(job, moved, res)
         ids = list(changed)
         if self.model.ready:
             self._assign(ids, changed, res)
@@ -249,26 +324,29 @@ class Segmenter:
             self._pending.update(ids)
             self.dirty.update(dict.fromkeys(ids))
         if self._since_update < self.config.update_every or self.warming:
-            return
+            return True
         self._since_update = 0
         if not self.learner:
             self.sample_due = True
-            return
+            return True
         started = time.perf_counter()
-        try:
-            self._learn(changed, res)
-        finally:
-            res.learn_seconds += time.perf_counter() - started
-
-    def _learn(self, changed: dict[str, Event], res: BatchResult) -> None:
-        """One model update from a sample of current customers (a refresh every few)."""
-        was_ready = self.model.ready
         self._updates += 1
-        refresh = (not was_ready or self._force_refresh
+        refresh = (not self.model.ready or self._force_refresh
                    or self._updates % self.config.refresh_every == 0)
-        sample = self.learning_sample(
-            self.config.refresh_sample if refresh else self.config.learn_sample)
-        if self.model.learn(sample, refresh=refresh):
+        job = LearnJob(self.learning_sample(
+            self.config.refresh_sample if refresh else self.config.learn_sample),
+            refresh, changed, first=not self.model.ready)
+        if self.defer_learning:
+            self.job = job
+        else:
+            self._learned_post(job, self.model.learn(job.sample, refresh=refresh), res)
+        res.learn_seconds += time.perf_counter() - started
+        return True
+
+    def _learned_post(self, job: LearnJob, moved: bool, res: BatchResult) -> None:
+        """What follows a model update (:attr:`model` is the updated model)."""
+        changed = job.changed
+        if moved:
             self._force_refresh = False
             res.model_updated = True
             self._name()
@@ -279,7 +357,7 @@ class Segmenter:
                 if e["segment"] in self.model.ids:
                     i = self.model.ids.index(e["segment"])
                     res.centres[e["segment"]] = (scaled[i].tolist(), units[i].tolist())
-            if not was_ready:
+            if job.first:
                 pending = sorted(self._pending)
                 self._pending.clear()
                 self._assign(pending, changed, res)

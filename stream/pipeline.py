@@ -4,6 +4,10 @@ Per batch: ``getmany`` -> validate -> load missing states from Redis -> features
 and assignment (pure core) -> dead letters to Kafka -> atomic per-customer Redis writes ->
 change messages to Kafka -> commit. Nothing is committed before Redis has it, so a crash
 re-delivers, and re-delivered events are dropped by offset and event id.
+
+The next batch is read and validated (in a helper process: :mod:`stream.parsing`) while the
+current one is applied, and model updates run in another (:mod:`stream.learner`) while the
+core goes on with the events after them.
 """
 
 from __future__ import annotations
@@ -21,15 +25,17 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from models.core import Assignment, BatchResult, Parsed, Segmenter
 from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
+from stream.learner import Learner
 from stream.metrics import Metrics
 from stream.modelsync import ModelSync
+from stream.parsing import Validator, decode
 from stream.redis_io import RedisStore
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 Fetched = tuple[dict[TopicPartition, list[Any]], Parsed]
-_PARSE_STEP = 2000  # records validated between yields to the batch being applied
+_PARSE_STEP = 2000  # records validated inline between yields to the batch being applied
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -74,6 +80,8 @@ class EventPipeline:
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
         self._warming: asyncio.Task[None] | None = None
+        self.validator = Validator(settings.helper_processes)
+        self.learner = Learner(settings.helper_processes)
 
     @property
     def segmenter(self) -> Segmenter:
@@ -91,6 +99,8 @@ class EventPipeline:
         self.sync.observe_model()
         await self.maintain(rescore=0)  # learner or not, before the first event
         self.producer = producer
+        await self.validator.start()
+        await self.learner.start()
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=self.settings.kafka, group_id=self.settings.group,
             enable_auto_commit=False, auto_offset_reset="earliest",
@@ -114,6 +124,8 @@ class EventPipeline:
                         timeout)
         if self.consumer is not None:
             await self.consumer.stop()
+        self.validator.close()
+        self.learner.close()
         await self.sync.close()
 
     async def run(self) -> None:
@@ -171,7 +183,13 @@ class EventPipeline:
         self.metrics.busy.labels("fetch").inc(busy)
         self.last_poll = time.time()
         records = [m for msgs in batch.values() for m in msgs]
-        parsed: Parsed = []
+        blob = await self.validator.validate(records) if records else None
+        if blob is not None:  # validated in the helper while this loop applied a batch
+            started = time.perf_counter()
+            parsed = self.segmenter.parse(records, decode(blob))
+            self.metrics.busy.labels("parse").inc(time.perf_counter() - started)
+            return batch, parsed
+        parsed = []
         took = 0.0
         for i in range(0, len(records), _PARSE_STEP):
             started = time.perf_counter()
@@ -197,7 +215,19 @@ class EventPipeline:
                                                      seg.missing(parsed)))
         t_loaded = time.perf_counter()
         now_ms = int(time.time() * 1000)
+        seg.defer_learning = self.learner.running
         result = seg.apply(parsed, loaded, now_ms)
+        waited = 0.0
+        while result.resume is not None:  # model updates run in the helper meanwhile
+            assert seg.job is not None
+            if not seg.job_sent:
+                running = self.learner.submit(seg.model, seg.job)
+                seg.job_sent = True
+            else:
+                waiting = time.perf_counter()
+                seg.deliver(*await self.learner.result(running, seg.model, seg.job))
+                waited += time.perf_counter() - waiting
+            seg.apply(parsed, {}, now_ms, result, result.resume)
         t_applied = time.perf_counter()
         if result.dead:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
@@ -217,8 +247,8 @@ class EventPipeline:
             self._uncommitted[tp] = msgs[-1].offset + 1
         busy = self.metrics.busy
         busy.labels("load").inc(t_loaded - started)
-        busy.labels("features").inc(t_applied - t_loaded - result.learn_seconds)
-        busy.labels("learn").inc(result.learn_seconds)
+        busy.labels("features").inc(t_applied - t_loaded - waited - result.learn_seconds)
+        busy.labels("learn").inc(waited + result.learn_seconds)
         busy.labels("write").inc(time.perf_counter() - t_applied)
         self._observe(result, len(changes), fenced, started)
 

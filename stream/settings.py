@@ -16,10 +16,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from models.core import SegmenterConfig
 from stream.errors import SettingsError
+
+if TYPE_CHECKING:  # imported when used: a parse helper process imports settings, not NumPy
+    from models.config import SegmenterConfig
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -77,6 +79,9 @@ class Settings:
     refresh_every: int = 4
     """Every this many model updates, re-cluster a sample of current customers (and choose
     the number of segments again)."""
+    helper_processes: bool = True
+    """Validate events and update the model in two helper processes, in parallel with the
+    worker's event loop (same results). ``false``: all in the worker (e.g. one-core hosts)."""
     rescore_per_s: int = 5000
     """Customers without new events re-scored per second (reasons ``time``, ``model_update``)."""
     model_poll_s: float = 1.0
@@ -99,6 +104,8 @@ class Settings:
 
     def segmenter_config(self) -> SegmenterConfig:
         """The pure core's configuration."""
+        from models.config import SegmenterConfig
+
         return SegmenterConfig(
             algorithm=self.algorithm, min_segments=self.min_segments,
             max_segments=self.max_segments, half_life_days=self.half_life_days,

@@ -56,6 +56,19 @@ class WorkerProcess:
     def stop(self, timeout: float = 30) -> int:
         return stop_process(self.proc, timeout)
 
+    def children(self) -> list[int]:
+        """Pids of the worker's child processes (its helpers; Linux ``/proc``)."""
+        path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        return [int(p) for p in path.read_text().split()] if path.exists() else []
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
 

@@ -31,7 +31,7 @@ from stream.embedded import free_port, start_kafka, start_redis
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.settings import Settings
 from tests.conftest import make_settings
-from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.helpers import WorkerProcess, produce, running, wait_for
 
 CHUNKS = 12
 
@@ -198,8 +198,15 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(
     producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
+        helpers = worker.children()
+        assert len(helpers) >= 2, helpers  # validation and model updates (+ multiprocessing's)
         worker.proc.send_signal(signal.SIGKILL)
         assert worker.proc.wait(10) == -signal.SIGKILL
+        # the helpers do not outlive a worker killed outright
+        async def helpers_gone() -> bool:
+            return not any(running(p) for p in helpers)
+
+        await wait_for(helpers_gone, 10, "the killed worker's helpers to exit")
         worker = WorkerProcess(settings, tmp_path, "restarted")
         await producing
         await wait_for(lambda: caught_up(settings, stream.total), 120, "the restarted worker")

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import pickle
+
 import orjson
 import pytest
 
@@ -35,6 +37,43 @@ def test_replay_is_deterministic_whatever_the_batching() -> None:
     c = run(Segmenter(CFG), recs, 777)
     assert a == b
     assert a == c  # features and final segments do not depend on batch boundaries
+
+
+def test_deferred_model_updates_give_what_inline_updates_give() -> None:
+    """What the worker does with a helper process (stream.learner): each due update starts
+    on a pickled copy of the model while events go on, and is taken at the next point where
+    customers are assigned."""
+    recs, _ = records()
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, learner=True)
+    inline, deferred = Segmenter(cfg), Segmenter(cfg)
+    deferred.defer_learning = True
+    stops = 0
+    for i in range(0, len(recs), 2500):
+        parsed = deferred.parse(recs[i:i + 2500])
+        out = deferred.apply(parsed, {}, now_ms=0)
+        running = None
+        while out.resume is not None:
+            stops += 1
+            job = deferred.job
+            assert job is not None
+            if not deferred.job_sent:  # started elsewhere: here, learned later, at delivery
+                running = pickle.loads(pickle.dumps(deferred.model))  # noqa: S301 (ours)
+                deferred.job_sent = True
+            else:
+                assert running is not None
+                deferred.deliver(running, running.learn(job.sample, refresh=job.refresh))
+            deferred.apply(parsed, {}, 0, out, out.resume)
+        assert deferred.job is None  # a batch never ends with an update out
+        ref = inline.apply(inline.parse(recs[i:i + 2500]), {}, now_ms=0)
+        assert [(a.customer_id, a.segment, a.reason, a.why) for a in out.assignments] == \
+            [(a.customer_id, a.segment, a.reason, a.why) for a in ref.assignments]
+        assert (out.counts, out.lifecycle, out.model_updated) == \
+            (ref.counts, ref.lifecycle, ref.model_updated)
+        # the same writes (a renamed segment marks its customers a little later: order)
+        assert sorted((a.customer_id, a.segment_name, a.state) for a in deferred.drain()) == \
+            sorted((a.customer_id, a.segment_name, a.state) for a in inline.drain())
+    assert stops >= 2 * (len(recs) // 1000) - 2
+    assert deferred.model.checkpoint() == inline.model.checkpoint()
 
 
 def test_redelivery_and_resent_ids_change_nothing() -> None:
