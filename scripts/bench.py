@@ -9,14 +9,16 @@ Both read the same pre-produced topic of simulated events on the embedded stack 
 - **baseline**: aiokafka ``getmany`` + the same features + NumPy assign + pipelined
   ``HSET`` of the five SPEC fields + commit, in this process, nothing else.
 
-Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3] [--scale]``
-(``--scale`` adds two workers in one consumer group on the same topic, for 1 vs 2 workers).
+Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3] [--scale]
+[--inline]`` (``--scale`` adds two workers in one consumer group on the same topic, for 1 vs
+2 workers; ``--inline`` adds a worker without helper processes).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import itertools
 import os
 import re
@@ -60,6 +62,27 @@ def stage_seconds(port: int) -> dict[str, float]:
         text = resp.read().decode()
     return {m[1]: float(m[2]) for m in re.finditer(
         r'^segmenter_busy_seconds_total\{stage="(\w+)"\} (\S+)$', text, re.M)}
+
+
+def cpu_seconds(pid: int) -> dict[str, float]:
+    """CPU time (user + system) of a worker: its main thread (``main``) and the whole
+    process with its helper processes (``all``). Linux ``/proc``."""
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def used(path: str) -> float:
+        try:
+            with open(path) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            return 0.0
+        return (int(fields[11]) + int(fields[12])) / tick
+
+    children = []
+    for task in os.listdir(f"/proc/{pid}/task"):
+        with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{task}/children") as f:
+            children += f.read().split()
+    return {"main": used(f"/proc/{pid}/task/{pid}/stat"),
+            "all": used(f"/proc/{pid}/stat") + sum(used(f"/proc/{c}/stat") for c in children)}
 
 
 async def baseline(settings: Settings, total: int, centres: np.ndarray,
@@ -119,9 +142,11 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray,
 
 
 def worker_run(settings: Settings, total: int, workers: int = 1,
-               stages: dict[str, float] | None = None) -> float:
+               stages: dict[str, float] | None = None,
+               cpu: dict[str, float] | None = None) -> float:
     """Real worker processes in one group; events/s from the first to the last processed
-    event (summed over the workers); adds the first worker's time by stage to ``stages``."""
+    event (summed over the workers); adds the first worker's time by stage to ``stages``
+    and its CPU time (:func:`cpu_seconds`) to ``cpu``."""
     env = {**os.environ, **settings.with_env()}
     ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
     procs = []
@@ -134,6 +159,7 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
                 stderr=subprocess.STDOUT))
     first_t, first_n = 0.0, 0
     before: dict[str, float] = {}
+    cpu_before: dict[str, float] = {}
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
@@ -142,10 +168,14 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
             if n and not first_t:
                 first_t, first_n = now, n
                 before = stage_seconds(ports[0])  # not the idle wait for the first events
+                cpu_before = cpu_seconds(procs[0].pid)
             if n >= total:
                 if stages is not None:
                     for stage, took_s in stage_seconds(ports[0]).items():
                         stages[stage] = stages.get(stage, 0.0) + took_s - before.get(stage, 0)
+                if cpu is not None:
+                    for k, v in cpu_seconds(procs[0].pid).items():
+                        cpu[k] = cpu.get(k, 0.0) + v - cpu_before.get(k, 0.0)
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
         raise RuntimeError(f"workers did not finish; see {tempfile.gettempdir()}")
@@ -162,6 +192,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--runs", type=int, default=3)
     ap.add_argument("--scale", action="store_true",
                     help="also run 2 workers in one group on the same topic (1 vs 2 workers)")
+    ap.add_argument("--inline", action="store_true",
+                    help="also run a worker without helper processes")
     args = ap.parse_args(argv)
     sim = ShopSimulator(args.customers, seed=1, days=30)
     events = list(itertools.islice(sim.history(), args.events))
@@ -177,22 +209,32 @@ def main(argv: list[str] | None = None) -> int:
                                   "SEGMENTER_EVENTS_TOPIC": f"bench-{uuid.uuid4().hex[:6]}",
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
-        w_rates, b_rates, two_rates = [], [], []
+        w_rates, b_rates, two_rates, inline_rates = [], [], [], []
         w_stages: dict[str, float] = {}
+        w_cpu: dict[str, float] = {}
+        i_cpu: dict[str, float] = {}
         b_stages: dict[str, float] = {}
         for i in range(args.runs):
             uid = uuid.uuid4().hex[:6]
             s = Settings.from_env({**base.with_env(), "SEGMENTER_GROUP": f"bench-{uid}",
                                    "SEGMENTER_REDIS_PREFIX": f"b{uid}:",
                                    "SEGMENTER_WEB_PORT": str(free_port())})
-            w_rates.append(worker_run(s, total, stages=w_stages))
+            w_rates.append(worker_run(s, total, stages=w_stages, cpu=w_cpu))
             b_rates.append(asyncio.run(baseline(s, total, centres, b_stages)))
             if args.scale:
                 two = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"bench2-{uid}",
                                          "SEGMENTER_REDIS_PREFIX": f"b2{uid}:"})
                 two_rates.append(worker_run(two, total, workers=2))
+            if args.inline:
+                one = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"benchi-{uid}",
+                                         "SEGMENTER_REDIS_PREFIX": f"bi{uid}:",
+                                         "SEGMENTER_PARSE_PROCESS": "false",
+                                         "SEGMENTER_LEARN_PROCESS": "false"})
+                inline_rates.append(worker_run(one, total, cpu=i_cpu))
             print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
-                  f"ev/s" + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else ""),
+                  f"ev/s ({w_rates[-1] / b_rates[-1]:.2f}x)"
+                  + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else "")
+                  + (f"  no helpers {inline_rates[-1]:,.0f} ev/s" if inline_rates else ""),
                   flush=True)
     w, b = statistics.median(w_rates), statistics.median(b_rates)
     print(f"\n{total:,} events, {args.customers:,} customers, 4 partitions, medians of "
@@ -205,6 +247,13 @@ def main(argv: list[str] | None = None) -> int:
     for name, st in (("worker", w_stages), ("baseline", b_stages)):
         print(f"    {name:<8} " + "  ".join(f"{k} {v / per_event:.1f}" for k, v in st.items())
               + f"  | total {sum(st.values()) / per_event:.1f}")
+    for name, used in (("worker", w_cpu), ("worker without helpers", i_cpu)):
+        if used:
+            print(f"  {name} CPU per event: main thread {used['main'] / per_event:.1f} µs, "
+                  f"with helper processes {used['all'] / per_event:.1f} µs")
+    if inline_rates:
+        n = statistics.median(inline_rates)
+        print(f"  worker without helper processes: {n:>10,.0f} events/s ({n / b:.2f}x baseline)")
     if two_rates:
         t = statistics.median(two_rates)
         print(f"  2 workers, one group : {t:>10,.0f} events/s ({t / w:.2f}x one worker)")

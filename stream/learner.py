@@ -18,19 +18,18 @@ from __future__ import annotations
 import asyncio
 import copy
 import logging
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable
 
 from models.core import LearnJob
 from models.model import BaseModel
-from stream.helper import spawn_helper
+from stream.helper import Helper, HelperGone
 
 log = logging.getLogger(__name__)
 
 
 def _learn(model: BaseModel, sample: list[list[float]], refresh: bool
            ) -> tuple[BaseModel, bool]:
-    # In the helper, ``model`` is the executor's unpickled copy; inline, a deep copy.
+    # In the helper, ``model`` is the unpickled copy sent to it; inline, a deep copy.
     return model, model.learn(sample, refresh=refresh)
 
 
@@ -38,7 +37,7 @@ def _ready() -> bool:
     return True
 
 
-class Learner:
+class Learner(Helper):
     """Runs model updates in one helper process (spawned by :meth:`start`).
 
     Examples
@@ -53,49 +52,26 @@ class Learner:
     (True, 1, 0)
     """
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._pool: ProcessPoolExecutor | None = None
+    fallback = "model updates run"
 
-    @property
-    def running(self) -> bool:
-        """True while updates run in the helper."""
-        return self._pool is not None
-
-    async def start(self) -> None:
-        """Spawn the helper and wait until it has imported the models."""
-        if not self.enabled or self._pool is not None:
-            return
-        try:
-            self._pool = await spawn_helper(_ready)
-        except (OSError, BrokenProcessPool) as exc:
-            log.warning("model updates run in the worker: no helper process (%s)", exc)
+    async def start(self, ready: Callable[[], object] = _ready) -> None:
+        """Spawn the helper (it imports the models)."""
+        await super().start(ready)
 
     def submit(self, model: BaseModel, job: LearnJob) -> asyncio.Future[tuple[BaseModel, bool]]:
-        """Start ``job`` on a copy of ``model`` now (the call returns at once)."""
-        loop = asyncio.get_running_loop()
-        if self._pool is not None:
-            try:
-                return loop.run_in_executor(self._pool, _learn, model, job.sample, job.refresh)
-            except BrokenProcessPool:
-                self.close()
-        done: asyncio.Future[tuple[BaseModel, bool]] = loop.create_future()
+        """Start ``job`` on a copy of ``model`` now (the call returns at once; not running:
+        done inline)."""
+        if self.running:
+            return self.call(_learn, model, job.sample, job.refresh)
+        done: asyncio.Future[tuple[BaseModel, bool]] = asyncio.get_running_loop().create_future()
         done.set_result(_learn(copy.deepcopy(model), job.sample, job.refresh))
         return done
 
     async def result(self, running: asyncio.Future[tuple[BaseModel, bool]], model: BaseModel,
                      job: LearnJob) -> tuple[BaseModel, bool]:
-        """The outcome of ``running``; if the helper died meanwhile, ``job`` is run again
-        here on a copy of ``model`` (which has not changed since :meth:`submit`)."""
+        """The outcome of ``running``; if the helper failed or went away meanwhile, ``job``
+        is run here on a copy of ``model`` (which has not changed since :meth:`submit`)."""
         try:
             return await running
-        except BrokenProcessPool as exc:  # killed (e.g. out of memory): go on inline
-            log.warning("the model-update process died (%s); updating in the worker", exc)
-            self.close()
+        except HelperGone:
             return _learn(copy.deepcopy(model), job.sample, job.refresh)
-
-    def close(self) -> None:
-        """Stop the helper."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None

@@ -12,16 +12,13 @@ The helper imports only this module and the event parser (no NumPy, River or Fau
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import marshal
-from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from collections.abc import Callable, Sequence
 
 from models.events import Event, InvalidEvent, Traits, parse_event
 from models.records import RecordLike
-from stream.helper import spawn_helper
+from stream.helper import Helper, HelperGone
 
 log = logging.getLogger(__name__)
 
@@ -60,43 +57,22 @@ def _ready() -> bool:
     return True
 
 
-class Validator:
+class Validator(Helper):
     """Validates batches in one helper process (spawned by :meth:`start`)."""
 
-    def __init__(self, enabled: bool = True) -> None:
-        self.enabled = enabled
-        self._pool: ProcessPoolExecutor | None = None
+    fallback = "events are validated"
 
-    @property
-    def running(self) -> bool:
-        """True while batches are validated in the helper."""
-        return self._pool is not None
-
-    async def start(self) -> None:
-        """Spawn the helper and wait until it has imported the parser."""
-        if not self.enabled or self._pool is not None:
-            return
-        try:
-            self._pool = await spawn_helper(_ready)
-        except (OSError, BrokenProcessPool) as exc:
-            log.warning("events are validated in the worker: no helper process (%s)", exc)
+    async def start(self, ready: Callable[[], object] = _ready) -> None:
+        """Spawn the helper (it imports only this module and the parser)."""
+        await super().start(ready)
 
     async def validate(self, records: Sequence[RecordLike]) -> bytes | None:
         """Per record, its event or why it is invalid (:func:`decode` them); None when the
-        helper is not running (the caller validates inline)."""
-        if self._pool is None:
+        helper is not running or failed (the caller validates inline)."""
+        if not self.running:
             return None
-        items = [(r.value, r.key) for r in records]
         try:
-            blob = await asyncio.get_running_loop().run_in_executor(self._pool, validate, items)
-        except BrokenProcessPool as exc:  # killed (e.g. out of memory): go on inline
-            log.warning("the validation process died (%s); validating in the worker", exc)
-            self.close()
+            blob: bytes = await self.call(validate, [(r.value, r.key) for r in records])
+        except HelperGone:
             return None
         return blob
-
-    def close(self) -> None:
-        """Stop the helper."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool = None

@@ -80,8 +80,8 @@ class EventPipeline:
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
         self._warming: asyncio.Task[None] | None = None
-        self.validator = Validator(settings.helper_processes)
-        self.learner = Learner(settings.helper_processes)
+        self.validator = Validator(settings.parse_process)
+        self.learner = Learner(settings.learn_process)
 
     @property
     def segmenter(self) -> Segmenter:

@@ -79,9 +79,13 @@ class Settings:
     refresh_every: int = 4
     """Every this many model updates, re-cluster a sample of current customers (and choose
     the number of segments again)."""
-    helper_processes: bool = True
-    """Validate events and update the model in two helper processes, in parallel with the
-    worker's event loop (same results). ``false``: all in the worker (e.g. one-core hosts)."""
+    parse_process: bool = True
+    """Validate the next batch in a helper process while the worker applies the current one
+    (same results; ``false``: in the worker, one process less, e.g. on a one-core host)."""
+    learn_process: bool = False
+    """Experimental: run model updates in a helper process while the core goes on with the
+    events after them (same segments in one worker: unit-tested; not yet the default, see
+    BENCHMARKS.md)."""
     rescore_per_s: int = 5000
     """Customers without new events re-scored per second (reasons ``time``, ``model_update``)."""
     model_poll_s: float = 1.0

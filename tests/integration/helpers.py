@@ -61,6 +61,9 @@ class WorkerProcess:
         path = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
         return [int(p) for p in path.read_text().split()] if path.exists() else []
 
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")[-4000:]
+
 
 def running(pid: int) -> bool:
     """True while ``pid`` is a live process (not gone, not a zombie)."""
@@ -68,9 +71,6 @@ def running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except (OSError, IndexError):
         return False
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")[-4000:]
 
 
 async def produce(settings: Settings, messages: list[tuple[bytes | None, bytes | None]],

@@ -199,7 +199,7 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(
     try:
         await midway(settings, stream, producing)
         helpers = worker.children()
-        assert len(helpers) >= 2, helpers  # validation and model updates (+ multiprocessing's)
+        assert helpers  # the validation helper (and multiprocessing's resource tracker)
         worker.proc.send_signal(signal.SIGKILL)
         assert worker.proc.wait(10) == -signal.SIGKILL
         # the helpers do not outlive a worker killed outright
