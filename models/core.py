@@ -144,11 +144,7 @@ class Segmenter:
         workers) arrived since the last one; for a learner whose own partitions are quiet."""
         res = BatchResult()
         if self._since_update >= self.config.update_every and self.job is None:
-            deferred, self.defer_learning = self.defer_learning, False  # rare: inline
-            try:
-                self._flush({}, res)
-            finally:
-                self.defer_learning = deferred
+            self._flush({}, res)  # inline: rare, and nobody would start a deferred job here
         return res
 
     def parse(self, records: Sequence[RecordLike],
@@ -289,7 +285,7 @@ class Segmenter:
     def _point(self, changed: dict[str, Event], res: BatchResult) -> bool:
         """A flush point; True when :meth:`apply` must stop, for the caller to start
         :attr:`job` or to :meth:`deliver` it (then ``changed`` waits here)."""
-        if not self._flush(changed, res):
+        if not self._flush(changed, res, defer=self.defer_learning):
             self._carry = changed
             return True
         return self.job is not None and not self.job_sent
@@ -305,11 +301,11 @@ class Segmenter:
         res.erased.append(cid)
         res.counts["erase", "processed"] += 1
 
-    def _flush(self, changed: dict[str, Event], res: BatchResult) -> bool:
+    def _flush(self, changed: dict[str, Event], res: BatchResult, defer: bool = False) -> bool:
         """Assign the changed customers with the current model, then update the model when an
-        update is due; so every event is scored by the version current when it arrived,
-        whatever the batching. False (nothing done) while a deferred update's outcome is
-        still out."""
+        update is due (``defer``: leave it in :attr:`job`); so every event is scored by the
+        version current when it arrived, whatever the batching. False (nothing done) while a
+        deferred update's outcome is still out."""
         if self.job is not None:
             if self._learned is None:
                 return False
@@ -336,7 +332,7 @@ class Segmenter:
         job = LearnJob(self.learning_sample(
             self.config.refresh_sample if refresh else self.config.learn_sample),
             refresh, changed, first=not self.model.ready)
-        if self.defer_learning:
+        if defer:
             self.job = job
         else:
             self._learned_post(job, self.model.learn(job.sample, refresh=refresh), res)

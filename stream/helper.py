@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import importlib
 import logging
 import multiprocessing
 import os
@@ -54,8 +55,8 @@ def _serve(conn: Connection, parent: int) -> None:
         conn.send(reply)
 
 
-def _ready() -> bool:
-    return True
+def _import(module: str) -> None:
+    importlib.import_module(module)
 
 
 class Helper:
@@ -76,9 +77,9 @@ class Helper:
         """True while the helper process takes the work."""
         return self._conn is not None
 
-    async def start(self, ready: Callable[[], object] = _ready) -> None:
-        """Spawn the helper and wait until it has run ``ready`` (a function of the module
-        it will serve, so that its imports are done before the first real call)."""
+    async def start(self) -> None:
+        """Spawn the helper and wait until it has imported the module of this class (the
+        one whose functions it will run), so the first real call does not wait for it."""
         if not self.enabled or self._conn is not None:
             return
         ctx = multiprocessing.get_context("spawn")
@@ -95,7 +96,7 @@ class Helper:
         self._conn = ours
         asyncio.get_running_loop().add_reader(ours.fileno(), self._reply)
         try:
-            await self.call(ready)
+            await self.call(_import, type(self).__module__)
         except HelperGone as exc:
             log.warning("%s in the worker: the helper did not start (%s)", self.fallback, exc)
 

@@ -17,24 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import copy
-import logging
-from collections.abc import Callable
 
 from models.core import LearnJob
 from models.model import BaseModel
 from stream.helper import Helper, HelperGone
-
-log = logging.getLogger(__name__)
 
 
 def _learn(model: BaseModel, sample: list[list[float]], refresh: bool
            ) -> tuple[BaseModel, bool]:
     # In the helper, ``model`` is the unpickled copy sent to it; inline, a deep copy.
     return model, model.learn(sample, refresh=refresh)
-
-
-def _ready() -> bool:
-    return True
 
 
 class Learner(Helper):
@@ -53,10 +45,6 @@ class Learner(Helper):
     """
 
     fallback = "model updates run"
-
-    async def start(self, ready: Callable[[], object] = _ready) -> None:
-        """Spawn the helper (it imports the models)."""
-        await super().start(ready)
 
     def submit(self, model: BaseModel, job: LearnJob) -> asyncio.Future[tuple[BaseModel, bool]]:
         """Start ``job`` on a copy of ``model`` now (the call returns at once; not running:

@@ -12,15 +12,12 @@ The helper imports only this module and the event parser (no NumPy, River or Fau
 
 from __future__ import annotations
 
-import logging
 import marshal
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 from models.events import Event, InvalidEvent, Traits, parse_event
 from models.records import RecordLike
 from stream.helper import Helper, HelperGone
-
-log = logging.getLogger(__name__)
 
 
 def validate(items: list[tuple[bytes | None, bytes | None]]) -> bytes:
@@ -53,18 +50,10 @@ def decode(blob: bytes) -> list[Event | str]:
             for row in marshal.loads(blob)]  # noqa: S302 (bytes from our own helper)
 
 
-def _ready() -> bool:
-    return True
-
-
 class Validator(Helper):
     """Validates batches in one helper process (spawned by :meth:`start`)."""
 
     fallback = "events are validated"
-
-    async def start(self, ready: Callable[[], object] = _ready) -> None:
-        """Spawn the helper (it imports only this module and the parser)."""
-        await super().start(ready)
 
     async def validate(self, records: Sequence[RecordLike]) -> bytes | None:
         """Per record, its event or why it is invalid (:func:`decode` them); None when the
