@@ -155,7 +155,11 @@ class LagReader:
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
             max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50,
         )
-        await self._consumer.start()
+        try:
+            await self._consumer.start()
+        except BaseException:  # cut short (Ctrl-C in the demo, broker gone): leave none open
+            await self._consumer.stop()
+            raise
         for name in ("aiokafka.consumer.subscription_state", "aiokafka.consumer.group_coordinator"):
             logging.getLogger(name).addFilter(_QUIET)
 

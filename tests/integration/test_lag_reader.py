@@ -35,3 +35,22 @@ async def test_reads_repeat_right_and_fetch_nothing_in_between(
         assert chatter == []  # re-assigning on every read no longer logs tables each time
     finally:
         await reader.close()
+
+
+async def test_a_start_cut_short_leaves_no_consumer_open(settings: Settings) -> None:
+    # The demo's Ctrl-C can land while its lag read is connecting; the consumer left behind
+    # then printed "Unclosed AIOKafkaConsumer" at exit (aiokafka's check: its _closed flag).
+    cut_short = 0
+    for delay in (0.0, 0.001, 0.005, 0.02, 0.05):
+        reader = LagReader(settings.kafka, settings.group, settings.events_topic)
+        starting = asyncio.create_task(reader.start())
+        await asyncio.sleep(delay)
+        starting.cancel()
+        try:
+            await starting
+        except asyncio.CancelledError:
+            cut_short += 1
+            assert reader._consumer._closed is True
+        else:
+            await reader.close()  # it had finished starting: closed the normal way
+    assert cut_short  # at least the first one (cancelled before it ran) was cut short
