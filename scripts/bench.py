@@ -10,8 +10,9 @@ Both read the same pre-produced topic of simulated events on the embedded stack 
   ``HSET`` of the five SPEC fields + commit, in this process, nothing else.
 
 Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3] [--scale]
-[--inline]`` (``--scale`` adds two workers in one consumer group on the same topic, for 1 vs
-2 workers; ``--inline`` adds a worker without helper processes).
+[--inline] [--variant SEGMENTER_X=VALUE ...]`` (``--scale`` adds two workers in one consumer
+group on the same topic, for 1 vs 2 workers; ``--inline`` adds a worker without helper
+processes; ``--variant`` adds a worker with those settings; all side by side in every run).
 """
 
 from __future__ import annotations
@@ -184,6 +185,18 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
             stop_process(proc, 30)
 
 
+def setting(text: str) -> tuple[str, str]:
+    """``SEGMENTER_X=VALUE`` as a pair (an argparse type).
+
+    >>> setting("SEGMENTER_LEARN_PROCESS=true")
+    ('SEGMENTER_LEARN_PROCESS', 'true')
+    """
+    name, eq, value = text.partition("=")
+    if not eq or not name.startswith("SEGMENTER_"):
+        raise argparse.ArgumentTypeError(f"expected SEGMENTER_NAME=VALUE, got {text!r}")
+    return name, value
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the benchmark and print a table."""
     ap = argparse.ArgumentParser(description=__doc__)
@@ -194,6 +207,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="also run 2 workers in one group on the same topic (1 vs 2 workers)")
     ap.add_argument("--inline", action="store_true",
                     help="also run a worker without helper processes")
+    ap.add_argument("--variant", action="append", default=[], type=setting,
+                    metavar="SEGMENTER_X=VALUE",
+                    help="also run a worker with this setting (repeat for several; all in "
+                         "one variant), side by side with the others in every run")
     args = ap.parse_args(argv)
     sim = ShopSimulator(args.customers, seed=1, days=30)
     events = list(itertools.islice(sim.history(), args.events))
@@ -209,10 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                                   "SEGMENTER_EVENTS_TOPIC": f"bench-{uuid.uuid4().hex[:6]}",
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
-        w_rates, b_rates, two_rates, inline_rates = [], [], [], []
+        variant = dict(args.variant)
+        w_rates, b_rates, two_rates, inline_rates, v_rates = [], [], [], [], []
         w_stages: dict[str, float] = {}
         w_cpu: dict[str, float] = {}
         i_cpu: dict[str, float] = {}
+        v_cpu: dict[str, float] = {}
+        v_stages: dict[str, float] = {}
         b_stages: dict[str, float] = {}
         for i in range(args.runs):
             uid = uuid.uuid4().hex[:6]
@@ -231,10 +251,16 @@ def main(argv: list[str] | None = None) -> int:
                                          "SEGMENTER_PARSE_PROCESS": "false",
                                          "SEGMENTER_LEARN_PROCESS": "false"})
                 inline_rates.append(worker_run(one, total, cpu=i_cpu))
+            if variant:
+                var = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"benchv-{uid}",
+                                         "SEGMENTER_REDIS_PREFIX": f"bv{uid}:", **variant})
+                v_rates.append(worker_run(var, total, stages=v_stages, cpu=v_cpu))
             print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
                   f"ev/s ({w_rates[-1] / b_rates[-1]:.2f}x)"
                   + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else "")
-                  + (f"  no helpers {inline_rates[-1]:,.0f} ev/s" if inline_rates else ""),
+                  + (f"  no helpers {inline_rates[-1]:,.0f} ev/s" if inline_rates else "")
+                  + (f"  variant {v_rates[-1]:,.0f} ev/s ({v_rates[-1] / b_rates[-1]:.2f}x)"
+                     if v_rates else ""),
                   flush=True)
     w, b = statistics.median(w_rates), statistics.median(b_rates)
     print(f"\n{total:,} events, {args.customers:,} customers, 4 partitions, medians of "
@@ -244,16 +270,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio worker/baseline: {w / b:.2f}x")
     per_event = args.runs * total / 1e6
     print("  main-thread time per event, µs (all runs; fetch includes waiting):")
-    for name, st in (("worker", w_stages), ("baseline", b_stages)):
+    for name, st in (("worker", w_stages), ("baseline", b_stages), ("variant", v_stages)):
+        if not st:
+            continue
         print(f"    {name:<8} " + "  ".join(f"{k} {v / per_event:.1f}" for k, v in st.items())
               + f"  | total {sum(st.values()) / per_event:.1f}")
-    for name, used in (("worker", w_cpu), ("worker without helpers", i_cpu)):
+    for name, used in (("worker", w_cpu), ("worker without helpers", i_cpu),
+                       ("variant", v_cpu)):
         if used:
             print(f"  {name} CPU per event: main thread {used['main'] / per_event:.1f} µs, "
                   f"with helper processes {used['all'] / per_event:.1f} µs")
     if inline_rates:
         n = statistics.median(inline_rates)
         print(f"  worker without helper processes: {n:>10,.0f} events/s ({n / b:.2f}x baseline)")
+    if v_rates:
+        v = statistics.median(v_rates)
+        named = " ".join(f"{k}={x}" for k, x in variant.items())
+        print(f"  worker with {named}: {v:>10,.0f} events/s ({v / b:.2f}x baseline)")
     if two_rates:
         t = statistics.median(two_rates)
         print(f"  2 workers, one group : {t:>10,.0f} events/s ({t / w:.2f}x one worker)")
