@@ -47,6 +47,15 @@ def encode(events: list[dict]) -> list[tuple[bytes | None, bytes | None]]:
     return [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
 
 
+async def published_model(r: aioredis.Redis, prefix: str) -> tuple[dict, dict[str, dict]]:
+    """The published model and its profiles, read atomically (one MULTI)."""
+    async with r.pipeline(transaction=True) as pipe:
+        pipe.get(f"{prefix}model")
+        pipe.hgetall(f"{prefix}segments")
+        model, profiles = await pipe.execute()
+    return json.loads(model or b"{}"), {k.decode(): json.loads(v) for k, v in profiles.items()}
+
+
 async def hashes(r: aioredis.Redis, prefix: str, ids: list[str]) -> dict[str, dict[str, str]]:
     async with r.pipeline(transaction=False) as pipe:
         for cid in ids:
@@ -88,8 +97,9 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
             return all(d for d in (await hashes(r, prefix, sorted(sim.truth))).values())
         await wait_for(all_assigned, 20, "every customer to have a segment")
         docs = await hashes(r, prefix, sorted(sim.truth))
-        profiles = {k.decode(): json.loads(v) for k, v in
-                    (await r.hgetall(f"{prefix}segments")).items()}
+        # the learner may publish again meanwhile (the other worker's events count too):
+        # compare with a snapshot read after the hashes, together with its profiles
+        snapshot, profiles = await published_model(r, prefix)
         active = {sid for sid, p in profiles.items() if p["status"] == "active"}
         assert active == set(snapshot["ids"])
         assert {d["segment"] for d in docs.values()} <= active | set(profiles)
@@ -109,8 +119,9 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         # the learner stops: the other worker takes over from the last snapshot
         learner = workers[learners.index(1.0)]
         other = workers[1 - learners.index(1.0)]
-        before = snapshot["version"]
         assert learner.stop() == 0, learner.log()
+        snapshot, _ = await published_model(r, prefix)  # its last one
+        before = snapshot["version"]
 
         async def took_over() -> bool:
             return metric(other, "segmenter_model_learner") == 1.0
@@ -129,11 +140,14 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
             return int(await r.get(f"{prefix}model-version") or 0) > before
         await wait_for(moved_on, 30, "new model versions from the new learner")
         after = json.loads(await r.get(f"{prefix}model") or b"{}")
-        # it continued the lineage: the same personas, so the segments keep their ids (its
-        # sample holds the taken-over customers too; without that, only one id survived
-        # here). Learning goes on, so one segment may merge meanwhile; not more.
+        # It continued the lineage: the same personas, so most segments keep their ids, and
+        # new ones are numbered on (its sample holds the taken-over customers too; without
+        # that, only one id survived here). Learning goes on over the whole population now:
+        # when the first learner's share of the replay left it with 7-8 segments for these
+        # 6 personas (3 of 34 runs; 3-6 in the others), the survivor merged 2-3 of them.
         lost = set(snapshot["ids"]) - set(after["ids"])
-        assert len(lost) <= 1, (snapshot["ids"], after["ids"])
+        assert len(lost) <= len(snapshot["ids"]) // 2, (snapshot["ids"], after["ids"])
+        assert after["next_id"] >= snapshot["next_id"]
         assert after["version"] > before
     finally:
         for w in workers:
