@@ -18,6 +18,7 @@ models.events.InvalidEvent: missing field 'customer_id'
 
 from __future__ import annotations
 
+import hashlib
 import math
 from datetime import datetime
 from typing import NamedTuple
@@ -96,6 +97,21 @@ class Event(NamedTuple):
     """Free-text region."""
     traits: Traits | None = None
     """Demographics from an ``identify`` event."""
+    id_hash: int = 0
+    """:func:`event_id_hash` of ``event_id`` (set by :func:`parse_event`, which may run in
+    a helper process; 0: not computed, the consumer hashes the id itself)."""
+
+
+def event_id_hash(event_id: str) -> int:
+    """Stable 64-bit hash of an event id (kept instead of the id to bound memory; stored in
+    customer states, so it must never change).
+
+    >>> event_id_hash("e-1") == event_id_hash("e-1") != event_id_hash("e-2")
+    True
+    >>> event_id_hash("e-1")
+    11461081932386169649
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 def _str_field(obj: dict[str, object], name: str, max_len: int = 128) -> str:
@@ -239,4 +255,5 @@ def parse_event(value: bytes | None, key: bytes | None) -> Event:
         country,
         region[:64] if isinstance(region, str) and region else None,
         traits,
+        event_id_hash(event_id),
     )

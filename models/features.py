@@ -7,7 +7,7 @@ the model's numeric feature vector (:data:`FEATURES`).
 
 Examples
 --------
->>> from models.events import Event
+>>> from models.events import Event, event_id_hash
 >>> day = 86_400_000
 >>> s = CustomerState("c1")
 >>> update(s, Event("e1", "c1", "purchase", 10 * day, 20, amount=100.0), half_life_ms=7 * day)
@@ -32,7 +32,7 @@ from dataclasses import dataclass
 import numpy as np
 import orjson
 
-from models.events import Event
+from models.events import Event, event_id_hash
 
 DAY_MS = 86_400_000
 
@@ -116,15 +116,6 @@ FEATURE_SCHEMA = hashlib.sha256(
 # Imputed when a trait is unknown: population-typical values keep the unknowns near the middle.
 DEFAULT_AGE, DEFAULT_INCOME, DEFAULT_HOUSEHOLD = 40.0, 50_000.0, 2.5
 RECENCY_CAP_DAYS, TENURE_CAP_DAYS = 90.0, 180.0
-
-
-def event_id_hash(event_id: str) -> int:
-    """Stable 64-bit hash of an event id (kept instead of the id to bound memory).
-
-    >>> event_id_hash("e-1") == event_id_hash("e-1") != event_id_hash("e-2")
-    True
-    """
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
 
 
 class CustomerState:
@@ -211,7 +202,7 @@ class CustomerState:
 
 def update(state: CustomerState, event: Event, half_life_ms: float, dedup_window: int = 32) -> bool:
     """Fold ``event`` into ``state``; return False (and change nothing) for a duplicate id."""
-    h = event_id_hash(event.event_id)
+    h = event.id_hash or event_id_hash(event.event_id)
     if h in state.recent_ids:
         return False
     state.recent_ids.append(h)
