@@ -62,8 +62,15 @@ def population_sample(states: Iterable[CustomerState], n: int, now: int, half_li
                       active_ms: float, rng: random.Random) -> list[list[float]]:
     """Model-space vectors, as of ``now``, of up to ``n`` customers active within
     ``active_ms`` (the population as it is now, which is what the model should learn)."""
-    active = [s for s in states if s.last_ts >= now - active_ms]
-    if len(active) > n:
-        active = rng.sample(active, n)
+    cut = now - active_ms
+    pool = list(states)
+    active: list[CustomerState] = []
+    if len(pool) > 8 * n:  # a small sample of a big cache (most updates): draw, then filter
+        # the first n active ones of a random draw are a uniform sample of the active ones
+        active = [s for s in rng.sample(pool, 2 * n) if s.last_ts >= cut][:n]
+    if len(active) < n:
+        active = [s for s in pool if s.last_ts >= cut]
+        if len(active) > n:
+            active = rng.sample(active, n)
     rows = [vector(s, half_life_ms, now) for s in active]
     return to_model_matrix(rows).tolist() if rows else []
