@@ -82,10 +82,9 @@ class Settings:
     parse_process: bool = True
     """Validate the next batch in a helper process while the worker applies the current one
     (same results; ``false``: in the worker, one process less, e.g. on a one-core host)."""
-    learn_process: bool = False
-    """Experimental: run model updates in a helper process while the core goes on with the
-    events after them (same segments in one worker: unit-tested; not yet the default, see
-    BENCHMARKS.md)."""
+    learn_process: bool = True
+    """Run model updates in a helper process while the core goes on with the events after
+    them (same segments as inline: unit-tested; ``false``: in the worker, one process less)."""
     rescore_per_s: int = 5000
     """Customers without new events re-scored per second (reasons ``time``, ``model_update``)."""
     model_poll_s: float = 1.0
