@@ -74,8 +74,9 @@ class Metrics:
         self.busy = Counter(
             "segmenter_busy_seconds",
             "Hot-path time by stage: fetch (getmany, waiting included), parse, load (states "
-            "from Redis), features (and assignment), learn, write (Redis, dead letters, "
-            "model), flush (interval writes), commit", ["stage"], registry=r)
+            "from Redis), features (and assignment), learn, learn_wait (for the model-update "
+            "helper; the next batch is read meanwhile), write (Redis, dead letters, model), "
+            "flush (interval writes), commit", ["stage"], registry=r)
         self.rescored = Counter("segmenter_rescored_changes",
                                 "Segment changes without a new event, by reason",
                                 ["reason"], registry=r)

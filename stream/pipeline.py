@@ -248,7 +248,8 @@ class EventPipeline:
         busy = self.metrics.busy
         busy.labels("load").inc(t_loaded - started)
         busy.labels("features").inc(t_applied - t_loaded - waited - result.learn_seconds)
-        busy.labels("learn").inc(waited + result.learn_seconds)
+        busy.labels("learn").inc(result.learn_seconds)
+        busy.labels("learn_wait").inc(waited)
         busy.labels("write").inc(time.perf_counter() - t_applied)
         self._observe(result, len(changes), fenced, started)
 
