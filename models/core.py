@@ -207,6 +207,9 @@ class Segmenter:
         started (:attr:`job`; set :attr:`job_sent`), and when its result is needed, i.e. at
         the next point where customers are assigned (:meth:`deliver` it). Call again with
         ``res`` and ``start=res.resume``. The outcome is exactly that of inline updates.
+        Stopped at the batch's end (:attr:`carrying`), the batch may also end there: the
+        customers changed since the last flush wait for the update with the next batch's,
+        or until the caller settles (this method with no events, delivering when it stops).
         """
         res = res if res is not None else BatchResult()
         res.resume = None
@@ -219,7 +222,9 @@ class Segmenter:
         half_life, window, every = self.half_life_ms, cfg.dedup_window, cfg.update_every
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark = self.watermark
-        if self._carry is not None:  # the flush point this batch stopped at
+        if self.carrying and start < len(parsed):  # the update is still out: go on
+            changed, self._carry = self._carry or {}, None
+        elif self._carry is not None:  # the flush point this batch stopped at
             carried, self._carry = self._carry, None
             if self._point(carried, res):
                 res.resume = start
@@ -275,6 +280,13 @@ class Segmenter:
                 res.resume = len(parsed)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return res
+
+    @property
+    def carrying(self) -> bool:
+        """:meth:`apply` stopped at a batch's end, not at an update point, for the outcome of
+        :attr:`job` (sent): the batch may end without it (see :meth:`apply`)."""
+        return (self._carry is not None and self.job is not None and self.job_sent
+                and self._learned is None and self._since_update < self.config.update_every)
 
     def deliver(self, model: BaseModel, moved: bool) -> None:
         """The outcome of :attr:`job`: ``model`` is a copy of :attr:`model` after

@@ -23,6 +23,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.core import Assignment, BatchResult, Parsed, Segmenter
+from models.model import BaseModel
 from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
 from stream.learner import Learner
@@ -82,6 +83,7 @@ class EventPipeline:
         self._warming: asyncio.Task[None] | None = None
         self.validator = Validator(settings.parse_process)
         self.learner = Learner(settings.learn_process)
+        self._running: asyncio.Future[tuple[BaseModel, bool]] | None = None  # seg.job's
 
     @property
     def segmenter(self) -> Segmenter:
@@ -200,7 +202,14 @@ class EventPipeline:
         self.metrics.busy.labels("parse").inc(took)
         return batch, parsed
 
-    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed) -> None:
+    async def _settle(self) -> None:
+        """Take a model update still out since the last batch and assign the customers who
+        wait for it: before anything else reads or commits the segmenter's state."""
+        if self.segmenter.job is not None:
+            await self._apply_batch({}, [], settle=True)
+
+    async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed,
+                           settle: bool = False) -> None:
         started = time.perf_counter()
         assert self.producer is not None and self.consumer is not None
         owned = self.consumer.assignment()
@@ -221,11 +230,14 @@ class EventPipeline:
         while result.resume is not None:  # model updates run in the helper meanwhile
             assert seg.job is not None
             if not seg.job_sent:
-                running = self.learner.submit(seg.model, seg.job)
+                self._running = self.learner.submit(seg.model, seg.job)
                 seg.job_sent = True
+            elif seg.carrying and not settle and not (self._running and self._running.done()):
+                break  # the update goes on with the next batch (a commit settles it first)
             else:
                 waiting = time.perf_counter()
-                seg.deliver(*await self.learner.result(running, seg.model, seg.job))
+                assert self._running is not None
+                seg.deliver(*await self.learner.result(self._running, seg.model, seg.job))
                 waited += time.perf_counter() - waiting
             seg.apply(parsed, {}, now_ms, result, result.resume)
         t_applied = time.perf_counter()
@@ -255,6 +267,7 @@ class EventPipeline:
 
     async def flush_and_commit(self) -> None:
         """Write every changed state, then commit what was applied. Call under ``_lock``."""
+        await self._settle()
         started = time.perf_counter()
         writes = self.segmenter.drain()
         if writes:
@@ -298,6 +311,7 @@ class EventPipeline:
         customers without new events (time passed, or the model moved); writes what changed.
         Called on a timer, and once before consuming."""
         async with self._lock:
+            await self._settle()
             now_ms = int(time.time() * 1000)
             for res in await self._retry(self.sync.tick):
                 await self._write_rescored(res.assignments, now_ms)

@@ -76,6 +76,58 @@ def test_deferred_model_updates_give_what_inline_updates_give() -> None:
     assert deferred.model.checkpoint() == inline.model.checkpoint()
 
 
+def test_an_update_out_at_a_batch_end_goes_on_with_the_next_batch() -> None:
+    """The worker does not wait at a batch's end for an update still running in its helper:
+    the batch's last customers wait for it with the next batch's, or until a commit settles
+    it. The segments and the model are those of inline updates."""
+    recs, _ = records()
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, learner=True)
+    inline, deferred = Segmenter(cfg), Segmenter(cfg)
+    deferred.defer_learning = True
+    running = None
+    ref: dict[str, tuple[str, str]] = {}
+    out_final: dict[str, tuple[str, str]] = {}
+    carried = 0
+
+    def go(parsed: list, settle: bool) -> list:  # type: ignore[type-arg]
+        nonlocal running, carried
+        out = deferred.apply(parsed, {}, now_ms=0)
+        while out.resume is not None:
+            job = deferred.job
+            assert job is not None
+            if not deferred.job_sent:
+                running = pickle.loads(pickle.dumps(deferred.model))  # noqa: S301 (ours)
+                deferred.job_sent = True
+            elif deferred.carrying and not settle:
+                carried += 1
+                break
+            else:
+                assert running is not None
+                deferred.deliver(running, running.learn(job.sample, refresh=job.refresh))
+            deferred.apply(parsed, {}, 0, out, out.resume)
+        return out.assignments
+
+    for n, i in enumerate(range(0, len(recs), 2500)):
+        for a in go(deferred.parse(recs[i:i + 2500]), settle=False):
+            out_final[a.customer_id] = (a.segment, a.state.hex())
+        for a in inline.apply(inline.parse(recs[i:i + 2500]), {}, now_ms=0).assignments:
+            ref[a.customer_id] = (a.segment, a.state.hex())
+        if n % 3 == 2:  # a commit: settle, then write every changed state
+            for a in go([], settle=True):
+                out_final[a.customer_id] = (a.segment, a.state.hex())
+            assert deferred.job is None
+            out_final.update((a.customer_id, (a.segment, a.state.hex()))
+                             for a in deferred.drain())
+            ref.update((a.customer_id, (a.segment, a.state.hex())) for a in inline.drain())
+    for a in go([], settle=True):
+        out_final[a.customer_id] = (a.segment, a.state.hex())
+    out_final.update((a.customer_id, (a.segment, a.state.hex())) for a in deferred.drain())
+    ref.update((a.customer_id, (a.segment, a.state.hex())) for a in inline.drain())
+    assert carried >= 5  # batches did end with an update out
+    assert out_final == ref
+    assert deferred.model.checkpoint() == inline.model.checkpoint()
+
+
 def test_redelivery_and_resent_ids_change_nothing() -> None:
     recs, _ = records(200, 6)
     seg = Segmenter(CFG)
