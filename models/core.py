@@ -58,6 +58,14 @@ __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase",
 Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
 
 
+def fresh_names(model: BaseModel) -> dict[str, str]:
+    """Segment names after an update: from the centres, each segment keeping its old name
+    while that still fits (:func:`models.profiles.stable_names`)."""
+    fresh = {sid: name_segment(z) for sid, z in
+             zip(model.ids, model.centres_scaled().tolist(), strict=True)}
+    return stable_names(model.names, fresh)
+
+
 @dataclass(frozen=True, slots=True)
 class LearnJob:
     """A due model update: what ``BaseModel.learn`` is called with, and what comes after."""
@@ -70,6 +78,12 @@ class LearnJob:
     """Customers whose events made the update due (assigned once a first model exists)."""
     first: bool
     """The model was not ready yet: this update seeds it."""
+    seq: int = 0
+    """Its number (the next update's is one more)."""
+    follow: list[list[float]] | None = None
+    """The next update's sample when that one will be a refresh, taken now so it can start
+    on this update's outcome at once (:attr:`Segmenter.follow_sent`) and have a whole
+    interval to run: a refresh costs ~20× a normal update."""
 
 
 class Segmenter:
@@ -100,6 +114,10 @@ class Segmenter:
         self.job_sent = False
         """The caller has started :attr:`job` (set by the caller)."""
         self._learned: tuple[BaseModel, bool] | None = None
+        self._early: list[list[float]] | None = None  # the next update's (a refresh) sample
+        self.follow_sent = False
+        """The caller has started :attr:`job`'s ``follow`` on the job's outcome (set by the
+        caller): the next update then starts already sent."""
         self._carry: dict[str, Event] | None = None  # a flush point waiting for the model
         self._pending: set[str] = set()  # changed before the model was ready
         self._sweep: list[str] = []
@@ -111,10 +129,8 @@ class Segmenter:
         return self.model.names
 
     def _name(self) -> None:
-        fresh = {sid: name_segment(z) for sid, z in
-                 zip(self.model.ids, self.model.centres_scaled().tolist(), strict=True)}
         before = self.model.names
-        self.model.names = stable_names(before, fresh)
+        self.model.names = fresh_names(self.model)
         self._mark_renamed(before)
 
     def _mark_renamed(self, before: dict[str, str]) -> None:
@@ -131,6 +147,7 @@ class Segmenter:
         if model.version <= self.model.version:
             return None
         before, self.model = self.names, model
+        self._early, self.follow_sent = None, False  # planned on the replaced model
         self._mark_renamed(before)
         self._sweep = []  # start a fresh re-scoring pass under the new model
         res = BatchResult(model_updated=True)
@@ -336,16 +353,22 @@ class Segmenter:
         self._since_update = 0
         if not self.learner:
             self.sample_due = True
+            self._early, self.follow_sent = None, False
             return True
         started = time.perf_counter()
         self._updates += 1
-        refresh = (not self.model.ready or self._force_refresh
-                   or self._updates % self.config.refresh_every == 0)
-        job = LearnJob(self.learning_sample(
-            self.config.refresh_sample if refresh else self.config.learn_sample),
-            refresh, changed, first=not self.model.ready)
+        cfg = self.config
+        early, sent, self._early, self.follow_sent = self._early, self.follow_sent, None, False
+        refresh = (early is not None or not self.model.ready or self._force_refresh
+                   or self._updates % cfg.refresh_every == 0)
+        sample = early if early is not None else self.learning_sample(
+            cfg.refresh_sample if refresh else cfg.learn_sample)
+        if (self._updates + 1) % cfg.refresh_every == 0 and not refresh:
+            self._early = self.learning_sample(cfg.refresh_sample)
+        job = LearnJob(sample, refresh, changed, not self.model.ready, self._updates,
+                       self._early)
         if defer:
-            self.job = job
+            self.job, self.job_sent = job, sent and early is not None
         else:
             self._learned_post(job, self.model.learn(job.sample, refresh=refresh), res)
         res.learn_seconds += time.perf_counter() - started

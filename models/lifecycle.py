@@ -3,8 +3,9 @@
 When the clustering changes (a refresh, a new number of segments, a density re-cluster), the
 new centres are matched to the old ones by the customers they share on a sample: pairs that
 share the most customers keep the id, as long as at least half of the smaller of the two is
-shared; then an old segment whose customers mostly went, together, to a centre still
-unclaimed continues there. What is left over is a lifecycle event:
+shared, and the old segment is a real part (a fifth or more) of the new one; then an old
+segment whose customers mostly went, together, to a centre still unclaimed continues there.
+What is left over is a lifecycle event:
 
 - ``born``: a new segment (a new id) that did not come out of one surviving segment;
 - ``split``: a new segment carved out of a segment that survives (``from``);
@@ -37,7 +38,11 @@ from models.clustering import sq_distances
 
 SAME_SEGMENT = 0.5
 """Two centres can be the same segment when they share at least this share of the smaller
-one's customers on the sample."""
+one's customers on the sample..."""
+MIN_PART = 0.2
+"""...and the old segment's customers are at least this share of the new centre's: a segment
+dwindling to a handful of customers must not lend its id (and meaning) to a big group made
+of another segment's customers, which is a split of that segment."""
 
 
 def match_ids(
@@ -66,7 +71,8 @@ def match_ids(
         o, n = divmod(int(flat), len(new))
         if overlap[o, n] == 0:
             break
-        if contained[o, n] >= SAME_SEGMENT and o not in taken and new_ids[n] is None:
+        if (contained[o, n] >= SAME_SEGMENT and overlap[o, n] >= MIN_PART * size_n[n]
+                and o not in taken and new_ids[n] is None):
             new_ids[n] = old_ids[o]
             taken.add(o)
     # An old segment whose customers mostly moved, together, to a centre nobody claimed
@@ -75,7 +81,8 @@ def match_ids(
         o, n = divmod(int(flat), len(new))
         if overlap[o, n] == 0:
             break
-        if o not in taken and new_ids[n] is None and overlap[o, n] >= 0.5 * size_o[o]:
+        if (o not in taken and new_ids[n] is None and overlap[o, n] >= 0.5 * size_o[o]
+                and overlap[o, n] >= MIN_PART * size_n[n]):
             new_ids[n] = old_ids[o]
             taken.add(o)
     for n in range(len(new)):  # empty on both sides: match by distance

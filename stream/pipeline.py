@@ -23,7 +23,6 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListen
 from aiokafka.errors import CommitFailedError, KafkaError
 
 from models.core import Assignment, BatchResult, Parsed, Segmenter
-from models.model import BaseModel
 from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
 from stream.learner import Learner
@@ -83,7 +82,6 @@ class EventPipeline:
         self._warming: asyncio.Task[None] | None = None
         self.validator = Validator(settings.parse_process)
         self.learner = Learner(settings.learn_process)
-        self._running: asyncio.Future[tuple[BaseModel, bool]] | None = None  # seg.job's
 
     @property
     def segmenter(self) -> Segmenter:
@@ -224,22 +222,7 @@ class EventPipeline:
                                                      seg.missing(parsed)))
         t_loaded = time.perf_counter()
         now_ms = int(time.time() * 1000)
-        seg.defer_learning = self.learner.running
-        result = seg.apply(parsed, loaded, now_ms)
-        waited = 0.0
-        while result.resume is not None:  # model updates run in the helper meanwhile
-            assert seg.job is not None
-            if not seg.job_sent:
-                self._running = self.learner.submit(seg.model, seg.job)
-                seg.job_sent = True
-            elif seg.carrying and not settle and not (self._running and self._running.done()):
-                break  # the update goes on with the next batch (a commit settles it first)
-            else:
-                waiting = time.perf_counter()
-                assert self._running is not None
-                seg.deliver(*await self.learner.result(self._running, seg.model, seg.job))
-                waited += time.perf_counter() - waiting
-            seg.apply(parsed, {}, now_ms, result, result.resume)
+        result, waited = await self.learner.apply(seg, parsed, loaded, now_ms, settle)
         t_applied = time.perf_counter()
         if result.dead:
             await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
