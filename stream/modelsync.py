@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import orjson
@@ -49,6 +50,30 @@ for i = 4 + 2 * n + 1, #ARGV do
 end
 return 1
 """
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A model version as published: the checkpoint and what its profiles are built from."""
+
+    version: int
+    """The model version."""
+    checkpoint: str
+    """:meth:`models.model.BaseModel.checkpoint`, as JSON."""
+    ids: list[str]
+    """Segment ids, in the centres' order."""
+    centres: list[list[float]]
+    """Centres in the scaled space."""
+    units: list[list[float]]
+    """Centres in feature units."""
+    names: dict[str, str]
+    """Segment names by id."""
+    criterion: dict[str, Any]
+    """How the number of segments was chosen."""
+    lifecycle: list[dict[str, Any]]
+    """Lifecycle messages of the update (``at`` is set when sent)."""
+    lifecycle_centres: dict[str, tuple[list[float], list[float]]]
+    """Centres of the segments those messages name (:attr:`BatchResult.centres`)."""
 
 
 class ModelSync:
@@ -144,23 +169,35 @@ class ModelSync:
             seg.add_remote(worker, entry["population"], entry["rows"],
                            max(0, entry["events"] - seen))
 
+    def snapshot(self, res: BatchResult) -> Snapshot:
+        """What :meth:`send` stores for the model as it is now (``res``: the batch that
+        moved it), taken at once: the model goes on changing while it is sent."""
+        model = self.seg.model
+        return Snapshot(model.version, json.dumps(model.checkpoint()), list(model.ids),
+                        model.centres_scaled().tolist(), model.centres_model_space().tolist(),
+                        dict(self.seg.names), dict(model.criterion), res.lifecycle,
+                        res.centres)
+
     async def publish(self, res: BatchResult) -> bool:
+        """:meth:`send` the model as it is now."""
+        return await self.send(self.snapshot(res))
+
+    async def send(self, snap: Snapshot) -> bool:
         """Store the learner's new version with profiles and lifecycle messages, atomically;
         False when a newer version was there already."""
-        seg, now_ms = self.seg, int(time.time() * 1000)
-        model = seg.model
+        now_ms = int(time.time() * 1000)
         sizes = await self.store.sizes()
-        for e in res.lifecycle:
+        for e in snap.lifecycle:
             e["at"] = now_ms
         self.profiles = build_profiles(
-            model.ids, model.centres_scaled().tolist(), model.centres_model_space().tolist(),
-            seg.names, sizes, self.profiles or await self.store.profiles(), model.version,
-            now_ms, model.criterion, res.lifecycle, res.centres)
-        args: list[Any] = [model.version, json.dumps(model.checkpoint()),
-                           self.store.maxlen, len(self.profiles)]
+            snap.ids, snap.centres, snap.units, snap.names, sizes,
+            self.profiles or await self.store.profiles(), snap.version, now_ms,
+            snap.criterion, snap.lifecycle, snap.lifecycle_centres)
+        args: list[Any] = [snap.version, snap.checkpoint, self.store.maxlen,
+                           len(self.profiles)]
         for sid, p in self.profiles.items():
             args += [sid, json.dumps(p)]
-        args += [orjson.dumps(e) for e in res.lifecycle]
+        args += [orjson.dumps(e) for e in snap.lifecycle]
         keys = self.keys
         try:
             ok = await self.store.r.eval(_PUBLISH, 4, keys.model, keys.model_version,
@@ -168,10 +205,10 @@ class ModelSync:
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
         if ok:
-            for e in res.lifecycle:
+            for e in snap.lifecycle:
                 self.metrics.lifecycle.labels(e["event"]).inc()
                 log.info("segment %s %s (model version %d)", e["segment"], e["event"],
-                         model.version)
+                         snap.version)
         self.observe_model()
         return bool(ok)
 

@@ -27,7 +27,7 @@ from stream.errors import RetriableError
 from stream.kafka_io import send_dead_letters
 from stream.learner import Learner
 from stream.metrics import Metrics
-from stream.modelsync import ModelSync
+from stream.modelsync import ModelSync, Snapshot
 from stream.parsing import Validator, decode
 from stream.redis_io import RedisStore
 from stream.settings import Settings
@@ -79,6 +79,7 @@ class EventPipeline:
         self._uncommitted: dict[TopicPartition, int] = {}
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
         self._lock = asyncio.Lock()
+        self._writing: asyncio.Task[None] | None = None  # the last batch's Redis work
         self._warming: asyncio.Task[None] | None = None
         self.validator = Validator(settings.parse_process)
         self.learner = Learner(settings.learn_process)
@@ -224,33 +225,51 @@ class EventPipeline:
         now_ms = int(time.time() * 1000)
         result, waited = await self.learner.apply(seg, parsed, loaded, now_ms, settle)
         t_applied = time.perf_counter()
-        if result.dead:
-            await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
         self.sync.events_seen += len(result.event_ts)
-        if result.model_updated and seg.learner:
-            await self._retry(functools.partial(self.sync.publish, result))
-        if result.erased:
-            await self._retry(functools.partial(self.store.erase, result.erased, now_ms,
-                                                seg.model.version))
-        # Change messages reach the Redis stream atomically with each write; the relay
-        # (stream.relay) forwards them to Kafka.
-        changes, fenced = await self._retry(functools.partial(
-            self.store.write, result.assignments, now_ms))
-        if not self._uncommitted:
-            self.uncommitted_since = time.time()
-        for tp, msgs in batch.items():
-            self._uncommitted[tp] = msgs[-1].offset + 1
+        snap = self.sync.snapshot(result) if result.model_updated and seg.learner else None
+        offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
+        # This batch's Redis work runs while the next batch is applied; one at a time, in
+        # order (a customer's writes stay ordered), and a commit waits for it.
+        await self._written()
+        self._writing = asyncio.create_task(self._write_batch(
+            result, snap, offsets, now_ms, seg.model.version, started))
         busy = self.metrics.busy
         busy.labels("load").inc(t_loaded - started)
         busy.labels("features").inc(t_applied - t_loaded - waited - result.learn_seconds)
         busy.labels("learn").inc(result.learn_seconds)
         busy.labels("learn_wait").inc(waited)
         busy.labels("write").inc(time.perf_counter() - t_applied)
+
+    async def _written(self) -> None:
+        """Wait for the last batch's Redis work (its error, if any, is raised here)."""
+        if self._writing is not None:
+            writing, self._writing = self._writing, None
+            await writing
+
+    async def _write_batch(self, result: BatchResult, snap: Snapshot | None,
+                           offsets: dict[TopicPartition, int], now_ms: int, version: int,
+                           started: float) -> None:
+        assert self.producer is not None
+        if result.dead:
+            await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
+        if snap is not None:
+            await self._retry(functools.partial(self.sync.send, snap))
+        if result.erased:
+            await self._retry(functools.partial(self.store.erase, result.erased, now_ms,
+                                                version))
+        # Change messages reach the Redis stream atomically with each write; the relay
+        # (stream.relay) forwards them to Kafka.
+        changes, fenced = await self._retry(functools.partial(
+            self.store.write, result.assignments, now_ms))
+        if not self._uncommitted:
+            self.uncommitted_since = time.time()
+        self._uncommitted.update(offsets)
         self._observe(result, len(changes), fenced, started)
 
     async def flush_and_commit(self) -> None:
         """Write every changed state, then commit what was applied. Call under ``_lock``."""
         await self._settle()
+        await self._written()
         started = time.perf_counter()
         writes = self.segmenter.drain()
         if writes:
@@ -295,6 +314,7 @@ class EventPipeline:
         Called on a timer, and once before consuming."""
         async with self._lock:
             await self._settle()
+            await self._written()
             now_ms = int(time.time() * 1000)
             for res in await self._retry(self.sync.tick):
                 await self._write_rescored(res.assignments, now_ms)
