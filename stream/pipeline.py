@@ -77,7 +77,7 @@ class EventPipeline:
                               settings.segmenter_config().refresh_sample)
         self._drifts = 0
         self._uncommitted: dict[TopicPartition, int] = {}
-        self.uncommitted_since = 0.0  # when the oldest uncommitted batch was applied
+        self.uncommitted_since = 0.0  # when the oldest uncommitted batch was written
         self._lock = asyncio.Lock()
         self._writing: asyncio.Task[None] | None = None  # the last batch's Redis work
         self._warming: asyncio.Task[None] | None = None
@@ -202,10 +202,12 @@ class EventPipeline:
         return batch, parsed
 
     async def _settle(self) -> None:
-        """Take a model update still out since the last batch and assign the customers who
-        wait for it: before anything else reads or commits the segmenter's state."""
+        """Take a model update still out since the last batch, assign the customers who wait
+        for it, and wait for the batches' Redis work: before anything else reads, writes or
+        commits the segmenter's state."""
         if self.segmenter.job is not None:
             await self._apply_batch({}, [], settle=True)
+        await self._written()
 
     async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed,
                            settle: bool = False) -> None:
@@ -269,7 +271,6 @@ class EventPipeline:
     async def flush_and_commit(self) -> None:
         """Write every changed state, then commit what was applied. Call under ``_lock``."""
         await self._settle()
-        await self._written()
         started = time.perf_counter()
         writes = self.segmenter.drain()
         if writes:
@@ -314,7 +315,6 @@ class EventPipeline:
         Called on a timer, and once before consuming."""
         async with self._lock:
             await self._settle()
-            await self._written()
             now_ms = int(time.time() * 1000)
             for res in await self._retry(self.sync.tick):
                 await self._write_rescored(res.assignments, now_ms)
