@@ -3,10 +3,10 @@
 A model update (sampling aside) is NumPy k-means over a couple of thousand customers: tens of
 milliseconds every few thousand events, a fifth of a busy worker's time when run inline.
 With :attr:`models.core.Segmenter.defer_learning`, the core hands each due update out as a
-:class:`models.core.LearnJob`; :class:`Learner` starts ``model.learn`` on a pickled copy of
+:class:`models.learning.LearnJob`; :class:`Learner` starts ``model.learn`` on a pickled copy of
 the model in one spawned process, and the core goes on updating features until it must
 assign customers again, which is where it takes the learned copy
-(:meth:`models.core.Segmenter.deliver`). The computation and the point where its outcome is
+(:meth:`models.learning.Learning.deliver`). The computation and the point where its outcome is
 used are those of an inline update, so segments are the same.
 
 Pickles only cross between this process and its own child (same code, same River), never
@@ -20,8 +20,9 @@ import copy
 import time
 
 from models.config import BatchResult
-from models.core import LearnJob, Parsed, Segmenter, fresh_names
+from models.core import Parsed, Segmenter
 from models.features import CustomerState
+from models.learning import LearnJob, fresh_names
 from models.model import BaseModel
 from stream.helper import Helper, HelperGone
 

@@ -7,7 +7,7 @@ re-delivers, and re-delivered events are dropped by offset and event id.
 
 The next batch is read and validated (in a helper process: :mod:`stream.parsing`) while the
 current one is applied, and model updates run in another (:mod:`stream.learner`) while the
-core goes on with the events after them.
+core goes on with the events after them. Writing and committing are :mod:`stream.writes`.
 """
 
 from __future__ import annotations
@@ -20,17 +20,16 @@ import time
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import KafkaError
 
-from models.core import Assignment, BatchResult, Parsed, Segmenter
-from stream.errors import RetriableError
-from stream.kafka_io import send_dead_letters
+from models.core import Parsed, Segmenter
 from stream.learner import Learner
 from stream.metrics import Metrics
-from stream.modelsync import ModelSync, Snapshot
+from stream.modelsync import ModelSync
 from stream.parsing import Validator, decode
 from stream.redis_io import RedisStore
 from stream.settings import Settings
+from stream.writes import Writes
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +54,7 @@ class _Rebalance(ConsumerRebalanceListener):
         self.pipeline.warm({tp.partition for tp in assigned})
 
 
-class EventPipeline:
+class EventPipeline(Writes):
     """Consumes the events topic in batches and keeps segments in Redis current."""
 
     def __init__(self, settings: Settings, store: RedisStore, metrics: Metrics) -> None:
@@ -83,11 +82,6 @@ class EventPipeline:
         self._warming: asyncio.Task[None] | None = None
         self.validator = Validator(settings.parse_process)
         self.learner = Learner(settings.learn_process)
-
-    @property
-    def segmenter(self) -> Segmenter:
-        """The pure core (owned by :attr:`sync`, which may replace its model)."""
-        return self.sync.seg
 
     async def start(self, producer: AIOKafkaProducer) -> None:
         """Restore the model, connect to Kafka; ``producer`` (started, owned by the caller)
@@ -242,73 +236,6 @@ class EventPipeline:
         busy.labels("learn_wait").inc(waited)
         busy.labels("write").inc(time.perf_counter() - t_applied)
 
-    async def _written(self) -> None:
-        """Wait for the last batch's Redis work (its error, if any, is raised here)."""
-        if self._writing is not None:
-            writing, self._writing = self._writing, None
-            await writing
-
-    async def _write_batch(self, result: BatchResult, snap: Snapshot | None,
-                           offsets: dict[TopicPartition, int], now_ms: int, version: int,
-                           started: float) -> None:
-        assert self.producer is not None
-        if result.dead:
-            await send_dead_letters(self.producer, self.settings.dlq_topic, result.dead)
-        if snap is not None:
-            await self._retry(functools.partial(self.sync.send, snap))
-        if result.erased:
-            await self._retry(functools.partial(self.store.erase, result.erased, now_ms,
-                                                version))
-        # Change messages reach the Redis stream atomically with each write; the relay
-        # (stream.relay) forwards them to Kafka.
-        changes, fenced = await self._retry(functools.partial(
-            self.store.write, result.assignments, now_ms))
-        if not self._uncommitted:
-            self.uncommitted_since = time.time()
-        self._uncommitted.update(offsets)
-        self._observe(result, len(changes), fenced, started)
-
-    async def flush_and_commit(self) -> None:
-        """Write every changed state, then commit what was applied. Call under ``_lock``."""
-        await self._settle()
-        started = time.perf_counter()
-        writes = self.segmenter.drain()
-        if writes:
-            _, fenced = await self._retry(functools.partial(
-                self.store.write, writes, int(time.time() * 1000), refresh=True))
-            self.metrics.fenced.inc(fenced)
-        flushed = time.perf_counter()
-        self.metrics.busy.labels("flush").inc(flushed - started)
-        if self._uncommitted and await self._commit(dict(self._uncommitted)):
-            self._uncommitted.clear()
-            self.uncommitted_since = 0.0
-        self.metrics.busy.labels("commit").inc(time.perf_counter() - flushed)
-
-    def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
-        m = self.metrics
-        for (etype, outcome), n in result.counts.items():
-            m.events.labels(etype, outcome).inc(n)
-        now = time.time()
-        # an evenly spaced sample bounds the cost per batch (the batch's first events waited
-        # longest: a sample of its last ones would flatter the percentiles)
-        for ts in result.event_ts[::max(1, len(result.event_ts) // 200)]:
-            age = max(0.0, now - ts / 1000)
-            m.freshness.observe(age)
-            if self.freshness_sink is not None:
-                self.freshness_sink.append(age)
-        self.dead_lettered += len(result.dead)
-        m.changes.inc(changes)
-        m.fenced.inc(fenced)
-        drift = self.segmenter.drift
-        if drift.detections > self._drifts:
-            m.drift.inc(drift.detections - self._drifts)
-            self._drifts = drift.detections
-            log.warning("drift: customers moved away from the segment centres (ADWIN); "
-                        "refreshing the model and re-scoring")
-        self.sync.observe_model()
-        m.batch_seconds.observe(time.perf_counter() - started)
-        self.processed += sum(result.counts.values())
-
     async def maintain(self, rescore: int) -> None:
         """Keep the shared model in sync (:class:`ModelSync`), then re-score up to ``rescore``
         customers without new events (time passed, or the model moved); writes what changed.
@@ -319,16 +246,6 @@ class EventPipeline:
             for res in await self._retry(self.sync.tick):
                 await self._write_rescored(res.assignments, now_ms)
             await self._write_rescored(self.segmenter.rescore(rescore), now_ms)
-
-    async def _write_rescored(self, writes: list[Assignment], now_ms: int) -> None:
-        if not writes:
-            return
-        changes, fenced = await self._retry(functools.partial(self.store.write, writes,
-                                                              now_ms))
-        self.metrics.changes.inc(len(changes))
-        self.metrics.fenced.inc(fenced)
-        for a in writes:
-            self.metrics.rescored.labels(a.reason).inc()
 
     def warm(self, partitions: set[int]) -> None:
         """Read the states of these (newly assigned) partitions from Redis in the background
@@ -357,44 +274,9 @@ class EventPipeline:
             if self._warming is asyncio.current_task():  # not replaced by a newer rebalance
                 seg.warming = False
 
-    async def _retry(self, call: Any) -> Any:
-        """Wait out Redis outages with capped exponential back-off; never skip a batch."""
-        delay = 0.2
-        while True:
-            try:
-                result = await call()
-                if self.problem and self.problem.startswith("Redis"):
-                    self.problem = None
-                return result
-            except RetriableError as exc:
-                self.problem = str(exc)
-                self.metrics.redis_errors.inc()
-                log.warning("%s; retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-
     def assigned(self) -> int:
         """Partitions assigned to this worker now."""
         return len(self.consumer.assignment()) if self.consumer is not None else 0
-
-    async def _commit(self, offsets: dict[TopicPartition, int]) -> bool:
-        assert self.consumer is not None
-        try:
-            await self.consumer.commit(offsets)
-            self.last_commit = time.time()
-            self.metrics.commits.inc()
-            self.metrics.last_commit.set(self.last_commit)
-            return True
-        except CommitFailedError as exc:
-            # Partitions moved during the batch: the new owner re-reads from the last commit
-            # and the offset fence in Redis makes the repeat harmless.
-            log.warning("commit failed (%s); the batch will be re-delivered and deduplicated",
-                        exc)
-            return True
-        except KafkaError as exc:  # broker unreachable: keep the offsets, commit later
-            self.problem = f"Kafka: commit failed: {exc}"
-            log.warning("commit failed (%s); will retry", exc)
-            return False
 
     async def refresh_sizes(self) -> dict[str, int]:
         """Read segment sizes from Redis into the gauge and the profiles."""
