@@ -72,6 +72,7 @@ STATE_SCHEMA = 2
 """Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers)."""
 _COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
 _BIG_ENDIAN = sys.byteorder == "big"  # the packed ids are little-endian everywhere
+_ID = struct.Struct("=Q")  # one recent id as CustomerState.recent_ids holds it in memory
 
 
 @dataclass(frozen=True, slots=True)
@@ -203,11 +204,19 @@ class CustomerState:
 def update(state: CustomerState, event: Event, half_life_ms: float, dedup_window: int = 32) -> bool:
     """Fold ``event`` into ``state``; return False (and change nothing) for a duplicate id."""
     h = event.id_hash or event_id_hash(event.event_id)
-    if h in state.recent_ids:
-        return False
-    state.recent_ids.append(h)
-    if len(state.recent_ids) > dedup_window:
-        del state.recent_ids[: len(state.recent_ids) - dedup_window]
+    ids = state.recent_ids
+    if ids:
+        # ``h in ids`` boxes every element as a Python int: searching the raw bytes is ~2x
+        # faster (a match must start on an element boundary)
+        raw, packed = ids.tobytes(), _ID.pack(h)
+        at = raw.find(packed)
+        while at > 0 and at & 7:
+            at = raw.find(packed, at + 1)
+        if at >= 0:
+            return False
+    ids.append(h)
+    if len(ids) > dedup_window:
+        del ids[: len(ids) - dedup_window]
 
     c = state.counters
     t = event.ts_ms
@@ -215,7 +224,7 @@ def update(state: CustomerState, event: Event, half_life_ms: float, dedup_window
         state.first_ts = t
     if t >= state.last_ts:
         factor = 2.0 ** (-(t - state.last_ts) / half_life_ms) if state.last_ts else 1.0
-        if factor != 1.0:
+        if factor != 1.0:  # in place: new lists per event cost more (measured)
             for i in range(N_COUNTERS):
                 c[i] *= factor
             for k in state.categories:

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import pytest
 
@@ -57,6 +58,21 @@ def test_dedup_window_is_bounded() -> None:
     for i in range(100):
         update(s, e(i, "page_view", 1), HL, dedup_window=8)
     assert len(s.recent_ids) == 8
+
+
+def test_dedup_matches_whole_ids_only() -> None:
+    # The id search runs over the ids' raw bytes: an id whose bytes straddle two stored ids
+    # is new, the stored ones are duplicates.
+    s = CustomerState("c")
+    first, second = 0x1111111122222222, 0x3333333344444444
+    straddle = int.from_bytes((first.to_bytes(8, sys.byteorder) + second.to_bytes(
+        8, sys.byteorder))[4:12], sys.byteorder)
+    for i, h in enumerate((first, second)):
+        assert update(s, e(i, "page_view", 1)._replace(id_hash=h), HL)
+    assert update(s, e(5, "page_view", 1)._replace(id_hash=straddle), HL)
+    assert not update(s, e(6, "page_view", 2)._replace(id_hash=second), HL)
+    assert not update(s, e(7, "page_view", 2)._replace(id_hash=first), HL)
+    assert list(s.recent_ids) == [first, second, straddle]
 
 
 def test_vector_units_and_defaults() -> None:
