@@ -202,12 +202,16 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     """Run one worker until SIGINT/SIGTERM."""
     # The hot path allocates many short-lived objects and keeps many long-lived ones (the
     # state cache); default GC thresholds rescan them far too often (~15% of CPU measured).
-    # So young collections run less often and the start-up heap is never rescanned; full
-    # collections keep CPython's amortised rule (gen2 threshold 10): with a larger one,
-    # cyclic garbage (exceptions with their frames, asyncio callbacks) piled up for hours.
+    # The start-up heap is never rescanned. A young collection runs when tracked objects
+    # grew by more than the batches in flight hold (~5 per record, two or three batches):
+    # at 50,000 it ran every ~20k events and rescanned a live batch for nothing (27 ms each,
+    # ~1 us per event, nothing collected; BENCHMARKS.md). Cycles are still freed: the
+    # one-a-minute full collection (release_memory) takes them. Full collections otherwise
+    # keep CPython's amortised rule (gen2 threshold 10): with a larger one, cyclic garbage
+    # (exceptions with their frames, asyncio callbacks) piled up for hours.
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 50, 10)
+    gc.set_threshold(max(500_000, 25 * settings.batch_max), 50, 10)
     native_memory.tune()
     app = create_app(settings)
     worker = faust.Worker(app, loglevel=loglevel, quiet=True)
