@@ -5,14 +5,15 @@ and assignment (pure core) -> dead letters to Kafka -> atomic per-customer Redis
 change messages to Kafka -> commit. Nothing is committed before Redis has it, so a crash
 re-delivers, and re-delivered events are dropped by offset and event id.
 
-The next batch is read and validated (in a helper process: :mod:`stream.parsing`) while the
-current one is applied, and model updates run in another (:mod:`stream.learner`) while the
-core goes on with the events after them. Writing and committing are :mod:`stream.writes`.
+The next two batches are read and validated (in a helper process: :mod:`stream.parsing`)
+while the current one is applied, and model updates run in another (:mod:`stream.learner`)
+while the core goes on with the events after them. Writing and committing are :mod:`stream.writes`.
 """
 
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import functools
 import logging
@@ -35,6 +36,7 @@ log = logging.getLogger(__name__)
 
 Fetched = tuple[dict[TopicPartition, list[Any]], Parsed]
 _PARSE_STEP = 2000  # records validated inline between yields to the batch being applied
+_AHEAD = 2  # batches read and validated ahead of the one being applied
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -78,6 +80,7 @@ class EventPipeline(Writes):
         self._uncommitted: dict[TopicPartition, int] = {}
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was written
         self._lock = asyncio.Lock()
+        self._reading = asyncio.Lock()  # one getmany and validation at a time (_fetch)
         self._writing: asyncio.Task[None] | None = None  # the last batch's Redis work
         self._warming: asyncio.Task[None] | None = None
         self.validator = Validator(settings.parse_process)
@@ -134,22 +137,22 @@ class EventPipeline(Writes):
         assert self.consumer is not None
         interval = self.settings.commit_interval_s
         next_flush = time.monotonic() + interval
-        ahead: asyncio.Task[Fetched] | None = None
+        ahead: collections.deque[asyncio.Task[Fetched]] = collections.deque()
         try:
             while not self._stopping.is_set():
-                if ahead is None:
-                    ahead = asyncio.create_task(self._fetch())
+                # Read and validate the next batches while this one is applied: parsing then
+                # fills the waits for Redis (and the commit) instead of adding to them, and
+                # with two ahead the validation helper goes on to the second as soon as it is
+                # done with the first, instead of waiting for this loop to ask.
+                while len(ahead) < _AHEAD:
+                    ahead.append(asyncio.create_task(self._fetch()))
                 try:
-                    batch, parsed = await ahead
+                    batch, parsed = await ahead.popleft()
                 except KafkaError as exc:
-                    ahead = None
                     self.problem = f"Kafka: {exc}"
                     log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(1)
                     continue
-                # Read and validate the next batch while this one is applied: parsing then
-                # fills the waits for Redis (and the commit) instead of adding to them.
-                ahead = asyncio.create_task(self._fetch())
                 if batch:
                     self._idle.clear()  # set again only when the loop has drained and exited
                     async with self._lock:
@@ -161,24 +164,30 @@ class EventPipeline(Writes):
                         await self.flush_and_commit()
                     next_flush = time.monotonic() + interval
         finally:
-            if ahead is not None:  # read but not applied: re-read after the last commit
-                ahead.cancel()
+            for task in ahead:  # read but not applied: re-read after the last commit
+                task.cancel()
+            for task in ahead:
                 with contextlib.suppress(asyncio.CancelledError, KafkaError):
-                    await ahead
+                    await task
             async with self._lock:
                 await self.flush_and_commit()
             self._idle.set()
 
     async def _fetch(self) -> Fetched:
-        """The next batch, read and validated; runs while the previous one is applied."""
+        """The next batch, read and validated; runs while earlier ones are applied."""
         assert self.consumer is not None
-        fetching = time.perf_counter()
-        batch = await self.consumer.getmany(timeout_ms=200, max_records=self.settings.batch_max)
-        busy = time.perf_counter() - fetching
-        self.metrics.busy.labels("fetch").inc(busy)
-        self.last_poll = time.time()
-        records = [m for msgs in batch.values() for m in msgs]
-        blob = await self.validator.validate(records) if records else None
+        # One read and validation at a time, in the order asked: batches stay in offset
+        # order, and a batch goes to the helper only once it is done with the one before (a
+        # send to a busy helper would block this thread until it reads).
+        async with self._reading:
+            fetching = time.perf_counter()
+            batch = await self.consumer.getmany(timeout_ms=200,
+                                                max_records=self.settings.batch_max)
+            busy = time.perf_counter() - fetching
+            self.metrics.busy.labels("fetch").inc(busy)
+            self.last_poll = time.time()
+            records = [m for msgs in batch.values() for m in msgs]
+            blob = await self.validator.validate(records) if records else None
         if blob is not None:  # validated in the helper while this loop applied a batch
             started = time.perf_counter()
             parsed = self.segmenter.parse(records, decode(blob))
