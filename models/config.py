@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from models.density import DensityModel
-from models.model import BaseModel, SegmentModel
+from models.kmeans import SegmentModel
+from models.model import BaseModel
 from models.records import Assignment, DeadLetter
 
 __all__ = ["BatchResult", "SegmenterConfig", "make_model"]

@@ -7,7 +7,7 @@ rescore` feeds them the customers of its re-scoring pass, and the learner's samp
 Examples
 --------
 >>> import numpy as np
->>> from models.model import SegmentModel
+>>> from models.kmeans import SegmentModel
 >>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
 >>> m.ids, m._centres, m.version = ["s0", "s1"], np.array([[0.0] * 18, [4.0] * 18]), 1
 >>> then = np.array([[0.1] * 18, [3.9] * 18, [2.1] * 18])  # as of the last event

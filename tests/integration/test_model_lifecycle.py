@@ -196,7 +196,7 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
 
 async def test_a_mismatched_snapshot_is_refused(settings: Settings, tmp_path: Path,
                                                 r: aioredis.Redis) -> None:
-    from models.model import SegmentModel
+    from models.kmeans import SegmentModel
 
     cp = SegmentModel().checkpoint()
     await r.set(f"{settings.redis_prefix}model", json.dumps({**cp, "river_version": "0.0.1"}))

@@ -7,7 +7,8 @@ import pytest
 
 from models.core import Record, Segmenter, SegmenterConfig
 from models.evaluation import adjusted_rand_index
-from models.model import CheckpointMismatch, SegmentModel, from_checkpoint
+from models.kmeans import SegmentModel
+from models.model import CheckpointMismatch, from_checkpoint
 from models.simulator import ShopSimulator
 
 CFG = SegmenterConfig(warmup=300, update_every=1000)

@@ -1,0 +1,121 @@
+"""The default model: River's ``StandardScaler`` + River ``KMeans``, the number of segments
+chosen by the Davies–Bouldin index, behind :class:`models.model.BaseModel`.
+
+Each update steps River's KMeans towards a spaced part of the sample; a refresh re-clusters
+the sample (:mod:`models.clustering`): warm Lloyd rounds from the current centres, the same
+plus one centre, and k-means++ restarts for every count, taken only when clearly better.
+
+Examples
+--------
+>>> rng = np.random.default_rng(1)
+>>> blobs = np.concatenate([rng.normal(m, 0.1, size=(100, len(FEATURE_NAMES)))
+...                         for m in (0.0, 4.0, 8.0)])
+>>> m = SegmentModel(min_segments=2, max_segments=5, warmup=300)
+>>> m.learn(blobs.tolist()), m.n_segments, m.criterion["name"]
+(True, 3, 'davies_bouldin')
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+from typing import Any
+
+import numpy as np
+from river import cluster
+
+from models.clustering import choose_k, kmeans_pp_next, solve
+from models.features import FEATURE_NAMES
+from models.model import BaseModel
+
+__all__ = ["SegmentModel"]
+
+
+class SegmentModel(BaseModel):
+    """Scaler + River KMeans; the number of segments chosen by the Davies–Bouldin index.
+
+    Parameters
+    ----------
+    min_segments, max_segments
+        Bounds for the number of segments.
+    step
+        River KMeans ``halflife``: the step size towards each learned point.
+    warmup
+        Distinct vectors gathered before seeding; no assignment happens before.
+    learn_sample
+        Most vectors learned (``learn_one``) per update (evenly spaced, so deterministic).
+    n_init
+        k-means++ starts per candidate count when seeding (a refresh takes two per count).
+    hysteresis
+        Relative improvement a refresh's restarts need before the model moves to them.
+    """
+
+    algorithm = "kmeans"
+
+    def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
+                 learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
+                 step: float = 0.02, n_init: int = 3, hysteresis: float = 0.05) -> None:
+        super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
+        self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
+
+    def params(self) -> dict[str, Any]:
+        return {**super().params(), "step": self.step, "n_init": self.n_init,
+                "hysteresis": self.hysteresis}
+
+    def _seed(self, data: np.ndarray) -> bool:
+        z = self.scale(data)
+        sol, scan = choose_k(z, self.min_segments, self.max_segments, self.n_init, self._rng)
+        self._relabel(sol.centres, z)
+        self._criterion(sol.score, scan)
+        return True
+
+    def _update(self, data: np.ndarray, refresh: bool) -> bool:
+        if refresh:
+            self._rescale(data)
+            self._refresh(self.scale(data))
+        # River's online step over an evenly spaced part of the sample.
+        km = cluster.KMeans(n_clusters=len(self.ids), halflife=self.step, seed=self.seed)
+        gauss = functools.partial(km._rng.gauss, km.mu, km.sigma)
+        for k, row in enumerate(self._centres.tolist()):
+            km.centers[k] = collections.defaultdict(gauss, zip(FEATURE_NAMES, row, strict=True))
+        for row in self._spaced(data).tolist():
+            x = dict(zip(FEATURE_NAMES, row, strict=True))
+            self.scaler.learn_one(x)
+            km.learn_one(self.scaler.transform_one(x))
+        self._centres = np.array([[km.centers[k][n] for n in FEATURE_NAMES]
+                                  for k in range(len(self.ids))])
+        return True
+
+    def _refresh(self, z: np.ndarray) -> None:
+        # Identity-keeping candidates first: the current centres after Lloyd rounds, and the
+        # same plus one centre (a segment splitting off, or a new group showing up).
+        warm, _ = solve(z, self._centres, rounds=10)
+        chosen = warm
+        if warm.k < self.max_segments:
+            grown = min((solve(z, np.vstack([warm.centres, kmeans_pp_next(z, warm.centres,
+                                                                           self._rng)]))[0]
+                         for _ in range(self.n_init)), key=lambda s: s.inertia)
+            if grown.k > warm.k and grown.score < warm.score * (1 - self.hysteresis):
+                chosen = grown
+        # Restarts for every count: taken only when clearly better than both.
+        # Two starts per count here (the seeding takes n_init): refreshes recur, so a lucky
+        # start is taken later, and each start costs the learner's hot path ~1 ms.
+        cand, scan = choose_k(z, self.min_segments, self.max_segments, 2, self._rng)
+        if cand.k != chosen.k:
+            better = cand.score < chosen.score * (1 - self.hysteresis)
+        else:
+            better = cand.inertia < chosen.inertia * (1 - self.hysteresis / 5)
+        if better:
+            chosen = cand
+        share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
+        small = share < self.min_share
+        if small.any() and chosen.k - int(small.sum()) >= self.min_segments:
+            chosen, _ = solve(z, chosen.centres[~small], rounds=10)
+        self._relabel(chosen.centres, z)
+        scan[chosen.k] = round(chosen.score, 4)
+        self._criterion(chosen.score, scan)
+
+    def _criterion(self, value: float, scan: dict[int, float]) -> None:
+        self.criterion = {"name": "davies_bouldin", "value": round(value, 4),
+                          "segments": len(self.ids),
+                          "by_count": {str(k): v for k, v in sorted(scan.items())}}
