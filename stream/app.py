@@ -206,7 +206,7 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
     # grew by more than the batches in flight hold (~5 per record, two or three batches):
     # at 50,000 it ran every ~20k events and rescanned a live batch for nothing (27 ms each,
     # ~1 us per event, nothing collected; BENCHMARKS.md). Cycles are still freed: the
-    # one-a-minute full collection (release_memory) takes them. Full collections otherwise
+    # once-a-minute full collection (release_memory) takes them. Full collections otherwise
     # keep CPython's amortised rule (gen2 threshold 10): with a larger one, cyclic garbage
     # (exceptions with their frames, asyncio callbacks) piled up for hours.
     gc.collect()
