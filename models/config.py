@@ -44,7 +44,7 @@ class SegmenterConfig:
     """Random seed."""
     cache_size: int = 200_000
     """Customer states kept in memory (the rest is re-read from Redis)."""
-    learner: bool = True
+    trains: bool = True
     """This core updates the model; False: it assigns with snapshots it is given."""
     active_days: float = 90.0
     """Customers active within this many event-time days form the population the model
@@ -77,8 +77,6 @@ class BatchResult:
     """Customers to erase from Redis before the assignments are written."""
     lifecycle: list[dict[str, Any]] = field(default_factory=list)
     """Segments born, split, merged or retired by this batch's model updates."""
-    resume: int | None = None
-    """Where :meth:`Segmenter.apply` stopped for a deferred model update (None: done)."""
     learn_seconds: float = 0.0
     """Time spent updating the model (sampling, learning, naming), for the stage metric."""
     centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)

@@ -1,11 +1,20 @@
-"""The pure, synchronous heart of the pipeline: a batch of raw Kafka records in,
-dead letters, counts and per-customer assignments out. No I/O happens here.
+"""The pure, synchronous heart of the pipeline: a batch of raw Kafka records in, dead
+letters, counts and per-customer assignments out. No I/O happens here.
 
-The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.parse` tells
-which customers' states must be loaded; :meth:`Segmenter.apply` updates features, learns,
-assigns, and returns the new segments to write at once; :meth:`Segmenter.drain` returns the
-other changed states, written once per commit interval; :meth:`Segmenter.rescore` re-scores
-customers without new events as event time advances or the model changes.
+:class:`Segmenter` composes one object per job, in the order of the data path:
+
+1. validate: :func:`models.records.parse_records` (rules in :mod:`models.events`);
+2. features: :func:`models.features.update` on the :class:`~models.cache.CustomerCache`;
+3. assign: :class:`~models.assignment.Assigner`;
+4. learn: :class:`~models.learning.UpdateSchedule` plans a :class:`~models.learning.LearnJob`
+   whenever an update is due, and takes back a :class:`~models.learning.Learned` model.
+
+The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.missing` names the
+states to read from Redis; :meth:`Segmenter.apply` runs a batch with model updates inline
+(``stream.updates`` drives the same steps with updates in a helper process: :meth:`consume`,
+:meth:`assign_changed`, :meth:`plan_update`, :meth:`take`); :meth:`drain` returns the other
+changed states, written once per commit interval; :meth:`rescore` re-scores customers without
+new events as event time advances or the model changes.
 
 Examples
 --------
@@ -18,7 +27,7 @@ Examples
 >>> parsed = seg.parse(recs)
 >>> sorted(seg.missing(parsed))
 ['c0', 'c1', 'c2', 'c3']
->>> out = seg.apply(parsed, {}, now_ms=1767225700000)
+>>> out = seg.apply(parsed, {})
 >>> len(out.dead), out.dead[0].reason[:22], out.model_updated
 (1, 'value is not valid UTF', True)
 >>> final = {a.customer_id: a.segment for a in out.assignments + seg.drain()}
@@ -28,131 +37,118 @@ Examples
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from itertools import islice
 
+from models.assignment import Assigner
+from models.cache import CustomerCache
 from models.config import BatchResult, SegmenterConfig, make_model
 from models.drift import DriftMonitor
-from models.events import KNOWN_TYPES, Event, InvalidEvent, parse_event
-from models.features import CustomerState, to_model_matrix, update, vector
-from models.learning import Learning
+from models.events import KNOWN_TYPES, Event
+from models.features import DAY_MS, CustomerState, update
+from models.learning import Learned, LearnJob, UpdateSchedule, fresh_names, learn
 from models.model import BaseModel
-from models.profiles import customer_reason
 from models.records import (
     CONTROL_HEADER,
     Assignment,
     DeadLetter,
     Erase,
+    Parsed,
     Record,
     RecordLike,
+    parse_records,
 )
-from models.rescoring import moves
 
-__all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Record",
-           "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
-
-
-Parsed = list[tuple[RecordLike, Event | DeadLetter | Erase]]
+__all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
+           "Record", "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
 
 
-class Segmenter(Learning):
-    """Features, learning and assignment over batches; holds an LRU cache of states.
+class Segmenter:
+    """Features, assignment and the model's update schedule over batches of records.
 
-    The model and its update schedule are :class:`models.learning.Learning`'s."""
+    Parameters
+    ----------
+    config
+        Tuning (mirrors the ``SEGMENTER_*`` settings).
+    model
+        The model to start from (e.g. the latest snapshot); a new one by default.
+    """
 
     def __init__(self, config: SegmenterConfig, model: BaseModel | None = None) -> None:
-        super().__init__(config, model)
-        self.drift = DriftMonitor()
+        self.config = config
+        self.model = model or make_model(config)
+        self.half_life_ms = config.half_life_days * DAY_MS
+        self.cache = CustomerCache(config.cache_size)
+        self.assigner = Assigner(self.cache, self.half_life_ms)
+        self.schedule = UpdateSchedule(config)
+        self.changed: dict[str, Event] = {}
+        """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""
 
+    # -- views of the parts, for callers that only read ---------------------------------------
+    @property
+    def states(self) -> dict[str, CustomerState]:
+        """Cached customer states by id."""
+        return self.cache.states
+
+    @property
+    def watermark(self) -> int:
+        """The latest event time seen: "now" for time-based features."""
+        return self.cache.watermark
+
+    @property
+    def drift(self) -> DriftMonitor:
+        """Drift detection over event assignments."""
+        return self.assigner.drift
+
+    # -- validate -------------------------------------------------------------------------------
     def parse(self, records: Sequence[RecordLike],
               validated: Sequence[Event | str] | None = None) -> Parsed:
-        """Validate every record; or take ``validated``, what :func:`parse_event` gave for
-        each record elsewhere (e.g. in a helper process): its event, or why it is invalid."""
-        out: Parsed = []
-        for i, r in enumerate(records):
-            if r.value is None and r.key and (CONTROL_HEADER, b"erase") in (r.headers or ()):
-                out.append((r, Erase(r.key.decode("utf-8", "replace"))))
-                continue
-            if validated is not None:
-                ev = validated[i]
-                out.append((r, DeadLetter(r, ev) if isinstance(ev, str) else ev))
-                continue
-            try:
-                out.append((r, parse_event(r.value, r.key)))
-            except InvalidEvent as exc:
-                out.append((r, DeadLetter(r, str(exc))))
-        return out
+        """:func:`models.records.parse_records` (``validated``: done in a helper process)."""
+        return parse_records(records, validated)
 
     def missing(self, parsed: Parsed) -> set[str]:
         """Customer ids whose state is not cached (the caller loads them from Redis)."""
-        return {
-            e.customer_id for _, e in parsed
-            if type(e) is Event and e.customer_id not in self.states
-        }
+        states = self.cache.states
+        return {e.customer_id for _, e in parsed
+                if type(e) is Event and e.customer_id not in states}
 
-    def forget_partitions(self, partitions: set[int]) -> None:
-        """Drop cached states of revoked partitions (another worker may change them)."""
-        for cid in [c for c, s in self.states.items() if s.partition in partitions]:
-            del self.states[cid]
-            self._pending.discard(cid)
-            self.dirty.pop(cid, None)
-
-    def warm(self, states: list[CustomerState]) -> int:
-        """Cache states read from Redis for newly assigned partitions (a start, a restart,
-        a failover), so that re-scoring and the learner's sample cover customers who send no
-        new event. A cached state is newer and wins; the cache bound is kept (warmed states
-        are the first evicted). Returns how many were added; they are re-scored next.
-        """
-        added = []
-        for st in states:
-            if len(self.states) >= self.config.cache_size:
-                break
-            if st.customer_id not in self.states:
-                self.states[st.customer_id] = st
-                self.states.move_to_end(st.customer_id, last=False)
-                self.watermark = max(self.watermark, st.last_ts)
-                added.append(st.customer_id)
-        self._sweep.extend(c for c in added if self.states[c].segment)
-        return len(added)
-
-    def apply(self, parsed: Parsed, loaded: dict[str, CustomerState], now_ms: int,
-              res: BatchResult | None = None, start: int = 0) -> BatchResult:
-        """Apply a parsed batch; ``loaded`` holds states read for :meth:`missing` ids.
-
-        With :attr:`defer_learning`, model updates run elsewhere while events go on: the
-        batch stops (``res.resume`` is where to go on from) when a due update is ready to be
-        started (:attr:`job`; set :attr:`job_sent`), and when its result is needed, i.e. at
-        the next point where customers are assigned (:meth:`deliver` it). Call again with
-        ``res`` and ``start=res.resume``. The outcome is exactly that of inline updates.
-        Stopped at the batch's end (:attr:`carrying`), the batch may also end there: the
-        customers changed since the last flush wait for the update with the next batch's,
-        or until the caller settles (this method with no events, delivering when it stops).
-        """
+    # -- one batch ------------------------------------------------------------------------------
+    def apply(self, parsed: Parsed, loaded: dict[str, CustomerState],
+              res: BatchResult | None = None) -> BatchResult:
+        """Apply a parsed batch with model updates inline; ``loaded`` holds the states read
+        for :meth:`missing` ids. An empty batch runs an update that is due (e.g. from other
+        workers' events)."""
         res = res if res is not None else BatchResult()
-        res.resume = None
-        for cid, known in loaded.items():
-            self.states.setdefault(cid, known)
-            self.watermark = max(self.watermark, known.last_ts)
-        changed: dict[str, Event] = {}
-        cfg = self.config
-        states, counts, event_ts = self.states, res.counts, res.event_ts
-        half_life, window, every = self.half_life_ms, cfg.dedup_window, cfg.update_every
-        processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
-        watermark = self.watermark
-        if self.carrying and start < len(parsed):  # the update is still out: go on
-            changed, self._carry = self._carry or {}, None
-        elif self._carry is not None:  # the flush point this batch stopped at
-            carried, self._carry = self._carry, None
-            if self._point(carried, res):
-                res.resume = start
+        self.cache.load(loaded)
+        done = 0
+        while True:
+            done = self.consume(parsed, done, res)
+            job = self.plan_update(self.assign_changed(res))
+            if job is not None:
+                started = time.perf_counter()
+                self.take(job, learn(self.model, job), res)
+                res.learn_seconds += time.perf_counter() - started
+            if done >= len(parsed):
                 return res
+
+    def consume(self, parsed: Parsed, start: int, res: BatchResult) -> int:
+        """Fold events from ``start`` into customer features until an update is due or the
+        batch ends; returns where it stopped. The customers changed wait in
+        :attr:`changed` for :meth:`assign_changed`."""
+        cache, counts, event_ts = self.cache, res.counts, res.event_ts
+        states, changed, schedule = cache.states, self.changed, self.schedule
+        half_life, window = self.half_life_ms, self.config.dedup_window
+        processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
+        watermark, applied, stop = cache.watermark, 0, len(parsed)
+        left = schedule.left()
         for i, (rec, ev) in enumerate(islice(parsed, start, None), start):
             if type(ev) is not Event:
                 if isinstance(ev, DeadLetter):
                     res.dead.append(ev)
                     counts["invalid", "dead_lettered"] += 1
                 elif isinstance(ev, Erase):
-                    self._erase(ev.customer_id, changed, res)
+                    self._erase(ev.customer_id, res)
                 continue
             label = ev.type
             if label not in processed:
@@ -183,131 +179,114 @@ class Segmenter(Learning):
             if ts > watermark:
                 watermark = ts
             changed[cid] = ev
-            self._since_update += 1
-            if self._since_update >= every:
-                self.watermark = watermark  # a model update samples customers as of now
-                stop = self._point(changed, res)
-                changed = {}
-                if stop:
-                    res.resume = i + 1
-                    break
-        else:
-            self.watermark = watermark
-            if self._point(changed, res):
-                res.resume = len(parsed)
+            applied += 1
+            if applied >= left:
+                stop = i + 1
+                break
+        cache.watermark = watermark
+        schedule.count(applied)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
-        return res
+        return stop
 
-    def _point(self, changed: dict[str, Event], res: BatchResult) -> bool:
-        """A flush point; True when :meth:`apply` must stop, for the caller to start
-        :attr:`job` or to :meth:`deliver` it (then ``changed`` waits here)."""
-        if not self._flush(changed, res, defer=self.defer_learning):
-            self._carry = changed
-            return True
-        return self.job is not None and not self.job_sent
+    def assign_changed(self, res: BatchResult) -> dict[str, Event]:
+        """Assign the customers in :attr:`changed` with the current model (or, before there
+        is one, keep them for the first); returns them."""
+        changed, self.changed = self.changed, {}
+        if not changed:
+            return changed
+        if self.model.ready:
+            if self.assigner.assign(self.model, list(changed), changed, res):
+                self.schedule.force_refresh = True
+        else:
+            self.cache.pending.update(changed)
+            self.cache.dirty.update(dict.fromkeys(changed))
+        return changed
 
-    def _erase(self, cid: str, changed: dict[str, Event], res: BatchResult) -> None:
+    def plan_update(self, assigned: dict[str, Event]) -> LearnJob | None:
+        """The model update due now, if any; ``assigned``: what :meth:`assign_changed` just
+        assigned (a first model assigns those as changed by their event)."""
+        if not self.schedule.due:
+            return None
+        return self.schedule.plan(self.cache, self.model, assigned)
+
+    def take(self, job: LearnJob, learned: Learned, res: BatchResult) -> None:
+        """Adopt the outcome of ``job``: the learned model, its names and lifecycle events;
+        a first model assigns everyone who waited for it."""
+        self.model = learned.model
+        self.schedule.took(learned)
+        if not learned.moved:
+            return
+        res.model_updated = True
+        self._rename(fresh_names(self.model))
+        self.assigner.restart_pass()
+        model = self.model
+        scaled, units = model.centres_scaled(), model.centres_model_space()
+        for e in model.take_lifecycle():
+            res.lifecycle.append({**e, "name": model.names.get(e["segment"], "")})
+            if e["segment"] in model.ids:
+                i = model.ids.index(e["segment"])
+                res.centres[e["segment"]] = (scaled[i].tolist(), units[i].tolist())
+        if job.first:
+            self._assign_pending(job.changed, res)
+
+    def _erase(self, cid: str, res: BatchResult) -> None:
         """Forget a customer: what came before the erasure is never written."""
-        self.states.pop(cid, None)
-        self.dirty.pop(cid, None)
-        self._pending.discard(cid)
-        changed.pop(cid, None)
+        self.cache.forget(cid)
+        self.changed.pop(cid, None)
         if any(a.customer_id == cid for a in res.assignments):
             res.assignments = [a for a in res.assignments if a.customer_id != cid]
         res.erased.append(cid)
         res.counts["erase", "processed"] += 1
 
-    def _assign(self, ids: list[str], changed: dict[str, Event], res: BatchResult) -> None:
-        """Score customers; a new segment is written at once, the rest at the next drain."""
-        if not ids:
-            return
-        rows = [vector(self.states[c], self.half_life_ms) for c in ids]
-        z = self.model.scale(to_model_matrix(rows))
-        # The nearest segment, without stickiness: an event's outcome must depend only on the
-        # customer's features and the model, not on how events were batched (stickiness
-        # would make it depend on which intermediate segments a batching passed through).
-        labels, conf, dist = self.model.assign_with_distance(z)
-        if self.drift.observe(dist):
-            self._force_refresh = True
-            self._sweep = []
-        centres = self.model.centres_scaled()
-        seg_ids = self.model.ids
-        version = self.model.version
-        dirty, states = self.dirty, self.states
-        for i, (cid, label, confidence) in enumerate(zip(ids, labels.tolist(),
-                                                         conf.round(4).tolist(), strict=True)):
-            st = states[cid]
-            ev = changed.get(cid)
-            if ev is not None:
-                st.last_event_id = ev.event_id
-            segment = seg_ids[label]
-            st.confidence = confidence
-            st.model_version = version
-            if segment != st.segment:
-                st.segment = segment
-                why = customer_reason(z[i].tolist(), centres[label].tolist())
-                res.assignments.append(self._assignment(
-                    st, "event" if ev is not None else "model_update", why))
-                dirty.pop(cid, None)
-            else:
-                dirty[cid] = None
+    def _assign_pending(self, changed: dict[str, Event], res: BatchResult) -> None:
+        pending = sorted(c for c in self.cache.pending if c in self.cache.states)
+        self.cache.pending.clear()
+        if pending and self.assigner.assign(self.model, pending, changed, res):
+            self.schedule.force_refresh = True
+
+    def _rename(self, names: dict[str, str]) -> None:
+        """Give the model ``names``; customers of a renamed segment get the new name at the
+        next drain."""
+        before, self.model.names = self.model.names, names
+        self.cache.mark_segments_dirty(
+            {sid for sid, n in names.items() if before.get(sid, n) != n})
+
+    # -- between batches ------------------------------------------------------------------------
+    def adopt(self, model: BaseModel) -> BatchResult | None:
+        """Assign with ``model`` (a snapshot from the training worker) from now on; None if
+        it is not newer. Customers who waited for a first model are assigned now; the others
+        are re-scored by :meth:`rescore`, rate-limited."""
+        if model.version <= self.model.version:
+            return None
+        before, self.model = self.model.names, model
+        self.schedule.replaced()
+        self.cache.mark_segments_dirty(
+            {sid for sid, n in model.names.items() if before.get(sid, n) != n})
+        self.assigner.restart_pass()
+        res = BatchResult(model_updated=True)
+        self._assign_pending({}, res)
+        return res
+
+    def warm(self, states: list[CustomerState]) -> int:
+        """Cache states read from Redis for newly assigned partitions; they are re-scored
+        next. Returns how many were added."""
+        added = self.cache.warm(states)
+        self.assigner.sweep.extend(c for c in added if self.cache.states[c].segment)
+        return len(added)
+
+    def forget_partitions(self, partitions: set[int]) -> None:
+        """Drop cached states of revoked partitions (another worker may change them)."""
+        self.cache.forget_partitions(partitions)
+        for cid in [c for c, e in self.changed.items() if c not in self.cache.states]:
+            del self.changed[cid]
 
     def rescore(self, budget: int) -> list[Assignment]:
-        """Re-score up to ``budget`` cached customers as of the watermark, round-robin;
-        the moves (reason ``model_update`` or ``time``) are :func:`models.rescoring.moves`."""
-        if not self.model.ready or budget <= 0:
-            return []
-        if not self._sweep:
-            self._sweep = [c for c, s in self.states.items() if s.segment]
-        batch, self._sweep = self._sweep[-budget:], self._sweep[:-budget]
-        sts = [self.states[c] for c in batch if c in self.states and c not in self.dirty]
-        if not sts:
-            return []
-        hl, model = self.half_life_ms, self.model
-        then = model.scale(to_model_matrix([vector(s, hl) for s in sts]))
-        z = model.scale(to_model_matrix([vector(s, hl, self.watermark) for s in sts]))
-        centres, out = model.centres_scaled(), []
-        for i, label, reason, conf in moves(model, then, z, [s.segment for s in sts]):
-            st = sts[i]
-            st.segment, st.confidence = model.ids[label], conf
-            st.model_version = model.version
-            why = customer_reason(z[i].tolist(), centres[label].tolist())
-            out.append(self._assignment(st, reason, why))
-        return out
+        """Re-score up to ``budget`` customers without new events (:meth:`Assigner.rescore`)."""
+        return self.assigner.rescore(self.model, budget)
 
     def drain(self) -> list[Assignment]:
         """Full writes for every customer changed since the last drain (their segment did
-        not change, or it was written already); then shrink the cache to its bound.
-
-        The caller writes these, then commits: states reach Redis once per commit interval
-        however many events a customer sends in between.
-        """
-        states = self.states
-        out = [self._assignment(states[cid], "event", "") for cid in self.dirty]
-        self.dirty.clear()
-        self._evict()
-        return out
-
-    def _assignment(self, st: CustomerState, reason: str, why: str) -> Assignment:
-        return Assignment(
-            customer_id=st.customer_id,
-            segment=st.segment,
-            segment_name=self.names.get(st.segment, "") if st.segment else "",
-            confidence=st.confidence,
-            model_version=st.model_version,
-            event_id=st.last_event_id if reason == "event" else "",
-            event_ts=st.last_ts,
-            reason=reason,
-            why=why,
-            partition=st.partition,
-            offset=st.offset,
-            state=st.to_bytes(),
-        )
-
-    def _evict(self) -> None:
-        """Forget the least recently active customers beyond the bound (all are in Redis)."""
-        excess = len(self.states) - self.config.cache_size
-        for _ in range(max(0, excess)):
-            cid, _ = self.states.popitem(last=False)
-            self._pending.discard(cid)
-
+        not change, or it was written already); then shrink the cache to its bound. The
+        caller writes these, then commits."""
+        model = self.model
+        return [Assigner.assignment(model, st, "event", "") for st in self.cache.drain()]

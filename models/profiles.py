@@ -104,13 +104,13 @@ def stable_names(old: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
     return dict(zip(fresh, unique_names(out), strict=True))
 
 
-def customer_reason(z: list[float], centre: list[float], most: int = 3) -> str:
+def customer_explanation(z: list[float], centre: list[float], most: int = 3) -> str:
     """The customer's own traits, among those that set the segment apart, strongest first.
 
     >>> from models.features import FEATURE_NAMES
     >>> z = [0.0] * len(FEATURE_NAMES); c = [0.0] * len(FEATURE_NAMES)
     >>> z[FEATURE_NAMES.index("orders")], c[FEATURE_NAMES.index("orders")] = 2.5, 1.5
-    >>> customer_reason(z, c)
+    >>> customer_explanation(z, c)
     'frequent buyers'
     """
     scored = []

@@ -1,11 +1,14 @@
 """What the pure core takes in and gives out: consumed records, control messages, dead
-letters and per-customer assignments (plain, immutable values)."""
+letters and per-customer assignments (plain, immutable values); and the first step of the
+data path, :func:`parse_records`, which sorts a batch of records into them."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import NamedTuple, Protocol
+
+from models.events import Event, InvalidEvent, parse_event
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,7 +88,7 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     """Event time of the last applied event, epoch ms."""
     reason: str
     """``event``, ``model_update`` or ``time``."""
-    why: str
+    explanation: str
     """The customer's own traits that put them in the segment (set when the segment changes)."""
     partition: int
     """Partition of the last applied event (fencing)."""
@@ -93,3 +96,33 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     """Offset of the last applied event (fencing)."""
     state: bytes
     """Serialized :class:`CustomerState`."""
+
+
+Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase"]]
+"""A batch of records, each with its event, why it is invalid, or its control message."""
+
+
+def parse_records(records: Sequence[RecordLike],
+                  validated: Sequence[Event | str] | None = None) -> Parsed:
+    """Validate every record (:func:`models.events.parse_event`); or take ``validated``, what
+    it gave for each record elsewhere (e.g. in a helper process): its event, or why it is
+    invalid. Erasure control messages become :class:`Erase`.
+
+    >>> parsed = parse_records([Record("events", 0, 7, b"c1", b"{}")])
+    >>> parsed[0][1].reason
+    "missing field 'event_id'"
+    """
+    out: Parsed = []
+    for i, r in enumerate(records):
+        if r.value is None and r.key and (CONTROL_HEADER, b"erase") in (r.headers or ()):
+            out.append((r, Erase(r.key.decode("utf-8", "replace"))))
+            continue
+        if validated is not None:
+            ev = validated[i]
+            out.append((r, DeadLetter(r, ev) if isinstance(ev, str) else ev))
+            continue
+        try:
+            out.append((r, parse_event(r.value, r.key)))
+        except InvalidEvent as exc:
+            out.append((r, DeadLetter(r, str(exc))))
+    return out

@@ -21,13 +21,13 @@ from stream.settings import Settings
 
 
 def rate(recs: list[Record], learn: bool, batch: int) -> float:
-    cfg = dataclasses.replace(Settings().segmenter_config(), learner=True)
+    cfg = dataclasses.replace(Settings().segmenter_config(), trains=True)
     if not learn:
         cfg = dataclasses.replace(cfg, update_every=10**12)
     seg = Segmenter(cfg)
     started = time.perf_counter()
     for i in range(0, len(recs), batch):
-        seg.apply(seg.parse(recs[i:i + batch]), {}, now_ms=0)
+        seg.apply(seg.parse(recs[i:i + batch]), {})
         seg.drain()
     return len(recs) / (time.perf_counter() - started)
 

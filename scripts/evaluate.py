@@ -65,7 +65,7 @@ def run_online(events: list[dict[str, Any]], cfg: SegmenterConfig, batch: int = 
         was_ready = seg.model.ready
         touched = {r.key.decode() for r in recs[i:i + batch] if r.key}
         started = time.perf_counter()
-        out = seg.apply(seg.parse(recs[i:i + batch]), {}, now_ms=0)
+        out = seg.apply(seg.parse(recs[i:i + batch]), {})
         seg.drain()
         elapsed += time.perf_counter() - started
         lifecycle += out.lifecycle

@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     seg = Segmenter(SegmenterConfig())
     recs = [Record("events", 0, i, e["customer_id"].encode(), orjson.dumps(e))
             for i, e in enumerate(itertools.islice(sim.history(), 20_000))]
-    seg.apply(seg.parse(recs), {}, now_ms=0)
+    seg.apply(seg.parse(recs), {})
     blobs = [st.to_bytes() for st in seg.states.values()]
     del sim, seg, recs
     gc.collect()

@@ -40,11 +40,11 @@ def realistic_assignments(sample: int) -> list[Assignment]:
         # the latest write per customer, with the latest "why" (drain writes carry none)
         for a in writes:
             prior = final.get(a.customer_id)
-            final[a.customer_id] = a if a.why or prior is None else \
-                a._replace(why=prior.why)
+            final[a.customer_id] = a if a.explanation or prior is None else \
+                a._replace(explanation=prior.explanation)
 
     for i in range(0, len(recs), 20_000):
-        keep(seg.apply(seg.parse(recs[i:i + 20_000]), {}, now_ms=0).assignments)
+        keep(seg.apply(seg.parse(recs[i:i + 20_000]), {}).assignments)
         keep(seg.drain())
     keep(seg.rescore(10**9))
     return [a for a in final.values() if a.segment]

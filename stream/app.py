@@ -14,86 +14,12 @@ from typing import Any
 
 import faust
 from aiohttp_cors import ResourceOptions
-from aiokafka import AIOKafkaProducer
 
 from stream import native_memory, web
-from stream.dashboard import Dashboard
-from stream.kafka_io import LagReader, ensure_topics, make_producer
-from stream.metrics import Metrics
-from stream.pipeline import EventPipeline
-from stream.redis_io import RedisStore, connect
-from stream.relay import ChangeRelay
+from stream.runtime import Runtime
 from stream.settings import Settings
 
 log = logging.getLogger(__name__)
-
-
-class Runtime:
-    """Everything a worker holds; clients bind to the running loop, so :meth:`start` makes
-    them inside it (routes answer 503 until then)."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.settings = settings
-        self.metrics = Metrics()
-        self.redis = connect(settings.redis_url)
-        self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
-        self.pipeline = EventPipeline(settings, self.store, self.metrics)
-        self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
-        self.producer: AIOKafkaProducer
-        self.relay: ChangeRelay | None = None
-        self.lifecycle_relay: ChangeRelay | None = None
-        self.dashboard = Dashboard()
-        self.pipeline.freshness_sink = self.dashboard.freshness
-        self.started = False
-        self.started_at = 0.0
-        self.kafka_problem: str | None = None  # set when the broker stops answering
-
-    async def start(self) -> None:
-        """Topics, producer, pipeline, lag reader, relay."""
-        await ensure_topics(self.settings)
-        self.producer = make_producer(self.settings)
-        await self.producer.start()
-        await self.pipeline.start(self.producer)
-        await self.lag_reader.start()
-        keys, prefix = self.store.keys, self.settings.redis_prefix
-        self.relay = ChangeRelay(self.redis, self.producer, keys.changes,
-                                 self.settings.changes_topic, f"{prefix}relay-leader")
-        self.lifecycle_relay = ChangeRelay(
-            self.redis, self.producer, keys.lifecycle, self.settings.lifecycle_topic,
-            f"{prefix}relay-leader:lifecycle", key_field="segment", field=b"lifecycle")
-        self.started_at = time.time()
-        self.started = True
-
-    async def stop(self) -> None:
-        """Drain and close, in reverse order."""
-        for relay in (self.relay, self.lifecycle_relay):
-            if relay is not None:
-                relay.stop()
-        await self.pipeline.stop()
-        if self.started:
-            await self.lag_reader.close()
-            await self.producer.stop()
-        await self.redis.aclose()
-
-    def health_problems(self) -> list[str]:
-        """Why this worker is not healthy (empty when it is)."""
-        p = self.pipeline
-        if not self.started:
-            return ["starting"]
-        out = []
-        now = time.time()
-        if now - p.last_poll > 15:
-            out.append("not consuming: no poll for 15 s")
-        if p.assigned() == 0 and now - self.started_at > 3 * self.settings.session_timeout_s:
-            out.append("no partitions assigned (more workers than partitions, or no group)")
-        if p.uncommitted_since and now - p.uncommitted_since > max(
-                30.0, 10 * self.settings.commit_interval_s) and now - p.last_commit > 30:
-            out.append("commits stalled: nothing committed for 30 s while events wait")
-        if p.problem:
-            out.append(p.problem)
-        if self.kafka_problem:
-            out.append(self.kafka_problem)
-        return out
 
 
 def create_app(settings: Settings) -> faust.App:
@@ -119,8 +45,7 @@ def create_app(settings: Settings) -> faust.App:
     @app.task
     async def run_pipeline() -> None:
         await rt.start()
-        assert rt.relay is not None and rt.lifecycle_relay is not None
-        relays = [asyncio.ensure_future(r.run()) for r in (rt.relay, rt.lifecycle_relay)]
+        relays = [asyncio.ensure_future(r.run()) for r in rt.relays]
         log.info("segmenter worker consuming %r as group %r", settings.events_topic,
                  settings.group)
         try:
@@ -131,13 +56,13 @@ def create_app(settings: Settings) -> faust.App:
             log.critical("pipeline failed, stopping the worker: %r", exc)
             await app.crash(exc)
         finally:
-            for relay in (rt.relay, rt.lifecycle_relay):
+            for relay in rt.relays:
                 relay.stop()
             await asyncio.gather(*relays)
 
     @app.timer(interval=settings.model_poll_s)
     async def maintain_model() -> None:
-        if not rt.started or rt.pipeline._stopping.is_set():
+        if not rt.started or rt.stopping:
             return
         try:
             await rt.pipeline.maintain(int(settings.rescore_per_s * settings.model_poll_s))
@@ -164,22 +89,22 @@ def create_app(settings: Settings) -> faust.App:
         try:
             now_ms = int(time.time() * 1000)
             rt.metrics.assigned.set(rt.pipeline.assigned())
-            rt.metrics.cached.set(len(rt.pipeline.segmenter.states))
-            rt.metrics.health_ok.set(0 if rt.health_problems() else 1)
+            rt.metrics.cached.set(len(rt.pipeline.core.cache))
+            rt.metrics.health_ok.set(0 if rt.problems() else 1)
             try:
                 # aiokafka's fetch loop just returns nothing while the broker is away; this
                 # read from the broker is what notices.
                 rows = await asyncio.wait_for(rt.lag_reader.read(), 5.0)
-                rt.kafka_problem = None
+                rt.health.clear("lag")
             except Exception as exc:
-                rt.kafka_problem = f"Kafka unreachable: {exc!r}"
+                rt.health.report("lag", f"Kafka unreachable: {exc!r}")
                 raise
             for p in rows:
                 rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
                 rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(
                     p.seconds_behind(now_ms))
             sizes = await rt.pipeline.refresh_sizes()
-            rt.dashboard.sample(rt, sizes, sum(p.lag for p in rows),
+            rt.dashboard.sample(rt.status(), sizes, sum(p.lag for p in rows),
                                 max((p.seconds_behind(now_ms) for p in rows), default=0.0))
         except Exception as exc:  # monitoring must never stop the worker
             log.warning("lag/size refresh failed: %s", exc)

@@ -9,8 +9,11 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:
-    from stream.app import Runtime
+if TYPE_CHECKING:  # types only: the runtime imports this module
+    from redis.asyncio import Redis
+
+    from stream.redis_io import Keys
+    from stream.runtime import WorkerStatus
 
 HISTORY = 300  # samples: 10 minutes at one per 2 s
 FLOW_WINDOW_S = 300
@@ -24,11 +27,12 @@ class Dashboard:
         self.freshness: deque[float] = deque(maxlen=5000)  # recent event->Redis seconds
         self._last: tuple[float, float, float] | None = None  # time, processed, dead
 
-    def sample(self, rt: Runtime, sizes: dict[str, int], lag: int, behind: float) -> None:
+    def sample(self, status: WorkerStatus, sizes: dict[str, int], lag: int,
+               behind: float) -> None:
         """Called by the worker's timer."""
         now = time.time()
-        processed = float(rt.pipeline.processed)
-        dead = float(rt.pipeline.dead_lettered)
+        processed = float(status.processed)
+        dead = float(status.dead_lettered)
         rate = dlq = 0.0
         if self._last is not None and now > self._last[0]:
             rate = (processed - self._last[1]) / (now - self._last[0])
@@ -45,35 +49,35 @@ class Dashboard:
         return {f"p{q}": data[min(len(data) - 1, int(len(data) * q / 100))]
                 for q in (50, 95, 99)}
 
-    async def snapshot(self, rt: Runtime) -> dict[str, Any]:
+    async def snapshot(self, status: WorkerStatus, redis: Redis, keys: Keys,
+                       profiles: dict[str, Any]) -> dict[str, Any]:
         """Everything the page shows, in one JSON document."""
         last = self.history[-1] if self.history else {}
         since = int((time.time() - FLOW_WINDOW_S) * 1000)
         flows: Counter[tuple[str, str]] = Counter()
-        entries: Any = await rt.redis.xrevrange(rt.store.keys.changes, count=5000)
+        entries: Any = await redis.xrevrange(keys.changes, count=5000)
         for _, fields in entries:
             change = json.loads(fields[b"change"])
             if change["changed_at"] < since:
                 break
             flows[change["from"] or "new", change["to"] or "erased"] += 1
-        seg = rt.pipeline.segmenter
-        recent: Any = await rt.redis.xrevrange(rt.store.keys.lifecycle, count=10)
+        recent: Any = await redis.xrevrange(keys.lifecycle, count=10)
         return {
             "now": int(time.time() * 1000),
-            "model": {"algorithm": seg.model.algorithm, "learner": seg.learner,
-                      "segments": seg.model.n_segments, "criterion": seg.model.criterion,
-                      "drift_detections": seg.drift.detections},
+            "model": {"algorithm": status.algorithm, "trains": status.trains,
+                      "segments": status.segments, "criterion": status.criterion,
+                      "drift_detections": status.drift_detections},
             "lifecycle": [json.loads(f[b"lifecycle"]) for _, f in recent],
-            "model_version": rt.pipeline.segmenter.model.version,
-            "processed": rt.pipeline.processed,
-            "dead_lettered": rt.pipeline.dead_lettered,
+            "model_version": status.model_version,
+            "processed": status.processed,
+            "dead_lettered": status.dead_lettered,
             "events_per_s": last.get("events_per_s", 0.0),
             "dlq_per_s": last.get("dlq_per_s", 0.0),
             "lag": last.get("lag"),
             "seconds_behind": last.get("seconds_behind"),
             "freshness_s": self.percentiles(),
-            "health": rt.health_problems(),
-            "segments": await rt.store.profiles(),
+            "health": status.problems,
+            "segments": profiles,
             "history": list(self.history),
             "flows": [{"from": f, "to": t, "count": n} for (f, t), n in flows.most_common()],
             "flow_window_s": FLOW_WINDOW_S,

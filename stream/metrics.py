@@ -51,9 +51,9 @@ class Metrics:
         self.fenced = Counter("segmenter_fenced_writes",
                               "Customer writes refused because a newer write existed",
                               registry=r)
-        self.learner = Gauge("segmenter_model_learner",
-                             "1 on the one worker that updates the shared model, else 0",
-                             registry=r)
+        self.trains = Gauge("segmenter_model_learner",
+                            "1 on the one worker that trains the shared model, else 0",
+                            registry=r)
         self.segments = Gauge("segmenter_segments", "Active segments in the model in use",
                               registry=r)
         self.criterion = Gauge("segmenter_model_criterion",
@@ -64,7 +64,7 @@ class Metrics:
                                  registry=r)
         self.drift = Counter("segmenter_drift_detected",
                              "ADWIN detections of customers drifting away from segment centres",
-                             registry=r)
+                            registry=r)
         self.distance = Gauge("segmenter_assignment_distance",
                               "Mean scaled distance of assigned customers to their centre "
                               "(ADWIN estimate)", registry=r)

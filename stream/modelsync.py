@@ -1,12 +1,12 @@
 """One model for all workers: a single learner, versioned snapshots, samples from everyone.
 
-- The worker holding the Redis lease ``seg:learner`` is the learner: its core updates the
+- The worker holding the Redis lease ``seg:learner`` trains the model: its core updates the
   model from a sample of *current* customers of every worker (its own cache, plus the samples
   the others publish to ``seg:samples``), and publishes each new version as a snapshot
   (``seg:model`` + ``seg:model-version``, with the profiles and lifecycle messages, in one
   atomic script that refuses to overwrite a newer version).
 - Every other worker assigns with the latest snapshot it loaded (polled every
-  ``SEGMENTER_MODEL_POLL_S``), publishes its sample, and never learns. When the learner dies,
+  ``SEGMENTER_MODEL_POLL_S``), publishes its sample, and never learns. When the trainer dies,
   its lease expires and another worker takes over from the latest snapshot.
 
 Snapshots are JSON checkpoints (never pickle) checked against River's version, the
@@ -77,11 +77,13 @@ class Snapshot:
 
 
 class ModelSync:
-    """Keeps a worker's core on the shared model: learner election, snapshots, samples."""
+    """Keeps a worker's core on the shared model: the training lease, snapshots, samples.
 
-    def __init__(self, store: RedisStore, segmenter: Segmenter, metrics: Metrics,
-                 sample_size: int = 2000) -> None:
-        self.store, self.seg, self.metrics = store, segmenter, metrics
+    It holds no core: the pipeline passes its :class:`~models.core.Segmenter` to each call.
+    """
+
+    def __init__(self, store: RedisStore, metrics: Metrics, sample_size: int = 2000) -> None:
+        self.store, self.metrics = store, metrics
         self.keys = store.keys
         self.lease = Lease(store.r, self.keys.learner)
         self.sample_size = sample_size
@@ -95,92 +97,95 @@ class ModelSync:
         raw = await self.store.r.get(self.keys.model)
         return from_checkpoint(json.loads(raw)) if raw else None
 
-    async def tick(self) -> list[BatchResult]:
-        """One round: hold or seek the lease; as learner, take the others' samples and update
-        when due; otherwise load a newer snapshot and publish our sample. Returns results
-        whose assignments the caller writes. Raises :class:`RetriableError` on Redis outages.
-        """
+    async def tick(self, core: Segmenter) -> list[BatchResult]:
+        """One round: hold or seek the lease; as the trainer, take the others' samples and
+        update when due; otherwise load a newer snapshot and publish our sample. Returns
+        results whose assignments the caller writes. Call with no model update running
+        (:meth:`stream.updates.ModelUpdates.apply` with ``settle``). Raises
+        :class:`RetriableError` on Redis outages."""
         try:
-            return await self._tick()
+            return await self._tick(core)
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while syncing the model: {exc}") from exc
 
-    async def _tick(self) -> list[BatchResult]:
-        seg, out = self.seg, []
-        learner = await self.lease.renew()
-        if learner and not seg.learner:
-            newer = await self._load_newer()  # continue from the last published version
+    async def _tick(self, core: Segmenter) -> list[BatchResult]:
+        schedule, out = core.schedule, []
+        trains = await self.lease.renew()
+        if trains and not schedule.trains:
+            newer = await self._load_newer(core)  # continue from the last published version
             if newer is not None:
                 out.append(newer)
-            log.info("this worker is now the learner (model version %d)", seg.model.version)
-        seg.learner = learner
-        self.metrics.learner.set(1 if learner else 0)
-        if learner:
-            await self._take_samples()
-            res = seg.update_if_due()
+            log.info("this worker now trains the model (version %d)", core.model.version)
+        schedule.trains = trains
+        self.metrics.trains.set(1 if trains else 0)
+        if trains:
+            await self._take_samples(core)
+            res = core.apply([], {})  # an update due through the others' events, inline
             if res.model_updated:
-                await self.publish(res)
+                await self.publish(core, res)
             out.append(res)
         else:
-            newer = await self._load_newer()
+            newer = await self._load_newer(core)
             if newer is not None:
                 out.append(newer)
-            await self._publish_sample()
+            await self._publish_sample(core)
         return out
 
-    async def _load_newer(self) -> BatchResult | None:
+    async def _load_newer(self, core: Segmenter) -> BatchResult | None:
         raw_version = await self.store.r.get(self.keys.model_version)
-        if raw_version is None or int(raw_version) <= self.seg.model.version:
+        if raw_version is None or int(raw_version) <= core.model.version:
             return None
         model = await self.load_latest()
         if model is None:
             return None
-        res = self.seg.adopt(model)
+        res = core.adopt(model)
         if res is not None:
             log.info("loaded model version %d (%d segments)", model.version, model.n_segments)
-            self.observe_model()
+            self.observe_model(core)
         return res
 
-    async def _publish_sample(self) -> None:
-        seg, now = self.seg, time.time()
-        if seg.warming:
+    async def _publish_sample(self, core: Segmenter) -> None:
+        schedule, now = core.schedule, time.time()
+        if schedule.warming:
             return
-        if not seg.sample_due and now - self._last_sample < 10 and self._last_sample:
+        if not schedule.sample_due and now - self._last_sample < 10 and self._last_sample:
             return
-        rows = seg.population_sample(self.sample_size)
-        entry = {"population": len(seg.states), "events": self.events_seen, "at": now,
+        rows = schedule.own_sample(core.cache, self.sample_size)
+        entry = {"population": len(core.cache), "events": self.events_seen, "at": now,
                  "rows": [[round(v, 5) for v in r] for r in rows]}
         await self.store.r.hset(self.keys.samples, self.lease.me, orjson.dumps(entry))
-        seg.sample_due, self._last_sample = False, now
+        schedule.sample_due, self._last_sample = False, now
 
-    async def _take_samples(self) -> None:
+    async def _take_samples(self, core: Segmenter) -> None:
         raw = await self.store.r.hgetall(self.keys.samples)
-        now, seg = time.time(), self.seg
+        now, schedule = time.time(), core.schedule
         for worker_b, blob in raw.items():
             worker = worker_b.decode() if isinstance(worker_b, bytes) else worker_b
             if worker == self.lease.me:
                 continue
             entry = orjson.loads(blob)
             if now - entry["at"] > SAMPLE_STALE_S:
-                seg.remote.pop(worker, None)
+                schedule.drop_remote(worker)
                 continue
             seen = self._remote_events.get(worker, entry["events"])
             self._remote_events[worker] = entry["events"]
-            seg.add_remote(worker, entry["population"], entry["rows"],
-                           max(0, entry["events"] - seen))
+            schedule.add_remote(worker, entry["population"], entry["rows"],
+                                max(0, entry["events"] - seen))
 
-    def snapshot(self, res: BatchResult) -> Snapshot:
-        """What :meth:`send` stores for the model as it is now (``res``: the batch that
-        moved it), taken at once: the model goes on changing while it is sent."""
-        model = self.seg.model
+    @staticmethod
+    def snapshot(model: BaseModel, res: BatchResult) -> Snapshot:
+        """What :meth:`send` stores for ``model`` as it is now (``res``: the batch that moved
+        it), taken at once: the model goes on changing while it is sent."""
         return Snapshot(model.version, json.dumps(model.checkpoint()), list(model.ids),
                         model.centres_scaled().tolist(), model.centres_model_space().tolist(),
-                        dict(self.seg.names), dict(model.criterion), res.lifecycle,
+                        dict(model.names), dict(model.criterion), res.lifecycle,
                         res.centres)
 
-    async def publish(self, res: BatchResult) -> bool:
-        """:meth:`send` the model as it is now."""
-        return await self.send(self.snapshot(res))
+    async def publish(self, core: Segmenter, res: BatchResult) -> bool:
+        """:meth:`send` the core's model as it is now."""
+        ok = await self.send(self.snapshot(core.model, res))
+        self.observe_model(core)
+        return ok
 
     async def send(self, snap: Snapshot) -> bool:
         """Store the learner's new version with profiles and lifecycle messages, atomically;
@@ -209,18 +214,17 @@ class ModelSync:
                 self.metrics.lifecycle.labels(e["event"]).inc()
                 log.info("segment %s %s (model version %d)", e["segment"], e["event"],
                          snap.version)
-        self.observe_model()
         return bool(ok)
 
-    def observe_model(self) -> None:
+    def observe_model(self, core: Segmenter) -> None:
         """Model gauges: version, segments, criterion, mean assignment distance."""
-        m, model = self.metrics, self.seg.model
+        m, model = self.metrics, core.model
         m.model_version.set(model.version)
         m.segments.set(model.n_segments)
         if model.criterion:
             m.criterion.labels(model.criterion.get("name", "")).set(
                 model.criterion.get("value", 0.0))
-        m.distance.set(self.seg.drift.mean_distance)
+        m.distance.set(core.drift.mean_distance)
 
     async def close(self) -> None:
         """Hand the learner role over at once (the next worker need not wait for expiry)."""

@@ -32,7 +32,7 @@ if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
            'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8],
-           'reason', ARGV[13])
+           'explanation', ARGV[13])
 if old == ARGV[4] then return {0, ''} end
 if old then redis.call('HINCRBY', KEYS[3], old, -1) end
 redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
@@ -244,7 +244,7 @@ class RedisStore:
                                 b"%d:%d:%s" % (a.partition, a.offset, a.state),
                                 a.segment, a.segment_name,
                                 a.model_version, now_ms, a.confidence, a.event_id, a.reason,
-                                cid, self.maxlen, a.why,
+                                cid, self.maxlen, a.explanation,
                             )
                     results = await pipe.execute(raise_on_error=False)
                 errors = [r for r in results if isinstance(r, Exception)]

@@ -114,7 +114,7 @@ class Settings:
             max_segments=self.max_segments, half_life_days=self.half_life_days,
             dedup_window=self.dedup_window, update_every=self.model_update_every,
             warmup=self.warmup, refresh_every=max(1, self.refresh_every),
-            cache_size=self.state_cache, learner=False,
+            cache_size=self.state_cache, trains=False,
         )
 
     @classmethod

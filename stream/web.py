@@ -19,7 +19,7 @@ from models.events import InvalidEvent, parse_event
 if TYPE_CHECKING:
     import faust
 
-    from stream.app import Runtime
+    from stream.runtime import Runtime
 
 MAX_BATCH_IDS = 100
 
@@ -101,7 +101,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 settings.events_topic, key=customer_id.encode(), value=None,
                 headers=[(CONTROL_HEADER, b"erase")])
             found = await rt.store.erase([customer_id], int(time.time() * 1000),
-                                         rt.pipeline.segmenter.model.version)
+                                         rt.status().model_version)
             return self.json({"customer_id": customer_id, "erased": True, "found": bool(found)})
 
     @app.page("/events")
@@ -148,15 +148,15 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.page("/health")
     class Health(View):
         async def get(self, request: Request) -> Response:
-            reasons = rt.health_problems()
+            status = rt.status()
+            reasons = list(status.problems)
             try:
                 await asyncio.wait_for(rt.redis.ping(), 2)
             except Exception as exc:
                 reasons.append(f"Redis unreachable: {exc}")
             body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons,
-                    "processed": rt.pipeline.processed,
-                    "model_version": rt.pipeline.segmenter.model.version,
-                    "relay_leader": rt.relay.leader if rt.relay else False}
+                    "processed": status.processed, "model_version": status.model_version,
+                    "relay_leader": status.relay_leader}
             return self.json(body, status=200 if not reasons else 503)
 
     @app.page("/metrics")
@@ -170,7 +170,8 @@ def register(app: faust.App, rt: Runtime) -> None:
         async def get(self, request: Request) -> Response:
             if not rt.started:
                 return self.json({"error": "starting"}, status=503)
-            return self.json(await rt.dashboard.snapshot(rt))
+            return self.json(await rt.dashboard.snapshot(
+                rt.status(), rt.redis, rt.store.keys, await rt.store.profiles()))
 
     @app.page("/")
     class DashboardPage(View):

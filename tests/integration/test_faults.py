@@ -58,9 +58,9 @@ async def stream(servers: tuple[str, str]) -> AsyncIterator[Stream]:
     events = list(sim.history())
     messages = [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
     # the model: learned in-process from the first third of the events
-    seg = Segmenter(dataclasses.replace(settings.segmenter_config(), learner=True))
+    seg = Segmenter(dataclasses.replace(settings.segmenter_config(), trains=True))
     first = [Record("events", 0, i, k, v) for i, (k, v) in enumerate(messages[:len(events) // 3])]
-    seg.apply(seg.parse(first), {}, now_ms=0)
+    seg.apply(seg.parse(first), {})
     assert seg.model.ready
     size = -(-len(messages) // CHUNKS)
     yield Stream(settings, [messages[i:i + size] for i in range(0, len(messages), size)],

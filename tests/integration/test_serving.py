@@ -76,7 +76,7 @@ async def test_lookups_any_id_batch_and_cors(settings: Settings, tmp_path: Path)
                 worker, "GET", f"/customers/{urllib.parse.quote(cid, safe='')}/segment")
             assert status == 200, (cid, body)
             assert body["customer_id"] == cid and body["segment"].startswith("s")
-            assert body["reason"]
+            assert body["explanation"]
         some = sorted(sim.truth)[:3]
         status, _, body = request(worker, "POST", "/customers/segments",
                                   {"ids": [*some, odd[0], "nobody"]})

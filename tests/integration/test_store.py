@@ -13,7 +13,7 @@ def assignment(cid: str, partition: int, segment: str) -> Assignment:
     st.partition, st.offset, st.last_ts = partition, 7, 1767225600000
     return Assignment(customer_id=cid, segment=segment, segment_name=f"name {segment}",
                       confidence=0.5, model_version=3, event_id=f"e-{cid}",
-                      event_ts=st.last_ts, reason="event", why="", partition=partition,
+                      event_ts=st.last_ts, reason="event", explanation="", partition=partition,
                       offset=7, state=st.to_bytes())
 
 

@@ -5,10 +5,13 @@ import pickle
 import orjson
 import pytest
 
-from models.core import Record, Segmenter, SegmenterConfig
+from models.config import BatchResult
+from models.core import Parsed, Record, Segmenter, SegmenterConfig
 from models.evaluation import adjusted_rand_index
 from models.kmeans import SegmentModel
-from models.model import CheckpointMismatch, from_checkpoint
+from models.learning import LearnJob, learn
+from models.model import BaseModel, CheckpointMismatch, from_checkpoint
+from models.records import Assignment
 from models.simulator import ShopSimulator
 
 CFG = SegmenterConfig(warmup=300, update_every=1000)
@@ -25,7 +28,7 @@ def records(customers: int = 600, days: float = 12, seed: int = 3) -> tuple[list
 def run(seg: Segmenter, recs: list[Record], batch: int) -> dict[str, tuple[str, str]]:
     final: dict[str, tuple[str, str]] = {}
     for i in range(0, len(recs), batch):
-        out = seg.apply(seg.parse(recs[i:i + batch]), {}, now_ms=0)
+        out = seg.apply(seg.parse(recs[i:i + batch]), {})
         for a in out.assignments + seg.drain():
             final[a.customer_id] = (a.segment, a.state.hex())
     return final
@@ -40,41 +43,53 @@ def test_replay_is_deterministic_whatever_the_batching() -> None:
     assert a == c  # features and final segments do not depend on batch boundaries
 
 
+class Deferred:
+    """What the worker does with a helper process (stream.updates), without the process:
+    each due update starts on a pickled copy of the model while events go on, and is taken
+    at the next point where customers are assigned; at a batch's end it may stay out."""
+
+    def __init__(self, seg: Segmenter) -> None:
+        self.seg = seg
+        self.out: tuple[LearnJob, BaseModel] | None = None
+        self.stops = self.carried = 0
+
+    def apply(self, parsed: Parsed, settle: bool = False) -> BatchResult:
+        seg, res, done = self.seg, BatchResult(), 0
+        while True:
+            done = seg.consume(parsed, done, res)
+            end = done >= len(parsed)
+            if self.out is not None:
+                if end and not seg.schedule.due and not settle:
+                    self.carried += 1
+                    return res
+                job, copy = self.out
+                self.out = None
+                self.stops += 1
+                seg.take(job, learn(copy, job), res)
+            job = seg.plan_update(seg.assign_changed(res))
+            if job is not None:
+                self.out = (job, pickle.loads(pickle.dumps(seg.model)))  # noqa: S301 (ours)
+            if end and not (settle and self.out is not None):
+                return res
+
+
 def test_deferred_model_updates_give_what_inline_updates_give() -> None:
-    """What the worker does with a helper process (stream.learner): each due update starts
-    on a pickled copy of the model while events go on, and is taken at the next point where
-    customers are assigned."""
     recs, _ = records()
-    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, learner=True)
-    inline, deferred = Segmenter(cfg), Segmenter(cfg)
-    deferred.defer_learning = True
-    stops = 0
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, trains=True)
+    inline, deferred = Segmenter(cfg), Deferred(Segmenter(cfg))
     for i in range(0, len(recs), 2500):
-        parsed = deferred.parse(recs[i:i + 2500])
-        out = deferred.apply(parsed, {}, now_ms=0)
-        running = None
-        while out.resume is not None:
-            stops += 1
-            job = deferred.job
-            assert job is not None
-            if not deferred.job_sent:  # started elsewhere: here, learned later, at delivery
-                running = pickle.loads(pickle.dumps(deferred.model))  # noqa: S301 (ours)
-                deferred.job_sent = True
-            else:
-                assert running is not None
-                deferred.deliver(running, running.learn(job.sample, refresh=job.refresh))
-            deferred.apply(parsed, {}, 0, out, out.resume)
-        assert deferred.job is None  # a batch never ends with an update out
-        ref = inline.apply(inline.parse(recs[i:i + 2500]), {}, now_ms=0)
-        assert [(a.customer_id, a.segment, a.reason, a.why) for a in out.assignments] == \
-            [(a.customer_id, a.segment, a.reason, a.why) for a in ref.assignments]
+        out = deferred.apply(deferred.seg.parse(recs[i:i + 2500]), settle=True)
+        assert deferred.out is None  # settled: no update out
+        ref = inline.apply(inline.parse(recs[i:i + 2500]), {})
+        assert [(a.customer_id, a.segment, a.reason, a.explanation) for a in out.assignments] \
+            == [(a.customer_id, a.segment, a.reason, a.explanation) for a in ref.assignments]
         assert (out.counts, out.lifecycle, out.model_updated) == \
             (ref.counts, ref.lifecycle, ref.model_updated)
         # the same writes (a renamed segment marks its customers a little later: order)
-        assert sorted((a.customer_id, a.segment_name, a.state) for a in deferred.drain()) == \
-            sorted((a.customer_id, a.segment_name, a.state) for a in inline.drain())
-    assert stops >= 2 * (len(recs) // 1000) - 2
-    assert deferred.model.checkpoint() == inline.model.checkpoint()
+        assert sorted((a.customer_id, a.segment_name, a.state) for a in deferred.seg.drain()) \
+            == sorted((a.customer_id, a.segment_name, a.state) for a in inline.drain())
+    assert deferred.stops >= len(recs) // 1000 - 2
+    assert deferred.seg.model.checkpoint() == inline.model.checkpoint()
 
 
 def test_an_update_out_at_a_batch_end_goes_on_with_the_next_batch() -> None:
@@ -82,51 +97,28 @@ def test_an_update_out_at_a_batch_end_goes_on_with_the_next_batch() -> None:
     the batch's last customers wait for it with the next batch's, or until a commit settles
     it. The segments and the model are those of inline updates."""
     recs, _ = records()
-    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, learner=True)
-    inline, deferred = Segmenter(cfg), Segmenter(cfg)
-    deferred.defer_learning = True
-    running = None
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, trains=True)
+    inline, deferred = Segmenter(cfg), Deferred(Segmenter(cfg))
     ref: dict[str, tuple[str, str]] = {}
-    out_final: dict[str, tuple[str, str]] = {}
-    carried = 0
+    got: dict[str, tuple[str, str]] = {}
 
-    def go(parsed: list, settle: bool) -> list:  # type: ignore[type-arg]
-        nonlocal running, carried
-        out = deferred.apply(parsed, {}, now_ms=0)
-        while out.resume is not None:
-            job = deferred.job
-            assert job is not None
-            if not deferred.job_sent:
-                running = pickle.loads(pickle.dumps(deferred.model))  # noqa: S301 (ours)
-                deferred.job_sent = True
-            elif deferred.carrying and not settle:
-                carried += 1
-                break
-            else:
-                assert running is not None
-                deferred.deliver(running, running.learn(job.sample, refresh=job.refresh))
-            deferred.apply(parsed, {}, 0, out, out.resume)
-        return out.assignments
+    def keep(into: dict[str, tuple[str, str]], writes: list[Assignment]) -> None:
+        into.update((a.customer_id, (a.segment, a.state.hex())) for a in writes)
 
     for n, i in enumerate(range(0, len(recs), 2500)):
-        for a in go(deferred.parse(recs[i:i + 2500]), settle=False):
-            out_final[a.customer_id] = (a.segment, a.state.hex())
-        for a in inline.apply(inline.parse(recs[i:i + 2500]), {}, now_ms=0).assignments:
-            ref[a.customer_id] = (a.segment, a.state.hex())
+        keep(got, deferred.apply(deferred.seg.parse(recs[i:i + 2500])).assignments)
+        keep(ref, inline.apply(inline.parse(recs[i:i + 2500]), {}).assignments)
         if n % 3 == 2:  # a commit: settle, then write every changed state
-            for a in go([], settle=True):
-                out_final[a.customer_id] = (a.segment, a.state.hex())
-            assert deferred.job is None
-            out_final.update((a.customer_id, (a.segment, a.state.hex()))
-                             for a in deferred.drain())
-            ref.update((a.customer_id, (a.segment, a.state.hex())) for a in inline.drain())
-    for a in go([], settle=True):
-        out_final[a.customer_id] = (a.segment, a.state.hex())
-    out_final.update((a.customer_id, (a.segment, a.state.hex())) for a in deferred.drain())
-    ref.update((a.customer_id, (a.segment, a.state.hex())) for a in inline.drain())
-    assert carried >= 5  # batches did end with an update out
-    assert out_final == ref
-    assert deferred.model.checkpoint() == inline.model.checkpoint()
+            keep(got, deferred.apply([], settle=True).assignments)
+            assert deferred.out is None and not deferred.seg.changed
+            keep(got, deferred.seg.drain())
+            keep(ref, inline.drain())
+    keep(got, deferred.apply([], settle=True).assignments)
+    keep(got, deferred.seg.drain())
+    keep(ref, inline.drain())
+    assert deferred.carried >= 5  # batches did end with an update out
+    assert got == ref
+    assert deferred.seg.model.checkpoint() == inline.model.checkpoint()
 
 
 def test_redelivery_and_resent_ids_change_nothing() -> None:
@@ -134,12 +126,12 @@ def test_redelivery_and_resent_ids_change_nothing() -> None:
     seg = Segmenter(CFG)
     run(seg, recs, 2000)
     states = {c: s.to_bytes() for c, s in seg.states.items()}
-    out = seg.apply(seg.parse(recs[:500]), {}, now_ms=0)  # same offsets again
+    out = seg.apply(seg.parse(recs[:500]), {})  # same offsets again
     assert out.assignments == [] and seg.drain() == [] and out.counts.total() == 500
     assert all(k[1] == "duplicate" for k in out.counts)
     # re-sent (a producer retry): recent event ids again at new offsets
     resent = [Record(r.topic, r.partition, r.offset + 10**6, r.key, r.value) for r in recs[-50:]]
-    out = seg.apply(seg.parse(resent), {}, now_ms=0)
+    out = seg.apply(seg.parse(resent), {})
     assert {k[1] for k in out.counts} == {"duplicate"}
     for cid, s in seg.states.items():
         before = type(s).from_bytes(cid, states[cid])
@@ -150,7 +142,7 @@ def test_invalid_records_are_dead_lettered_and_valid_ones_processed() -> None:
     recs, _ = records(100, 3)
     bad = [Record("events", 0, 10**7 + i, b"k", v) for i, v in
            enumerate([b"{", b"[]", b'{"event_id": 1}', None])]
-    out = Segmenter(CFG).apply(Segmenter(CFG).parse(bad + recs), {}, now_ms=0)
+    out = Segmenter(CFG).apply(Segmenter(CFG).parse(bad + recs), {})
     assert [d.record.value for d in out.dead] == [b"{", b"[]", b'{"event_id": 1}', None]
     assert all(d.reason for d in out.dead)
     assert out.counts["invalid", "dead_lettered"] == 4
@@ -189,11 +181,11 @@ def test_resend_outside_the_dedup_window_is_documented_limit() -> None:
     seg = Segmenter(cfg)
     base = '{"event_id":"e%d","customer_id":"c","type":"page_view","timestamp":%d}'
     recs = [Record("t", 0, i, b"c", (base % (i, 1767225600000 + i)).encode()) for i in range(6)]
-    seg.apply(seg.parse(recs), {}, 0)
+    seg.apply(seg.parse(recs), {})
     recent = [Record("t", 0, 100 + i, b"c", r.value) for i, r in enumerate(recs[2:])]
-    out = seg.apply(seg.parse(recent), {}, 0)
+    out = seg.apply(seg.parse(recent), {})
     assert out.counts["page_view", "duplicate"] == 4  # the 4 most recent ids are remembered
-    oldest = seg.apply(seg.parse([Record("t", 0, 200, b"c", recs[0].value)]), {}, 0)
+    oldest = seg.apply(seg.parse([Record("t", 0, 200, b"c", recs[0].value)]), {})
     assert oldest.counts["page_view", "processed"] == 1  # older ones are not
 
 
@@ -208,17 +200,17 @@ def test_warmed_states_are_rescored_and_sampled_and_learning_waits() -> None:
         saved.append(type(st).from_bytes(cid, st.to_bytes()))
         saved[-1].segment = st.segment
     survivor = Segmenter(CFG, from_checkpoint(first.model.checkpoint()))
-    survivor.warming = True
+    survivor.schedule.warming = True
     assert survivor.warm(saved) == len(saved) and survivor.warm(saved) == 0  # cached win
-    assert len(survivor.population_sample(10_000)) == len(saved)
+    assert len(survivor.schedule.own_sample(survivor.cache, 10_000)) == len(saved)
     # learning waits while warming, however many events arrive
     before = survivor.model.version
-    survivor._since_update = 10 * CFG.update_every
-    assert not survivor.update_if_due().model_updated and survivor.model.version == before
-    survivor.warming = False
-    assert survivor.update_if_due().model_updated
+    survivor.schedule.count(10 * CFG.update_every)
+    assert not survivor.apply([], {}).model_updated and survivor.model.version == before
+    survivor.schedule.warming = False
+    assert survivor.apply([], {}).model_updated
     # every warmed customer is visited by the re-scoring pass
-    survivor.watermark += 200 * 86_400_000  # much later: activity has faded for everyone
+    survivor.cache.watermark += 200 * 86_400_000  # much later: activity has faded
     moved = survivor.rescore(len(saved))
     assert moved and {a.reason for a in moved} <= {"time", "model_update"}
     bounded = Segmenter(SegmenterConfig(warmup=300, update_every=1000, cache_size=50))

@@ -26,7 +26,7 @@ def feed(seg: Segmenter, events: list[dict], offset: int) -> tuple[list, list, i
             for i, e in enumerate(events)]
     lifecycle, assigned = [], []
     for i in range(0, len(recs), 4000):
-        out = seg.apply(seg.parse(recs[i:i + 4000]), {}, now_ms=0)
+        out = seg.apply(seg.parse(recs[i:i + 4000]), {})
         lifecycle += out.lifecycle
         assigned += out.assignments
         seg.drain()
@@ -108,7 +108,7 @@ def test_customers_without_new_events_move_with_time() -> None:
     lapsing = Counter(s.segment for c, s in seg.states.items()
                       if sim.truth[c] == "lapsing_customer").most_common(1)[0][0]
     assert sum(seg.states[c].segment != lapsing for c in quiet) >= 0.9 * len(quiet)
-    seg.learner = False  # the model stays as it is: only time passes
+    seg.schedule.trains = False  # the model stays as it is: only time passes
     version = seg.model.version
     later = ShopSimulator(100, seed=6, start_ms=START + 30 * DAY_MS, days=60, prefix="x",
                           personas=personas("window_shopper"))

@@ -1,4 +1,4 @@
-"""Model updates in the helper process (stream.learner) against inline updates: a real spawned
+"""Model updates in the helper process (stream.updates) against inline updates: a real spawned
 helper, no servers."""
 
 from __future__ import annotations
@@ -6,47 +6,48 @@ from __future__ import annotations
 from typing import Any
 
 from models.core import Segmenter, SegmenterConfig
-from stream.learner import Learner
+from stream.updates import ModelUpdates
 from tests.unit.test_core import records
 
 
 async def test_updates_in_the_helper_give_what_inline_updates_give() -> None:
     recs, _ = records()
-    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=3, learner=True)
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=3, trains=True)
     inline, deferred = Segmenter(cfg), Segmenter(cfg)
-    learner = Learner()
-    await learner.start()
-    assert learner.running
+    updates = ModelUpdates()
+    await updates.start()
+    assert updates.running
     follows = 0
-    submit_follow = learner.submit_follow
+    call = updates.call
 
-    def counted(job: Any) -> Any:
+    def counted(fn: Any, *args: Any) -> Any:
         nonlocal follows
-        out = submit_follow(job)
-        follows += out is not None
-        return out
+        follows += fn.__name__ == "_learn_follow"
+        return call(fn, *args)
 
-    learner.submit_follow = counted  # type: ignore[method-assign]
+    updates.call = counted  # type: ignore[method-assign]
     got: dict[str, tuple[str, bytes]] = {}
     want: dict[str, tuple[str, bytes]] = {}
     lifecycle: tuple[list[Any], list[Any]] = ([], [])
+    carried = 0
     try:
         for n, i in enumerate(range(0, len(recs), 2500)):
-            res, _ = await learner.apply(deferred, deferred.parse(recs[i:i + 2500]), {}, 0)
+            res, _ = await updates.apply(deferred, deferred.parse(recs[i:i + 2500]), {})
+            carried += updates.out
             got.update((a.customer_id, (a.segment, a.state)) for a in res.assignments)
-            ref = inline.apply(inline.parse(recs[i:i + 2500]), {}, now_ms=0)
+            ref = inline.apply(inline.parse(recs[i:i + 2500]), {})
             want.update((a.customer_id, (a.segment, a.state)) for a in ref.assignments)
             lifecycle[0].extend(res.lifecycle)
             lifecycle[1].extend(ref.lifecycle)
             if n % 2 == 1 or i + 2500 >= len(recs):  # a commit: settle, write every state
-                res, _ = await learner.apply(deferred, [], {}, 0, settle=True)
-                assert deferred.job is None
+                res, _ = await updates.apply(deferred, [], {}, settle=True)
+                assert not updates.out and not deferred.changed
                 got.update((a.customer_id, (a.segment, a.state)) for a in res.assignments)
                 lifecycle[0].extend(res.lifecycle)
                 got.update((a.customer_id, (a.segment, a.state)) for a in deferred.drain())
                 want.update((a.customer_id, (a.segment, a.state)) for a in inline.drain())
     finally:
-        learner.close()
+        updates.close()
     assert follows >= 3  # refreshes did start in the helper on the update before them
     assert got == want
     assert lifecycle[0] == lifecycle[1] and lifecycle[0]

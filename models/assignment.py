@@ -1,0 +1,142 @@
+"""Assignment: which segment each customer is in, after an event or as time passes.
+
+:class:`Assigner` scores customers with the current model and turns the outcome into
+:class:`~models.records.Assignment` values for the writer. Two ways in:
+
+- :meth:`Assigner.assign`: customers whose events just changed their features. The nearest
+  segment wins, without stickiness, so a customer's segment after an event depends only on
+  their features and the model version, never on how events were batched.
+- :meth:`Assigner.rescore`: a round-robin pass over customers *without* new events, as of
+  the event-time watermark: they move when the model moved them clearly (reason
+  ``model_update``) or when decay changed their nearest segment (reason ``time``); see
+  :func:`models.rescoring.moves`.
+
+Drift (:class:`models.drift.DriftMonitor`) watches the distances of every event assignment.
+
+Examples
+--------
+>>> import numpy as np
+>>> from models.cache import CustomerCache
+>>> from models.config import BatchResult
+>>> from models.kmeans import SegmentModel
+>>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
+>>> m.ids, m._centres, m.version = ["s0", "s1"], np.array([[-1.0] * 18, [1e6] * 18]), 1
+>>> cache = CustomerCache(10)
+>>> st = cache.touch("c1")
+>>> res = BatchResult()
+>>> drifted = Assigner(cache, half_life_ms=1.0).assign(m, ["c1"], {}, res)
+>>> [(a.customer_id, a.segment, a.reason) for a in res.assignments]  # no event: a model's
+[('c1', 's0', 'model_update')]
+"""
+
+from __future__ import annotations
+
+from models.cache import CustomerCache
+from models.config import BatchResult
+from models.drift import DriftMonitor
+from models.events import Event
+from models.features import CustomerState, to_model_matrix, vector
+from models.model import BaseModel
+from models.profiles import customer_explanation
+from models.records import Assignment
+from models.rescoring import moves
+
+__all__ = ["Assigner"]
+
+
+class Assigner:
+    """Scores cached customers with a model; owns the re-scoring pass and drift detection.
+
+    Parameters
+    ----------
+    cache
+        The customers (shared with the rest of the core).
+    half_life_ms
+        Half-life of decayed features, event-time milliseconds.
+    """
+
+    def __init__(self, cache: CustomerCache, half_life_ms: float) -> None:
+        self.cache = cache
+        self.half_life_ms = half_life_ms
+        self.drift = DriftMonitor()
+        self.sweep: list[str] = []  # customers left to re-score in this pass
+
+    def restart_pass(self) -> None:
+        """Start a fresh re-scoring pass (the model or the population moved)."""
+        self.sweep = []
+
+    def assign(self, model: BaseModel, ids: list[str], changed: dict[str, Event],
+               res: BatchResult) -> bool:
+        """Score ``ids`` (those in ``changed`` because of an event); a new segment goes to
+        ``res.assignments`` at once, an unchanged one waits for the next drain. True when
+        drift was detected."""
+        if not ids:
+            return False
+        states, hl = self.cache.states, self.half_life_ms
+        z = model.scale(to_model_matrix([vector(states[c], hl) for c in ids]))
+        labels, conf, dist = model.assign_with_distance(z)
+        drifted = self.drift.observe(dist)
+        if drifted:
+            self.sweep = []
+        centres, seg_ids, version = model.centres_scaled(), model.ids, model.version
+        dirty = self.cache.dirty
+        for i, (cid, label, confidence) in enumerate(zip(ids, labels.tolist(),
+                                                         conf.round(4).tolist(), strict=True)):
+            st = states[cid]
+            ev = changed.get(cid)
+            if ev is not None:
+                st.last_event_id = ev.event_id
+            segment = seg_ids[label]
+            st.confidence = confidence
+            st.model_version = version
+            if segment != st.segment:
+                st.segment = segment
+                why = customer_explanation(z[i].tolist(), centres[label].tolist())
+                res.assignments.append(self.assignment(
+                    model, st, "event" if ev is not None else "model_update", why))
+                dirty.pop(cid, None)
+            else:
+                dirty[cid] = None
+        return drifted
+
+    def rescore(self, model: BaseModel, budget: int) -> list[Assignment]:
+        """Re-score up to ``budget`` cached customers as of the watermark, round-robin."""
+        if not model.ready or budget <= 0:
+            return []
+        cache = self.cache
+        if not self.sweep:
+            self.sweep = [c for c, s in cache.states.items() if s.segment]
+        batch, self.sweep = self.sweep[-budget:], self.sweep[:-budget]
+        sts = [cache.states[c] for c in batch if c in cache.states and c not in cache.dirty]
+        if not sts:
+            return []
+        hl = self.half_life_ms
+        then = model.scale(to_model_matrix([vector(s, hl) for s in sts]))
+        z = model.scale(to_model_matrix([vector(s, hl, cache.watermark) for s in sts]))
+        centres, out = model.centres_scaled(), []
+        for i, label, reason, conf in moves(model, then, z, [s.segment for s in sts]):
+            st = sts[i]
+            st.segment, st.confidence = model.ids[label], conf
+            st.model_version = model.version
+            why = customer_explanation(z[i].tolist(), centres[label].tolist())
+            out.append(self.assignment(model, st, reason, why))
+        return out
+
+    @staticmethod
+    def assignment(model: BaseModel, st: CustomerState, reason: str,
+                   explanation: str) -> Assignment:
+        """What the writer stores for ``st`` (its segment named by ``model``)."""
+        return Assignment(
+            customer_id=st.customer_id,
+            segment=st.segment,
+            segment_name=model.names.get(st.segment, "") if st.segment else "",
+            confidence=st.confidence,
+            model_version=st.model_version,
+            event_id=st.last_event_id if reason == "event" else "",
+            event_ts=st.last_ts,
+            reason=reason,
+            explanation=explanation,
+            partition=st.partition,
+            offset=st.offset,
+            state=st.to_bytes(),
+        )
