@@ -35,11 +35,12 @@ from models.cache import CustomerCache
 from models.config import BatchResult
 from models.drift import DriftMonitor
 from models.events import Event
-from models.features import CustomerState, to_model_matrix, vector
+from models.features import to_model_matrix, vector
 from models.model import BaseModel
 from models.profiles import customer_explanation
 from models.records import Assignment
 from models.rescoring import moves
+from models.state import CustomerState
 
 __all__ = ["Assigner"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-from models.features import CustomerState
+from models.state import CustomerState
 
 __all__ = ["CustomerCache"]
 

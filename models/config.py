@@ -26,8 +26,11 @@ class SegmenterConfig:
     """Most segments."""
     half_life_days: float = 30.0
     """Half-life of decayed features, in event-time days."""
-    dedup_window: int = 32
-    """Recent event ids remembered per customer for duplicate detection."""
+    allowed_lateness_ms: int = 86_400_000
+    """How far behind a customer's newest event an event may be and still apply (event
+    time); see :mod:`models.state`."""
+    dedup_max_ids: int = 128
+    """Most event ids remembered per customer."""
     update_every: int = 5000
     """Valid events between model updates."""
     warmup: int = 500

@@ -46,7 +46,7 @@ from models.cache import CustomerCache
 from models.config import BatchResult, SegmenterConfig, make_model
 from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event
-from models.features import DAY_MS, CustomerState, update
+from models.features import DAY_MS, update
 from models.learning import Learned, LearnJob, UpdateSchedule, fresh_names, learn
 from models.model import BaseModel
 from models.records import (
@@ -59,6 +59,7 @@ from models.records import (
     RecordLike,
     parse_records,
 )
+from models.state import CustomerState
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
            "Record", "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
@@ -138,7 +139,8 @@ class Segmenter:
         :attr:`changed` for :meth:`assign_changed`."""
         cache, counts, event_ts = self.cache, res.counts, res.event_ts
         states, changed, schedule = cache.states, self.changed, self.schedule
-        half_life, window = self.half_life_ms, self.config.dedup_window
+        half_life = self.half_life_ms
+        lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark, applied, stop = cache.watermark, 0, len(parsed)
         left = schedule.left()
@@ -164,13 +166,15 @@ class Segmenter:
                 counts[label, "duplicate"] += 1
                 continue
             try:
-                fresh = update(st, ev, half_life, window)
+                outcome = update(st, ev, half_life, lateness, max_ids)
             except Exception as exc:  # a bug must cost one event (dead-lettered), not the worker
                 res.dead.append(DeadLetter(rec, f"processing failed: {exc!r}"))
                 counts[label, "failed"] += 1
                 continue
-            if not fresh:  # re-sent id: nothing is written, not even the new offset
-                counts[label, "duplicate"] += 1
+            if outcome != "new":  # nothing is written, not even the new offset
+                counts[label, outcome] += 1
+                if outcome == "late":
+                    res.dead.append(DeadLetter(rec, "late", self._late(st, ev)))
                 continue
             st.partition, st.offset = rec.partition, rec.offset
             processed[label] += 1
@@ -187,6 +191,13 @@ class Segmenter:
         schedule.count(applied)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return stop
+
+    def _late(self, st: CustomerState, ev: Event) -> str:
+        behind = (st.last_ts - ev.ts_ms) / 1000
+        return (f"event time is {behind:.0f} s behind customer {ev.customer_id!r}'s newest "
+                f"event; the allowed lateness is {self.config.allowed_lateness_ms / 1000:.0f}"
+                " s (SEGMENTER_ALLOWED_LATENESS_S), or the customer's remembered ids are "
+                f"bounded by SEGMENTER_DEDUP_MAX_IDS={self.config.dedup_max_ids}")
 
     def assign_changed(self, res: BatchResult) -> dict[str, Event]:
         """Assign the customers in :attr:`changed` with the current model (or, before there

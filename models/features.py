@@ -1,38 +1,36 @@
 """Live per-customer features with exponential decay in event time.
 
-A :class:`CustomerState` holds decayed counters (halved every ``half_life_ms``
-of *event* time, never wall-clock time) plus lifetime totals, habits and
-traits. :func:`update` folds one event in; :func:`vector` turns a state into
-the model's numeric feature vector (:data:`FEATURES`).
+A :class:`~models.state.CustomerState` holds decayed counters (halved every
+``half_life_ms`` of *event* time, never wall-clock time) plus lifetime totals,
+habits and traits. :func:`update` folds one event in; :func:`vector` turns a
+state into the model's numeric feature vector (:data:`FEATURES`). A new trait
+is added here: kept in the state, updated in :func:`update`, and (if the model
+should see it) one more :data:`FEATURES` entry computed in :func:`vector`.
 
 Examples
 --------
->>> from models.events import Event, event_id_hash
 >>> day = 86_400_000
 >>> s = CustomerState("c1")
 >>> update(s, Event("e1", "c1", "purchase", 10 * day, 20, amount=100.0), half_life_ms=7 * day)
-True
+'new'
 >>> update(s, Event("e2", "c1", "page_view", 17 * day, 9), half_life_ms=7 * day)
-True
+'new'
 >>> round(s.counters[PURCHASES], 3)   # one purchase, one half-life ago
 0.5
 >>> update(s, Event("e2", "c1", "page_view", 17 * day, 9), half_life_ms=7 * day)  # same id
-False
+'duplicate'
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
-import struct
-import sys
-from array import array
 from dataclasses import dataclass
 
 import numpy as np
-import orjson
 
 from models.events import Event, event_id_hash
+from models.state import MAX_IDS, N_COUNTERS, CustomerState
 
 DAY_MS = 86_400_000
 
@@ -55,8 +53,6 @@ DAY_MS = 86_400_000
     EMAIL_DIRECT,
     CHANNEL_SEEN,
 ) = range(16)
-N_COUNTERS = 16
-
 _TYPE_COUNTER = {
     "page_view": VIEWS,
     "product_view": PRODUCT_VIEWS,
@@ -68,11 +64,8 @@ _TYPE_COUNTER = {
     "session_start": SESSIONS,
 }
 MAX_CATEGORIES = 8
-STATE_SCHEMA = 2
-"""Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers)."""
-_COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
-_BIG_ENDIAN = sys.byteorder == "big"  # the packed ids are little-endian everywhere
-_ID = struct.Struct("=Q")  # one recent id as CustomerState.recent_ids holds it in memory
+ALLOWED_LATENESS_MS = DAY_MS
+"""Default allowed lateness (``SEGMENTER_ALLOWED_LATENESS_S``), see :mod:`models.state`."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,105 +112,15 @@ DEFAULT_AGE, DEFAULT_INCOME, DEFAULT_HOUSEHOLD = 40.0, 50_000.0, 2.5
 RECENCY_CAP_DAYS, TENURE_CAP_DAYS = 90.0, 180.0
 
 
-class CustomerState:
-    """Everything Segmenter knows about one customer; mutable, owned by one partition."""
-
-    __slots__ = (
-        "customer_id", "partition", "offset", "first_ts", "last_ts", "last_purchase_ts",
-        "counters", "orders_total", "spend_total", "categories", "country", "region",
-        "age", "income", "household", "gender", "recent_ids",
-        # current assignment, held in memory only (Redis holds it in the customer hash)
-        "segment", "confidence", "model_version", "last_event_id",
-    )
-
-    def __init__(self, customer_id: str) -> None:
-        self.customer_id = customer_id
-        self.partition = -1  # source partition of the last applied event
-        self.offset = -1  # its offset: a redelivered message at or below it is skipped
-        self.first_ts = 0
-        self.last_ts = 0
-        self.last_purchase_ts = 0
-        self.counters = [0.0] * N_COUNTERS
-        self.orders_total = 0
-        self.spend_total = 0.0
-        self.categories: dict[str, float] = {}
-        self.country: str | None = None
-        self.region: str | None = None
-        self.age: float | None = None
-        self.income: float | None = None
-        self.household: float | None = None
-        self.gender: str | None = None
-        self.recent_ids = array("Q")  # 64-bit hashes of the latest event ids, oldest first
-        self.segment = ""
-        self.confidence = 0.0
-        self.model_version = 0
-        self.last_event_id = ""
-
-    def to_bytes(self) -> bytes:
-        """Serialize compactly for Redis: a positional JSON head, a NUL, then the counters
-        (float64) and the recent event-id hashes (uint64), packed little-endian. About half
-        the size of all-JSON (the numbers were most of it), and exact.
-
-        >>> s = CustomerState("c1")
-        >>> s.counters[0], s.recent_ids = 2.5, array("Q", [7, 2**64 - 1])
-        >>> t = CustomerState.from_bytes("c1", s.to_bytes())
-        >>> t.counters[0], list(t.recent_ids), t.to_bytes() == s.to_bytes()
-        (2.5, [7, 18446744073709551615], True)
-        """
-        head = orjson.dumps([
-            STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
-            self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
-            self.country, self.region, self.age, self.income, self.household, self.gender,
-        ])
-        ids = self.recent_ids
-        if _BIG_ENDIAN:
-            ids = array("Q", ids)
-            ids.byteswap()
-        return b"%s\x00%s%s" % (head, _COUNTERS.pack(*self.counters), ids.tobytes())
-
-    @classmethod
-    def from_bytes(cls, customer_id: str, blob: bytes) -> CustomerState:
-        """Inverse of :meth:`to_bytes` (also reads schema 1, all JSON)."""
-        s = cls(customer_id)
-        if blob[:3] == b"[1,":
-            data = orjson.loads(blob)
-            (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.counters,
-             s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age,
-             s.income, s.household, s.gender, ids) = data
-            s.recent_ids = array("Q", ids)
-            return s
-        cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
-        head = orjson.loads(blob[:cut]) if cut > 0 else None
-        if not head or head[0] != STATE_SCHEMA:
-            raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
-        (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.orders_total,
-         s.spend_total, s.categories, s.country, s.region, s.age, s.income, s.household,
-         s.gender) = head
-        end = cut + 1 + _COUNTERS.size
-        s.counters = list(_COUNTERS.unpack_from(blob, cut + 1))
-        s.recent_ids.frombytes(blob[end:])
-        if _BIG_ENDIAN:
-            s.recent_ids.byteswap()
-        return s
-
-
-def update(state: CustomerState, event: Event, half_life_ms: float, dedup_window: int = 32) -> bool:
-    """Fold ``event`` into ``state``; return False (and change nothing) for a duplicate id."""
-    h = event.id_hash or event_id_hash(event.event_id)
-    ids = state.recent_ids
-    if ids:
-        # ``h in ids`` boxes every element as a Python int: searching the raw bytes is ~2x
-        # faster (a match must start on an element boundary)
-        raw, packed = ids.tobytes(), _ID.pack(h)
-        at = raw.find(packed)
-        while at > 0 and at & 7:
-            at = raw.find(packed, at + 1)
-        if at >= 0:
-            return False
-    ids.append(h)
-    if len(ids) > dedup_window:
-        del ids[: len(ids) - dedup_window]
-
+def update(state: CustomerState, event: Event, half_life_ms: float,
+           lateness_ms: int = ALLOWED_LATENESS_MS, max_ids: int = MAX_IDS) -> str:
+    """Fold ``event`` into ``state``: ``'new'``; or change nothing and say why:
+    ``'duplicate'`` (its id was applied before) or ``'late'`` (before the customer's
+    lateness floor, :meth:`CustomerState.admit`)."""
+    outcome = state.admit(event.id_hash or event_id_hash(event.event_id), event.ts_ms,
+                          lateness_ms, max_ids)
+    if outcome != "new":
+        return outcome
     c = state.counters
     t = event.ts_ms
     if state.first_ts == 0 or t < state.first_ts:
@@ -271,7 +174,7 @@ def update(state: CustomerState, event: Event, half_life_ms: float, dedup_window
         state.country = event.country
     if event.region is not None:
         state.region = event.region
-    return True
+    return "new"
 
 
 def _share(num: float, den: float, default: float) -> float:

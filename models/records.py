@@ -66,7 +66,9 @@ class DeadLetter:
     record: RecordLike
     """The original record, bytes untouched."""
     reason: str
-    """Human-readable reason."""
+    """Human-readable reason (``late`` for an event behind the allowed lateness)."""
+    detail: str = ""
+    """More about the reason, when there is more to say."""
 
 
 class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batch, built fast

@@ -24,8 +24,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from models.features import CustomerState, to_model_matrix, vector
+from models.features import to_model_matrix, vector
 from models.model import BaseModel
+from models.state import CustomerState
 
 __all__ = ["moves", "population_sample"]
 

@@ -20,8 +20,8 @@ from collections import OrderedDict
 import orjson
 
 from models.core import Record, Segmenter, SegmenterConfig
-from models.features import CustomerState
 from models.simulator import ShopSimulator
+from models.state import CustomerState
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -9,11 +9,11 @@ import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
 
-if TYPE_CHECKING:  # types only: the runtime imports this module
+if TYPE_CHECKING:
     from redis.asyncio import Redis
 
     from stream.redis_io import Keys
-    from stream.runtime import WorkerStatus
+    from stream.status import WorkerStatus
 
 HISTORY = 300  # samples: 10 minutes at one per 2 s
 FLOW_WINDOW_S = 300

@@ -86,6 +86,8 @@ async def send_dead_letters(
             ("segmenter.source.partition", str(r.partition).encode()),
             ("segmenter.source.offset", str(r.offset).encode()),
         ]
+        if d.detail:
+            headers.append(("segmenter.error.detail", d.detail.encode()))
         futures.append(await producer.send(topic, key=r.key, value=r.value or b"",
                                            headers=headers))
     if futures:

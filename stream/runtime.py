@@ -2,14 +2,12 @@
 
 :class:`Runtime` creates the clients and components and starts and stops them in order;
 :meth:`Runtime.status` is the one read-only view that HTTP routes and the dashboard use
-(:class:`WorkerStatus`), so they never reach into the components.
+(:class:`stream.status.WorkerStatus`), so they never reach into the components.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
-from typing import Any
 
 from aiokafka import AIOKafkaProducer
 
@@ -21,34 +19,7 @@ from stream.pipeline import EventPipeline
 from stream.redis_io import RedisStore, connect
 from stream.relay import ChangeRelay
 from stream.settings import Settings
-
-
-@dataclass(frozen=True, slots=True)
-class WorkerStatus:
-    """A worker's state as people and probes see it (``/health``, the dashboard)."""
-
-    started: bool
-    """The worker consumes (clients are connected)."""
-    problems: list[str]
-    """Why it is not healthy; empty when it is."""
-    processed: int
-    """Events consumed since start."""
-    dead_lettered: int
-    """Invalid events sent to the dead-letter topic since start."""
-    model_version: int
-    """Version of the model this worker assigns with."""
-    algorithm: str
-    """The model's algorithm."""
-    segments: int
-    """Active segments."""
-    criterion: dict[str, Any]
-    """How the number of segments was chosen."""
-    trains: bool
-    """This worker holds the training lease."""
-    drift_detections: int
-    """Drifts detected since start."""
-    relay_leader: bool
-    """This worker relays change messages to Kafka."""
+from stream.status import WorkerStatus
 
 
 class Runtime:

@@ -70,8 +70,14 @@ class Settings:
     """Most segments the model may choose (chosen by the Davies–Bouldin index in between)."""
     half_life_days: float = 30.0
     """Half-life of decayed features in event-time days."""
-    dedup_window: int = 32
-    """Recent event ids remembered per customer to drop re-sent events."""
+    allowed_lateness_s: float = 86400.0
+    """How far an event may lag behind the same customer's newest event (event time) and
+    still be applied; a later one is refused as ``late`` (dead-lettered). Within it, a
+    re-sent event (same ``event_id``) is recognised exactly; beyond it, refused: so a
+    re-sent event changes nothing, whatever its age."""
+    dedup_max_ids: int = 128
+    """Most event ids remembered per customer; a customer with more events within the
+    allowed lateness gets a tighter lateness (its oldest ids are dropped first)."""
     model_update_every: int = 5000
     """Valid events between model updates (each update bumps ``model_version``)."""
     warmup: int = 500
@@ -112,7 +118,8 @@ class Settings:
         return SegmenterConfig(
             algorithm=self.algorithm, min_segments=self.min_segments,
             max_segments=self.max_segments, half_life_days=self.half_life_days,
-            dedup_window=self.dedup_window, update_every=self.model_update_every,
+            allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
+            dedup_max_ids=self.dedup_max_ids, update_every=self.model_update_every,
             warmup=self.warmup, refresh_every=max(1, self.refresh_every),
             cache_size=self.state_cache, trains=False,
         )

@@ -25,9 +25,9 @@ import time
 
 from models.config import BatchResult
 from models.core import Parsed, Segmenter
-from models.features import CustomerState
 from models.learning import Learned, LearnJob, fresh_names, learn
 from models.model import BaseModel
+from models.state import CustomerState
 from stream.helper import Helper, HelperGone
 
 _last: Learned | None = None  # in the helper: the outcome of its last update

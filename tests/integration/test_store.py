@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from models.core import Assignment
-from models.features import CustomerState
+from models.state import CustomerState
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 

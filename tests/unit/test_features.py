@@ -39,25 +39,47 @@ def test_decay_halves_per_half_life() -> None:
 
 def test_late_event_counts_decayed_and_keeps_clock() -> None:
     s = CustomerState("c")
-    update(s, e(1, "page_view", 20), HL)
-    update(s, e(2, "purchase", 10, amount=10.0), HL)
+    update(s, e(1, "page_view", 20), HL, lateness_ms=30 * DAY_MS)
+    update(s, e(2, "purchase", 10, amount=10.0), HL, lateness_ms=30 * DAY_MS)
     assert s.last_ts == (T0 + 20) * DAY_MS
     assert s.counters[PURCHASES] == pytest.approx(0.5)
 
 
 def test_duplicate_event_id_changes_nothing() -> None:
     s = CustomerState("c")
-    assert update(s, e(1, "purchase", 1, amount=5.0), HL)
+    assert update(s, e(1, "purchase", 1, amount=5.0), HL) == "new"
     before = s.to_bytes()
-    assert not update(s, e(1, "purchase", 2, amount=5.0), HL)
+    assert update(s, e(1, "purchase", 2, amount=5.0), HL) == "duplicate"
     assert s.to_bytes() == before
 
 
-def test_dedup_window_is_bounded() -> None:
+def test_remembered_ids_are_bounded_and_the_floor_rises_with_them() -> None:
     s = CustomerState("c")
-    for i in range(100):
-        update(s, e(i, "page_view", 1), HL, dedup_window=8)
-    assert len(s.recent_ids) == 8
+    for i in range(100):  # 100 events a second apart: all within the lateness
+        assert update(s, e(i, "page_view", 1)._replace(ts_ms=T0 * DAY_MS + i * 1000), HL,
+                      max_ids=8) == "new"
+    assert len(s.seen_ids) <= 8
+    before = s.to_bytes()
+    # every event sent again changes nothing: the remembered are duplicates, the rest late
+    outcomes = [update(s, e(i, "page_view", 1)._replace(ts_ms=T0 * DAY_MS + i * 1000), HL,
+                       max_ids=8) for i in range(100)]
+    assert outcomes == ["late"] * (100 - len(s.seen_ids)) + ["duplicate"] * len(s.seen_ids)
+    assert s.to_bytes() == before
+
+
+def test_a_resent_event_changes_nothing_whatever_its_age() -> None:
+    s = CustomerState("c")
+    days = [0.0, 0.5, 3.0, 3.2, 10.0, 10.1, 40.0]
+    for i, d in enumerate(days):
+        assert update(s, e(i, "purchase", d, amount=5.0), HL, lateness_ms=DAY_MS) == "new"
+    before = s.to_bytes()
+    outcomes = [update(s, e(i, "purchase", d, amount=5.0), HL, lateness_ms=DAY_MS)
+                for i, d in enumerate(days)]
+    assert outcomes == ["late"] * 6 + ["duplicate"]
+    assert s.to_bytes() == before
+    # a new event within the lateness applies; one behind it is late
+    assert update(s, e(100, "page_view", 39.5), HL, lateness_ms=DAY_MS) == "new"
+    assert update(s, e(101, "page_view", 38.5), HL, lateness_ms=DAY_MS) == "late"
 
 
 def test_dedup_matches_whole_ids_only() -> None:
@@ -68,11 +90,11 @@ def test_dedup_matches_whole_ids_only() -> None:
     straddle = int.from_bytes((first.to_bytes(8, sys.byteorder) + second.to_bytes(
         8, sys.byteorder))[4:12], sys.byteorder)
     for i, h in enumerate((first, second)):
-        assert update(s, e(i, "page_view", 1)._replace(id_hash=h), HL)
-    assert update(s, e(5, "page_view", 1)._replace(id_hash=straddle), HL)
-    assert not update(s, e(6, "page_view", 2)._replace(id_hash=second), HL)
-    assert not update(s, e(7, "page_view", 2)._replace(id_hash=first), HL)
-    assert list(s.recent_ids) == [first, second, straddle]
+        assert update(s, e(i, "page_view", 1)._replace(id_hash=h), HL) == "new"
+    assert update(s, e(5, "page_view", 1)._replace(id_hash=straddle), HL) == "new"
+    assert update(s, e(6, "page_view", 1)._replace(id_hash=second), HL) == "duplicate"
+    assert update(s, e(7, "page_view", 1)._replace(id_hash=first), HL) == "duplicate"
+    assert list(s.seen_ids) == [first, second, straddle]
 
 
 def test_vector_units_and_defaults() -> None:
