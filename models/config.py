@@ -76,6 +76,9 @@ class BatchResult:
     counts: Counter[tuple[str, str]] = field(default_factory=Counter)
     model_updated: bool = False
     event_ts: list[int] = field(default_factory=list)
+    """Event time of every applied event, epoch ms."""
+    arrived_ts: list[int] = field(default_factory=list)
+    """When each applied event reached Kafka (its record's timestamp), epoch ms."""
     erased: list[str] = field(default_factory=list)
     """Customers to erase from Redis before the assignments are written."""
     lifecycle: list[dict[str, Any]] = field(default_factory=list)

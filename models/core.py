@@ -137,7 +137,7 @@ class Segmenter:
         """Fold events from ``start`` into customer features until an update is due or the
         batch ends; returns where it stopped. The customers changed wait in
         :attr:`changed` for :meth:`assign_changed`."""
-        cache, counts, event_ts = self.cache, res.counts, res.event_ts
+        cache, counts, event_ts, arrived = self.cache, res.counts, res.event_ts, res.arrived_ts
         states, changed, schedule = cache.states, self.changed, self.schedule
         half_life = self.half_life_ms
         lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
@@ -180,6 +180,7 @@ class Segmenter:
             processed[label] += 1
             ts = ev.ts_ms
             event_ts.append(ts)
+            arrived.append(rec.timestamp)
             if ts > watermark:
                 watermark = ts
             changed[cid] = ev

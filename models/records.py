@@ -27,6 +27,8 @@ class Record:
     """Message value (one JSON event)."""
     headers: tuple[tuple[str, bytes], ...] = ()
     """Message headers."""
+    timestamp: int = -1
+    """When the message reached Kafka (the record's timestamp), epoch ms; -1: unknown."""
 
 
 class Erase(NamedTuple):
@@ -57,6 +59,8 @@ class RecordLike(Protocol):
     def value(self) -> bytes | None: ...
     @property
     def headers(self) -> Sequence[tuple[str, bytes]]: ...
+    @property
+    def timestamp(self) -> int: ...
 
 
 @dataclass(frozen=True, slots=True)

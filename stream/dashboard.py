@@ -24,7 +24,7 @@ class Dashboard:
 
     def __init__(self) -> None:
         self.history: deque[dict[str, Any]] = deque(maxlen=HISTORY)
-        self.freshness: deque[float] = deque(maxlen=5000)  # recent event->Redis seconds
+        self.freshness: deque[float] = deque(maxlen=5000)  # recent Kafka arrival->Redis seconds
         self._last: tuple[float, float, float] | None = None  # time, processed, dead
 
     def sample(self, status: WorkerStatus, sizes: dict[str, int], lag: int,
@@ -42,7 +42,7 @@ class Dashboard:
                              "dlq_per_s": dlq, "lag": lag, "seconds_behind": behind})
 
     def percentiles(self) -> dict[str, float | None]:
-        """Event time to Redis write, over the most recent events."""
+        """Freshness (arrival in Kafka to Redis write), over the most recent events."""
         data = sorted(self.freshness)
         if not data:
             return {"p50": None, "p95": None, "p99": None}

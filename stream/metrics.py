@@ -25,9 +25,17 @@ class Metrics:
             "Age of the oldest unprocessed event (now minus its Kafka timestamp)",
             ["topic", "partition"], registry=r)
         self.freshness = Histogram(
-            "segmenter_event_to_segment_seconds", "Event time to Redis write",
+            "segmenter_event_to_segment_seconds",
+            "Freshness: from an event's arrival in Kafka (its record's timestamp) to the "
+            "Redis write that applied it; what operators call processing delay",
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 3600),
             registry=r)
+        self.lateness = Histogram(
+            "segmenter_event_lateness_seconds",
+            "Event time to arrival in Kafka (record timestamp): how late producers send; "
+            "large for backfills and offline-synced apps, not a processing delay",
+            buckets=(0.1, 1, 10, 60, 600, 3600, 21600, 86400, 7 * 86400, 30 * 86400,
+                     365 * 86400), registry=r)
         self.changes = Counter("segmenter_segment_changes", "Segment changes written",
                                registry=r)
         self.segment_size = Gauge("segmenter_segment_size", "Customers per segment",

@@ -121,12 +121,19 @@ class BatchWriter:
         m = self.metrics
         for (etype, outcome), n in result.counts.items():
             m.events.labels(etype, outcome).inc(n)
-        now = time.time()
+        now_ms = time.time() * 1000
         # an evenly spaced sample bounds the cost per batch (the batch's first events waited
-        # longest: a sample of its last ones would flatter the percentiles)
-        for ts in result.event_ts[::max(1, len(result.event_ts) // 200)]:
-            age = max(0.0, now - ts / 1000)
+        # longest: a sample of its last ones would flatter the percentiles). Freshness runs
+        # from the record's arrival in Kafka, not from event time: a backfilled or offline-
+        # synced event is old by event time but was processed as fast as any other.
+        step = max(1, len(result.event_ts) // 200)
+        for arrived, ts in zip(result.arrived_ts[::step], result.event_ts[::step],
+                               strict=True):
+            if arrived < 0:  # no record timestamp
+                continue
+            age = max(0.0, now_ms - arrived) / 1000
             m.freshness.observe(age)
+            m.lateness.observe(max(0.0, arrived - ts) / 1000)
             if self.freshness_sink is not None:
                 self.freshness_sink.append(age)
         m.changes.inc(changes)
