@@ -108,7 +108,7 @@ async def final_state(r: aioredis.Redis, settings: Settings, ids: list[str]) -> 
     for i, cid in enumerate(ids):
         hash_ = {k.decode(): v.decode() for k, v in raw[2 * i + 1].items()}
         hash_.pop("updated_at", None)  # a wall-clock time
-        hash_.pop("reason", None)  # the explanation, from the features when last assigned
+        hash_.pop("explanation", None)  # from the features when last assigned
         customers[cid] = (raw[2 * i], hash_)
     sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()
              if int(v)}
