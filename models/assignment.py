@@ -92,7 +92,8 @@ class Assigner:
             st.model_version = version
             if segment != st.segment:
                 st.segment = segment
-                why = customer_explanation(z[i].tolist(), centres[label].tolist())
+                why = customer_explanation(z[i].tolist(), centres[label].tolist(),
+                                           model.names.get(segment, ""))
                 res.assignments.append(self.assignment(
                     model, st, "event" if ev is not None else "model_update", why))
                 dirty.pop(cid, None)
@@ -119,9 +120,21 @@ class Assigner:
             st = sts[i]
             st.segment, st.confidence = model.ids[label], conf
             st.model_version = model.version
-            why = customer_explanation(z[i].tolist(), centres[label].tolist())
+            why = customer_explanation(z[i].tolist(), centres[label].tolist(),
+                                       model.names.get(st.segment, ""))
             out.append(self.assignment(model, st, reason, why))
         return out
+
+    def explain(self, model: BaseModel, states: list[CustomerState]) -> dict[str, str]:
+        """Explanations of these customers' current segments, as of their last event."""
+        known = [st for st in states if st.segment in model.ids]
+        if not model.ready or not known:
+            return {}
+        z = model.scale(to_model_matrix([vector(st, self.half_life_ms) for st in known]))
+        centres = model.centres_scaled()
+        return {st.customer_id: customer_explanation(
+                    z[i].tolist(), centres[model.ids.index(st.segment)].tolist(),
+                    model.names.get(st.segment, "")) for i, st in enumerate(known)}
 
     @staticmethod
     def assignment(model: BaseModel, st: CustomerState, reason: str,

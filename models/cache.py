@@ -42,6 +42,7 @@ class CustomerCache:
         self.states: OrderedDict[str, CustomerState] = OrderedDict()
         self.dirty: dict[str, None] = {}  # an ordered set: changed since the last drain
         self.pending: set[str] = set()  # changed before the model was ready
+        self.renamed: set[str] = set()  # in a renamed segment: explained again at the drain
         self.watermark = 0  # the latest event time seen: "now" for time-based features
 
     def __len__(self) -> int:
@@ -86,17 +87,20 @@ class CustomerCache:
         self.states.pop(customer_id, None)
         self.dirty.pop(customer_id, None)
         self.pending.discard(customer_id)
+        self.renamed.discard(customer_id)
 
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop the states of revoked partitions (another worker may change them)."""
         for cid in [c for c, s in self.states.items() if s.partition in partitions]:
             self.forget(cid)
 
-    def mark_segments_dirty(self, segments: set[str]) -> None:
-        """Customers of these segments get a full write at the next drain (e.g. renamed)."""
+    def mark_renamed(self, segments: set[str]) -> None:
+        """Customers of these (renamed) segments get a full write at the next drain, with
+        the new name and an explanation that matches it."""
         if segments:
-            self.dirty.update(dict.fromkeys(
-                c for c, s in self.states.items() if s.segment in segments))
+            ids = [c for c, s in self.states.items() if s.segment in segments]
+            self.dirty.update(dict.fromkeys(ids))
+            self.renamed.update(ids)
 
     def drain(self) -> list[CustomerState]:
         """The customers changed since the last drain; then shrink the cache to its bound
@@ -108,4 +112,5 @@ class CustomerCache:
         for _ in range(max(0, excess)):
             cid, _ = self.states.popitem(last=False)
             self.pending.discard(cid)
+            self.renamed.discard(cid)
         return out

@@ -33,7 +33,7 @@ class SegmenterConfig:
     """Most event ids remembered per customer."""
     update_every: int = 5000
     """Valid events between model updates."""
-    warmup: int = 500
+    warmup: int = 200
     """Distinct customer vectors gathered before the model starts assigning."""
     learn_sample: int = 64
     """Current customers sampled and learned (``learn_one``) per model update."""

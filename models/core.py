@@ -260,8 +260,19 @@ class Segmenter:
         """Give the model ``names``; customers of a renamed segment get the new name at the
         next drain."""
         before, self.model.names = self.model.names, names
-        self.cache.mark_segments_dirty(
-            {sid for sid, n in names.items() if before.get(sid, n) != n})
+        self.cache.mark_renamed({sid for sid, n in names.items() if before.get(sid, n) != n})
+
+    def waiting(self) -> str | None:
+        """Why nobody has a segment yet (no model), for people; None once a model exists."""
+        if self.model.ready:
+            return None
+        seen = len(self.cache) + sum(pop for pop, _ in self.schedule.remote.values())
+        need = self.config.warmup - seen
+        why = (f"waiting for {need} more customers" if need > 0 else
+               "learning the first model (customers active in the last "
+               f"{self.config.active_days:g} days of event time count)")
+        return (f"no model yet: {why}; {seen} seen, the first model needs "
+                f"{self.config.warmup} (SEGMENTER_WARMUP)")
 
     # -- between batches ------------------------------------------------------------------------
     def adopt(self, model: BaseModel) -> BatchResult | None:
@@ -272,7 +283,7 @@ class Segmenter:
             return None
         before, self.model = self.model.names, model
         self.schedule.replaced()
-        self.cache.mark_segments_dirty(
+        self.cache.mark_renamed(
             {sid for sid, n in model.names.items() if before.get(sid, n) != n})
         self.assigner.restart_pass()
         res = BatchResult(model_updated=True)
@@ -300,5 +311,10 @@ class Segmenter:
         """Full writes for every customer changed since the last drain (their segment did
         not change, or it was written already); then shrink the cache to its bound. The
         caller writes these, then commits."""
-        model = self.model
-        return [Assigner.assignment(model, st, "event", "") for st in self.cache.drain()]
+        model, renamed = self.model, self.cache.renamed
+        states = self.cache.drain()
+        explained = self.assigner.explain(model, [st for st in states
+                                                  if st.customer_id in renamed])
+        renamed.clear()
+        return [Assigner.assignment(model, st, "event", explained.get(st.customer_id, ""))
+                for st in states]

@@ -107,10 +107,17 @@ class SegmentModel(BaseModel):
             better = cand.inertia < chosen.inertia * (1 - self.hysteresis / 5)
         if better:
             chosen = cand
+        if not self.min_segments <= chosen.k <= self.max_segments:
+            # Lloyd rounds drop a centre that lost every member (its id must not come to
+            # mean another group): the warm candidates can fall below the bounds; the
+            # restarts never do.
+            chosen = cand
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
         small = share < self.min_share
         if small.any() and chosen.k - int(small.sum()) >= self.min_segments:
             chosen, _ = solve(z, chosen.centres[~small], rounds=10)
+            if chosen.k < self.min_segments:  # emptied further by the rounds
+                chosen = cand
         self._relabel(chosen.centres, z)
         scan[chosen.k] = round(chosen.score, 4)
         self._criterion(chosen.score, scan)

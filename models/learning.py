@@ -82,9 +82,9 @@ def learn(model: BaseModel, job: LearnJob) -> Learned:
 def fresh_names(model: BaseModel) -> dict[str, str]:
     """Segment names after an update: from the centres, each segment keeping its old name
     while that still fits (:func:`models.profiles.stable_names`)."""
-    fresh = {sid: name_segment(z) for sid, z in
-             zip(model.ids, model.centres_scaled().tolist(), strict=True)}
-    return stable_names(model.names, fresh)
+    centres = dict(zip(model.ids, model.centres_scaled().tolist(), strict=True))
+    return stable_names(model.names, {sid: name_segment(z) for sid, z in centres.items()},
+                        centres)
 
 
 @dataclass(frozen=True, slots=True)

@@ -85,42 +85,78 @@ def name_segment(z: list[float], words: int = 3) -> str:
     return text[0].upper() + text[1:]
 
 
-def stable_names(old: dict[str, str], fresh: dict[str, str]) -> dict[str, str]:
-    """Names by segment id: a segment keeps its old name while its strongest trait is still
-    one the name mentions, so names change only when a segment's meaning does.
+_TRAIT_OF = {phrase: (FEATURE_NAMES.index(f), d) for (f, d), phrase in _PHRASES.items()}
+KEEP_Z = MIN_Z / 2
+"""A name's trait still holds while the centre is this many standard deviations off in its
+direction (a trait enters a name at :data:`MIN_Z`): names do not flip at the threshold."""
 
+
+def name_holds(name: str, z: list[float]) -> bool:
+    """True while every trait ``name`` states still describes the centre ``z`` (by at least
+    :data:`KEEP_Z`); "Typical customers" holds while no trait reaches twice :data:`MIN_Z`.
+
+    >>> z = [0.0] * len(FEATURE_NAMES); z[FEATURE_NAMES.index("orders")] = 0.3
+    >>> name_holds("Frequent buyers", z), name_holds("Frequent buyers, lapsing", z)
+    (True, False)
+    >>> name_holds("Typical customers", z), name_holds("Typical customers (2)", z)
+    (True, True)
+    """
+    base = name.split(" (")[0]
+    if base == "Typical customers":
+        return all(abs(v) < 2 * MIN_Z for v in z)
+    for phrase in base.lower().split(", "):
+        trait = _TRAIT_OF.get(phrase)
+        if trait is None or z[trait[0]] * trait[1] < KEEP_Z:
+            return False
+    return True
+
+
+def stable_names(old: dict[str, str], fresh: dict[str, str],
+                 centres: dict[str, list[float]]) -> dict[str, str]:
+    """Names by segment id: a segment keeps its old name while the name still describes its
+    centre (:func:`name_holds`), so a name changes only when the segment's profile
+    materially changes; active segments never share a name (:func:`unique_names`).
+
+    >>> z = [0.0] * len(FEATURE_NAMES)
+    >>> z[FEATURE_NAMES.index("orders")], z[FEATURE_NAMES.index("spend")] = 0.4, 0.9
     >>> stable_names({"s0": "Frequent buyers, big spenders"},
-    ...              {"s0": "Big spenders, frequent buyers", "s4": "Lapsing"})
+    ...              {"s0": "Big spenders", "s4": "Lapsing"}, {"s0": z, "s4": z})
     {'s0': 'Frequent buyers, big spenders', 's4': 'Lapsing'}
-    >>> stable_names({"s0": "Frequent buyers, big spenders"}, {"s0": "Lapsing, small baskets"})
-    {'s0': 'Lapsing, small baskets'}
+    >>> z[FEATURE_NAMES.index("orders")] = 0.1
+    >>> stable_names({"s0": "Frequent buyers, big spenders"}, {"s0": "Big spenders"},
+    ...              {"s0": z})
+    {'s0': 'Big spenders'}
     """
     out = []
     for sid, name in fresh.items():
         prev = old.get(sid, "")
-        lead = name.split(" (")[0].split(", ")[0].lower()
-        keep = prev and lead in [p.lower() for p in prev.split(" (")[0].split(", ")]
+        keep = bool(prev) and name_holds(prev, centres[sid])
         out.append(prev.split(" (")[0] if keep else name.split(" (")[0])
     return dict(zip(fresh, unique_names(out), strict=True))
 
 
-def customer_explanation(z: list[float], centre: list[float], most: int = 3) -> str:
-    """The customer's own traits, among those that set the segment apart, strongest first.
+def customer_explanation(z: list[float], centre: list[float], name: str = "",
+                         most: int = 3) -> str:
+    """The customer's own traits that put them in the segment: first those its ``name``
+    states, then the others that set the segment apart, in the order of the segment's
+    profile (strongest first), each only when the customer shares it.
 
-    >>> from models.features import FEATURE_NAMES
     >>> z = [0.0] * len(FEATURE_NAMES); c = [0.0] * len(FEATURE_NAMES)
     >>> z[FEATURE_NAMES.index("orders")], c[FEATURE_NAMES.index("orders")] = 2.5, 1.5
-    >>> customer_explanation(z, c)
-    'frequent buyers'
+    >>> z[FEATURE_NAMES.index("spend")], c[FEATURE_NAMES.index("spend")] = 0.6, 2.0
+    >>> customer_explanation(z, c, "Big spenders")
+    'big spenders, frequent buyers'
     """
-    scored = []
-    for i, (zi, ci) in enumerate(zip(z, centre, strict=True)):
-        if abs(ci) >= MIN_Z and zi * ci > 0 and abs(zi) >= MIN_Z:
-            phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if ci > 0 else -1))
-            if phrase:
-                scored.append((abs(zi), phrase))
-    scored.sort(reverse=True)
-    phrases = list(dict.fromkeys(p for _, p in scored))[:most]
+    phrases = [p for p in name.split(" (")[0].lower().split(", ")
+               if (t := _TRAIT_OF.get(p)) and z[t[0]] * t[1] >= KEEP_Z]
+    for i in sorted(range(len(centre)), key=lambda i: -abs(centre[i])):
+        ci, zi = centre[i], z[i]
+        if abs(ci) < MIN_Z:
+            break
+        phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if ci > 0 else -1))
+        if phrase and zi * ci > 0 and abs(zi) >= MIN_Z and phrase not in phrases:
+            phrases.append(phrase)
+    phrases = phrases[:most]
     return ", ".join(phrases) if phrases else "close to the segment's typical customer"
 
 

@@ -102,4 +102,4 @@ class Runtime:
             model_version=model.version, algorithm=model.algorithm,
             segments=model.n_segments, criterion=dict(model.criterion),
             trains=core.schedule.trains, drift_detections=core.drift.detections,
-            relay_leader=bool(self.relays and self.relays[0].leader))
+            relay_leader=bool(self.relays and self.relays[0].leader), waiting=core.waiting())

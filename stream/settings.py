@@ -80,7 +80,7 @@ class Settings:
     allowed lateness gets a tighter lateness (its oldest ids are dropped first)."""
     model_update_every: int = 5000
     """Valid events between model updates (each update bumps ``model_version``)."""
-    warmup: int = 500
+    warmup: int = 200
     """Customers seen before the model is seeded and starts assigning."""
     refresh_every: int = 4
     """Every this many model updates, re-cluster a sample of current customers (and choose

@@ -32,3 +32,5 @@ class WorkerStatus:
     """Drifts detected since start."""
     relay_leader: bool
     """This worker relays change messages to Kafka."""
+    waiting: str | None = None
+    """Why there are no segments yet (no model), for people; None once there is a model."""

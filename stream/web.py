@@ -53,8 +53,11 @@ def register(app: faust.App, rt: Runtime) -> None:
         async def get(self, request: Request, customer_id: str) -> Response:
             doc = await rt.store.customer(customer_id)
             if doc is None:
-                return self.json({"error": "unknown customer", "customer_id": customer_id},
-                                 status=404)
+                body = {"error": "unknown customer", "customer_id": customer_id}
+                waiting = rt.status().waiting
+                if waiting:  # known or not, nobody has a segment before the first model
+                    body["model"] = waiting
+                return self.json(body, status=404)
             return self.json({"customer_id": customer_id, **typed(doc)})
 
     @app.page("/customers/segments")
@@ -133,8 +136,16 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.page("/segments")
     class Segments(View):
+        """Segment profiles; ``?status=active`` (the default), ``retired`` or ``all``."""
+
         async def get(self, request: Request) -> Response:
-            return self.json(await rt.store.profiles())
+            status = request.query.get("status", "active")
+            if status not in ("active", "retired", "all"):
+                return self.json({"error": "status must be active, retired or all"},
+                                 status=400)
+            profiles = await rt.store.profiles()
+            return self.json({sid: p for sid, p in profiles.items()
+                              if status == "all" or p.get("status", "active") == status})
 
     @app.page("/segments/{segment_id}")
     class OneSegment(View):
@@ -157,6 +168,8 @@ def register(app: faust.App, rt: Runtime) -> None:
             body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons,
                     "processed": status.processed, "model_version": status.model_version,
                     "relay_leader": status.relay_leader}
+            if status.waiting:
+                body["model"] = status.waiting
             return self.json(body, status=200 if not reasons else 503)
 
     @app.page("/metrics")
