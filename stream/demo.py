@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -12,6 +11,8 @@ import sys
 import time
 import urllib.request
 from typing import Any
+
+import orjson
 
 from stream.embedded import embedded_stack, free_port, stop_process
 from stream.kafka_io import ensure_topics, read_lag_once
@@ -31,9 +32,9 @@ def fetch_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     ``(0, {"error": ...})`` when nothing answers (the worker is starting or gone)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, json.load(r)
+            return r.status, orjson.loads(r.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        return exc.code, orjson.loads(exc.read())
     except OSError as exc:
         return 0, {"error": str(exc)}
 
