@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from stream.embedded import embedded_stack, free_port, stop_process
+from stream.embedded import embedded_stack, free_port, require_demo_extra, stop_process
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
@@ -73,13 +73,16 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
     """Start the embedded stack, a worker and the simulator; print a summary until Ctrl-C."""
+    env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
+    env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
+    own_servers = bool(env_kafka and env_redis)
+    if not own_servers:
+        require_demo_extra()  # a clear error, before anything starts
     # Ctrl-C even when started where SIGINT is inherited as ignored (background jobs), and
     # `kill` (SIGTERM) stop everything the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
-    env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
-    stack = contextlib.nullcontext((None, None)) if env_kafka and env_redis else embedded_stack()
+    stack = contextlib.nullcontext((None, None)) if own_servers else embedded_stack()
     with stack as (kafka, redis):
         base = Settings.from_env()
         port = base.web_port if base.web_port != 6066 else _port_or_free(6066)
