@@ -1,4 +1,4 @@
-"""The Redis layout (SPEC §2): every key a worker reads or writes, from one prefix, and
+"""The Redis layout (contract §2): every key a worker reads or writes, from one prefix, and
 how the segment profiles stored there read back (:func:`load_profile`).
 
 Customer ids sit inside a hash tag, ``{…}``, as they are, so a customer's keys share a
@@ -28,7 +28,7 @@ class Keys:
     """Key prefix, ``seg:`` by default."""
 
     def customer(self, cid: str) -> str:
-        """The SPEC §2 hash a website reads."""
+        """The contract §2 hash a website reads."""
         return f"{self.prefix}customer:{{{cid}}}"
 
     def state(self, cid: str) -> str:

@@ -1,4 +1,4 @@
-"""Redis I/O: customer states and segments (SPEC §2), change stream, model snapshots.
+"""Redis I/O: customer states and segments (contract §2), change stream, model snapshots.
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
 by source partition/offset (the ``partition:offset:`` head of the state string), writes the
@@ -265,7 +265,7 @@ class RedisStore:
             raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
 
     async def customers(self, ids: list[str]) -> list[dict[str, str] | None]:
-        """SPEC §2 hashes of several customers in one round trip."""
+        """contract §2 hashes of several customers in one round trip."""
         async with self.r.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hgetall(self.keys.customer(cid))
@@ -289,7 +289,7 @@ class RedisStore:
         return out
 
     async def customer(self, cid: str) -> dict[str, str] | None:
-        """The SPEC §2 hash of a customer, or None."""
+        """The contract §2 hash of a customer, or None."""
         raw = await self.r.hgetall(self.keys.customer(cid))
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 
