@@ -7,6 +7,8 @@ COPY pyproject.toml README.md ./
 COPY models ./models
 COPY stream ./stream
 COPY scripts ./scripts
+# The package alone: not the [demo] extra (the embedded broker and Valkey of `segmenter demo`
+# and the tests); the image runs against real Kafka and Redis.
 RUN pip install . && useradd --system --uid 10001 segmenter
 USER segmenter
 EXPOSE 6066

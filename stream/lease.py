@@ -15,6 +15,12 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) and 1 or 0
 """
+# Compare and delete in one step: a lease that expired and went to another holder between a
+# GET and a DEL would otherwise be deleted from under it.
+_RELEASE = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
 class Lease:
@@ -24,7 +30,9 @@ class Lease:
         self.r, self.key, self.ttl_ms = redis, key, ttl_ms
         self.me = f"{socket.gethostname()}-{os.getpid()}-{id(self):x}"
         self.held = False
-        self._renew = redis.register_script(_RENEW)  # EVALSHA, loading it again if needed
+        # EVALSHA, loaded again by redis-py when the server answers NOSCRIPT.
+        self._renew = redis.register_script(_RENEW)
+        self._release = redis.register_script(_RELEASE)
 
     async def renew(self) -> bool:
         """Take or keep the lease; True while held. Raises Redis errors."""
@@ -34,7 +42,6 @@ class Lease:
     async def release(self) -> None:
         """Give the lease up now (on shutdown) so another worker takes over at once."""
         if self.held:
-            with contextlib.suppress(Exception):
-                if await self.r.get(self.key) == self.me.encode():
-                    await self.r.delete(self.key)
+            with contextlib.suppress(Exception):  # shutting down: expiry frees it anyway
+                await self._release(keys=[self.key], args=[self.me])
         self.held = False

@@ -15,7 +15,6 @@ algorithm and the feature schema (:func:`models.model.from_checkpoint`).
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass
@@ -27,6 +26,7 @@ from models.core import BatchResult, Segmenter
 from models.model import BaseModel, from_checkpoint
 from models.profiles import build_profiles
 from stream.errors import RetriableError
+from stream.keys import load_json
 from stream.lease import Lease
 from stream.metrics import Metrics
 from stream.redis_io import RETRIABLE, RedisStore
@@ -34,23 +34,6 @@ from stream.redis_io import RETRIABLE, RedisStore
 log = logging.getLogger(__name__)
 SAMPLE_STALE_S = 60.0
 """A worker's sample older than this no longer counts (the worker is gone)."""
-
-# Publish a snapshot unless a newer one is already there (a deposed learner cannot win).
-_PUBLISH = """
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if current >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
-end
-for i = 4 + 2 * n + 1, #ARGV do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
-end
-return 1
-"""
-
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -95,7 +78,7 @@ class ModelSync:
     async def load_latest(self) -> BaseModel | None:
         """The latest snapshot, or None; a mismatching one raises ``CheckpointMismatch``."""
         raw = await self.store.r.get(self.keys.model)
-        return from_checkpoint(json.loads(raw)) if raw else None
+        return from_checkpoint(load_json(raw)) if raw else None
 
     async def tick(self, core: Segmenter) -> list[BatchResult]:
         """One round: hold or seek the lease; as the trainer, take the others' samples and
@@ -176,7 +159,7 @@ class ModelSync:
     def snapshot(model: BaseModel, res: BatchResult) -> Snapshot:
         """What :meth:`send` stores for ``model`` as it is now (``res``: the batch that moved
         it), taken at once: the model goes on changing while it is sent."""
-        return Snapshot(model.version, json.dumps(model.checkpoint()), list(model.ids),
+        return Snapshot(model.version, orjson.dumps(model.checkpoint()).decode(), list(model.ids),
                         model.centres_scaled().tolist(), model.centres_model_space().tolist(),
                         dict(model.names), dict(model.criterion), res.lifecycle,
                         res.centres)
@@ -198,17 +181,8 @@ class ModelSync:
             snap.ids, snap.centres, snap.units, snap.names, sizes,
             self.profiles or await self.store.profiles(), snap.version, now_ms,
             snap.criterion, snap.lifecycle, snap.lifecycle_centres)
-        args: list[Any] = [snap.version, snap.checkpoint, self.store.maxlen,
-                           len(self.profiles)]
-        for sid, p in self.profiles.items():
-            args += [sid, json.dumps(p)]
-        args += [orjson.dumps(e) for e in snap.lifecycle]
-        keys = self.keys
-        try:
-            ok = await self.store.r.eval(_PUBLISH, 4, keys.model, keys.model_version,
-                                         keys.segments, keys.lifecycle, *args)
-        except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
+        ok = await self.store.publish_model(snap.version, snap.checkpoint, self.profiles,
+                                            snap.lifecycle)
         if ok:
             for e in snap.lifecycle:
                 self.metrics.lifecycle.labels(e["event"]).inc()
@@ -222,8 +196,9 @@ class ModelSync:
         m.model_version.set(model.version)
         m.segments.set(model.n_segments)
         if model.criterion:
+            value = model.criterion.get("value")  # null: infinite (one segment)
             m.criterion.labels(model.criterion.get("name", "")).set(
-                model.criterion.get("value", 0.0))
+                float("inf") if value is None else value)
         m.distance.set(core.drift.mean_distance)
 
     async def close(self) -> None:

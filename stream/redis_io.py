@@ -1,19 +1,22 @@
-"""Redis I/O: customer states and segments (SPEC §2), change stream, model checkpoints.
+"""Redis I/O: customer states and segments (contract §2), change stream, model snapshots.
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
 by source partition/offset (the ``partition:offset:`` head of the state string), writes the
 state and the segment hash, keeps segment sizes,
 and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+
+Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA``); see
+:meth:`RedisStore._pipelined` for how a batch of calls stays one round trip.
 """
 
 from __future__ import annotations
 
-import json
-import re
-from dataclasses import dataclass
+from collections.abc import Sequence
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
+from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -21,6 +24,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.core import Assignment
 from models.features import CustomerState
 from stream.errors import RetriableError
+from stream.keys import Keys, load_profile
 
 _UPSERT = """
 local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
@@ -68,73 +72,27 @@ redis.call('SET', KEYS[1], ARGV[3])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
              'updated_at', ARGV[7], 'segment_name', ARGV[8])
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'explanation', ARGV[9]) end
 end
 return 0
 """
+# Publish a model snapshot unless a newer one is already there (a deposed learner cannot
+# win): the checkpoint, its version, every segment profile and the lifecycle messages.
+_PUBLISH = """
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
+end
+for i = 4 + 2 * n + 1, #ARGV do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
+end
+return 1
+"""
 RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
-
-
-@dataclass(frozen=True, slots=True)
-class Keys:
-    """Every Redis key, derived from the prefix; customer ids sit inside a hash tag."""
-
-    prefix: str
-    """Key prefix, ``seg:`` by default."""
-
-    def customer(self, cid: str) -> str:
-        """The SPEC §2 hash a website reads."""
-        return f"{self.prefix}customer:{{{cid}}}"
-
-    def state(self, cid: str) -> str:
-        """Internal feature state of a customer: a string ``partition:offset:`` + the
-        :meth:`~models.features.CustomerState.to_bytes` blob (a plain string, not a hash:
-        half the memory)."""
-        return f"{self.prefix}state:{{{cid}}}"
-
-    @property
-    def state_pattern(self) -> str:
-        """``SCAN MATCH`` pattern of every :meth:`state` key (the prefix glob-escaped)."""
-        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "state:{*}"
-
-    @property
-    def segments(self) -> str:
-        """Hash of segment id -> JSON profile."""
-        return f"{self.prefix}segments"
-
-    @property
-    def sizes(self) -> str:
-        """Hash of segment id -> member count."""
-        return f"{self.prefix}sizes"
-
-    @property
-    def changes(self) -> str:
-        """Stream (and Pub/Sub channel) of segment changes."""
-        return f"{self.prefix}changes"
-
-    @property
-    def model(self) -> str:
-        """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
-        return f"{self.prefix}model"
-
-    @property
-    def model_version(self) -> str:
-        """The version of :attr:`model` (workers poll this small key)."""
-        return f"{self.prefix}model-version"
-
-    @property
-    def learner(self) -> str:
-        """Lease of the one worker that updates the shared model."""
-        return f"{self.prefix}learner"
-
-    @property
-    def samples(self) -> str:
-        """Hash of worker -> its latest sample of current customers, for the learner."""
-        return f"{self.prefix}samples"
-
-    @property
-    def lifecycle(self) -> str:
-        """Stream of segment lifecycle messages (born, split, merged, retired)."""
-        return f"{self.prefix}lifecycle"
 
 
 _CURRENT = ("segment", "model_version", "confidence")
@@ -157,12 +115,42 @@ class RedisStore:
         self.r = client
         self.keys = Keys(prefix)
         self.maxlen = stream_maxlen
-        self._sha: dict[str, str] = {}
+        self._upsert = client.register_script(_UPSERT)
+        self._refresh = client.register_script(_REFRESH)
+        self._erase = client.register_script(_ERASE)
+        self._publish = client.register_script(_PUBLISH)
 
-    async def _script(self, source: str) -> str:
-        if source not in self._sha:
-            self._sha[source] = await self.r.script_load(source)
-        return self._sha[source]
+    async def _pipelined(self, script: AsyncScript, nkeys: int,
+                         calls: Sequence[Sequence[Any]]) -> list[Any]:
+        """Run ``script`` once per call (``nkeys`` keys, then the arguments) in one pipeline:
+        one round trip, results (or errors) in call order.
+
+        The calls are plain ``EVALSHA`` of the script's SHA, not ``script(client=pipe)``:
+        with a script object in it, a redis-py pipeline first asks ``SCRIPT EXISTS`` on
+        every ``execute``, a second round trip per batch. A server that lost its scripts
+        (a restart, a failover, ``SCRIPT FLUSH``) answers ``NOSCRIPT`` to the calls it
+        did not run; they are loaded once and sent again, the others keep their results.
+        """
+        results = await self._evalsha(script, nkeys, calls)
+        missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
+        if missing:
+            await self.r.script_load(script.script)
+            again = await self._evalsha(script, nkeys, [calls[i] for i in missing])
+            for i, res in zip(missing, again, strict=True):
+                results[i] = res
+        for res in results:
+            if isinstance(res, RETRIABLE):
+                raise res
+            if isinstance(res, Exception):
+                raise ResponseError(f"Redis script failed: {res}") from res
+        return results
+
+    async def _evalsha(self, script: AsyncScript, nkeys: int,
+                       calls: Sequence[Sequence[Any]]) -> list[Any]:
+        async with self.r.pipeline(transaction=False) as pipe:
+            for call in calls:
+                pipe.evalsha(script.sha, nkeys, *call)
+            return list(await pipe.execute(raise_on_error=False))
 
     async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
         """States of these customers that Redis holds (unknown ones are absent), with their
@@ -224,44 +212,22 @@ class RedisStore:
         if not assignments:
             return [], 0
         k = self.keys
-        source = _REFRESH if refresh else _UPSERT
         try:
-            for _ in range(2):
-                sha = await self._script(source)
-                async with self.r.pipeline(transaction=False) as pipe:
-                    for a in assignments:
-                        cid = a.customer_id
-                        if refresh:
-                            pipe.evalsha(sha, 2, k.state(cid), k.customer(cid), a.partition,
-                                         a.offset, b"%d:%d:%s" % (a.partition, a.offset,
-                                                                  a.state),
-                                         a.segment, a.confidence,
-                                         a.model_version, now_ms, a.segment_name)
-                        else:
-                            pipe.evalsha(
-                                sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
-                                a.partition, a.offset,
-                                b"%d:%d:%s" % (a.partition, a.offset, a.state),
-                                a.segment, a.segment_name,
-                                a.model_version, now_ms, a.confidence, a.event_id, a.reason,
-                                cid, self.maxlen, a.explanation,
-                            )
-                    results = await pipe.execute(raise_on_error=False)
-                errors = [r for r in results if isinstance(r, Exception)]
-                if errors and all(isinstance(e, NoScriptError) for e in errors):
-                    # Redis restarted and lost its script cache: load and write again
-                    # (the writes are idempotent, so repeating the ones that passed is safe).
-                    self._sha.clear()
-                    continue
-                if errors:
-                    if isinstance(errors[0], RETRIABLE):
-                        raise errors[0]
-                    raise ResponseError(f"customer write failed: {errors[0]}")
-                break
+            if refresh:
+                results = await self._pipelined(self._refresh, 2, [
+                    (k.state(a.customer_id), k.customer(a.customer_id), a.partition, a.offset,
+                     b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
+                     a.confidence, a.model_version, now_ms, a.segment_name, a.explanation)
+                    for a in assignments])
+                return [], sum(1 for r in results if r == -1)
+            results = await self._pipelined(self._upsert, 4, [
+                (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes,
+                 a.partition, a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state),
+                 a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
+                 a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation)
+                for a in assignments])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
-        if refresh:
-            return [], sum(1 for r in results if r == -1)
         changes = [r[1] for r in results if r[0] == 1]
         fenced = sum(1 for r in results if r[0] == -1)
         return changes, fenced
@@ -272,24 +238,35 @@ class RedisStore:
             return 0
         k = self.keys
         try:
-            sha = await self._script(_ERASE)
-            async with self.r.pipeline(transaction=False) as pipe:
-                for cid in ids:
-                    pipe.evalsha(sha, 4, k.state(cid), k.customer(cid), k.sizes, k.changes,
-                                 cid, now_ms, self.maxlen, model_version)
-                results = await pipe.execute(raise_on_error=False)
+            results = await self._pipelined(self._erase, 4, [
+                (k.state(cid), k.customer(cid), k.sizes, k.changes,
+                 cid, now_ms, self.maxlen, model_version) for cid in ids])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
-        for res in results:
-            if isinstance(res, NoScriptError):
-                self._sha.clear()
-                return await self.erase(ids, now_ms, model_version)
-            if isinstance(res, Exception):
-                raise ResponseError(f"erase failed: {res}")
         return sum(1 for res in results if res[0])
 
+    async def publish_model(self, version: int, checkpoint: str | bytes,
+                            profiles: dict[str, dict[str, Any]],
+                            lifecycle: list[dict[str, Any]]) -> bool:
+        """Store a model version atomically: its checkpoint (:attr:`Keys.model`), the
+        version (:attr:`Keys.model_version`), every segment profile (:attr:`Keys.segments`)
+        and the lifecycle messages (:attr:`Keys.lifecycle`). False, and nothing written,
+        when this version or a newer one is there already (a deposed learner cannot win).
+        Raises :class:`RetriableError` when Redis is unreachable.
+        """
+        k = self.keys
+        args: list[Any] = [version, checkpoint, self.maxlen, len(profiles)]
+        for sid, profile in profiles.items():
+            args += [sid, orjson.dumps(profile)]
+        args += [orjson.dumps(e) for e in lifecycle]
+        try:
+            return bool(await self._publish(
+                keys=[k.model, k.model_version, k.segments, k.lifecycle], args=args))
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
+
     async def customers(self, ids: list[str]) -> list[dict[str, str] | None]:
-        """SPEC §2 hashes of several customers in one round trip."""
+        """contract §2 hashes of several customers in one round trip."""
         async with self.r.pipeline(transaction=False) as pipe:
             for cid in ids:
                 pipe.hgetall(self.keys.customer(cid))
@@ -307,13 +284,13 @@ class RedisStore:
         sizes = await self.sizes()
         out = {}
         for k, v in raw.items():
-            p = json.loads(v)
+            p = load_profile(v)
             p["size"] = sizes.get(p["id"], 0)
             out[_text(k)] = p
         return out
 
     async def customer(self, cid: str) -> dict[str, str] | None:
-        """The SPEC §2 hash of a customer, or None."""
+        """The contract §2 hash of a customer, or None."""
         raw = await self.r.hgetall(self.keys.customer(cid))
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
 

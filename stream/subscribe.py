@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sys
 from collections.abc import Callable
 from typing import Any
 
+import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-from stream.redis_io import Keys, connect
+from stream.keys import Keys
+from stream.redis_io import connect
 
 
 async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
@@ -42,7 +43,7 @@ async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start
                 continue
             for entry_id, fields in entries:
                 if fields:
-                    handle(entry_id.decode(), json.loads(fields[b"change"]))
+                    handle(entry_id.decode(), orjson.loads(fields[b"change"]))
                     handled += 1
                 await r.xack(key, group, entry_id)
     finally:
@@ -52,5 +53,5 @@ async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start
 
 def print_change(entry_id: str, change: dict[str, Any]) -> None:
     """Print one change as a JSON line (with its stream id)."""
-    sys.stdout.write(json.dumps({"id": entry_id, **change}, ensure_ascii=False) + "\n")
+    sys.stdout.write(orjson.dumps({"id": entry_id, **change}).decode() + "\n")
     sys.stdout.flush()

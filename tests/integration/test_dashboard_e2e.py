@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 import redis.asyncio as aioredis
 
@@ -80,7 +80,7 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         assert await page.inner_text("#status") == "healthy"
         assert await page.locator("#sizes polyline").count() == len(expected["sizes"])
         # the model card shows the published model's criterion per segment count tried
-        snapshot = json.loads(await r.get(f"{settings.redis_prefix}model") or b"{}")
+        snapshot = orjson.loads(await r.get(f"{settings.redis_prefix}model") or b"{}")
         crit = snapshot["criterion"]
         rows = await page.eval_on_selector_all(
             "[data-testid=criterion] tbody tr",

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 import os
 import signal
 import time
@@ -83,7 +82,7 @@ async def run_settings(s: Stream, name: str) -> Settings:
 
 
 async def install_model(r: aioredis.Redis, settings: Settings, checkpoint: dict) -> None:
-    await r.set(f"{settings.redis_prefix}model", json.dumps(checkpoint))
+    await r.set(f"{settings.redis_prefix}model", orjson.dumps(checkpoint))
     await r.set(f"{settings.redis_prefix}model-version", checkpoint["version"])
 
 

@@ -4,7 +4,6 @@ real Redis, real worker processes."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from pathlib import Path
 
@@ -16,6 +15,7 @@ from models.events import parse_timestamp
 from models.simulator import DAY_MS, PERSONAS, ShopSimulator
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics, read_lag_once
+from stream.keys import load_profile
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
@@ -53,7 +53,7 @@ async def published_model(r: aioredis.Redis, prefix: str) -> tuple[dict, dict[st
         pipe.get(f"{prefix}model")
         pipe.hgetall(f"{prefix}segments")
         model, profiles = await pipe.execute()
-    return json.loads(model or b"{}"), {k.decode(): json.loads(v) for k, v in profiles.items()}
+    return orjson.loads(model or b"{}"), {k.decode(): load_profile(v) for k, v in profiles.items()}
 
 
 async def hashes(r: aioredis.Redis, prefix: str, ids: list[str]) -> dict[str, dict[str, str]]:
@@ -89,7 +89,7 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
             v = {metric(w, "segmenter_model_version") for w in workers}
             return v == {float(int(await r.get(f"{prefix}model-version") or 0))}
         await wait_for(same_version, 15, "both workers on the published model version")
-        snapshot = json.loads(await r.get(f"{prefix}model") or b"{}")
+        snapshot = orjson.loads(await r.get(f"{prefix}model") or b"{}")
         assert snapshot["version"] >= published and snapshot["algorithm"] == "kmeans"
         # every customer (whichever worker owns their partition) has a segment of that model;
         # the non-learner assigns its customers once the first snapshot reaches it
@@ -139,7 +139,7 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         async def moved_on() -> bool:
             return int(await r.get(f"{prefix}model-version") or 0) > before
         await wait_for(moved_on, 30, "new model versions from the new learner")
-        after = json.loads(await r.get(f"{prefix}model") or b"{}")
+        after = orjson.loads(await r.get(f"{prefix}model") or b"{}")
         # It continued the lineage: the same personas, so most segments keep their ids, and
         # new ones are numbered on (its sample holds the taken-over customers too; without
         # that, only one id survived here). Learning goes on over the whole population now:
@@ -170,7 +170,7 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
         worker.wait_healthy()
         await produce(cfg, encode(first))
         await wait_for(lambda: caught_up(cfg), 120, "phase 1")
-        ids_before = set(json.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
+        ids_before = set(orjson.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
         newcomers = ShopSimulator(450, seed=2, start_ms=START + 20 * DAY_MS, days=20,
                                   prefix="n", personas=(BY_NAME["mobile_evening_browser"],))
         await produce(cfg, encode(rest + list(newcomers.history())))
@@ -183,8 +183,8 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
                      for _, f in await r.xrange(f"{prefix}lifecycle")]
         birth = [e for e in lifecycle if e["segment"] == home]
         assert birth and birth[0]["event"] in ("born", "split"), lifecycle
-        assert ids_before <= set(json.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
-        profile = json.loads(await r.hget(f"{prefix}segments", home) or b"{}")
+        assert ids_before <= set(orjson.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
+        profile = load_profile(await r.hget(f"{prefix}segments", home) or b"{}")
         assert profile["lifecycle"][0]["event"] == birth[0]["event"]
         assert profile["criterion"]["name"] == "davies_bouldin"
         copies = await consume_all(cfg, cfg.lifecycle_topic, len(lifecycle), 30)
@@ -199,7 +199,7 @@ async def test_a_mismatched_snapshot_is_refused(settings: Settings, tmp_path: Pa
     from models.kmeans import SegmentModel
 
     cp = SegmentModel().checkpoint()
-    await r.set(f"{settings.redis_prefix}model", json.dumps({**cp, "river_version": "0.0.1"}))
+    await r.set(f"{settings.redis_prefix}model", orjson.dumps({**cp, "river_version": "0.0.1"}))
     worker = WorkerProcess(settings, tmp_path)
     try:
         assert worker.proc.wait(60) != 0

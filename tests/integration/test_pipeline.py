@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import json
 from pathlib import Path
 
 import orjson
@@ -14,6 +13,7 @@ import redis.asyncio as aioredis
 from models.evaluation import adjusted_rand_index
 from models.simulator import ShopSimulator
 from stream.kafka_io import ensure_topics, read_lag_once
+from stream.keys import load_profile
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
@@ -63,7 +63,7 @@ async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aiored
         # online model learns while customers evolve. Under 0.45 personas are being lost.
         assert ari >= 0.45
         # profiles and sizes are consistent with the hashes
-        profiles = {k.decode(): json.loads(v) for k, v in
+        profiles = {k.decode(): load_profile(v) for k, v in
                     (await r.hgetall(f"{prefix}segments")).items()}
         sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()}
         assert sum(sizes.values()) == len(ids)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -36,13 +35,13 @@ async def r(settings: Settings):  # type: ignore[no-untyped-def]
 def request(worker: WorkerProcess, method: str, path: str, body: Any = None,
             headers: dict[str, str] | None = None) -> tuple[int, dict[str, str], Any]:
     url = f"http://127.0.0.1:{worker.settings.web_port}{path}"
-    data = json.dumps(body).encode() if body is not None else None
+    data = orjson.dumps(body) if body is not None else None
     req = urllib.request.Request(url, data=data, method=method, headers=headers or {})
     try:
         with urllib.request.urlopen(req, timeout=5) as resp:
-            return resp.status, dict(resp.headers), json.load(resp)
+            return resp.status, dict(resp.headers), orjson.loads(resp.read())
     except urllib.error.HTTPError as exc:
-        return exc.code, dict(exc.headers), json.load(exc)
+        return exc.code, dict(exc.headers), orjson.loads(exc.read())
 
 
 def event(cid: str, n: int, etype: str = "page_view", **props: Any) -> tuple[bytes, bytes]:
@@ -119,8 +118,8 @@ async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) ->
         assert not await r.exists(f"{prefix}customer:{{{cid}}}", f"{prefix}state:{{{cid}}}")
         assert int(await r.hget(f"{prefix}sizes", seg)) == size - 1
         last = (await r.xrevrange(f"{prefix}changes", count=50))
-        deletes = [json.loads(f[b"change"]) for _, f in last
-                   if json.loads(f[b"change"])["customer_id"] == cid]
+        deletes = [orjson.loads(f[b"change"]) for _, f in last
+                   if orjson.loads(f[b"change"])["customer_id"] == cid]
         assert deletes[0]["reason"] == "delete" and deletes[0]["from"] == seg
         assert deletes[0]["to"] is None
         # the owning worker processes the control message: it stays forgotten
@@ -174,7 +173,7 @@ async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_pat
         ids = {i.decode() for i, _ in stream}
 
         def received(path: Path) -> list[dict[str, Any]]:
-            return [json.loads(line) for line in path.read_text().splitlines() if line]
+            return [orjson.loads(line) for line in path.read_text().splitlines() if line]
 
         async def all_in(path: Path) -> bool:
             return {c["id"] for c in received(path)} >= ids
@@ -200,7 +199,7 @@ async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_pat
         by_id = {dict(m.headers)["segmenter.change_id"].decode(): m for m in kafka}
         assert set(by_id) == ids
         for m in kafka:
-            assert json.loads(m.value)["customer_id"].encode() == m.key
+            assert orjson.loads(m.value)["customer_id"].encode() == m.key
     finally:
         for p in (live, flaky):
             p.terminate()

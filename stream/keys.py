@@ -1,0 +1,110 @@
+"""The Redis layout (contract §2): every key a worker reads or writes, from one prefix, and
+how the segment profiles stored there read back (:func:`load_profile`).
+
+Customer ids sit inside a hash tag, ``{…}``, as they are, so a customer's keys share a
+Redis Cluster slot (the global keys need a hash tag in the prefix for that, see the README).
+
+>>> k = Keys("seg:")
+>>> k.customer("c-42"), k.changes
+('seg:customer:{c-42}', 'seg:changes')
+>>> Keys("a*b:").state_pattern
+'a\\\\*b:state:{*}'
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    """Every Redis key, derived from the prefix; customer ids sit inside a hash tag."""
+
+    prefix: str
+    """Key prefix, ``seg:`` by default."""
+
+    def customer(self, cid: str) -> str:
+        """The contract §2 hash a website reads."""
+        return f"{self.prefix}customer:{{{cid}}}"
+
+    def state(self, cid: str) -> str:
+        """Internal feature state of a customer: a string ``partition:offset:`` + the
+        :meth:`~models.features.CustomerState.to_bytes` blob (a plain string, not a hash:
+        half the memory)."""
+        return f"{self.prefix}state:{{{cid}}}"
+
+    @property
+    def state_pattern(self) -> str:
+        """``SCAN MATCH`` pattern of every :meth:`state` key (the prefix glob-escaped)."""
+        return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "state:{*}"
+
+    @property
+    def segments(self) -> str:
+        """Hash of segment id -> JSON profile."""
+        return f"{self.prefix}segments"
+
+    @property
+    def sizes(self) -> str:
+        """Hash of segment id -> member count."""
+        return f"{self.prefix}sizes"
+
+    @property
+    def changes(self) -> str:
+        """Stream (and Pub/Sub channel) of segment changes."""
+        return f"{self.prefix}changes"
+
+    @property
+    def model(self) -> str:
+        """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
+        return f"{self.prefix}model"
+
+    @property
+    def model_version(self) -> str:
+        """The version of :attr:`model` (workers poll this small key)."""
+        return f"{self.prefix}model-version"
+
+    @property
+    def learner(self) -> str:
+        """Lease of the one worker that updates the shared model."""
+        return f"{self.prefix}learner"
+
+    @property
+    def samples(self) -> str:
+        """Hash of worker -> its latest sample of current customers, for the learner."""
+        return f"{self.prefix}samples"
+
+    @property
+    def lifecycle(self) -> str:
+        """Stream of segment lifecycle messages (born, split, merged, retired)."""
+        return f"{self.prefix}lifecycle"
+
+
+_NON_FINITE = re.compile(rb"(?<=[:,\[])(\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])")
+
+
+def load_profile(raw: bytes | str) -> dict[str, Any]:
+    """A segment profile as stored in :attr:`Keys.segments`.
+
+    Profiles are written by orjson, which stores a non-finite number (a Davies–Bouldin
+    index of one segment is infinite) as ``null``. Python's ``json`` module spells it
+    ``Infinity`` or ``NaN``, which is not JSON; profiles it wrote (older versions) read
+    as ``null`` too.
+
+    >>> load_profile(b'{"id": "s0", "criterion": {"value": Infinity, "by_count": [NaN]}}')
+    {'id': 's0', 'criterion': {'value': None, 'by_count': [None]}}
+    """
+    return load_json(raw)
+
+
+def load_json(raw: bytes | str) -> dict[str, Any]:
+    """A JSON object stored in Redis (a profile, a model checkpoint), non-finite numbers
+    written by older versions (``Infinity``, ``NaN``) read as ``null``."""
+    raw = raw.encode() if isinstance(raw, str) else raw
+    try:
+        return dict(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return dict(orjson.loads(_NON_FINITE.sub(rb"\1null", raw)))
