@@ -10,9 +10,11 @@ Both read the same pre-produced topic of simulated events on the embedded stack 
   ``HSET`` of the five SPEC fields + commit, in this process, nothing else.
 
 Usage: ``python -m scripts.bench [--events 200000] [--customers 5000] [--runs 3] [--scale]
-[--inline] [--variant SEGMENTER_X=VALUE ...]`` (``--scale`` adds two workers in one consumer
-group on the same topic, for 1 vs 2 workers; ``--inline`` adds a worker without helper
-processes; ``--variant`` adds a worker with those settings; all side by side in every run).
+[--inline] [--variant SEGMENTER_X=VALUE ...] [--checkout DIR]`` (``--scale`` adds two workers
+in one consumer group on the same topic, for 1 vs 2 workers; ``--inline`` adds a worker
+without helper processes; ``--variant`` adds a worker with those settings; ``--checkout``
+adds a worker run from another checkout, for before/after a change; all side by side in
+every run).
 """
 
 from __future__ import annotations
@@ -144,11 +146,14 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray,
 
 def worker_run(settings: Settings, total: int, workers: int = 1,
                stages: dict[str, float] | None = None,
-               cpu: dict[str, float] | None = None) -> float:
+               cpu: dict[str, float] | None = None, code: str | None = None) -> float:
     """Real worker processes in one group; events/s from the first to the last processed
     event (summed over the workers); adds the first worker's time by stage to ``stages``
-    and its CPU time (:func:`cpu_seconds`) to ``cpu``."""
+    and its CPU time (:func:`cpu_seconds`) to ``cpu``. ``code``: another checkout of this
+    repository to run the workers from (same Python environment)."""
     env = {**os.environ, **settings.with_env()}
+    if code is not None:  # its modules come first on the path, before the installed ones
+        env["PYTHONPATH"] = os.path.abspath(code)
     ports = [settings.web_port] + [free_port() for _ in range(workers - 1)]
     procs = []
     for i, port in enumerate(ports):
@@ -157,7 +162,7 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "stream.cli", "worker"],
                 env={**env, "SEGMENTER_WEB_PORT": str(port)}, stdout=log,
-                stderr=subprocess.STDOUT))
+                stderr=subprocess.STDOUT, cwd=code))
     first_t, first_n = 0.0, 0
     before: dict[str, float] = {}
     cpu_before: dict[str, float] = {}
@@ -211,6 +216,9 @@ def main(argv: list[str] | None = None) -> int:
                     metavar="SEGMENTER_X=VALUE",
                     help="also run a worker with this setting (repeat for several; all in "
                          "one variant), side by side with the others in every run")
+    ap.add_argument("--checkout", metavar="DIR",
+                    help="also run a worker from another checkout of this repository (e.g. "
+                         "the commit before a change), side by side in every run")
     args = ap.parse_args(argv)
     sim = ShopSimulator(args.customers, seed=1, days=30)
     events = list(itertools.islice(sim.history(), args.events))
@@ -227,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
                                   "SEGMENTER_PARTITIONS": "4"})
         asyncio.run(produce_topic(base, events))
         variant = dict(args.variant)
-        w_rates, b_rates, two_rates, inline_rates, v_rates = [], [], [], [], []
+        w_rates, b_rates, two_rates, inline_rates, v_rates, c_rates = [], [], [], [], [], []
         w_stages: dict[str, float] = {}
         w_cpu: dict[str, float] = {}
         i_cpu: dict[str, float] = {}
@@ -255,12 +263,18 @@ def main(argv: list[str] | None = None) -> int:
                 var = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"benchv-{uid}",
                                          "SEGMENTER_REDIS_PREFIX": f"bv{uid}:", **variant})
                 v_rates.append(worker_run(var, total, stages=v_stages, cpu=v_cpu))
+            if args.checkout:
+                other = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"benchc-{uid}",
+                                           "SEGMENTER_REDIS_PREFIX": f"bc{uid}:"})
+                c_rates.append(worker_run(other, total, code=args.checkout))
             print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
                   f"ev/s ({w_rates[-1] / b_rates[-1]:.2f}x)"
                   + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else "")
                   + (f"  no helpers {inline_rates[-1]:,.0f} ev/s" if inline_rates else "")
                   + (f"  variant {v_rates[-1]:,.0f} ev/s ({v_rates[-1] / b_rates[-1]:.2f}x)"
-                     if v_rates else ""),
+                     if v_rates else "")
+                  + (f"  checkout {c_rates[-1]:,.0f} ev/s (this/checkout "
+                     f"{w_rates[-1] / c_rates[-1]:.2f}x)" if c_rates else ""),
                   flush=True)
     w, b = statistics.median(w_rates), statistics.median(b_rates)
     print(f"\n{total:,} events, {args.customers:,} customers, 4 partitions, medians of "
@@ -287,6 +301,12 @@ def main(argv: list[str] | None = None) -> int:
         v = statistics.median(v_rates)
         named = " ".join(f"{k}={x}" for k, x in variant.items())
         print(f"  worker with {named}: {v:>10,.0f} events/s ({v / b:.2f}x baseline)")
+    if c_rates:
+        c = statistics.median(c_rates)
+        ratios = [a / o for a, o in zip(w_rates, c_rates, strict=True)]
+        print(f"  worker from {args.checkout}: {c:>10,.0f} events/s; this/that per run "
+              + ", ".join(f"{x:.2f}" for x in ratios)
+              + f" (median {statistics.median(ratios):.2f}x)")
     if two_rates:
         t = statistics.median(two_rates)
         print(f"  2 workers, one group : {t:>10,.0f} events/s ({t / w:.2f}x one worker)")

@@ -66,8 +66,10 @@ class ModelUpdates(Helper):
     >>> seg.schedule.count(1)
     >>> job = seg.plan_update({})
     >>> job = LearnJob(job.id, [[0.0] * 18, [1.0] * 18, [5.0] * 18], True, True, {})
-    >>> learned = asyncio.run(ModelUpdates().result(ModelUpdates().submit(seg.model, job),
-    ...                                             seg.model, job))  # not started: inline
+    >>> async def once() -> Learned:  # not started: the update runs inline, on a copy
+    ...     updates = ModelUpdates()
+    ...     return await updates.result(updates.submit(seg.model, job), seg.model, job)
+    >>> learned = asyncio.run(once())
     >>> learned.moved, learned.model.version, seg.model.version
     (True, 1, 0)
     """
