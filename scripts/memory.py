@@ -8,6 +8,9 @@ Redis. Reported: ``used_memory`` growth per customer, and ``MEMORY USAGE`` of ea
 The change stream is trimmed to its ``MAXLEN`` and the same for any count, so it is left out:
 each run deletes it before measuring.
 
+A heavy customer (1,000 events in one day of event time: the most the seen-id memory of
+``models.state`` holds is bounded by ``SEGMENTER_DEDUP_MAX_IDS``) is measured alone.
+
 Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]``
 """
 
@@ -50,6 +53,33 @@ def realistic_assignments(sample: int) -> list[Assignment]:
     return [a for a in final.values() if a.segment]
 
 
+def heavy_assignment(events: int = 1000) -> Assignment:
+    """One customer with ``events`` events within one day, through the core."""
+    seg = Segmenter(SegmenterConfig(warmup=500, update_every=10**9))
+    start, kinds = 1_767_225_600_000, ("page_view", "product_view", "search", "add_to_cart")
+    recs = [Record("events", 0, i, b"heavy", orjson.dumps({
+        "event_id": f"h-{i}", "customer_id": "heavy", "type": kinds[i % 4],
+        "timestamp": start + i * 86_400_000 // events,
+        "properties": {"category": f"cat{i % 12}", "device": "mobile", "channel": "paid"}}))
+        for i in range(events)]
+    seg.apply(seg.parse(recs), {})
+    (a,) = seg.drain()
+    return a._replace(segment="s0", segment_name="Heavy browsers, deal searchers",
+                      explanation="heavy browsers, deal searchers, cart fillers")
+
+
+async def measure_one(url: str, a: Assignment) -> dict[str, int]:
+    r = connect(url)
+    store = RedisStore(r, "seg:", 100_000)
+    await r.flushall()
+    await store.write([a], 1_767_225_600_000)
+    out = {"state_key": await r.memory_usage(store.keys.state(a.customer_id)) or 0,
+           "customer_key": await r.memory_usage(store.keys.customer(a.customer_id)) or 0,
+           "blob": len(a.state)}
+    await r.aclose()
+    return out
+
+
 async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:
     r = connect(url)
     store = RedisStore(r, "seg:", 100_000)
@@ -79,6 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     base = realistic_assignments(args.sample)
     server = start_redis()
     try:
+        h = asyncio.run(measure_one(server.url, heavy_assignment()))
+        print(f"a heavy customer (1,000 events in a day): state key {h['state_key']:,.0f} B, "
+              f"customer hash {h['customer_key']:,.0f} B (state blob {h['blob']:,.0f} B)",
+              flush=True)
         for n in (int(x) for x in args.customers.split(",")):
             m = asyncio.run(measure(server.url, base, n))
             print(f"{n:>9,} customers: {m['per_customer']:,.0f} B per customer "
