@@ -70,6 +70,9 @@ class Settings:
     """Most segments the model may choose (chosen by the Davies–Bouldin index in between)."""
     half_life_days: float = 30.0
     """Half-life of decayed features in event-time days."""
+    max_future_s: float = 86_400.0
+    """Seconds an event time may be ahead of the worker's wall clock (clock skew of senders);
+    a later one is invalid (dead-lettered). There is no lower bound but the Unix epoch."""
     dedup_window: int = 32
     """Recent event ids remembered per customer to drop re-sent events."""
     model_update_every: int = 5000
