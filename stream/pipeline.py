@@ -83,7 +83,7 @@ class EventPipeline(Writes):
         self._reading = asyncio.Lock()  # one getmany and validation at a time (_fetch)
         self._writing: asyncio.Task[None] | None = None  # the last batch's Redis work
         self._warming: asyncio.Task[None] | None = None
-        self.validator = Validator(settings.parse_process)
+        self.validator = Validator(settings.parse_process, settings.max_future_s)
         self.learner = Learner(settings.learn_process)
 
     async def start(self, producer: AIOKafkaProducer) -> None:
@@ -197,7 +197,8 @@ class EventPipeline(Writes):
         took = 0.0
         for i in range(0, len(records), _PARSE_STEP):
             started = time.perf_counter()
-            parsed += self.segmenter.parse(records[i:i + _PARSE_STEP])
+            chunk = records[i:i + _PARSE_STEP]
+            parsed += self.segmenter.parse(chunk, self.validator.inline(chunk))
             took += time.perf_counter() - started
             if i + _PARSE_STEP < len(records):
                 await asyncio.sleep(0)  # the batch being applied goes on as Redis answers
