@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import NamedTuple
 
 import orjson
@@ -43,9 +43,12 @@ KNOWN_TYPES = frozenset(
 )
 """Event types that feed features; other types are accepted, counted and ignored."""
 
-# Event time must be plausible: epoch ms in [2000-01-01, 2100-01-01).
-MIN_TS_MS = 946_684_800_000
-MAX_TS_MS = 4_102_444_800_000
+MIN_TS_MS = 0
+"""Earliest accepted event time: the Unix epoch (backfills of old history are normal)."""
+MAX_TS_MS = 253_402_300_800_000
+"""First event time refused whatever the clock: year 10000, past four-digit ISO-8601 years."""
+DEFAULT_MAX_FUTURE_S = 86_400.0
+"""Default of how far ahead of the wall clock an event time may be (clock skew), seconds."""
 _STR_PROPS = frozenset(("currency", "category", "product_id", "device", "channel", "region"))
 
 
@@ -135,17 +138,47 @@ def _number(value: object, where: str, lo: float = 0.0, hi: float = math.inf) ->
     return number
 
 
-def parse_timestamp(value: object) -> tuple[int, int]:
+def latest_allowed_ms(now_ms: int, max_future_s: float = DEFAULT_MAX_FUTURE_S) -> int:
+    """The ``max_ts_ms`` of :func:`parse_event` for a wall clock reading ``now_ms``.
+
+    Callers read the clock once per batch or request, not once per event.
+
+    >>> latest_allowed_ms(1_767_225_600_000, 86_400)
+    1767312000000
+    """
+    return min(MAX_TS_MS - 1, now_ms + int(max_future_s * 1000))
+
+
+def _utc(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def parse_timestamp(value: object, max_ts_ms: int | None = None) -> tuple[int, int]:
     """Return ``(epoch_ms, local_hour)`` from an ISO-8601 string with offset or epoch ms.
+
+    Any time from the Unix epoch on is valid; with ``max_ts_ms`` (see
+    :func:`latest_allowed_ms`), a later time is not.
 
     >>> parse_timestamp("2026-03-01T08:30:00Z")
     (1772353800000, 8)
     >>> parse_timestamp(1772353800000)
     (1772353800000, 8)
+    >>> parse_timestamp("1997-01-01T09:00:00+01:00")
+    (852105600000, 9)
     >>> parse_timestamp("2026-03-01T08:30:00")
     Traceback (most recent call last):
     ...
     models.events.InvalidEvent: timestamp '2026-03-01T08:30:00' has no UTC offset
+    >>> parse_timestamp("1969-12-31T23:00:00+00:00")
+    Traceback (most recent call last):
+    ...
+    models.events.InvalidEvent: timestamp '1969-12-31T23:00:00+00:00' is before the Unix epoch \
+(1970-01-01T00:00:00Z)
+    >>> parse_timestamp("2026-03-02T08:30:00Z", max_ts_ms=latest_allowed_ms(1772353800000, 3600))
+    Traceback (most recent call last):
+    ...
+    models.events.InvalidEvent: timestamp '2026-03-02T08:30:00Z' is ahead of the clock by more \
+than SEGMENTER_MAX_FUTURE_S (after 2026-03-01T09:30:00Z)
     """
     if isinstance(value, bool):
         raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds")
@@ -159,12 +192,19 @@ def parse_timestamp(value: object) -> tuple[int, int]:
             raise InvalidEvent(f"timestamp {value!r} is not ISO-8601") from None
         if parsed.tzinfo is None:  # fromisoformat gives a fixed-offset timezone or none
             raise InvalidEvent(f"timestamp {value!r} has no UTC offset")
-        ts_ms = int(parsed.timestamp() * 1000)
+        seconds = parsed.timestamp()
+        # checked before rounding: int() rounds -0.5 ms up to the epoch itself
+        ts_ms = int(seconds * 1000) if seconds >= 0 else -1
         local_hour = parsed.hour
     else:
         raise InvalidEvent("timestamp must be an ISO-8601 string or epoch milliseconds")
-    if not MIN_TS_MS <= ts_ms < MAX_TS_MS:
-        raise InvalidEvent(f"timestamp {value!r} is outside years 2000-2099")
+    if ts_ms < MIN_TS_MS:
+        raise InvalidEvent(f"timestamp {value!r} is before the Unix epoch (1970-01-01T00:00:00Z)")
+    if ts_ms >= MAX_TS_MS:
+        raise InvalidEvent(f"timestamp {value!r} is after year 9999")
+    if max_ts_ms is not None and ts_ms > max_ts_ms:
+        raise InvalidEvent(f"timestamp {value!r} is ahead of the clock by more than "
+                           f"SEGMENTER_MAX_FUTURE_S (after {_utc(max_ts_ms)})")
     return ts_ms, int(local_hour)
 
 
@@ -191,8 +231,13 @@ def _traits(raw: object) -> Traits:
     )
 
 
-def parse_event(value: bytes | None, key: bytes | None) -> Event:
-    """Parse and validate one Kafka message; raise :class:`InvalidEvent` with the reason."""
+def parse_event(value: bytes | None, key: bytes | None, *, max_ts_ms: int | None = None
+                ) -> Event:
+    """Parse and validate one Kafka message; raise :class:`InvalidEvent` with the reason.
+
+    ``max_ts_ms`` is the latest event time accepted (:func:`latest_allowed_ms` of a clock
+    reading); None: no bound but year 9999.
+    """
     if value is None:
         raise InvalidEvent("message has no value (tombstone)")
     if len(value) > MAX_EVENT_BYTES:
@@ -208,7 +253,7 @@ def parse_event(value: bytes | None, key: bytes | None) -> Event:
     etype = _str_field(obj, "type", 64)
     if "timestamp" not in obj:
         raise InvalidEvent("missing field 'timestamp'")
-    ts_ms, local_hour = parse_timestamp(obj["timestamp"])
+    ts_ms, local_hour = parse_timestamp(obj["timestamp"], max_ts_ms)
     if key is not None and key != customer_id.encode():
         # A wrong key puts the customer on another partition and breaks per-customer order.
         raise InvalidEvent("message key does not equal customer_id")

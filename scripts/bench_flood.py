@@ -1,7 +1,7 @@
 """Valid traffic under a flood of bad and oversized messages (issue #6), side by side.
 
 Two topics hold the same valid events (simulated shoppers). The *flood* topic also holds,
-interleaved, ``--bad-ratio`` bad messages per valid one (malformed JSON, wrong types, ancient
+interleaved, ``--bad-ratio`` bad messages per valid one (malformed JSON, wrong types, pre-epoch
 timestamps, keys that are not the customer id, in turn) and ``--oversized`` messages over
 the 64 KiB limit. One real worker per topic (fresh group and Redis prefix); reported: valid
 events/s in each, and their ratio. Every bad message still goes to the DLQ with its bytes.
@@ -39,7 +39,7 @@ def bad_message(i: int, event: dict[str, object]) -> tuple[bytes, bytes]:
     if kind == 1:
         return key, orjson.dumps({**event, "timestamp": [1, 2]})
     if kind == 2:
-        return key, orjson.dumps({**event, "timestamp": 86_400_000})  # 1970
+        return key, orjson.dumps({**event, "timestamp": -86_400_000})  # 1969: before the epoch
     return b"not-" + key, orjson.dumps(event)
 
 

@@ -61,6 +61,19 @@ def _lag(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay(args: argparse.Namespace) -> int:
+    from stream.replay import ReplayOptions, replay
+    from stream.sources import read_mapping
+
+    opts = ReplayOptions(
+        args.file, args.format, read_mapping(args.map), args.default_type, args.tz,
+        args.encoding, args.rate, args.rejects, args.check, args.wait, args.wait_timeout)
+    s = Settings.from_env() if args.check else _settings()
+    summary = asyncio.run(replay(s, opts))
+    print(summary.render(args.rejects), flush=True)
+    return 1 if summary.rejected or summary.caught_up is False else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segmenter`` console script."""
     parser = argparse.ArgumentParser(prog="segmenter", description=__doc__)
@@ -87,9 +100,34 @@ def main(argv: list[str] | None = None) -> int:
     subs.add_argument("--from-start", action="store_true",
                       help="a new group starts at the oldest kept change, not the next one")
     subs.add_argument("--limit", type=int, default=None, help="stop after N changes")
-    rep = sub.add_parser("replay", help="produce a JSON-lines file of events")
-    rep.add_argument("file")
-    rep.add_argument("--rate", type=float, default=0.0)
+    rep = sub.add_parser(
+        "replay", help="backfill: validate and produce a file of events (JSON lines or CSV, "
+        "optionally gzipped), with progress and a summary",
+        description="Validate every line as the worker would and produce the valid ones into "
+        "the events topic, keyed by customer. Invalid lines are not sent: the summary lists "
+        "them by reason with line numbers. Exit status 1 when a line was invalid or --wait "
+        "timed out.")
+    rep.add_argument("file", help="JSON lines or CSV with a header; .gz or gzip data accepted")
+    rep.add_argument("--format", choices=("auto", "jsonl", "csv"), default="auto",
+                     help="default: by the file name, else by its first character")
+    rep.add_argument("--map", action="append", metavar="SOURCE=FIELD", default=[],
+                     help="read column (or JSON key) SOURCE as FIELD, e.g. "
+                     "--map CustomerID=customer_id or --map Price=properties.amount; an "
+                     "empty FIELD drops the column; repeatable")
+    rep.add_argument("--type", dest="default_type", metavar="TYPE",
+                     help="event type of rows without one (e.g. purchase for an order log)")
+    rep.add_argument("--tz", metavar="OFFSET",
+                     help="UTC offset of timestamps written without one (e.g. Z, +01:00)")
+    rep.add_argument("--encoding", default="utf-8", help="text encoding of a CSV file")
+    rep.add_argument("--rejects", metavar="FILE",
+                     help="write the invalid lines here (JSON lines: line, reason, input)")
+    rep.add_argument("--check", action="store_true", help="validate only; send nothing")
+    rep.add_argument("--wait", action="store_true",
+                     help="then wait until the workers' group has processed every event sent")
+    rep.add_argument("--wait-timeout", type=float, default=0.0, metavar="SECONDS",
+                     help="give up waiting after SECONDS (default: no limit)")
+    rep.add_argument("--rate", type=float, default=0.0,
+                     help="events/s (default: as fast as the broker takes them)")
     lag = sub.add_parser("lag", help="consumer lag per partition, read from the broker")
     lag.add_argument("--max-lag", type=int, default=None,
                      help="exit 1 when the total lag exceeds this")
@@ -127,13 +165,7 @@ def main(argv: list[str] | None = None) -> int:
                                   args.from_start, print_change, limit=args.limit))
             return 0
         if args.command == "replay":
-            from stream.produce import replay
-
-            if not os.path.isfile(args.file):
-                raise SegmenterError(f"no such file: {args.file}")
-            n = asyncio.run(replay(_settings(), args.file, args.rate))
-            print(f"produced {n} events from {args.file}")
-            return 0
+            return _replay(args)
         return _lag(args)
     except SegmenterError as exc:
         print(f"segmenter: {exc}", file=sys.stderr)

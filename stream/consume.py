@@ -86,7 +86,8 @@ class BatchReader:
         took = 0.0
         for i in range(0, len(records), _PARSE_STEP):
             started = time.perf_counter()
-            parsed += parse_records(records[i:i + _PARSE_STEP])
+            chunk = records[i:i + _PARSE_STEP]
+            parsed += parse_records(chunk, self.validator.inline(chunk))
             took += time.perf_counter() - started
             if i + _PARSE_STEP < len(records):
                 await asyncio.sleep(0)  # the batch being applied goes on as Redis answers

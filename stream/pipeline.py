@@ -63,7 +63,7 @@ class EventPipeline:
         self.core = Segmenter(settings.segmenter_config())
         self.sync = ModelSync(store, metrics, settings.segmenter_config().refresh_sample)
         self.updates = ModelUpdates(settings.learn_process)
-        self.validator = Validator(settings.parse_process)
+        self.validator = Validator(settings.parse_process, settings.max_future_s)
         self.lock = asyncio.Lock()  # one of: a batch, a commit, a model sync, a rebalance
         self.processed = 0
         self.dead_lettered = 0

@@ -70,6 +70,9 @@ class Settings:
     """Most segments the model may choose (chosen by the Davies–Bouldin index in between)."""
     half_life_days: float = 30.0
     """Half-life of decayed features in event-time days."""
+    max_future_s: float = 86_400.0
+    """Seconds an event time may be ahead of the worker's wall clock (clock skew of senders);
+    a later one is invalid (dead-lettered). There is no lower bound but the Unix epoch."""
     allowed_lateness_s: float = 86400.0
     """How far an event may lag behind the same customer's newest event (event time) and
     still be applied; a later one is refused as ``late`` (dead-lettered). Within it, a

@@ -25,7 +25,12 @@ from stream.redis_io import connect
 async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
                     handle: Callable[[str, dict[str, Any]], None],
                     stop: asyncio.Event | None = None, limit: int | None = None) -> int:
-    """Deliver each change to ``handle(stream_id, change)``; return how many were handled."""
+    """Deliver each change to ``handle(stream_id, change)``; return how many were handled.
+
+    With ``limit``, exactly that many are handled and acknowledged (fewer only when
+    ``stop`` is set first): each read asks for no more entries than are still wanted, and
+    only handled entries are acknowledged, so the rest stay for the next run.
+    """
     r: aioredis.Redis = connect(url, max_connections=2)
     key = Keys(prefix).changes
     handled = 0
@@ -34,14 +39,17 @@ async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start
             await r.xgroup_create(key, group, id="0" if from_start else "$", mkstream=True)
         start = "0"  # our pending entries first
         while (stop is None or not stop.is_set()) and (limit is None or handled < limit):
+            count = 100 if limit is None else min(100, limit - handled)
             # BLOCK stays below redis-py's 5 s socket timeout.
-            resp: Any = await r.xreadgroup(group, consumer, {key: start}, count=100,
-                                      block=None if start == "0" else 2000)
+            resp: Any = await r.xreadgroup(group, consumer, {key: start}, count=count,
+                                           block=None if start == "0" else 2000)
             entries = resp[0][1] if resp else []
             if start == "0" and not entries:
                 start = ">"
                 continue
             for entry_id, fields in entries:
+                # A pending entry trimmed from the stream comes back without fields: nothing
+                # to hand over; acknowledged, so it leaves the pending list.
                 if fields:
                     handle(entry_id.decode(), orjson.loads(fields[b"change"]))
                     handled += 1

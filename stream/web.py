@@ -14,7 +14,7 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.core import CONTROL_HEADER
-from models.events import InvalidEvent, parse_event
+from models.events import InvalidEvent, latest_allowed_ms, parse_event
 
 if TYPE_CHECKING:
     import faust
@@ -122,10 +122,11 @@ def register(app: faust.App, rt: Runtime) -> None:
             if not 0 < len(items) <= 500:
                 return self.json({"error": "send 1 to 500 events"}, status=400)
             encoded = []
+            latest = latest_allowed_ms(int(time.time() * 1000), settings.max_future_s)
             for n, item in enumerate(items):
                 value = orjson.dumps(item)
                 try:
-                    ev = parse_event(value, None)
+                    ev = parse_event(value, None, max_ts_ms=latest)
                 except InvalidEvent as exc:
                     return self.json({"error": f"event {n}: {exc}"}, status=400)
                 encoded.append((ev.customer_id.encode(), value))

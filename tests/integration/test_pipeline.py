@@ -160,7 +160,7 @@ async def test_malformed_messages_go_to_dlq(settings: Settings, tmp_path: Path,
                              "timestamp": 1767225600000, "properties": {"amount": -5}})),
         (b"c", orjson.dumps({"event_id": "b3", "customer_id": "c", "type": "page_view",
                              "timestamp": "2026-01-01T00:00:00"})),
-        (b"c", b'{"event_id":"b4","customer_id":"c","type":"purchase","timestamp":1,'
+        (b"c", b'{"event_id":"b4","customer_id":"c","type":"purchase","timestamp":-1,'
                b'"properties":{"amount":1}}'),
         (b"c", b" " * 70_000),
         (b"other", orjson.dumps({"event_id": "b5", "customer_id": "c", "type": "page_view",
