@@ -1,6 +1,7 @@
-"""Batch clustering steps in NumPy that the online models run over a sample of *current*
-customers: k-means++ seeding, Lloyd rounds, the Davies–Bouldin criterion, and choosing the
-number of segments. All functions are pure and deterministic for a given ``rng``.
+"""Clustering steps in NumPy that the online models run over a sample of *current*
+customers: k-means++ seeding, Lloyd rounds, the Davies–Bouldin criterion, choosing the
+number of segments, and the sequential (online) k-means step. All functions are pure and
+deterministic for a given ``rng``.
 
 Examples
 --------
@@ -51,6 +52,20 @@ def nearest(z: np.ndarray, c: np.ndarray) -> np.ndarray:
     array([1, 0])
     """
     return (np.einsum("ij,ij->i", c, c) - 2.0 * (z @ c.T)).argmin(1)
+
+
+def online_step(c: np.ndarray, x: np.ndarray, step: float) -> int:
+    """One sequential k-means step, as River's ``KMeans.learn_one`` takes it: the centre
+    nearest to ``x`` moves ``step`` of the way towards it (``c`` changes in place).
+    Returns that centre's index.
+
+    >>> c = np.array([[0.0, 0.0], [4.0, 4.0]])
+    >>> online_step(c, np.array([1.0, 0.0]), 0.5), c.tolist()
+    (0, [[0.5, 0.0], [4.0, 4.0]])
+    """
+    k = int(((c - x) ** 2).sum(1).argmin())
+    c[k] += step * (x - c[k])
+    return k
 
 
 def kmeans_pp(z: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:

@@ -1,4 +1,5 @@
-"""Configuration of the pure core, the model it names, and what one batch decided."""
+"""Configuration of the pure core and what one batch decided (the model a configuration
+names is built by :func:`models.algorithms.model_for`)."""
 
 from __future__ import annotations
 
@@ -6,12 +7,9 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-from models.density import DensityModel
-from models.kmeans import SegmentModel
-from models.model import BaseModel
 from models.records import Assignment, DeadLetter
 
-__all__ = ["BatchResult", "SegmenterConfig", "make_model"]
+__all__ = ["BatchResult", "SegmenterConfig"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,18 +50,6 @@ class SegmenterConfig:
     active_days: float = 90.0
     """Customers active within this many event-time days form the population the model
     learns from (the long gone still get a segment, but no longer shape the segments)."""
-
-
-def make_model(cfg: SegmenterConfig) -> BaseModel:
-    """The model the configuration names."""
-    if cfg.algorithm == "kmeans":
-        return SegmentModel(min_segments=cfg.min_segments, max_segments=cfg.max_segments,
-                            warmup=cfg.warmup, learn_sample=cfg.learn_sample, seed=cfg.seed,
-                            step=cfg.step)
-    if cfg.algorithm == "dbstream":
-        return DensityModel(min_segments=1, max_segments=cfg.max_segments, warmup=cfg.warmup,
-                            learn_sample=cfg.learn_sample, seed=cfg.seed)
-    raise ValueError(f"unknown algorithm {cfg.algorithm!r} (use kmeans or dbstream)")
 
 
 @dataclass(slots=True)

@@ -41,9 +41,10 @@ import time
 from collections.abc import Sequence
 from itertools import islice
 
+from models.algorithms import model_for
 from models.assignment import Assigner
 from models.cache import CustomerCache
-from models.config import BatchResult, SegmenterConfig, make_model
+from models.config import BatchResult, SegmenterConfig
 from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event
 from models.features import DAY_MS, update
@@ -62,7 +63,7 @@ from models.records import (
 from models.state import CustomerState
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
-           "Record", "RecordLike", "Segmenter", "SegmenterConfig", "make_model"]
+           "Record", "RecordLike", "Segmenter", "SegmenterConfig"]
 
 
 class Segmenter:
@@ -78,7 +79,7 @@ class Segmenter:
 
     def __init__(self, config: SegmenterConfig, model: BaseModel | None = None) -> None:
         self.config = config
-        self.model = model or make_model(config)
+        self.model = model or model_for(config)
         self.half_life_ms = config.half_life_days * DAY_MS
         self.cache = CustomerCache(config.cache_size)
         self.assigner = Assigner(self.cache, self.half_life_ms)

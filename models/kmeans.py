@@ -1,12 +1,20 @@
-"""The default model: River's ``StandardScaler`` + River ``KMeans``, the number of segments
+"""The default model: online k-means over standardised features, the number of segments
 chosen by the Davies–Bouldin index, behind :class:`models.model.BaseModel`.
 
-Each update steps River's KMeans towards a spaced part of the sample; a refresh re-clusters
-the sample (:mod:`models.clustering`): warm Lloyd rounds from the current centres, the same
-plus one centre, and k-means++ restarts for every count, taken only when clearly better.
+Each update takes sequential k-means steps towards a spaced part of the sample; a refresh
+re-clusters the sample (:mod:`models.clustering`): warm Lloyd rounds from the current
+centres, the same plus one centre, and k-means++ restarts for every count, taken only when
+clearly better.
+
+The step is River's ``KMeans.learn_one`` (nearest centre moves ``step`` of the way towards
+the point), written here in NumPy (:func:`models.clustering.online_step`) because River's
+KMeans cannot start from given centres through its public API, and its state could not be
+saved without its private attributes. All state is our own arrays, so checkpoints restore
+it exactly.
 
 Examples
 --------
+>>> from models.features import FEATURE_NAMES
 >>> rng = np.random.default_rng(1)
 >>> blobs = np.concatenate([rng.normal(m, 0.1, size=(100, len(FEATURE_NAMES)))
 ...                         for m in (0.0, 4.0, 8.0)])
@@ -17,33 +25,29 @@ Examples
 
 from __future__ import annotations
 
-import collections
-import functools
 from typing import Any
 
 import numpy as np
-from river import cluster
 
-from models.clustering import choose_k, kmeans_pp_next, solve
-from models.features import FEATURE_NAMES
+from models.clustering import choose_k, kmeans_pp_next, online_step, solve
 from models.model import BaseModel
 
 __all__ = ["SegmentModel"]
 
 
 class SegmentModel(BaseModel):
-    """Scaler + River KMeans; the number of segments chosen by the Davies–Bouldin index.
+    """Scaler + online k-means; the number of segments chosen by the Davies–Bouldin index.
 
     Parameters
     ----------
     min_segments, max_segments
         Bounds for the number of segments.
     step
-        River KMeans ``halflife``: the step size towards each learned point.
+        Step size towards each learned point (River KMeans' ``halflife``).
     warmup
         Distinct vectors gathered before seeding; no assignment happens before.
     learn_sample
-        Most vectors learned (``learn_one``) per update (evenly spaced, so deterministic).
+        Most vectors learned per update (evenly spaced, so deterministic).
     n_init
         k-means++ starts per candidate count when seeding (a refresh takes two per count).
     hysteresis
@@ -73,17 +77,13 @@ class SegmentModel(BaseModel):
         if refresh:
             self._rescale(data)
             self._refresh(self.scale(data))
-        # River's online step over an evenly spaced part of the sample.
-        km = cluster.KMeans(n_clusters=len(self.ids), halflife=self.step, seed=self.seed)
-        gauss = functools.partial(km._rng.gauss, km.mu, km.sigma)
-        for k, row in enumerate(self._centres.tolist()):
-            km.centers[k] = collections.defaultdict(gauss, zip(FEATURE_NAMES, row, strict=True))
-        for row in self._spaced(data).tolist():
-            x = dict(zip(FEATURE_NAMES, row, strict=True))
+        # The online step over an evenly spaced part of the sample; each point scaled with
+        # the statistics it has just updated (as River's scaler + KMeans did).
+        centres = self._centres.copy()  # a new array: earlier snapshots may hold this one
+        for x in self._spaced(data):
             self.scaler.learn_one(x)
-            km.learn_one(self.scaler.transform_one(x))
-        self._centres = np.array([[km.centers[k][n] for n in FEATURE_NAMES]
-                                  for k in range(len(self.ids))])
+            online_step(centres, self.scaler.transform(x), self.step)
+        self._centres = centres
         return True
 
     def _refresh(self, z: np.ndarray) -> None:

@@ -16,12 +16,13 @@ whole interval to run.
 Examples
 --------
 >>> from models.cache import CustomerCache
->>> from models.config import SegmenterConfig, make_model
+>>> from models.algorithms import model_for
+>>> from models.config import SegmenterConfig
 >>> cfg = SegmenterConfig(min_segments=2, max_segments=2, warmup=2, update_every=2)
 >>> schedule = UpdateSchedule(cfg)
 >>> schedule.count(2); schedule.due
 True
->>> job = schedule.plan(CustomerCache(10), make_model(cfg), {})
+>>> job = schedule.plan(CustomerCache(10), model_for(cfg), {})
 >>> job.refresh, job.first, job.sample  # nobody is cached yet
 (True, True, [])
 >>> schedule.due

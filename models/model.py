@@ -1,6 +1,8 @@
-"""The online segmentation models: River's ``StandardScaler`` with River ``KMeans`` (default,
-:mod:`models.kmeans`) or River ``DBSTREAM`` (:mod:`models.density`), behind one interface
-(:class:`BaseModel`, and :func:`from_checkpoint` for every algorithm).
+"""What every segmentation model shares (:class:`BaseModel`): the scaler
+(:mod:`models.scaler`), stable segment ids, versions, vectorised assignment, and the
+checkpoint format. The algorithms are :mod:`models.kmeans` (default) and
+:mod:`models.density`; :mod:`models.algorithms` names them, builds them and reads their
+checkpoints (this module imports neither).
 
 Both learn from a bounded sample of *current* customers per update (never from the raw event
 trajectory, which over-represents active customers and early-life states). Every few updates
@@ -11,49 +13,36 @@ new count, inertia for the same count), so segments do not flap. Centres carry s
 (:mod:`models.lifecycle`), so ``s3`` means the same group across updates, workers and
 restarts. Assignment is vectorised with NumPy; the hot path never calls River per event.
 
-Checkpoints are plain JSON (no pickle): they carry the model version, River's version, the
-algorithm and the feature schema, and a mismatch is refused.
-
-Examples
---------
->>> from models.kmeans import SegmentModel
->>> rng = np.random.default_rng(0)
->>> blobs = np.concatenate([rng.normal(m, 0.1, size=(100, len(FEATURE_NAMES)))
-...                         for m in (0.0, 5.0)])
->>> m = SegmentModel(min_segments=2, max_segments=4, warmup=200)
->>> m.learn(blobs.tolist())
-True
->>> m.ids, [e["event"] for e in m.take_lifecycle()]
-(['s0', 's1'], ['born', 'born'])
->>> labels, confidence = m.assign(blobs)
->>> len(set(labels[:100].tolist())), bool(labels[0] != labels[150])
-(1, True)
->>> bool(confidence.min() > 0.9)
-True
->>> m2 = from_checkpoint(m.checkpoint())
->>> m2.version == m.version and m2.ids == m.ids
-True
+Checkpoints are plain JSON (no pickle) and hold only our own numbers: no River object or
+River version is in them, so upgrading River keeps every segment id. They carry the model
+version, the algorithm and the feature schema; a different checkpoint format, feature schema
+or an unknown algorithm is refused (:func:`check_checkpoint`). Format 2 (which also named the
+River version, then required to match exactly) is read as well: its numbers mean the same.
+Examples are in :mod:`models.algorithms`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Any
 
 import numpy as np
-import river
-from river import preprocessing
 
 from models.features import FEATURE_NAMES, FEATURE_SCHEMA
 from models.lifecycle import match_ids
+from models.scaler import Standardizer
 
-CHECKPOINT_FORMAT = 2
+CHECKPOINT_FORMAT = 3
+READABLE_FORMATS = (2, 3)
+"""Formats :func:`check_checkpoint` accepts: 2 differs from 3 only by a River version field,
+which is ignored."""
 STICKY = 0.1
 """A customer keeps their segment while its centre is within 10% of the nearest one
 (distance); measured in scripts/evaluate.py: fewer flips per update, same ARI."""
 
 
 class CheckpointMismatch(ValueError):
-    """A checkpoint that does not fit this code (River version, features, algorithm)."""
+    """A checkpoint that does not fit this code (format, features, algorithm)."""
 
 
 class BaseModel:
@@ -68,7 +57,7 @@ class BaseModel:
         self.min_segments, self.max_segments = min_segments, max_segments
         self.warmup, self.learn_sample, self.seed = warmup, learn_sample, seed
         self.min_share = min_share
-        self.scaler = preprocessing.StandardScaler()
+        self.scaler = Standardizer(len(FEATURE_NAMES))
         self.version = 0
         self.ids: list[str] = []
         self.next_id = 0
@@ -107,7 +96,7 @@ class BaseModel:
         if not self.ready:
             if len(rows) < self.warmup:
                 return False
-            self._learn_scaler(data)
+            self.scaler.learn_many(data)
             moved = self._seed(data)
         else:
             moved = self._update(data, refresh)
@@ -139,36 +128,21 @@ class BaseModel:
         """Re-fit the scaler to this sample of current customers (the population as it is
         now, not as it has been since the start), keeping the centres where they are."""
         centres = self.centres_model_space()
-        var = rows.var(0)
-        for i, n in enumerate(FEATURE_NAMES):
-            self.scaler.counts[n] = len(rows)
-            self.scaler.means[n] = float(rows[:, i].mean())
-            self.scaler.vars[n] = float(var[i])
+        self.scaler.fit(rows)
         self._centres = self.scale(centres)
 
-    def _learn_scaler(self, rows: np.ndarray) -> None:
-        for row in rows.tolist():
-            self.scaler.learn_one(dict(zip(FEATURE_NAMES, row, strict=True)))
-
     # -- assignment -------------------------------------------------------------------------
-    def _means(self) -> np.ndarray:
-        return np.array([self.scaler.means[n] for n in FEATURE_NAMES])
-
-    def _stds(self) -> np.ndarray:
-        v = np.array([self.scaler.vars[n] for n in FEATURE_NAMES])
-        return np.where(v > 1e-12, np.sqrt(np.maximum(v, 1e-12)), 1.0)
-
     def centres_scaled(self) -> np.ndarray:
         """Centres in scaled space, shape ``(n_segments, n_features)``, in :attr:`ids` order."""
         return self._centres
 
     def centres_model_space(self) -> np.ndarray:
         """Centres mapped back to model space (before scaling)."""
-        return self.centres_scaled() * self._stds() + self._means()
+        return self.centres_scaled() * self.scaler.stds() + self.scaler.means
 
     def scale(self, rows: np.ndarray | list[list[float]]) -> np.ndarray:
         """Model-space rows standardised with the scaler's current statistics."""
-        return (np.asarray(rows, dtype=float) - self._means()) / self._stds()
+        return self.scaler.transform(np.asarray(rows, dtype=float))
 
     def assign(self, rows: np.ndarray | list[list[float]]) -> tuple[np.ndarray, np.ndarray]:
         """Nearest centre (index into :attr:`ids`) and a confidence in [0, 1]
@@ -224,57 +198,71 @@ class BaseModel:
         pass
 
     def checkpoint(self) -> dict[str, Any]:
-        """A JSON-serialisable snapshot of the whole model."""
+        """A JSON-serialisable snapshot of the whole model (plain numbers only)."""
         return {
             "format": CHECKPOINT_FORMAT,
             "algorithm": self.algorithm,
             "version": self.version,
-            "river_version": river.__version__,
             "feature_schema": FEATURE_SCHEMA,
             "features": list(FEATURE_NAMES),
             "params": self.params(),
-            "scaler": {
-                "counts": [self.scaler.counts[n] for n in FEATURE_NAMES],
-                "means": self._means().tolist(),
-                "vars": [self.scaler.vars[n] for n in FEATURE_NAMES],
-            },
+            "scaler": self.scaler.to_dict(),
             "ids": self.ids,
             "next_id": self.next_id,
             "centres": self._centres.tolist(),
             "criterion": self.criterion,
             "names": self.names,
+            "random": _generator_state(self._rng),
             "state": self._state(),
         }
 
+    def load(self, data: dict[str, Any]) -> None:
+        """Take everything but the constructor arguments from a checkpoint that
+        :func:`check_checkpoint` accepted for this algorithm."""
+        self.scaler = Standardizer.from_dict(data["scaler"])
+        self.ids, self.next_id = list(data["ids"]), int(data["next_id"])
+        self._centres = np.asarray(data["centres"], dtype=float).reshape(-1, len(FEATURE_NAMES))
+        self.criterion = dict(data.get("criterion") or {})
+        self.names = dict(data.get("names") or {})
+        self.version = int(data["version"])
+        if data.get("random"):  # format 2 had none: the generator starts again from the seed
+            _set_generator_state(self._rng, data["random"])
+        self._restore(data.get("state") or {})
 
-def from_checkpoint(data: dict[str, Any]) -> BaseModel:
-    """Rebuild a model of any algorithm; raise :class:`CheckpointMismatch` when the
-    checkpoint does not fit this code."""
-    from models.density import DensityModel
-    from models.kmeans import SegmentModel
 
-    if data.get("format") != CHECKPOINT_FORMAT:
-        raise CheckpointMismatch(f"checkpoint format {data.get('format')!r} is not "
-                                 f"{CHECKPOINT_FORMAT} (made by another Segmenter version)")
-    if data.get("river_version") != river.__version__:
-        raise CheckpointMismatch(f"checkpoint was made with River {data.get('river_version')}, "
-                                 f"this is River {river.__version__}")
+def _generator_state(rng: np.random.Generator) -> dict[str, Any]:
+    """NumPy's documented generator state, its 128-bit integers as text (JSON readers other
+    than Python's may not take them as numbers)."""
+    state = rng.bit_generator.state
+    return {**state, "state": {k: str(v) for k, v in state["state"].items()}}
+
+
+def _set_generator_state(rng: np.random.Generator, saved: dict[str, Any]) -> None:
+    """The inverse of :func:`_generator_state`; a state of another kind of generator (a
+    future NumPy default) is ignored: only the random restarts' sequence differs then."""
+    if saved.get("bit_generator") == rng.bit_generator.state["bit_generator"]:
+        rng.bit_generator.state = {**saved,
+                                   "state": {k: int(v) for k, v in saved["state"].items()}}
+
+
+def check_checkpoint(data: dict[str, Any], algorithms: Collection[str]) -> None:
+    """Raise :class:`CheckpointMismatch` unless ``data`` is a checkpoint this code reads: a
+    known format, this feature schema, one of ``algorithms``. River's version is not checked:
+    a checkpoint holds no River state, so a River upgrade keeps its segments.
+
+    >>> ok = {"format": 3, "feature_schema": FEATURE_SCHEMA, "algorithm": "kmeans"}
+    >>> check_checkpoint(ok, ["kmeans"])
+    >>> check_checkpoint({**ok, "format": 1}, ["kmeans"])  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    models.model.CheckpointMismatch: checkpoint format 1 is not one of (2, 3) ...
+    """
+    if data.get("format") not in READABLE_FORMATS:
+        raise CheckpointMismatch(f"checkpoint format {data.get('format')!r} is not one of "
+                                 f"{READABLE_FORMATS} (made by another Segmenter version)")
     if data.get("feature_schema") != FEATURE_SCHEMA:
         raise CheckpointMismatch(f"checkpoint feature schema {data.get('feature_schema')} "
                                  f"is not {FEATURE_SCHEMA}")
-    kinds: dict[str, type[BaseModel]] = {"kmeans": SegmentModel, "dbstream": DensityModel}
-    if data.get("algorithm") not in kinds:
-        raise CheckpointMismatch(f"checkpoint algorithm {data.get('algorithm')!r} is unknown")
-    m = kinds[data["algorithm"]](**data["params"])
-    sc = data["scaler"]
-    for i, n in enumerate(FEATURE_NAMES):
-        m.scaler.counts[n] = sc["counts"][i]
-        m.scaler.means[n] = sc["means"][i]
-        m.scaler.vars[n] = sc["vars"][i]
-    m.ids, m.next_id = list(data["ids"]), int(data["next_id"])
-    m._centres = np.asarray(data["centres"], dtype=float).reshape(-1, len(FEATURE_NAMES))
-    m.criterion = dict(data.get("criterion") or {})
-    m.names = dict(data.get("names") or {})
-    m.version = int(data["version"])
-    m._restore(data.get("state") or {})
-    return m
+    if data.get("algorithm") not in algorithms:
+        raise CheckpointMismatch(f"checkpoint algorithm {data.get('algorithm')!r} is unknown "
+                                 f"(known: {', '.join(sorted(algorithms))})")

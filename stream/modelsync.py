@@ -9,8 +9,9 @@
   ``SEGMENTER_MODEL_POLL_S``), publishes its sample, and never learns. When the trainer dies,
   its lease expires and another worker takes over from the latest snapshot.
 
-Snapshots are JSON checkpoints (never pickle) checked against River's version, the
-algorithm and the feature schema (:func:`models.model.from_checkpoint`).
+Snapshots are JSON checkpoints (never pickle) of plain numbers, checked against the
+checkpoint format, the algorithm and the feature schema
+(:func:`models.algorithms.from_checkpoint`).
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ from typing import Any
 
 import orjson
 
+from models.algorithms import from_checkpoint
 from models.core import BatchResult, Segmenter
-from models.model import BaseModel, from_checkpoint
+from models.model import BaseModel
 from models.profiles import build_profiles
 from stream.errors import RetriableError
 from stream.keys import load_json
