@@ -60,7 +60,7 @@ from models.records import (
     RecordLike,
     parse_records,
 )
-from models.state import CustomerState
+from models.state import CustomerState, late_detail
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
            "Record", "RecordLike", "Segmenter", "SegmenterConfig"]
@@ -175,7 +175,8 @@ class Segmenter:
             if outcome != "new":  # nothing is written, not even the new offset
                 counts[label, outcome] += 1
                 if outcome == "late":
-                    res.dead.append(DeadLetter(rec, "late", self._late(st, ev)))
+                    res.dead.append(DeadLetter(rec, "late", late_detail(
+                        cid, st.last_ts - ev.ts_ms, lateness, max_ids)))
                 continue
             st.partition, st.offset = rec.partition, rec.offset
             processed[label] += 1
@@ -193,13 +194,6 @@ class Segmenter:
         schedule.count(applied)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return stop
-
-    def _late(self, st: CustomerState, ev: Event) -> str:
-        behind = (st.last_ts - ev.ts_ms) / 1000
-        return (f"event time is {behind:.0f} s behind customer {ev.customer_id!r}'s newest "
-                f"event; the allowed lateness is {self.config.allowed_lateness_ms / 1000:.0f}"
-                " s (SEGMENTER_ALLOWED_LATENESS_S), or the customer's remembered ids are "
-                f"bounded by SEGMENTER_DEDUP_MAX_IDS={self.config.dedup_max_ids}")
 
     def assign_changed(self, res: BatchResult) -> dict[str, Event]:
         """Assign the customers in :attr:`changed` with the current model (or, before there

@@ -35,16 +35,13 @@ import uuid
 
 import numpy as np
 import orjson
-from aiokafka import AIOKafkaConsumer
 
-from models.events import parse_event
-from models.features import CustomerState, to_model_space, update, vector
 from models.simulator import ShopSimulator
+from scripts.baseline import baseline
 from stream.demo import worker_health
 from stream.embedded import embedded_stack, free_port, stop_process
 from stream.kafka_io import ensure_topics, make_producer
 from stream.produce import produce
-from stream.redis_io import connect
 from stream.settings import Settings
 
 
@@ -86,62 +83,6 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             children += f.read().split()
     return {"main": used(f"/proc/{pid}/task/{pid}/stat"),
             "all": used(f"/proc/{pid}/stat") + sum(used(f"/proc/{c}/stat") for c in children)}
-
-
-async def baseline(settings: Settings, total: int, centres: np.ndarray,
-                   stages: dict[str, float] | None = None) -> float:
-    """The minimal loop; returns events/s from first batch to last (and adds the time of its
-    steps to ``stages``, by the worker's stage names)."""
-    took = stages if stages is not None else {}
-    clock = time.perf_counter
-    redis = connect(settings.redis_url)
-    c = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka,
-                         group_id=f"baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
-                         auto_offset_reset="earliest", session_timeout_ms=6000,
-                         max_partition_fetch_bytes=4 * 1024 * 1024)
-    await c.start()
-    states: dict[str, CustomerState] = {}
-    half_life = 30 * 86_400_000
-    done, first = 0, 0.0
-    prefix = f"bl{uuid.uuid4().hex[:6]}:"
-    try:
-        while done < total:
-            t0 = clock()
-            batch = await c.getmany(timeout_ms=500, max_records=5000)
-            if not batch:
-                continue
-            if not first:
-                first = time.perf_counter()
-            t1 = clock()
-            changed: dict[str, CustomerState] = {}
-            for msgs in batch.values():
-                for m in msgs:
-                    e = parse_event(m.value, m.key)
-                    st = states.get(e.customer_id) or states.setdefault(
-                        e.customer_id, CustomerState(e.customer_id))
-                    update(st, e, half_life)
-                    changed[e.customer_id] = st
-                    done += 1
-            x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
-            z = (x - x.mean(0)) / (x.std(0) + 1e-9)
-            labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-            t2 = clock()
-            now = str(int(time.time() * 1000))
-            async with redis.pipeline(transaction=False) as pipe:
-                for cid, k in zip(changed, labels.tolist(), strict=True):
-                    pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
-                        "segment": f"s{k}", "segment_name": "n", "model_version": "1",
-                        "updated_at": now, "confidence": "0.5"})
-                await pipe.execute()
-            t3 = clock()
-            await c.commit()
-            for stage, took_s in (("fetch", t1 - t0), ("parse+features", t2 - t1),
-                                  ("write", t3 - t2), ("commit", clock() - t3)):
-                took[stage] = took.get(stage, 0.0) + took_s
-        return (total - 0) / (time.perf_counter() - first)
-    finally:
-        await c.stop()
-        await redis.aclose()
 
 
 def worker_run(settings: Settings, total: int, workers: int = 1,
