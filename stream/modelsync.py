@@ -168,9 +168,7 @@ class ModelSync:
 
     async def publish(self, core: Segmenter, res: BatchResult) -> bool:
         """:meth:`send` the core's model as it is now."""
-        ok = await self.send(self.snapshot(core.model, res))
-        self.observe_model(core)
-        return ok
+        return await self.send(self.snapshot(core.model, res))
 
     async def send(self, snap: Snapshot) -> bool:
         """Store the learner's new version with profiles and lifecycle messages, atomically;
@@ -190,18 +188,24 @@ class ModelSync:
                 self.metrics.lifecycle.labels(e["event"]).inc()
                 log.info("segment %s %s (model version %d)", e["segment"], e["event"],
                          snap.version)
+            # the gauges follow what is published (a batch's snapshot is sent after the
+            # next batch started): what operators see is what every worker can load
+            self._observe(snap.version, len(snap.ids), snap.criterion)
         return bool(ok)
 
     def observe_model(self, core: Segmenter) -> None:
-        """Model gauges: version, segments, criterion, mean assignment distance."""
-        m, model = self.metrics, core.model
-        m.model_version.set(model.version)
-        m.segments.set(model.n_segments)
-        if model.criterion:
-            value = model.criterion.get("value")  # null: infinite (one segment)
-            m.criterion.labels(model.criterion.get("name", "")).set(
+        """Model gauges of the model the core assigns with (loaded or published)."""
+        model = core.model
+        self._observe(model.version, model.n_segments, model.criterion)
+
+    def _observe(self, version: int, segments: int, criterion: dict[str, Any]) -> None:
+        m = self.metrics
+        m.model_version.set(version)
+        m.segments.set(segments)
+        if criterion:
+            value = criterion.get("value")  # null: infinite (one segment)
+            m.criterion.labels(criterion.get("name", "")).set(
                 float("inf") if value is None else value)
-        m.distance.set(core.drift.mean_distance)
 
     async def close(self) -> None:
         """Hand the learner role over at once (the next worker need not wait for expiry)."""

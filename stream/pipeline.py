@@ -199,7 +199,7 @@ class EventPipeline:
             self._drifts = drift.detections
             log.warning("drift: customers moved away from the segment centres (ADWIN); "
                         "refreshing the model and re-scoring")
-        self.sync.observe_model(self.core)
+        self.metrics.distance.set(drift.mean_distance)
 
     async def settle(self) -> None:
         """Take a model update still running, assign the customers who wait for it, and wait

@@ -50,17 +50,26 @@ async def test_fuzzed_corpus_through_a_real_worker(settings: Settings, tmp_path:
         kinds = Counter(label for label, _, _ in corpus)
         print(f"\nfuzz (real worker): {len(corpus)} messages, {len(good)} valid, "
               f"{len(bad)} broken in {len(kinds) - 1} ways")
-        dlq = await consume_all(settings, settings.dlq_topic, len(bad), 30)
-        assert Counter(m.value for m in dlq) == Counter(bad)  # original bytes, each once
-        assert all(dict(m.headers).get("segmenter.error.reason") for m in dlq)
         text = worker.metrics_text()
+        late = int(sum(float(n) for n in re.findall(
+            r'^segmenter_events_total\{outcome="late",type="[^"]*"\} (\S+)$', text, re.M)))
+        dlq = await consume_all(settings, settings.dlq_topic, len(bad) + late, 30)
+        reasons = [dict(m.headers).get("segmenter.error.reason") for m in dlq]
+        assert all(reasons)
+        # the broken ones, original bytes, each once; and valid events behind their
+        # customer's allowed lateness (the corpus draws any time from 1970 on)
+        assert Counter(m.value for m, why in zip(dlq, reasons, strict=True)
+                       if why != b"late") == Counter(bad)
+        assert Counter(m.value for m, why in zip(dlq, reasons, strict=True)
+                       if why == b"late") <= Counter(good)
         counted = Counter()
         for outcome, n in re.findall(r'^segmenter_events_total\{outcome="(\w+)",type="[^"]*"\} '
                                      r"(\S+)$", text, re.M):
             counted[outcome] += int(float(n))
         assert counted["dead_lettered"] == len(bad)
-        # valid: processed, or a duplicate (a drawn event id repeated), or an unknown type
-        assert counted["processed"] + counted["duplicate"] + counted["ignored"] == len(good)
+        # valid: processed, a duplicate (a drawn event id repeated), late, or an unknown type
+        assert counted["processed"] + counted["duplicate"] + counted["ignored"] + \
+            counted["late"] == len(good)
         assert worker.health()[0] == 200 and worker.proc.poll() is None
         r = aioredis.from_url(settings.redis_url)
         try:  # every valid event's customer has a state; keys hold the raw id in a hash tag
