@@ -76,7 +76,7 @@ async def test_lag_grows_while_stopped_and_returns_to_zero(settings: Settings,
     await ensure_topics(settings)
     await produce(settings, events(2000))
     worker = WorkerProcess(settings, tmp_path)
-    worker.wait_healthy()
+    await worker.wait_healthy()
     await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
     assert worker.stop() == 0, worker.log()
     await produce(settings, events(3000, start=2000))  # batched: big record batches
@@ -90,7 +90,7 @@ async def test_lag_grows_while_stopped_and_returns_to_zero(settings: Settings,
     assert lag_cli(settings, "--max-lag", "3000")[0] == 0
     worker = WorkerProcess(settings, tmp_path, "worker-again")
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up again")
         code, text = lag_cli(settings, "--max-lag", "0")
         assert code == 0, text
@@ -106,7 +106,7 @@ async def test_health_and_lag_through_a_redis_outage(settings: Settings,
     await produce(settings, events(1000))
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
         redis_server.stop()
 

@@ -40,7 +40,7 @@ async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aiored
     await produce(settings, [(e["customer_id"].encode(), orjson.dumps(e)) for e in events])
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 120, "the worker to catch up")
         prefix = settings.redis_prefix
         ids = sorted(sim.truth)
@@ -117,7 +117,7 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
         raise AssertionError("Redis never settled")
 
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
         before = await settled()
         # 1) re-sent: the same events (same event_id) produced again, at new offsets
@@ -136,7 +136,7 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
     settings = dataclasses.replace(settings, group=settings.group + "-again")
     worker = WorkerProcess(settings, tmp_path, "worker-again")
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 90, "redelivered events to be consumed")
         assert await snapshot() == before
         metrics = worker.metrics_text()
@@ -176,7 +176,7 @@ async def test_malformed_messages_go_to_dlq(settings: Settings, tmp_path: Path,
     await produce(settings, msgs)
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
         dead = await consume_all(settings, settings.dlq_topic, n_bad)
         assert len(dead) == n_bad

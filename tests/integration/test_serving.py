@@ -59,7 +59,7 @@ async def seeded_worker(settings: Settings, tmp_path: Path,
     await produce(settings, [(e["customer_id"].encode(), orjson.dumps(e))
                              for e in sim.history()])
     worker = WorkerProcess(settings, tmp_path)
-    worker.wait_healthy()
+    await worker.wait_healthy()
     await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
     return worker, sim
 
@@ -161,7 +161,7 @@ async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_pat
     events = [(e["customer_id"].encode(), orjson.dumps(e)) for e in sim.history()]
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await produce(settings, events[: len(events) // 2])
         time.sleep(1.5)
         flaky.send_signal(signal.SIGKILL)  # down mid-run, unacked entries and all
