@@ -1,6 +1,6 @@
 """The production stack's files, checked with real validators (no Docker engine runs here):
 the compose file against the Compose specification's JSON schema (kept in tests/data, so
-nothing is fetched at test time), the Prometheus config and rules with promtool, and the
+nothing is downloaded at test time), the Prometheus config and rules with promtool, and the
 Grafana dashboard's queries with promtool and against the metrics the worker really exports.
 Validators come from PyPI and Debian's packages."""
 
