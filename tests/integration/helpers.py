@@ -44,14 +44,13 @@ class WorkerProcess:
         with urllib.request.urlopen(url, timeout=5) as r:
             return str(r.read().decode())
 
-    def wait_healthy(self, timeout: float = 60) -> None:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+    async def wait_healthy(self, timeout: float = 60) -> None:
+        """Wait until ``/health`` answers 200; fail at once if the worker exits."""
+        async def healthy() -> bool:
             assert self.proc.poll() is None, self.log()
-            if self.health()[0] == 200:
-                return
-            time.sleep(0.3)
-        raise AssertionError(f"worker not healthy in {timeout} s: {self.health()}\n{self.log()}")
+            return self.health()[0] == 200
+        await wait_for(healthy, timeout, "the worker to be healthy", every=0.3,
+                       detail=lambda: f"{self.health()}\n{self.log()}")
 
     def stop(self, timeout: float = 30) -> int:
         return stop_process(self.proc, timeout)
@@ -105,10 +104,42 @@ async def consume_all(settings: Settings, topic: str, expect: int,
     return out
 
 
-async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str) -> None:
+class TopicReader:
+    """Everything on a topic from its start, read as it arrives (no group); an async
+    context manager."""
+
+    def __init__(self, settings: Settings, topic: str) -> None:
+        self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka, group_id=None,
+                                         auto_offset_reset="earliest", enable_auto_commit=False)
+        self.messages: list[Any] = []
+        """What was read so far, each partition's messages in offset order."""
+
+    async def __aenter__(self) -> TopicReader:
+        await self.consumer.start()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.consumer.stop()
+
+    async def read(self, timeout_ms: int = 300) -> list[Any]:
+        """Add what arrived since the last read; return everything read so far."""
+        for msgs in (await self.consumer.getmany(timeout_ms=timeout_ms)).values():
+            self.messages.extend(msgs)
+        return self.messages
+
+
+async def wait_for(check: Callable[[], Awaitable[bool]], timeout: float, what: str, *,
+                   every: float = 0.5, detail: Callable[[], str] | None = None) -> None:
+    """Poll ``check`` every ``every`` seconds until it is true; fail after ``timeout``
+    seconds, naming ``what`` was awaited and, with ``detail``, what was seen last.
+
+    The event loop keeps running between polls (never ``time.sleep`` in an async test).
+    """
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
+    while True:
         if await check():
             return
-        await asyncio.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        if time.monotonic() >= deadline:
+            seen = f"; last seen: {detail()}" if detail is not None else ""
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}{seen}")
+        await asyncio.sleep(every)

@@ -1,7 +1,8 @@
 """The production stack's files, checked with real validators (no Docker engine runs here):
-the compose file against the Compose specification's JSON schema, the Prometheus config and
-rules with promtool, and the Grafana dashboard's queries with promtool and against the
-metrics the worker really exports. Validators come from PyPI and Debian's packages."""
+the compose file against the Compose specification's JSON schema (kept in tests/data, so
+nothing is downloaded at test time), the Prometheus config and rules with promtool, and the
+Grafana dashboard's queries with promtool and against the metrics the worker really exports.
+Validators come from PyPI and Debian's packages."""
 
 from __future__ import annotations
 
@@ -11,9 +12,6 @@ import os
 import re
 import shutil
 import subprocess
-import sys
-import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -26,22 +24,15 @@ from stream.metrics import Metrics
 from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
-CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "segmenter-tests"
+COMPOSE_SCHEMA = ROOT / "tests/data/compose-spec.json"
+"""The Compose Specification's JSON schema, vendored unchanged (Apache-2.0) from the
+compose-spec/compose-spec repository, file schema/compose-spec.json as last changed in commit
+a08f8d51631b7127ddac3d2c65537db429d0f1d0 (2025-10-28; unchanged at 170098ba, 2026-06-23);
+tests/data/README.md says how to update it."""
 
 
 def compose_schema() -> dict[str, Any]:
-    """The Compose specification schema, as shipped in the docker-compose 1.29.2 wheel."""
-    target = CACHE / "compose_spec.json"
-    if not target.exists():
-        CACHE.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryDirectory() as tmp:
-            subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps",
-                            "--only-binary=:all:", "-q", "-d", tmp, "docker-compose==1.29.2"],
-                           check=True, capture_output=True)
-            wheel = next(Path(tmp).glob("docker_compose-*.whl"))
-            with zipfile.ZipFile(wheel) as z:
-                target.write_bytes(z.read("compose/config/compose_spec.json"))
-    return dict(json.loads(target.read_text()))
+    return dict(json.loads(COMPOSE_SCHEMA.read_text()))
 
 
 def promtool() -> str:
@@ -63,10 +54,62 @@ def compose() -> dict[str, Any]:
 
 
 def test_compose_file_matches_the_compose_schema() -> None:
-    validator = jsonschema.Draft201909Validator(compose_schema())  # the schema's own draft
+    schema = compose_schema()
+    assert schema["$schema"].rstrip("/").endswith("draft-07/schema")
+    validator = jsonschema.Draft7Validator(schema)  # the schema's own draft
     errors = [f"{'/'.join(map(str, e.path))}: {e.message}"
               for e in validator.iter_errors(compose())]
     assert not errors, errors
+    # the schema does reject what Compose rejects (a check that it is not vacuous here)
+    broken = compose()
+    broken["services"]["worker"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    broken["services"]["redis"]["healthcheck"]["intervall"] = "5s"
+    broken["services"]["kafka"]["volumez"] = []
+    bad = {"/".join(map(str, e.path)) for e in validator.iter_errors(broken)}
+    assert bad == {"services/worker/depends_on", "services/redis/healthcheck",
+                   "services/kafka"}, bad
+
+
+def test_kafka_runs_kraft_in_one_node() -> None:
+    """Kafka in KRaft mode, one node being broker and controller: the settings Kafka checks
+    at start, and that the workers reach the listener it advertises."""
+    c = compose()
+    assert "zookeeper" not in c["services"]
+    env = {k: str(v) for k, v in c["services"]["kafka"]["environment"].items()}
+    assert not any("ZOOKEEPER" in k for k in env), "KRaft mode has no ZooKeeper settings"
+    assert sorted(env["KAFKA_PROCESS_ROLES"].split(",")) == ["broker", "controller"]
+    node = int(env["KAFKA_NODE_ID"])
+    listeners = dict(_listener(x) for x in env["KAFKA_LISTENERS"].split(","))
+    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
+    controllers = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
+    assert set(listeners) <= set(protocols), (listeners, protocols)
+    assert controllers and set(controllers) <= set(listeners)
+    # the one voter of the controller quorum is this node, on its controller listener
+    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
+    assert voters == [f"{node}@kafka:{listeners[controllers[0]][1]}"], voters
+    # brokers advertise only broker listeners, and the workers use the advertised one
+    advertised = dict(_listener(x) for x in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
+    assert advertised and not set(advertised) & set(controllers), advertised
+    for name, (host, port) in advertised.items():
+        assert host == "kafka" and listeners[name][1] == port, (name, host, port)
+    assert c["x-segmenter-env"]["SEGMENTER_KAFKA"] in {f"{h}:{p}" for h, p in advertised.values()}
+    probe = " ".join(c["services"]["kafka"]["healthcheck"]["test"])
+    assert any(f"localhost:{p}" in probe for _, p in advertised.values()), probe
+    # one broker: internal topics cannot ask for more replicas than that
+    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
+                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
+        assert int(env[key]) == 1, key
+    # the log directory outlives the container (KRaft's metadata log lives there too)
+    assert any(v.startswith("kafka-data:") for v in c["services"]["kafka"]["volumes"])
+    assert "kafka-data" in c["volumes"]
+
+
+def _listener(spec: str) -> tuple[str, tuple[str, int]]:
+    """``NAME://host:port`` (host may be empty) as ``(NAME, (host, port))``."""
+    name, _, address = spec.partition("://")
+    host, _, port = address.rpartition(":")
+    return name, (host, int(port))
 
 
 def test_compose_is_production_like() -> None:
@@ -80,8 +123,6 @@ def test_compose_is_production_like() -> None:
         assert "sleep" not in text and "wait-for" not in text, name
     for name in ("kafka", "redis", "worker", "prometheus", "grafana"):
         assert "healthcheck" in services[name], name
-    assert "KRaft" in (ROOT / "docker-compose.yml").read_text() or \
-        services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
     assert "--appendonly" in services["redis"]["command"]
     assert "ports" not in services["worker"]  # so --scale worker=N does not clash
     assert services["simulator"]["profiles"] == ["simulator"]

@@ -193,7 +193,7 @@ async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(
     settings = await run_settings(stream, "kill")
     await install_model(r, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "killed")
-    worker.wait_healthy()
+    await worker.wait_healthy()
     producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
@@ -223,7 +223,7 @@ async def test_one_of_two_workers_killed_the_survivor_takes_over_exactly(
     workers = [WorkerProcess(settings, tmp_path, "a"),
                WorkerProcess(dataclasses.replace(settings, web_port=free_port()), tmp_path, "b")]
     for w in workers:
-        w.wait_healthy()
+        await w.wait_healthy()
 
     async def shared() -> bool:
         return all(w.metrics_text().count("segmenter_assigned_partitions 2.0") for w in workers)
@@ -262,7 +262,7 @@ async def test_sigterm_commits_what_was_processed_and_leaves_no_half_written_cus
     settings = await run_settings(stream, "term")
     await install_model(r, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "terminated")
-    worker.wait_healthy()
+    await worker.wait_healthy()
     producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
@@ -315,7 +315,7 @@ async def test_redis_down_15_s_mid_stream_backs_off_reports_it_and_loses_nothing
     client = aioredis.from_url(own.url)
     await install_model(client, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "redis-outage")
-    worker.wait_healthy()
+    await worker.wait_healthy()
     producing = asyncio.create_task(produce_slowly(stream, settings))
     try:
         await midway(settings, stream, producing)
@@ -366,7 +366,7 @@ async def test_broker_unreachable_15_s_the_worker_waits_reports_and_resumes(
         for chunk in stream.chunks[:half]:  # same keys, same order: same partitions, offsets
             await produce(settings, chunk)
         worker = WorkerProcess(settings, tmp_path, "broker-outage")
-        worker.wait_healthy()
+        await worker.wait_healthy()
         first = sum(len(c) for c in stream.chunks[:half])
         await wait_for(lambda: caught_up(settings, first), 60, "the first half")
         os.kill(broker.proc.pid, signal.SIGSTOP)

@@ -42,7 +42,7 @@ async def test_fuzzed_corpus_through_a_real_worker(settings: Settings, tmp_path:
     await ensure_topics(settings)
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await produce(settings, [(key, value) for _, key, value in corpus])
         await wait_for(lambda: lag_is_zero(settings), 60, "the worker to consume the corpus")
         bad = [value for label, _, value in corpus if label != "valid"]

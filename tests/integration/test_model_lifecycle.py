@@ -76,7 +76,7 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
     prefix = settings.redis_prefix
     try:
         for w in workers:
-            w.wait_healthy()
+            await w.wait_healthy()
         await wait_for(lambda: caught_up(settings), 180, "both workers to catch up")
         async def shared() -> bool:  # the gauge follows the group on a 2 s timer
             return all(metric(w, "segmenter_assigned_partitions") == 2 for w in workers)
@@ -167,7 +167,7 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
     worker = WorkerProcess(cfg, tmp_path)
     prefix = cfg.redis_prefix
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await produce(cfg, encode(first))
         await wait_for(lambda: caught_up(cfg), 120, "phase 1")
         ids_before = set(orjson.loads(await r.get(f"{prefix}model") or b"{}")["ids"])

@@ -6,11 +6,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import urllib.parse
 import urllib.request
 import zlib
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +21,7 @@ import redis.asyncio as aioredis
 from models.simulator import ShopSimulator
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
-from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
+from tests.integration.helpers import TopicReader, WorkerProcess, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
 
 
@@ -58,7 +58,7 @@ async def seeded_worker(settings: Settings, tmp_path: Path,
     await produce(settings, [(e["customer_id"].encode(), orjson.dumps(e))
                              for e in sim.history()])
     worker = WorkerProcess(settings, tmp_path)
-    worker.wait_healthy()
+    await worker.wait_healthy()
     await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
     return worker, sim
 
@@ -122,9 +122,12 @@ async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) ->
                    if orjson.loads(f[b"change"])["customer_id"] == cid]
         assert deletes[0]["reason"] == "delete" and deletes[0]["from"] == seg
         assert deletes[0]["to"] is None
-        # the owning worker processes the control message: it stays forgotten
+        # the owning worker processes the control message: it stays forgotten through later
+        # batches and state flushes (another customer's event, committed after it: a commit
+        # follows the flush of every changed state)
         await wait_for(lambda: lag_is_zero(settings), 30, "the erasure to be consumed")
-        time.sleep(2 * settings.commit_interval_s + 0.5)
+        await produce(settings, [event(sorted(sim.truth)[1], 20_000)])
+        await wait_for(lambda: lag_is_zero(settings), 30, "a later event to be committed")
         assert not await r.exists(f"{prefix}state:{{{cid}}}")
         assert request(worker, "GET", f"/customers/{cid}/segment")[0] == 404
         # a later event starts a fresh profile
@@ -150,6 +153,38 @@ def start_subscriber(settings: Settings, out: Path, group: str) -> subprocess.Po
              "--from-start"], env=env, stdout=fh, stderr=subprocess.DEVNULL)
 
 
+def received(path: Path) -> list[dict[str, Any]]:
+    """The changes a subscriber printed (one JSON line each, with its stream id)."""
+    return [orjson.loads(line) for line in path.read_text().splitlines() if line]
+
+
+Chain = list[tuple[str | None, str | None, str]]
+"""A customer's changes in order: (from, to, change id = stream entry id)."""
+
+
+def chains_of(changes: Iterable[dict[str, Any]]) -> dict[str, Chain]:
+    """Changes (with their ``id``) grouped by customer, in the order given."""
+    out: dict[str, Chain] = defaultdict(list)
+    for c in changes:
+        out[c["customer_id"]].append((c["from"], c["to"], c["id"]))
+    return dict(out)
+
+
+async def stream_chains(r: aioredis.Redis, settings: Settings) -> dict[str, Chain]:
+    """Each customer's changes in the order of the Redis change stream."""
+    return chains_of({"id": i.decode(), **orjson.loads(f[b"change"])}
+                     for i, f in await r.xrange(f"{settings.redis_prefix}changes"))
+
+
+def assert_chain(cid: str, chain: Chain, current: str | None = None) -> None:
+    """From the first assignment on, each change starts where the previous one ended."""
+    assert chain and chain[0][0] is None, f"{cid}: no first assignment: {chain}"
+    for (_, to, _), (frm, nxt, _) in zip(chain, chain[1:], strict=False):
+        assert frm == to != nxt, f"{cid}: {to} is followed by a change {frm} -> {nxt}"
+    if current is not None:
+        assert chain[-1][1] == current, f"{cid}: ends at {chain[-1][1]}, not at {current}"
+
+
 async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_path: Path,
                                                      r: aioredis.Redis) -> None:
     await ensure_topics(settings)
@@ -159,49 +194,93 @@ async def test_subscribers_get_every_change_in_order(settings: Settings, tmp_pat
     sim = ShopSimulator(customers=600, seed=9, days=10, drift=0.05)
     events = [(e["customer_id"].encode(), orjson.dumps(e)) for e in sim.history()]
     worker = WorkerProcess(settings, tmp_path)
+    prefix = settings.redis_prefix
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await produce(settings, events[: len(events) // 2])
-        time.sleep(1.5)
+
+        async def flaky_got_some() -> bool:
+            return bool(received(flaky_out))
+        await wait_for(flaky_got_some, 60, "the second subscriber's first changes")
         flaky.send_signal(signal.SIGKILL)  # down mid-run, unacked entries and all
         flaky.wait()
         await produce(settings, events[len(events) // 2:])
         await wait_for(lambda: lag_is_zero(settings), 120, "the worker to catch up")
-        time.sleep(2 * settings.commit_interval_s + 0.5)
         flaky = start_subscriber(settings, flaky_out, "flaky")  # back: catches up
-        stream = await r.xrange(f"{settings.redis_prefix}changes")
-        ids = {i.decode() for i, _ in stream}
 
-        def received(path: Path) -> list[dict[str, Any]]:
-            return [orjson.loads(line) for line in path.read_text().splitlines() if line]
+        # Background re-scoring may still move customers after the catch-up: wait until the
+        # stream, the live subscriber's output and the customer hashes agree.
+        seen: dict[str, Any] = {}
 
-        async def all_in(path: Path) -> bool:
-            return {c["id"] for c in received(path)} >= ids
-        await wait_for(lambda: all_in(live_out), 30, "the live subscriber")
-        await wait_for(lambda: all_in(flaky_out), 30, "the restarted subscriber")
-        changes = received(live_out)
+        async def live_complete() -> bool:
+            stream = await stream_chains(r, settings)
+            changes = received(live_out)
+            async with r.pipeline(transaction=False) as pipe:
+                for cid in stream:
+                    pipe.hget(f"{prefix}customer:{{{cid}}}", "segment")
+                current = {c: (v.decode() if v else None)
+                           for c, v in zip(stream, await pipe.execute(), strict=True)}
+            seen.update(stream=stream, changes=changes, current=current)
+            return chains_of(changes) == stream and all(
+                chain[-1][1] == current[cid] for cid, chain in stream.items())
+        await wait_for(live_complete, 60, "the live subscriber to hold every change",
+                       detail=lambda: f"{len(seen['changes'])} received, "
+                                      f"{sum(map(len, seen['stream'].values()))} in the stream")
+        stream, changes, current = seen["stream"], seen["changes"], seen["current"]
+        ids = ids_of(stream)
         assert len(changes) == len(ids)  # exactly one message per change
-        chains: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        for c in changes:
-            chains[c["customer_id"]].append(c)
-        async with r.pipeline(transaction=False) as pipe:
-            for cid in chains:
-                pipe.hget(f"{settings.redis_prefix}customer:{{{cid}}}", "segment")
-            current = dict(zip(chains, await pipe.execute(), strict=True))
-        for cid, chain in chains.items():
-            assert chain[0]["from"] is None
-            for a, b in zip(chain, chain[1:], strict=False):
-                assert b["from"] == a["to"] != b["to"]
-            assert chain[-1]["to"] == current[cid].decode()
-        assert len(chains) == len(sim.truth)
-        # the Kafka topic got the same changes through the relay, in the same order
-        kafka = await consume_all(settings, settings.changes_topic, len(ids), timeout=30)
-        by_id = {dict(m.headers)["segmenter.change_id"].decode(): m for m in kafka}
-        assert set(by_id) == ids
-        for m in kafka:
+        assert len(stream) == len(sim.truth)
+        for cid, chain in stream.items():
+            assert_chain(cid, chain, current[cid])
+
+        async def flaky_complete() -> bool:
+            return {c["id"] for c in received(flaky_out)} >= ids
+        await wait_for(flaky_complete, 30, "the restarted subscriber")
+
+        # The relay copies the stream to the Kafka topic keyed by customer: each customer's
+        # changes arrive there in the stream's order (a topic orders within a partition only,
+        # so the order per customer is what it keeps), none lost, none repeated.
+        async with TopicReader(settings, settings.changes_topic) as topic:
+            async def relayed() -> bool:
+                kafka = seen["kafka"] = kafka_chains(await topic.read())
+                stream = seen["stream"] = await stream_chains(r, settings)
+                if kafka == stream:
+                    return True
+                # all there but not in order: no later message can mend that
+                assert not ids_of(stream) <= ids_of(kafka), first_difference(kafka, stream)
+                return False
+            await wait_for(relayed, 60, "the Kafka topic to hold the stream's changes",
+                           detail=lambda: first_difference(seen["kafka"], seen["stream"]))
+            messages = topic.messages
+        for m in messages:
             assert orjson.loads(m.value)["customer_id"].encode() == m.key
+        partitions: dict[bytes, set[int]] = defaultdict(set)
+        for m in messages:
+            partitions[m.key].add(m.partition)
+        assert all(len(p) == 1 for p in partitions.values())
+        for cid, chain in seen["kafka"].items():
+            assert_chain(cid, chain)
     finally:
         for p in (live, flaky):
             p.terminate()
             p.wait()
         assert worker.stop() == 0, worker.log()
+
+
+def kafka_chains(messages: list[Any]) -> dict[str, Chain]:
+    """Each customer's changes in the order of their partition (offsets)."""
+    ordered = sorted(messages, key=lambda m: (m.partition, m.offset))
+    return chains_of({"id": dict(m.headers)["segmenter.change_id"].decode(),
+                      **orjson.loads(m.value)} for m in ordered)
+
+
+def ids_of(chains: dict[str, Chain]) -> set[str]:
+    return {i for chain in chains.values() for _, _, i in chain}
+
+
+def first_difference(got: dict[str, Chain], want: dict[str, Chain]) -> str:
+    """The first customer whose Kafka chain differs from the stream's, for a failure."""
+    for cid in sorted(set(got) | set(want)):
+        if got.get(cid) != want.get(cid):
+            return f"{cid}: Kafka {got.get(cid)}, stream {want.get(cid)}"
+    return "none"
