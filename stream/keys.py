@@ -68,8 +68,9 @@ class Keys:
         return f"{self.prefix}model-version"
 
     @property
-    def learner(self) -> str:
-        """Lease of the one worker that updates the shared model."""
+    def training_lease(self) -> str:
+        """Lease of the one worker that trains the shared model (the key keeps its first
+        name, ``learner``, so running deployments keep their lease)."""
         return f"{self.prefix}learner"
 
     @property

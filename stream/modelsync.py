@@ -1,4 +1,4 @@
-"""One model for all workers: a single learner, versioned snapshots, samples from everyone.
+"""One model for all workers: a single trainer, versioned snapshots, samples from everyone.
 
 - The worker holding the Redis lease ``seg:learner`` trains the model: its core updates the
   model from a sample of *current* customers of every worker (its own cache, plus the samples
@@ -70,7 +70,7 @@ class ModelSync:
     def __init__(self, store: RedisStore, metrics: Metrics, sample_size: int = 2000) -> None:
         self.store, self.metrics = store, metrics
         self.keys = store.keys
-        self.lease = Lease(store.r, self.keys.learner)
+        self.lease = Lease(store.r, self.keys.training_lease)
         self.sample_size = sample_size
         self.events_seen = 0  # events this worker processed (published with its sample)
         self._last_sample = 0.0
@@ -171,7 +171,7 @@ class ModelSync:
         return await self.send(self.snapshot(core.model, res))
 
     async def send(self, snap: Snapshot) -> bool:
-        """Store the learner's new version with profiles and lifecycle messages, atomically;
+        """Store the trainer's new version with profiles and lifecycle messages, atomically;
         False when a newer version was there already."""
         now_ms = int(time.time() * 1000)
         sizes = await self.store.sizes()
@@ -208,5 +208,5 @@ class ModelSync:
                 float("inf") if value is None else value)
 
     async def close(self) -> None:
-        """Hand the learner role over at once (the next worker need not wait for expiry)."""
+        """Hand the training over at once (the next worker need not wait for expiry)."""
         await self.lease.release()
