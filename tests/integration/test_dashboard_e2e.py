@@ -69,8 +69,12 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         for _ in range(10):  # the page and the metrics refresh every 2 s: compare when settled
             got = await shown(page)
             expected = metrics(worker)
+            profiles = {k.decode(): orjson.loads(v) for k, v in
+                        (await r.hgetall(f"{settings.redis_prefix}segments")).items()}
+            # retired segments are out of the way: listed only on request
             expected["sizes"] = {k.decode(): int(v) for k, v in
-                                 (await r.hgetall(f"{settings.redis_prefix}sizes")).items()}
+                                 (await r.hgetall(f"{settings.redis_prefix}sizes")).items()
+                                 if profiles.get(k.decode(), {}).get("status") != "retired"}
             if got == expected:
                 break
             await asyncio.sleep(1)
@@ -78,7 +82,9 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         assert expected["model_version"] >= 1 and expected["dead"] == 7
         assert expected["lag"] == 0
         assert await page.inner_text("#status") == "healthy"
-        assert await page.locator("#sizes polyline").count() == len(expected["sizes"])
+        # the sizes over time keep every segment's history, retired ones included
+        assert await page.locator("#sizes polyline").count() == await r.hlen(
+            f"{settings.redis_prefix}sizes")
         # the model card shows the published model's criterion per segment count tried
         snapshot = orjson.loads(await r.get(f"{settings.redis_prefix}model") or b"{}")
         crit = snapshot["criterion"]
@@ -92,6 +98,13 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         assert [k for k, _, chosen in rows if chosen] == [str(len(snapshot["ids"]))]
         lifecycle = await page.inner_text("[data-testid=lifecycle]")
         assert "born" in lifecycle
+        retired = sorted(k for k, p in profiles.items() if p.get("status") == "retired")
+        assert await page.inner_text("[data-testid=retired-count]") == str(len(retired))
+        if retired:  # on request, after the active ones
+            await page.check("[data-testid=show-retired]")
+            await page.wait_for_function(
+                f"document.querySelectorAll('[data-testid=segments] tbody tr').length === "
+                f"{len(profiles)}", timeout=10_000)
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "dashboard.png"), full_page=True)
         await page.close()
