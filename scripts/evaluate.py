@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from models.core import SegmenterConfig
+from models.features import DAY_MS
 from scripts.online import final_matrix, run_online
 from scripts.populations import POPULATIONS, Population, build
 from scripts.report import render
@@ -124,6 +125,14 @@ def measure(pop: Population, cfg: SegmenterConfig, seed: int) -> dict[str, Any]:
         row.update(ari_online=ari(online), ari_batch_same_k=ari(scan[same]["labels"]),
                    ari_batch_best_k=ari(scan[best]["labels"]),
                    ari_batch_true_k=ari(scan[true_k]["labels"]) if true_k in scan else None)
+    active = np.array([seg.states[c].last_ts >= seg.watermark - cfg.active_days * DAY_MS
+                       for c in ids])
+    row["active_customers"], row["active_days"] = int(active.sum()), cfg.active_days
+    if 0 < active.sum() < len(ids) and k:  # the model learns from these only
+        part = batch_scan(z[active], [k], seed)[k]
+        row["variance_online_active"] = variance_explained(z[active],
+                                                           np.asarray(online)[active])
+        row["variance_batch_same_k_active"] = part["variance"]
     row["targets"] = targets(row)
     row["seconds"] = round(time.perf_counter() - started, 1)
     return row

@@ -55,8 +55,14 @@ def render(report: dict[str, Any]) -> str:
     lines += ["| " + " | ".join(cells(r)) + " |" for r in report["rows"]]
     lines.append("")
     for r in report["rows"]:
+        note = ""
+        if "variance_online_active" in r:
+            note = (f"; {r['active_customers']:,} active in the last "
+                    f"{r['active_days']:g} days (what the model learns from): variance "
+                    f"explained {r['variance_online_active']:.3f} "
+                    f"online vs {r['variance_batch_same_k_active']:.3f} batch same k")
         lines.append(f"- `{r['population']}`: {r['shape']}; {r['events']:,} events, "
-                     f"{r['dead_letters']} refused")
+                     f"{r['dead_letters']} refused{note}")
     for name, why in report.get("skipped", {}).items():
         lines.append(f"- `{name}`: skipped ({why})")
     return "\n".join(lines)
