@@ -3,7 +3,9 @@
 Each customer follows a persona (its ground truth): how often it visits, what it
 does in a session (views, searches, carts, purchases), its devices, channels,
 local hours, categories and demographics. Sessions are generated in event-time
-order; with ``drift`` > 0 customers change persona over time.
+order; with ``drift`` > 0 customers change persona over time. Options shape populations
+the personas alone do not: ``trait_share`` (only that share of customers ever identifies)
+and ``purchase_only`` (a bare order log: purchases with an amount, nothing else).
 
 Examples
 --------
@@ -22,6 +24,7 @@ True
 from __future__ import annotations
 
 import heapq
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -68,6 +71,9 @@ class Persona:
     """Household size (mean, sd)."""
     p_identify: float
     """Chance the customer identifies with traits."""
+    spend_tail: float = 0.0
+    """0: order amounts are normal (``amount``); > 0: lognormal with ``amount``'s mean and
+    this log-sd (heavy-tailed spend: a few orders many times the typical one)."""
 
 
 PERSONAS: tuple[Persona, ...] = (
@@ -90,7 +96,6 @@ PERSONAS: tuple[Persona, ...] = (
             (("paid", 0.5), ("referral", 0.3), ("social", 0.2)), ("fashion", "electronics"),
             (35, 12), (45_000, 15_000), (2.2, 1.0), 0.05),
 )
-_BY_NAME = {p.name: p for p in PERSONAS}
 _COUNTRIES = (("DE", 0.3), ("FR", 0.2), ("GB", 0.2), ("NL", 0.1), ("ES", 0.1), ("IT", 0.1))
 # Personas a drifting customer can move into: behaviour changes, lapsing stays lapsing.
 _DRIFT_TARGETS = ("bargain_hunter", "loyal_big_spender", "window_shopper",
@@ -107,7 +112,8 @@ class ShopSimulator:
     def __init__(
         self, customers: int, seed: int = 7, start_ms: int = 1_767_225_600_000,
         days: float = 30.0, drift: float = 0.0, prefix: str = "c",
-        personas: tuple[Persona, ...] = PERSONAS,
+        personas: tuple[Persona, ...] = PERSONAS, trait_share: float = 1.0,
+        purchase_only: bool = False,
     ) -> None:
         self.rng = random.Random(seed)
         self.start_ms = start_ms
@@ -115,6 +121,10 @@ class ShopSimulator:
         self.drift = drift
         self.prefix = prefix
         self.personas = personas
+        self._by_name = {p.name: p for p in personas}
+        self.trait_share = trait_share
+        self.purchase_only = purchase_only
+        self._anonymous: set[str] = set()
         self.truth: dict[str, str] = {}
         self._tz: dict[str, int] = {}
         self._last: dict[str, int] = {}
@@ -131,6 +141,8 @@ class ShopSimulator:
         self._n += 1
         self.truth[cid] = persona.name
         self._tz[cid] = rng.choice((0, 1, 1, 2))
+        if self.trait_share < 1.0 and rng.random() >= self.trait_share:
+            self._anonymous.add(cid)  # never identifies (drawn only then: same default stream)
         span = self.end_ms - self.start_ms
         if at_ms is not None:
             first = at_ms
@@ -144,7 +156,7 @@ class ShopSimulator:
         return cid
 
     def _next_gap(self, cid: str, now: int) -> int | None:
-        p = _BY_NAME[self.truth[cid]]
+        p = self._by_name[self.truth[cid]]
         if p.name == "new_visitor":
             return None if self.rng.random() < 0.6 else int(self.rng.uniform(0.01, 0.3) * DAY_MS)
         rate = p.sessions_per_day
@@ -170,7 +182,7 @@ class ShopSimulator:
         else:
             for _ in range(4):  # busier personas visit more often
                 cid = f"{self.prefix}{self.rng.randrange(self._n):06d}"
-                if self.rng.random() < _BY_NAME[self.truth[cid]].sessions_per_day:
+                if self.rng.random() < self._by_name[self.truth[cid]].sessions_per_day:
                     break
         return list(self._session(cid, max(now_ms, self._last.get(cid, 0) + 1000)))
 
@@ -178,7 +190,7 @@ class ShopSimulator:
         rng = self.rng
         if self.drift and rng.random() < self.drift:
             self.truth[cid] = rng.choice(_DRIFT_TARGETS)
-        p = _BY_NAME[self.truth[cid]]
+        p = self._by_name[self.truth[cid]]
         lapsed = p.name == "lapsing_customer" and ts > self.start_ms + 0.35 * (
             self.end_ms - self.start_ms)
         # Move the session into the persona's favourite hours (local time).
@@ -209,12 +221,21 @@ class ShopSimulator:
                     carted = True
             if carted and rng.random() < p.p_buy:
                 steps.append(("checkout", {}))
-                amount = max(1.0, rng.gauss(*p.amount))
+                if p.spend_tail > 0:  # mean-preserving lognormal
+                    mu = math.log(max(p.amount[0], 1.0)) - p.spend_tail ** 2 / 2
+                    amount = max(1.0, rng.lognormvariate(mu, p.spend_tail))
+                else:
+                    amount = max(1.0, rng.gauss(*p.amount))
                 steps.append(("purchase", {"amount": round(amount, 2), "currency": "EUR",
                                            "category": rng.choice(p.categories)}))
+        anonymous = cid in self._anonymous
         for etype, props in steps:
             self._seq += 1
             ts += rng.randint(5_000, 90_000)
+            self._last[cid] = ts
+            if (self.purchase_only and etype != "purchase") or (etype == "identify"
+                                                                and anonymous):
+                continue  # the same random stream, fewer events
             event: dict[str, Any] = {
                 "event_id": f"e{self._seq:09d}-{cid}",
                 "customer_id": cid,
@@ -222,7 +243,9 @@ class ShopSimulator:
                 "timestamp": _iso(ts, tz),
                 "properties": {**base, **props},
             }
-            if etype == "identify":
+            if self.purchase_only:
+                event["properties"] = {"amount": props["amount"], "currency": "EUR"}
+            elif etype == "identify":
                 event["traits"] = {
                     "age": max(16, round(rng.gauss(*p.age))),
                     "income": max(0, round(rng.gauss(*p.income), -2)),
@@ -230,7 +253,6 @@ class ShopSimulator:
                     "gender": rng.choice(("female", "male", "nonbinary")),
                     "interests": list(p.categories[:2]),
                 }
-            self._last[cid] = ts
             yield event
 
 

@@ -1,176 +1,203 @@
-"""Segment quality of the online models, against ground truth and against batch k-means.
+"""Segment quality on populations nobody tuned for: an evaluation matrix.
 
-Runs the pure core (``models.core.Segmenter``, exactly what a worker runs, minus I/O) over a
-simulated shop with hidden personas, for each algorithm, and reports:
+For each population of :mod:`scripts.populations` (3 to 8 personas, imbalanced shares,
+overlapping personas, a purchase-only log, heavy-tailed spend, missing traits) and the real
+CDNOW purchase log (:mod:`scripts.cdnow`), the pure core runs over the stream exactly as a
+worker does with default settings (:mod:`scripts.online`), then:
 
-- ARI and NMI of the final segments against the simulator's personas (ground truth);
-- against scikit-learn ``KMeans`` (k-means++, ``n_init=10``, same number of segments) fitted in
-  one batch on the customers' *final* features: ARI and the inertia ratio online / batch;
-- the same for a baseline that learns the way the issue warns against (River KMeans
-  ``learn_one`` on every event's intermediate features), to show what learning from current
-  customers buys;
-- stability: the share of customers whose segment flips at a model update *without new
-  behaviour* (same features, as of their last event: old model vs new model), mean and p95
-  over updates;
-- throughput of the core (events/s, single thread) and segment lifecycle events.
+- ARI of the final segments against the personas (where known);
+- variance explained (1 - within-segment SS / total SS) by the online segments and by
+  scikit-learn ``KMeans(n_init=10)`` with the same count and at its own best count in
+  2..10 (silhouette), all on the same matrix: the customers' features as of the end of the
+  stream, standardised by the online model's scaler (the space the model clusters in);
+- the chosen segment count against the true one, and its range over all model versions;
+- flips per model update (quiet customers the update moves).
+
+Targets, per row: variance explained >= 0.9x batch k-means' with the same count; ARI >= 0.8
+wherever batch k-means (same, best or true count) reaches 0.85; count within +-1 of the truth.
 
 Usage::
 
-    python -m scripts.evaluate [--customers 5000] [--days 30] [--algorithms kmeans,dbstream]
+    python -m scripts.evaluate [--quick] [--populations p3,cdnow] [--json]
 
-Needs scikit-learn (``pip install -e '.[test]'``).
+Needs scikit-learn (``pip install -e '.[test]'``); the CDNOW row needs the log installed
+(``pip install --no-deps lifetimes==0.11.3``), otherwise it is skipped with that hint.
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 from typing import Any
 
 import numpy as np
 import orjson
 
-from models.core import Record, Segmenter, SegmenterConfig
-from models.features import FEATURE_NAMES, to_model_matrix, vector
-from models.simulator import ShopSimulator
+from models.core import SegmenterConfig
+from models.features import DAY_MS
+from scripts.online import final_matrix, run_online
+from scripts.populations import POPULATIONS, Population, build
+from scripts.report import render
+
+VARIANCE_TARGET, ARI_TARGET, ARI_GATE = 0.9, 0.8, 0.85
+BATCH_K = range(2, 11)
 
 
-def _flips(seg: Segmenter, quiet: list[str]) -> float:
-    """Share of ``quiet`` customers (no event since the previous model update) that the new
-    model moves, features fixed as of their last event: what the background re-scoring
-    would write with reason ``model_update``."""
-    if not quiet:
+def variance_explained(z: np.ndarray, labels: list[str] | np.ndarray) -> float:
+    """1 - within-group sum of squares / total sum of squares.
+
+    >>> z = np.array([[0.0], [0.0], [2.0], [2.0]])
+    >>> variance_explained(z, ["a", "a", "b", "b"]), variance_explained(z, ["a", "b", "a", "b"])
+    (1.0, 0.0)
+    """
+    _, inv = np.unique(np.asarray(labels, dtype=str), return_inverse=True)
+    total = float(((z - z.mean(0)) ** 2).sum())
+    if total == 0:
         return 0.0
-    z = seg.model.scale(to_model_matrix([vector(seg.states[c], seg.half_life_ms)
-                                         for c in quiet]))
-    current = [seg.states[c].segment for c in quiet]
-    labels = seg.model.keep_current(z, seg.model.assign_scaled(z)[0], current)
-    new = [seg.model.ids[i] for i in labels]
-    for c, sid in zip(quiet, new, strict=True):  # as the re-scoring pass would
-        seg.states[c].segment = sid
-    return float(np.mean([a != b for a, b in zip(current, new, strict=True)]))
+    sums = np.zeros((inv.max() + 1, z.shape[1]))
+    np.add.at(sums, inv, z)
+    sizes = np.bincount(inv)[:, None]
+    within = float((z ** 2).sum() - ((sums ** 2) / sizes).sum())
+    return round(1.0 - max(within, 0.0) / total, 4)
 
 
-def run_online(events: list[dict[str, Any]], cfg: SegmenterConfig, batch: int = 5000
-               ) -> tuple[Segmenter, dict[str, Any]]:
-    """Feed the core; measure throughput and flips per model update."""
-    recs = [Record("events", 0, i, e["customer_id"].encode(), orjson.dumps(e))
-            for i, e in enumerate(events)]
-    seg = Segmenter(cfg)
-    flips: list[float] = []
-    lifecycle: list[dict[str, Any]] = []
-    elapsed = 0.0
-    for i in range(0, len(recs), batch):
-        was_ready = seg.model.ready
-        touched = {r.key.decode() for r in recs[i:i + batch] if r.key}
-        started = time.perf_counter()
-        out = seg.apply(seg.parse(recs[i:i + batch]), {})
-        seg.drain()
-        elapsed += time.perf_counter() - started
-        lifecycle += out.lifecycle
-        if out.model_updated and was_ready:
-            quiet = [c for c, s in seg.states.items() if s.segment and c not in touched]
-            flips.append(_flips(seg, quiet))
-    started = time.perf_counter()
-    seg.rescore(10**9)  # what the worker's background re-scoring does
-    elapsed += time.perf_counter() - started
-    return seg, {"events_per_s": round(len(recs) / elapsed), "flips": flips,
-                 "lifecycle": lifecycle}
-
-
-def per_event_river(events: list[dict[str, Any]], cfg: SegmenterConfig, k: int,
-                    seed: int) -> Any:
-    """The naive design: River scaler + KMeans ``learn_one`` on every event's features."""
-    from river import cluster, preprocessing
-
-    from models.events import parse_event
-    from models.features import CustomerState, update
-
-    scaler = preprocessing.StandardScaler()
-    km = cluster.KMeans(n_clusters=k, halflife=cfg.step, seed=seed)
-    states: dict[str, CustomerState] = {}
-    hl = cfg.half_life_days * 86_400_000
-    for e in events:
-        ev = parse_event(orjson.dumps(e), e["customer_id"].encode())
-        st = states.setdefault(ev.customer_id, CustomerState(ev.customer_id))
-        update(st, ev, hl)
-        x = dict(zip(FEATURE_NAMES, to_model_matrix([vector(st, hl)])[0].tolist(),
-                     strict=True))
-        scaler.learn_one(x)
-        km.learn_one(scaler.transform_one(x))
-    return scaler, km
-
-
-def evaluate(customers: int, days: float, algorithms: list[str], seed: int,
-             naive: bool) -> dict[str, Any]:
-    """All figures, as a JSON-able dict."""
+def batch_scan(z: np.ndarray, ks: list[int], seed: int) -> dict[int, dict[str, Any]]:
+    """Batch k-means (k-means++, ``n_init=10``) for every count in ``ks``: labels, variance
+    explained, silhouette (on up to 3,000 rows) and Davies-Bouldin index."""
     from sklearn.cluster import KMeans
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+    from sklearn.metrics import davies_bouldin_score, silhouette_score
 
-    sim = ShopSimulator(customers, seed=seed, days=days)
-    events = list(sim.history())
-    report: dict[str, Any] = {"customers": customers, "days": days, "events": len(events)}
-    for alg in algorithms:
-        cfg = SegmenterConfig(algorithm=alg, seed=seed)
-        seg, run = run_online(events, cfg)
-        ids = sorted(seg.states)
-        truth = [sim.truth[c] for c in ids]
-        x = to_model_matrix([vector(seg.states[c], seg.half_life_ms, seg.watermark)
-                             for c in ids])
-        z = seg.model.scale(x)  # one space for both: the online model's current scaling
-        labels, _ = seg.model.assign_scaled(z)
-        online = [seg.states[c].segment for c in ids]
-        k = seg.model.n_segments
-        batch = KMeans(k, init="k-means++", n_init=10, random_state=seed).fit(z)
-        inertia = float(((z - seg.model.centres_scaled()[labels]) ** 2).sum())
-        flips = run["flips"] or [0.0]
-        counts: dict[str, int] = {}
-        for e in run["lifecycle"]:
-            counts[e["event"]] = counts.get(e["event"], 0) + 1
-        report[alg] = {
-            "segments": k,
-            "criterion": seg.model.criterion,
-            "ari_truth": round(adjusted_rand_score(truth, online), 3),
-            "nmi_truth": round(normalized_mutual_info_score(truth, online), 3),
-            "ari_vs_batch": round(adjusted_rand_score(batch.labels_, online), 3),
-            "inertia_ratio": round(inertia / batch.inertia_, 3),
-            "batch_ari_truth": round(adjusted_rand_score(truth, batch.labels_), 3),
-            "flips_mean": round(float(np.mean(flips)), 4),
-            "flips_p95": round(float(np.percentile(flips, 95)), 4),
-            "model_updates": len(run["flips"]),
-            "lifecycle": counts,
-            "events_per_s": run["events_per_s"],
-        }
-        if naive and alg == "kmeans":
-            scaler, km = per_event_river(events, cfg, k, seed)
-            zn = np.array([[scaler.transform_one(dict(zip(FEATURE_NAMES, r, strict=True)))[n]
-                            for n in FEATURE_NAMES] for r in x.tolist()])
-            naive_labels = [km.predict_one(dict(zip(FEATURE_NAMES, r, strict=True)))
-                            for r in zn.tolist()]
-            c = np.array([[km.centers[i][n] for n in FEATURE_NAMES] for i in range(k)])
-            nb = KMeans(k, init="k-means++", n_init=10, random_state=seed).fit(zn)
-            report["river_per_event"] = {
-                "ari_truth": round(adjusted_rand_score(truth, naive_labels), 3),
-                "ari_vs_batch": round(adjusted_rand_score(nb.labels_, naive_labels), 3),
-                "inertia_ratio": round(float(((zn - c[naive_labels]) ** 2).sum())
-                                       / nb.inertia_, 3),
-            }
-    return report
+    out: dict[int, dict[str, Any]] = {}
+    for k in sorted(set(ks)):
+        if not 1 <= k < len(z):
+            continue
+        km = KMeans(k, init="k-means++", n_init=10, random_state=seed).fit(z)
+        row: dict[str, Any] = {"labels": km.labels_,
+                               "variance": round(1.0 - km.inertia_ / float(
+                                   ((z - z.mean(0)) ** 2).sum()), 4)}
+        if k >= 2:
+            row["silhouette"] = round(float(silhouette_score(
+                z, km.labels_, sample_size=min(len(z), 3000), random_state=seed)), 4)
+            row["davies_bouldin"] = round(float(davies_bouldin_score(z, km.labels_)), 4)
+        out[k] = row
+    return out
+
+
+def measure(pop: Population, cfg: SegmenterConfig, seed: int) -> dict[str, Any]:
+    """One row of the matrix."""
+    from sklearn.metrics import adjusted_rand_score
+
+    started = time.perf_counter()
+    run = run_online(pop.events, cfg)
+    seg = run.seg
+    ids, z = final_matrix(seg)
+    online = [seg.states[c].segment for c in ids]
+    k = seg.model.n_segments  # 0: no model yet (too few customers or events)
+    same = max(k, 1)
+    true_k = pop.true_k
+    scan = batch_scan(z, [*BATCH_K, same] + ([true_k] if true_k else []), seed)
+    best = max((b for b in BATCH_K if b in scan), key=lambda b: scan[b]["silhouette"])
+    by_db = min((b for b in BATCH_K if b in scan), key=lambda b: scan[b]["davies_bouldin"])
+    flips = run.flips or [0.0]
+    ve = variance_explained(z, online)
+    row: dict[str, Any] = {
+        "population": pop.name, "shape": pop.shape, "customers": len(ids),
+        "events": len(pop.events), "dead_letters": run.dead, "true_k": true_k,
+        "k": k, "k_held": len(set(online)), "k_min": min(run.counts, default=0),
+        "k_max": max(run.counts, default=0), "model_versions": len(run.counts),
+        "batch_best_k": best, "batch_k_criterion": "silhouette", "batch_best_k_db": by_db,
+        "variance_online": ve, "variance_batch_same_k": scan[same]["variance"],
+        "variance_batch_best_k": scan[best]["variance"],
+        "variance_ratio": (round(ve / scan[same]["variance"], 3) if k and
+                           scan[same]["variance"] else 0.0),
+        "flips_mean": round(float(np.mean(flips)), 4),
+        "flips_p95": round(float(np.percentile(flips, 95)), 4),
+        "lifecycle": dict(run.lifecycle), "core_seconds": round(run.seconds, 1),
+        "silhouette_by_k": {b: scan[b]["silhouette"] for b in BATCH_K if b in scan},
+    }
+    if pop.truth is not None:
+        truth = [pop.truth[c] for c in ids]
+
+        def ari(labels: Any) -> float:
+            return round(float(adjusted_rand_score(truth, labels)), 3)
+
+        row.update(ari_online=ari(online), ari_batch_same_k=ari(scan[same]["labels"]),
+                   ari_batch_best_k=ari(scan[best]["labels"]),
+                   ari_batch_true_k=ari(scan[true_k]["labels"]) if true_k in scan else None)
+    active = np.array([seg.states[c].last_ts >= seg.watermark - cfg.active_days * DAY_MS
+                       for c in ids])
+    row["active_customers"], row["active_days"] = int(active.sum()), cfg.active_days
+    if 0 < active.sum() < len(ids) and k:  # the model learns from these only
+        part = batch_scan(z[active], [k], seed)[k]
+        row["variance_online_active"] = variance_explained(z[active],
+                                                           np.asarray(online)[active])
+        row["variance_batch_same_k_active"] = part["variance"]
+    row["targets"] = targets(row)
+    row["seconds"] = round(time.perf_counter() - started, 1)
+    return row
+
+
+def targets(row: dict[str, Any]) -> dict[str, str]:
+    """PASS / FAIL / n/a for the three targets of one row."""
+    out = {"variance": "PASS" if row["variance_ratio"] >= VARIANCE_TARGET else "FAIL"}
+    if "ari_online" not in row:
+        out["ari"] = "n/a"
+    else:
+        batch = max(v for key in ("ari_batch_same_k", "ari_batch_best_k", "ari_batch_true_k")
+                    if (v := row.get(key)) is not None)
+        out["ari"] = ("n/a" if batch < ARI_GATE
+                      else "PASS" if row["ari_online"] >= ARI_TARGET else "FAIL")
+    out["count"] = ("n/a" if row["true_k"] is None
+                    else "PASS" if abs(row["k"] - row["true_k"]) <= 1 else "FAIL")
+    return out
+
+
+def run_matrix(names: list[str], quick: bool, seed: int, customers: int | None = None,
+               algorithm: str = "kmeans") -> dict[str, Any]:
+    """Every row; ``quick``: small populations and a model that starts early (smoke test)."""
+    n = customers or (300 if quick else 2000)
+    cfg = (SegmenterConfig(algorithm=algorithm, seed=seed, warmup=150, update_every=1500)
+           if quick else SegmenterConfig(algorithm=algorithm, seed=seed))
+    rows: list[dict[str, Any]] = []
+    skipped: dict[str, str] = {}
+    for name in names:
+        try:
+            pop = build(name, n, seed, cdnow_every=20 if quick else 1)
+        except FileNotFoundError as exc:
+            skipped[name] = str(exc)
+            continue
+        rows.append(measure(pop, cfg, seed))
+    return {"config": {"algorithm": algorithm, "warmup": cfg.warmup,
+                       "update_every": cfg.update_every, "min_segments": cfg.min_segments,
+                       "max_segments": cfg.max_segments, "customers": n, "seed": seed,
+                       "quick": quick},
+            "rows": rows, "skipped": skipped}
 
 
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
+    argv = sys.argv[1:] if argv is None else argv
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--customers", type=int, default=5000)
-    p.add_argument("--days", type=float, default=30.0)
-    p.add_argument("--algorithms", default="kmeans,dbstream")
+    p.add_argument("--populations", default=",".join(POPULATIONS),
+                   help=f"comma-separated, of: {', '.join(POPULATIONS)}")
+    p.add_argument("--customers", type=int, default=None,
+                   help="customers per simulated population (default 2000; --quick 300)")
+    p.add_argument("--quick", action="store_true",
+                   help="300 customers per population, 1 in 20 of CDNOW's, warm-up 150 and "
+                        "an update every 1,500 events (a smoke test)")
+    p.add_argument("--algorithm", default="kmeans")
     p.add_argument("--seed", type=int, default=3)
-    p.add_argument("--no-naive", action="store_true",
-                   help="skip the per-event River baseline (slow: one River call per event)")
+    p.add_argument("--json", action="store_true", help="print the report as JSON instead")
     a = p.parse_args(argv)
-    report = evaluate(a.customers, a.days, a.algorithms.split(","), a.seed, not a.no_naive)
-    # numpy scalars (rounded numpy floats) as numbers; a non-finite index as null
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    names = [n for n in a.populations.split(",") if n]
+    unknown = set(names) - set(POPULATIONS)
+    if unknown:
+        p.error(f"unknown population(s): {', '.join(sorted(unknown))}")
+    report = run_matrix(names, a.quick, a.seed, a.customers, a.algorithm)
+    report["command"] = " ".join(["python -m scripts.evaluate", *argv])
+    print(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode()
+          if a.json else render(report))
 
 
 if __name__ == "__main__":
