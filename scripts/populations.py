@@ -106,7 +106,7 @@ def build(name: str, customers: int, seed: int, days: float | None = None,
     if name == "cdnow":
         from scripts.cdnow import load_cdnow
 
-        return Population("cdnow", "real: CDNOW purchase log 1997-98 (dates +28 years)",
+        return Population("cdnow", "real: CDNOW purchase log 1997-98",
                           load_cdnow(every=cdnow_every), None)
     shape, personas, options, span = _SPECS[name]
     sim = ShopSimulator(customers, seed=seed, days=span if days is None else days,
