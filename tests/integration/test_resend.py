@@ -69,7 +69,7 @@ async def test_a_stream_sent_twice_and_a_recent_slice_again_change_nothing(
         (e["customer_id"].encode(), orjson.dumps(e)) for e in events]
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await produce(settings, messages)
         sent = len(messages)
         await wait_for(lambda: committed_all(settings, sent), 120, "the stream")
