@@ -42,7 +42,7 @@ async def test_old_history_applied_far_future_dead_lettered(
     worker = WorkerProcess(settings, tmp_path)
     client = aioredis.from_url(settings.redis_url)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         await wait_for(lambda: caught_up(settings, len(msgs)), 90, "the worker to catch up")
         dead = await consume_all(settings, settings.dlq_topic, expect=3, timeout=20)
         reasons = {m.key.decode(): dict(m.headers)["segmenter.error.reason"].decode()

@@ -111,7 +111,7 @@ async def test_wait_returns_once_a_real_worker_has_caught_up(
     path.write_bytes(gzip.compress(b"".join(orjson.dumps(e) + b"\n" for e in events)))
     worker = WorkerProcess(settings, tmp_path)
     try:
-        worker.wait_healthy()
+        await worker.wait_healthy()
         done = await run_replay(settings, str(path), "--wait", "--wait-timeout", "150")
         assert done.returncode == 0, done.stdout + done.stderr
         assert f"sent     {len(events):>12,}" in done.stdout, done.stdout
