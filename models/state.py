@@ -94,7 +94,9 @@ class CustomerState:
               max_ids: int = MAX_IDS) -> str:
         """``'new'`` (the id is now remembered: apply the event), ``'duplicate'`` or
         ``'late'`` (change nothing). Call before the event changes anything else."""
-        floor = max(self.floor_ms, self.last_ts - lateness_ms, 0)
+        floor = self.last_ts - lateness_ms  # per event: plain comparisons, no max()
+        if floor < self.floor_ms:
+            floor = self.floor_ms
         if ts_ms < floor:
             return "late"
         ids = self.seen_ids
@@ -108,18 +110,33 @@ class CustomerState:
             if at >= 0:
                 return "duplicate"
         ids.append(id_hash)
-        self.seen_ms.append(ts_ms)
+        times = self.seen_ms
+        times.append(ts_ms)
         if len(ids) > max_ids:  # drop the oldest quarter at once: amortised
             self._raise_floor(max(floor, self._kth_oldest(len(ids) - max_ids * 3 // 4) + 1))
-        elif self.seen_ms[0] < floor - lateness_ms // 4:
-            self._raise_floor(floor)  # pruned in steps of a quarter of the lateness
+        elif times[0] < floor - (lateness_ms >> 2):
+            self._drop_leading(floor)  # in steps of a quarter of the lateness: amortised
         return "new"
 
     def _kth_oldest(self, k: int) -> int:
         return sorted(self.seen_ms)[k - 1]
 
+    def _drop_leading(self, floor: int) -> None:
+        """Forget the ids before ``floor`` at the front (events arrive mostly in time order;
+        one out of order stays until it reaches the front or the bound: harmless, as an
+        event before the floor is refused before its id is looked up)."""
+        times, k = self.seen_ms, 0
+        for t in times:
+            if t >= floor:
+                break
+            k += 1
+        del times[:k]
+        del self.seen_ids[:k]
+        if floor > self.floor_ms:
+            self.floor_ms = floor
+
     def _raise_floor(self, floor: int) -> None:
-        """Forget ids older than ``floor`` (events before it are late from now on)."""
+        """Forget every id older than ``floor`` (events before it are late from now on)."""
         self.floor_ms = max(self.floor_ms, floor)
         keep = [i for i, t in enumerate(self.seen_ms) if t >= self.floor_ms]
         self.seen_ids = array("Q", [self.seen_ids[i] for i in keep])
