@@ -114,6 +114,10 @@ def evaluate(customers: int, days: float, algorithms: list[str], seed: int,
     return report
 
 
+JSON_OPTIONS = orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_NON_STR_KEYS
+"""Readable JSON; NumPy numbers and integer keys (segment counts) as JSON has them."""
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
@@ -125,7 +129,7 @@ def main(argv: list[str] | None = None) -> None:
                    help="skip the per-event River baseline (slow: one River call per event)")
     a = p.parse_args(argv)
     report = evaluate(a.customers, a.days, a.algorithms.split(","), a.seed, not a.no_naive)
-    print(orjson.dumps(report, option=orjson.OPT_INDENT_2 | orjson.OPT_SERIALIZE_NUMPY).decode())
+    print(orjson.dumps(report, option=JSON_OPTIONS).decode())
 
 
 if __name__ == "__main__":
