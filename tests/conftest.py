@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 
 import pytest
+import pytest_asyncio
+import redis.asyncio as aioredis
 
 from stream.embedded import embedded_stack, free_port
 from stream.settings import Settings
@@ -30,6 +32,14 @@ def servers() -> Iterator[tuple[str, str]]:
 @pytest.fixture
 def settings(servers: tuple[str, str]) -> Settings:
     return make_settings(servers)
+
+
+@pytest_asyncio.fixture
+async def r(settings: Settings) -> AsyncIterator[aioredis.Redis]:
+    """A Redis client on the test's server (its keys are under the test's own prefix)."""
+    client = aioredis.from_url(settings.redis_url)
+    yield client
+    await client.aclose()
 
 
 def make_settings(servers: tuple[str, str]) -> Settings:

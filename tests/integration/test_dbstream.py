@@ -8,7 +8,6 @@ import dataclasses
 from pathlib import Path
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from models.simulator import DAY_MS, ShopSimulator
@@ -17,13 +16,6 @@ from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
 from tests.integration.test_model_lifecycle import START, hashes, metric, published_model
 from tests.integration.test_pipeline import lag_is_zero
-
-
-@pytest.fixture
-async def r(settings: Settings):  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 def messages(sim: ShopSimulator) -> list[tuple[bytes | None, bytes | None]]:

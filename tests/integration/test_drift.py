@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from models.events import parse_timestamp
@@ -44,13 +43,6 @@ STABLE = 12_000
 """Fewest interleaved events of the first population (~40 ADWIN values at ~80% distinct)."""
 NEWCOMERS, ROUNDS = 2000, 10
 BY_NAME = {p.name: p for p in PERSONAS}
-
-
-@pytest.fixture
-async def r(settings: Settings):  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 def drift_settings(settings: Settings) -> Settings:

@@ -8,7 +8,6 @@ import re
 from pathlib import Path
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from models.events import parse_timestamp
@@ -21,13 +20,6 @@ from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_
 
 START = 1_767_225_600_000
 BY_NAME = {p.name: p for p in PERSONAS}
-
-
-@pytest.fixture
-async def r(settings: Settings):  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def caught_up(settings: Settings) -> bool:

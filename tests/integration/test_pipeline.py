@@ -6,7 +6,6 @@ import dataclasses
 from pathlib import Path
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from models.evaluation import adjusted_rand_index
@@ -23,13 +22,6 @@ async def lag_is_zero(settings: Settings) -> bool:
     rows = await read_lag_once(settings.kafka, settings.group, settings.events_topic)
     return bool(rows) and sum(r.lag for r in rows) == 0 and all(
         r.committed is not None or r.end == 0 for r in rows)
-
-
-@pytest.fixture
-async def r(settings: Settings):  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:

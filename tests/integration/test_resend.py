@@ -7,11 +7,9 @@ learned, and what is refused is counted and dead-lettered as the contract says."
 from __future__ import annotations
 
 import re
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import orjson
-import pytest_asyncio
 import redis.asyncio as aioredis
 
 from models.simulator import ShopSimulator
@@ -21,13 +19,6 @@ from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_
 
 # Keys that change with the wall clock, not with events: leases and their holders.
 VOLATILE = re.compile(rb"(learner|relay-leader(:lifecycle)?|samples)$")
-
-
-@pytest_asyncio.fixture
-async def r(settings: Settings) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 async def snapshot(r: aioredis.Redis, prefix: str) -> dict[bytes, object]:

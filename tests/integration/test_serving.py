@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import pytest
 import redis.asyncio as aioredis
 
 from models.simulator import ShopSimulator
@@ -23,13 +22,6 @@ from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 from tests.integration.helpers import TopicReader, WorkerProcess, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
-
-
-@pytest.fixture
-async def r(settings: Settings):  # type: ignore[no-untyped-def]
-    client = aioredis.from_url(settings.redis_url)
-    yield client
-    await client.aclose()
 
 
 def request(worker: WorkerProcess, method: str, path: str, body: Any = None,
