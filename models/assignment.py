@@ -22,7 +22,7 @@ Examples
 >>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
 >>> m.ids, m._centres, m.version = ["s0", "s1"], np.array([[-1.0] * 18, [1e6] * 18]), 1
 >>> cache = CustomerCache(10)
->>> st = cache.touch("c1")
+>>> cache.load({"c1": CustomerState("c1")})
 >>> res = BatchResult()
 >>> drifted = Assigner(cache, half_life_ms=1.0).assign(m, ["c1"], {}, res)
 >>> [(a.customer_id, a.segment, a.reason) for a in res.assignments]  # no event: a model's

@@ -13,7 +13,7 @@ Beyond the states the cache tracks three sets, each an answer to "what is left t
 Examples
 --------
 >>> cache = CustomerCache(size=2)
->>> a = cache.touch("a"); b = cache.touch("b"); c = cache.touch("c")
+>>> cache.load({c: CustomerState(c) for c in "abc"})  # least recently active first
 >>> cache.dirty.update(dict.fromkeys("abc"))
 >>> [s.customer_id for s in cache.drain()], list(cache.states)  # least recent evicted
 (['a', 'b', 'c'], ['b', 'c'])
@@ -50,15 +50,6 @@ class CustomerCache:
 
     def __contains__(self, customer_id: object) -> bool:
         return customer_id in self.states
-
-    def touch(self, customer_id: str) -> CustomerState:
-        """The customer's state, created if new, marked most recently active."""
-        st = self.states.get(customer_id)
-        if st is None:
-            st = self.states[customer_id] = CustomerState(customer_id)
-        else:
-            self.states.move_to_end(customer_id)
-        return st
 
     def load(self, loaded: dict[str, CustomerState]) -> None:
         """States read from Redis for customers that were not cached."""

@@ -44,10 +44,6 @@ class Health:
         """``source`` works again."""
         self._problems.pop(source, None)
 
-    def get(self, source: str) -> str | None:
-        """The problem ``source`` reported, if any."""
-        return self._problems.get(source)
-
     def reasons(self) -> list[str]:
         """Every current problem, in the order reported."""
         return list(self._problems.values())
