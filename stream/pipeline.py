@@ -22,11 +22,12 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
+from models.config import BatchResult
 from models.core import Parsed, Segmenter
 from stream.consume import BatchReader
 from stream.health import Health
 from stream.metrics import Metrics
-from stream.modelsync import ModelSync
+from stream.modelsync import ModelSync, Snapshot
 from stream.parsing import Validator
 from stream.redis_io import RedisStore
 from stream.settings import Settings
@@ -174,9 +175,7 @@ class EventPipeline:
         result, waited = await self.updates.apply(core, parsed, loaded)
         t_applied = time.perf_counter()
         self.sync.events_seen += len(result.event_ts)
-        trains = core.schedule.trains
-        snap = self.sync.snapshot(core.model, result) if result.model_updated and trains \
-            else None
+        snap = self._snapshot(result)
         offsets = {tp: msgs[-1].offset + 1 for tp, msgs in batch.items()}
         # This batch's Redis work runs while the next batch is applied; one at a time, in
         # order (a customer's writes stay ordered), and a commit waits for it.
@@ -201,6 +200,12 @@ class EventPipeline:
                         "refreshing the model and re-scoring")
         self.metrics.distance.set(drift.mean_distance)
 
+    def _snapshot(self, result: BatchResult) -> Snapshot | None:
+        """The model to publish after ``result``, taken now: only the trainer publishes."""
+        if result.model_updated and self.core.schedule.trains:
+            return self.sync.snapshot(self.core.model, result)
+        return None
+
     async def settle(self) -> None:
         """Take a model update still running, assign the customers who wait for it, and wait
         for the batches' Redis work: before anything else reads, writes or commits the core's
@@ -208,8 +213,7 @@ class EventPipeline:
         assert self.writer is not None
         if self.updates.out:
             result, _ = await self.updates.apply(self.core, [], {}, settle=True)
-            snap = self.sync.snapshot(self.core.model, result) \
-                if result.model_updated and self.core.schedule.trains else None
+            snap = self._snapshot(result)
             await self.writer.write_batch(result, snap, {}, int(time.time() * 1000),
                                           self.core.model.version, time.perf_counter())
         await self.writer.written()

@@ -106,8 +106,9 @@ class ModelUpdates(Helper):
                 waited += time.perf_counter() - waiting
                 self._out = None
                 seg.take(out, learned, res)
-            started = time.perf_counter()
-            due = seg.plan_update(seg.assign_changed(res))
+            assigned = seg.assign_changed(res)
+            started = time.perf_counter()  # the "learn" stage: sampling and hand-over
+            due = seg.plan_update(assigned)
             if due is not None:
                 self._start(seg.model, due)
             res.learn_seconds += time.perf_counter() - started
