@@ -31,6 +31,10 @@ class SegmenterConfig:
     """Most event ids remembered per customer."""
     update_every: int = 5000
     """Valid events between model updates."""
+    update_every_days: float = 1.0
+    """Event-time days between model updates, whichever of the two comes first (0: events
+    only): a sparse log (a small shop, a backfill of years of orders) still gets a model
+    that follows its population day by day."""
     warmup: int = 200
     """Distinct customer vectors gathered before the model starts assigning."""
     learn_sample: int = 64
@@ -47,9 +51,12 @@ class SegmenterConfig:
     """Customer states kept in memory (the rest is re-read from Redis)."""
     trains: bool = True
     """This core updates the model; False: it assigns with snapshots it is given."""
-    active_days: float = 90.0
-    """Customers active within this many event-time days form the population the model
-    learns from (the long gone still get a segment, but no longer shape the segments)."""
+    active_days: float = 0.0
+    """When above 0, only customers active within this many event-time days form the
+    population the model learns from (the long gone still get a segment, but no longer shape
+    the segments). 0 (the default): every customer held. Measured on the CDNOW log
+    (``scripts.evaluate``): learning from the last 90 days left its 20,000 lapsed customers
+    in 3 ill-fitting segments (variance explained 0.75x batch k-means; everyone: 1.00x)."""
 
 
 @dataclass(slots=True)

@@ -144,7 +144,7 @@ class Segmenter:
         lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark, applied, stop = cache.watermark, 0, len(parsed)
-        left = schedule.left()
+        left, due_at, timed = schedule.left(), schedule.time_due(parsed, start), False
         for i, (rec, ev) in enumerate(islice(parsed, start, None), start):
             if type(ev) is not Event:
                 if isinstance(ev, DeadLetter):
@@ -185,13 +185,14 @@ class Segmenter:
             arrived.append(rec.timestamp)
             if ts > watermark:
                 watermark = ts
+                timed = ts >= due_at
             changed[cid] = ev
             applied += 1
-            if applied >= left:
+            if applied >= left or timed:
                 stop = i + 1
                 break
         cache.watermark = watermark
-        schedule.count(applied)
+        schedule.count(applied, watermark)
         counts.update({(label, "processed"): n for label, n in processed.items() if n})
         return stop
 
@@ -263,9 +264,10 @@ class Segmenter:
             return None
         seen = len(self.cache) + sum(pop for pop, _ in self.schedule.remote.values())
         need = self.config.warmup - seen
+        days = self.config.active_days
         why = (f"waiting for {need} more customers" if need > 0 else
-               "learning the first model (customers active in the last "
-               f"{self.config.active_days:g} days of event time count)")
+               "learning the first model" + (f" (customers active in the last {days:g} days "
+                                             "of event time count)" if days > 0 else ""))
         return (f"no model yet: {why}; {seen} seen, the first model needs "
                 f"{self.config.warmup} (SEGMENTER_WARMUP)")
 

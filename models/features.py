@@ -91,24 +91,30 @@ FEATURES: tuple[Feature, ...] = (
     Feature("carts", "add-to-carts in the recent window (decayed)", True),
     Feature("cart_abandonment", "share of carts not followed by a purchase", False),
     Feature("sessions", "sessions in the recent window (decayed)", True),
-    Feature("mobile_share", "share of activity on mobile", False),
+    Feature("mobile_share", "share of activity on mobile (unknown without a device)", False),
     Feature("evening_share", "share of activity 18:00-24:00 local time", False),
-    Feature("paid_social_share", "share of activity from paid or social channels", False),
-    Feature("email_direct_share", "share of activity from email or direct visits", False),
+    Feature("paid_social_share", "share of activity from paid or social channels (unknown "
+            "without a channel)", False),
+    Feature("email_direct_share", "share of activity from email or direct visits (unknown "
+            "without a channel)", False),
     Feature("tenure_days", "days since first seen (capped at 180)", False),
-    Feature("age", "age in years (40 when unknown)", False),
-    Feature("income", "yearly income (50000 when unknown)", True),
-    Feature("household_size", "household size (2.5 when unknown)", False),
+    Feature("age", "age in years", False),
+    Feature("income", "yearly income", True),
+    Feature("household_size", "household size", False),
 )
 FEATURE_NAMES: tuple[str, ...] = tuple(f.name for f in FEATURES)
 LOG_MASK: tuple[bool, ...] = tuple(f.log for f in FEATURES)
-# Changing FEATURES changes this id, so old checkpoints are refused rather than misread.
+UNKNOWN = math.nan
+"""A feature the customer gave no signal for (no demographics, no device or channel seen).
+The scaler learns each feature from the customers who have it and places the unknowns at its
+mean, so a trait only 1 in 4 customers gives weighs a quarter as much as a complete one
+(an imputed constant would instead stretch the few known values far out, and k-means would
+spend a segment on them)."""
+# Changing FEATURES (or how unknowns are given) changes this id, so old checkpoints are
+# refused rather than misread.
 FEATURE_SCHEMA = hashlib.sha256(
-    repr([(f.name, f.log) for f in FEATURES]).encode()
+    repr([(f.name, f.log) for f in FEATURES] + ["unknown=nan"]).encode()
 ).hexdigest()[:12]
-
-# Imputed when a trait is unknown: population-typical values keep the unknowns near the middle.
-DEFAULT_AGE, DEFAULT_INCOME, DEFAULT_HOUSEHOLD = 40.0, 50_000.0, 2.5
 RECENCY_CAP_DAYS, TENURE_CAP_DAYS = 90.0, 180.0
 
 
@@ -177,14 +183,15 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
     return "new"
 
 
-def _share(num: float, den: float, default: float) -> float:
-    return num / den if den > 1e-9 else default
+def _share(num: float, den: float) -> float:
+    return num / den if den > 1e-9 else UNKNOWN
 
 
 def vector(
     state: CustomerState, half_life_ms: float = 30 * DAY_MS, now_ms: int | None = None
 ) -> list[float]:
-    """Raw feature values (units of :data:`FEATURES`) as of ``now_ms`` (default: last event).
+    """Raw feature values (units of :data:`FEATURES`) as of ``now_ms`` (default: last event);
+    :data:`UNKNOWN` (NaN) where the customer gave no signal.
 
     Ratios do not decay; counts decay from the last event to ``now_ms``.
     """
@@ -208,14 +215,14 @@ def vector(
         c[CARTS] * f,
         min(max(1.0 - c[PURCHASES] / c[CARTS], 0.0), 1.0) if c[CARTS] > 1e-9 else 0.0,
         c[SESSIONS] * f,
-        _share(c[MOBILE], c[DEVICE_SEEN], 0.5),
-        _share(c[EVENING], c[EVENTS], 0.25),
-        _share(c[PAID_SOCIAL], c[CHANNEL_SEEN], 0.3),
-        _share(c[EMAIL_DIRECT], c[CHANNEL_SEEN], 0.3),
+        _share(c[MOBILE], c[DEVICE_SEEN]),
+        _share(c[EVENING], c[EVENTS]),
+        _share(c[PAID_SOCIAL], c[CHANNEL_SEEN]),
+        _share(c[EMAIL_DIRECT], c[CHANNEL_SEEN]),
         min((now - state.first_ts) / DAY_MS, TENURE_CAP_DAYS),
-        DEFAULT_AGE if state.age is None else state.age,
-        DEFAULT_INCOME if state.income is None else state.income,
-        DEFAULT_HOUSEHOLD if state.household is None else state.household,
+        UNKNOWN if state.age is None else state.age,
+        UNKNOWN if state.income is None else state.income,
+        UNKNOWN if state.household is None else state.household,
     ]
 
 

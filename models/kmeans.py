@@ -2,9 +2,9 @@
 chosen by the Davies–Bouldin index, behind :class:`models.model.BaseModel`.
 
 Each update takes sequential k-means steps towards a spaced part of the sample; a refresh
-re-clusters the sample (:mod:`models.clustering`): warm Lloyd rounds from the current
-centres, the same plus one centre, and k-means++ restarts for every count, taken only when
-clearly better.
+re-clusters the sample (:mod:`models.clustering`): for every count, k-means++ restarts
+against the current centres after Lloyd rounds (and the same plus one centre); the count with
+the lowest Davies-Bouldin index, the current one unless another is clearly better.
 
 The step is River's ``KMeans.learn_one`` (nearest centre moves ``step`` of the way towards
 the point), written here in NumPy (:func:`models.clustering.online_step`) because River's
@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from models.clustering import choose_k, kmeans_pp_next, online_step, solve
+from models.clustering import best_of, choose_k, kmeans_pp_next, online_step, solve
 from models.model import BaseModel
 
 __all__ = ["SegmentModel"]
@@ -49,16 +49,17 @@ class SegmentModel(BaseModel):
     learn_sample
         Most vectors learned per update (evenly spaced, so deterministic).
     n_init
-        k-means++ starts per candidate count when seeding (a refresh takes two per count).
+        k-means++ starts per candidate count when seeding and at every refresh.
     hysteresis
-        Relative improvement a refresh's restarts need before the model moves to them.
+        Relative improvement (Davies-Bouldin index) another count needs before a refresh
+        moves to it; a restart at the same count needs a fifth of it (inertia).
     """
 
     algorithm = "kmeans"
 
     def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
                  learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
-                 step: float = 0.02, n_init: int = 3, hysteresis: float = 0.05) -> None:
+                 step: float = 0.02, n_init: int = 6, hysteresis: float = 0.02) -> None:
         super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
         self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
 
@@ -87,38 +88,35 @@ class SegmentModel(BaseModel):
         return True
 
     def _refresh(self, z: np.ndarray) -> None:
-        # Identity-keeping candidates first: the current centres after Lloyd rounds, and the
-        # same plus one centre (a segment splitting off, or a new group showing up).
-        warm, _ = solve(z, self._centres, rounds=10)
-        chosen = warm
-        if warm.k < self.max_segments:
-            grown = min((solve(z, np.vstack([warm.centres, kmeans_pp_next(z, warm.centres,
-                                                                           self._rng)]))[0]
-                         for _ in range(self.n_init)), key=lambda s: s.inertia)
-            if grown.k > warm.k and grown.score < warm.score * (1 - self.hysteresis):
-                chosen = grown
-        # Restarts for every count: taken only when clearly better than both.
-        # Two starts per count here (the seeding takes n_init): refreshes recur, so a lucky
-        # start is taken later, and each start costs the learner's hot path ~1 ms.
-        cand, scan = choose_k(z, self.min_segments, self.max_segments, 2, self._rng)
-        if cand.k != chosen.k:
-            better = cand.score < chosen.score * (1 - self.hysteresis)
-        else:
-            better = cand.inertia < chosen.inertia * (1 - self.hysteresis / 5)
-        if better:
-            chosen = cand
-        if not self.min_segments <= chosen.k <= self.max_segments:
-            # Lloyd rounds drop a centre that lost every member (its id must not come to
-            # mean another group): the warm candidates can fall below the bounds; the
-            # restarts never do.
-            chosen = cand
+        # For every count, the best k-means solution found: k-means++ restarts, and at the
+        # current count (and one more) the current centres after Lloyd rounds, which keep
+        # their ids. They win their count unless a restart fits clearly better: the segments
+        # do not churn for a lucky start, but a stuck local optimum is left.
+        lo, hi = self.min_segments, min(self.max_segments, len(z))
+        best = {k: best_of(z, k, self.n_init, self._rng) for k in range(lo, hi + 1)}
+        warm, _ = solve(z, self._centres)
+        candidates = [warm]
+        if warm.k < hi:
+            candidates.append(min(
+                (solve(z, np.vstack([warm.centres, kmeans_pp_next(z, warm.centres, self._rng)]))[0]
+                 for _ in range(self.n_init)), key=lambda s: s.inertia))
+        for sol in candidates:
+            if lo <= sol.k <= hi and sol.inertia <= best[sol.k].inertia * (1 + self.hysteresis / 5):
+                best[sol.k] = sol
+        # The count: lowest Davies-Bouldin index, each count at its best solution; another
+        # count than the current one only when clearly better.
+        chosen = min(best.values(), key=lambda s: s.score)
+        now = best.get(self.n_segments)
+        if now is not None and chosen.score >= now.score * (1 - self.hysteresis):
+            chosen = now
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
         small = share < self.min_share
-        if small.any() and chosen.k - int(small.sum()) >= self.min_segments:
-            chosen, _ = solve(z, chosen.centres[~small], rounds=10)
-            if chosen.k < self.min_segments:  # emptied further by the rounds
-                chosen = cand
+        if small.any() and chosen.k - int(small.sum()) >= lo:
+            pruned, _ = solve(z, chosen.centres[~small])
+            if pruned.k >= lo:  # Lloyd rounds can empty more centres
+                chosen = pruned
         self._relabel(chosen.centres, z)
+        scan = {k: round(s.score, 4) for k, s in best.items()}
         scan[chosen.k] = round(chosen.score, 4)
         self._criterion(chosen.score, scan)
 

@@ -1,6 +1,7 @@
 """When and on what the model learns: the update schedule, and its two messages.
 
-Every ``update_every`` valid events an update is *due*. The core (:class:`models.core.
+Every ``update_every`` valid events, or once event time has moved ``update_every_days`` past
+the last update (whichever comes first), an update is *due*. The core (:class:`models.core.
 Segmenter`) first assigns the customers changed since the last update with the model it has,
 then asks :meth:`UpdateSchedule.plan` for a :class:`LearnJob` (a sample of current
 customers). Whoever runs the job, inline (:func:`learn`) or in a helper process
@@ -31,8 +32,11 @@ False
 
 from __future__ import annotations
 
+import math
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import islice
 
 from models.cache import CustomerCache
 from models.config import SegmenterConfig
@@ -115,6 +119,11 @@ class UpdateSchedule:
         """Other workers' samples of current customers: worker -> (population, rows)."""
         self._rng = random.Random(config.seed)
         self._since = 0  # valid events since the last update
+        self.period_ms = config.update_every_days * DAY_MS
+        """Event time between updates (0: by event count only)."""
+        self._watermark = 0
+        self.due_at = math.inf
+        """Event time (epoch ms) at which an update falls due whatever the event count."""
         self._updates = 0
         self._next_id = 0
         self._early: _Early | None = None
@@ -122,7 +131,12 @@ class UpdateSchedule:
     @property
     def due(self) -> bool:
         """An update is due (and may run now)."""
-        return self._since >= self.config.update_every and not self.warming
+        return ((self._since >= self.config.update_every or self._timed)
+                and not self.warming)
+
+    @property
+    def _timed(self) -> bool:
+        return self._since > 0 and self._watermark >= self.due_at
 
     def left(self) -> int:
         """Valid events until the next update is due (while warming: never)."""
@@ -130,15 +144,29 @@ class UpdateSchedule:
             return 1 << 62
         return max(1, self.config.update_every - self._since)
 
-    def count(self, events: int) -> None:
-        """Valid events applied here, or (:meth:`add_remote`) on another worker."""
+    def time_due(self, parsed: Sequence[tuple[object, object]], start: int) -> float:
+        """Event time at which an update falls due; the stream's first event (the first
+        :class:`Event` of ``parsed`` from ``start``) starts the clock."""
+        if self.due_at == math.inf and self.period_ms > 0:
+            first = next((ev.ts_ms for _, ev in islice(parsed, start, None)
+                          if type(ev) is Event), None)
+            if first is not None:
+                self.due_at = first + self.period_ms
+        return self.due_at
+
+    def count(self, events: int, watermark: int = 0) -> None:
+        """Valid events applied here, or (:meth:`add_remote`) on another worker, and the
+        event-time watermark after them."""
         self._since += events
+        self._watermark = max(self._watermark, watermark)
 
     def plan(self, cache: CustomerCache, model: BaseModel,
              changed: dict[str, Event]) -> LearnJob | None:
         """The update that is due now, or None when this core does not train (then its
         sample is due for publishing instead). Resets the count."""
         self._since = 0
+        if self.period_ms > 0 and self._watermark:
+            self.due_at = self._watermark + self.period_ms
         if not self.trains:
             self.sample_due = True
             self._early = None

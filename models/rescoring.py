@@ -62,8 +62,9 @@ def moves(model: BaseModel, then: np.ndarray, now: np.ndarray,
 def population_sample(states: Iterable[CustomerState], n: int, now: int, half_life_ms: float,
                       active_ms: float, rng: random.Random) -> list[list[float]]:
     """Model-space vectors, as of ``now``, of up to ``n`` customers active within
-    ``active_ms`` (the population as it is now, which is what the model should learn)."""
-    cut = now - active_ms
+    ``active_ms`` (0: all of them; the population as it is now, which is what the model
+    should learn)."""
+    cut = now - active_ms if active_ms > 0 else -(1 << 62)
     pool = list(states)
     active: list[CustomerState] = []
     if len(pool) > 8 * n:  # a small sample of a big cache (most updates): draw, then filter

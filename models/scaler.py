@@ -7,6 +7,10 @@ population) and being saved as plain numbers (checkpoints that do not depend on 
 (the same floating-point operations in the same order), so replacing River's scaler moved no
 segment. The variance is the population variance (``ddof=0``).
 
+Unknown values (NaN, :data:`models.features.UNKNOWN`) are left out of a feature's statistics
+(its count says how many customers had it) and scale to 0, the feature's mean: a customer says
+nothing about a feature they gave no signal for.
+
 Examples
 --------
 >>> s = Standardizer(2)
@@ -15,6 +19,10 @@ Examples
 ([2.0, 10.0], [1.0, 0.0], [2, 2])
 >>> s.transform(np.array([[4.0, 10.0]])).tolist()  # a constant feature scales by 1, not 0
 [[2.0, 0.0]]
+>>> s.learn_one(np.array([np.nan, 13.0])); s.counts.tolist(), s.means.tolist()
+([2, 3], [2.0, 11.0])
+>>> s.transform(np.array([[np.nan, 11.0]])).tolist()  # unknown: the mean
+[[0.0, 0.0]]
 >>> Standardizer.from_dict(s.to_dict()).to_dict() == s.to_dict()
 True
 """
@@ -48,11 +56,23 @@ class Standardizer:
         self.vars = np.zeros(n_features)
 
     def learn_one(self, x: np.ndarray) -> None:
-        """Welford's update with one vector."""
+        """Welford's update with one vector (its known values)."""
+        known = ~np.isnan(x)
+        if not known.all():
+            self._learn_part(x, known)
+            return
         self.counts += 1
         old = self.means.copy()
         self.means += (x - old) / self.counts
         self.vars += ((x - old) * (x - self.means) - self.vars) / self.counts
+
+    def _learn_part(self, x: np.ndarray, known: np.ndarray) -> None:
+        n = self.counts[known] + 1
+        old = self.means[known]
+        v = x[known]
+        self.counts[known] = n
+        self.means[known] = old + (v - old) / n
+        self.vars[known] += ((v - old) * (v - self.means[known]) - self.vars[known]) / n
 
     def learn_many(self, rows: np.ndarray) -> None:
         """:meth:`learn_one` for every row, in order."""
@@ -60,10 +80,13 @@ class Standardizer:
             self.learn_one(x)
 
     def fit(self, rows: np.ndarray) -> None:
-        """Forget the past: the statistics become those of ``rows``."""
-        self.counts = np.full(rows.shape[1], len(rows), dtype=np.int64)
-        self.means = rows.mean(0)
-        self.vars = rows.var(0)
+        """Forget the past: the statistics become those of ``rows`` (their known values)."""
+        known = ~np.isnan(rows)
+        self.counts = known.sum(0).astype(np.int64)
+        n = np.maximum(self.counts, 1)
+        filled = np.where(known, rows, 0.0)
+        self.means = filled.sum(0) / n
+        self.vars = (np.where(known, rows - self.means, 0.0) ** 2).sum(0) / n
 
     def stds(self) -> np.ndarray:
         """Standard deviations, 1 for (near-)constant features."""
@@ -71,8 +94,13 @@ class Standardizer:
         return np.where(v > _TINY_VAR, np.sqrt(np.maximum(v, _TINY_VAR)), 1.0)
 
     def transform(self, rows: np.ndarray) -> np.ndarray:
-        """``rows`` (one vector or a matrix) standardised with the current statistics."""
-        return (rows - self.means) / self.stds()
+        """``rows`` (one vector or a matrix) standardised with the current statistics;
+        unknown values become 0 (the mean)."""
+        z = (rows - self.means) / self.stds()
+        missing = np.isnan(z)
+        if missing.any():
+            z[missing] = 0.0
+        return z
 
     def to_dict(self) -> dict[str, list[Any]]:
         """Plain numbers, for a checkpoint."""

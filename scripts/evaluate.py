@@ -125,8 +125,8 @@ def measure(pop: Population, cfg: SegmenterConfig, seed: int) -> dict[str, Any]:
         row.update(ari_online=ari(online), ari_batch_same_k=ari(scan[same]["labels"]),
                    ari_batch_best_k=ari(scan[best]["labels"]),
                    ari_batch_true_k=ari(scan[true_k]["labels"]) if true_k in scan else None)
-    active = np.array([seg.states[c].last_ts >= seg.watermark - cfg.active_days * DAY_MS
-                       for c in ids])
+    cut = seg.watermark - cfg.active_days * DAY_MS if cfg.active_days > 0 else -(1 << 62)
+    active = np.array([seg.states[c].last_ts >= cut for c in ids])
     row["active_customers"], row["active_days"] = int(active.sum()), cfg.active_days
     if 0 < active.sum() < len(ids) and k:  # the model learns from these only
         part = batch_scan(z[active], [k], seed)[k]

@@ -83,6 +83,10 @@ class Settings:
     allowed lateness gets a tighter lateness (its oldest ids are dropped first)."""
     model_update_every: int = 5000
     """Valid events between model updates (each update bumps ``model_version``)."""
+    model_update_days: float = 1.0
+    """Event-time days between model updates, whichever comes first with
+    ``model_update_every`` (``0``: by event count only). A small shop or a backfill of years
+    of orders still gets a model that follows its population."""
     warmup: int = 200
     """Customers seen before the model is seeded and starts assigning."""
     refresh_every: int = 4
@@ -123,7 +127,8 @@ class Settings:
             max_segments=self.max_segments, half_life_days=self.half_life_days,
             allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
             dedup_max_ids=self.dedup_max_ids, update_every=self.model_update_every,
-            warmup=self.warmup, refresh_every=max(1, self.refresh_every),
+            update_every_days=self.model_update_days, warmup=self.warmup,
+            refresh_every=max(1, self.refresh_every),
             cache_size=self.state_cache, trains=False,
         )
 

@@ -107,8 +107,15 @@ def test_vector_units_and_defaults() -> None:
     assert v["days_since_purchase"] == pytest.approx(2.0)
     assert v["avg_order_value"] == 40.0 and v["lifetime_orders"] == 1
     assert v["mobile_share"] == 1.0 and v["email_direct_share"] == 1.0
-    assert v["age"] == 31 and v["income"] == 42000 and v["household_size"] == 2.5
+    assert v["age"] == 31 and v["income"] == 42000
+    assert math.isnan(v["household_size"])  # never given: unknown, not a made-up 2.5
     assert v["tenure_days"] == pytest.approx(3.0)
+    bare = CustomerState("b")
+    update(bare, e(1, "purchase", 0, amount=10.0), HL)  # no device, channel or traits
+    w = dict(zip(FEATURE_NAMES, vector(bare, HL), strict=True))
+    unknown = {"mobile_share", "paid_social_share", "email_direct_share", "age", "income",
+               "household_size"}
+    assert {k for k, x in w.items() if math.isnan(x)} == unknown
     # decaying to a later "now" lowers counts, not ratios
     later = dict(zip(FEATURE_NAMES, vector(s, HL, now_ms=(T0 + 13) * DAY_MS), strict=True))
     assert later["orders"] == pytest.approx(v["orders"] / 2)

@@ -88,3 +88,64 @@ def test_a_small_shop_gets_segments_and_says_why_before() -> None:
     assert seg.waiting() is None
     segments = Counter(st.segment for st in seg.states.values())
     assert "" not in segments and 2 <= len(segments) <= 8
+
+
+def test_a_sparse_log_gets_a_model_update_every_event_time_day() -> None:
+    # 90 days of a few hundred customers' orders: far fewer than update_every events, so only
+    # the event-time pacing can move the model; it must follow the log day by day.
+    from scripts.populations import build
+
+    pop = build("purchase_only", customers=300, seed=2, days=40)
+    recs = [Record("events", 0, i, e["customer_id"].encode(), orjson.dumps(e))
+            for i, e in enumerate(pop.events)]
+    assert len(recs) < 5000
+    daily = Segmenter(SegmenterConfig(update_every=5000, update_every_days=1.0))
+    counted = Segmenter(SegmenterConfig(update_every=5000, update_every_days=0))
+    run(daily, recs, batch=len(recs))  # one batch: the core itself must stop at each day
+    run(counted, recs, batch=len(recs))
+    assert not counted.model.ready
+    assert daily.model.ready and daily.model.version >= 20, daily.model.version
+
+
+def test_a_refresh_leaves_a_stuck_local_optimum() -> None:
+    # Three clear groups, but the model sits on a bad 3-centre solution (two centres in one
+    # group, one between the others): the warm Lloyd rounds cannot leave it; restarts at the
+    # same count can, and the refresh must take them.
+    import numpy as np
+
+    from models.kmeans import SegmentModel
+
+    rng = np.random.default_rng(4)
+    n = len(FEATURE_NAMES)
+    groups = [rng.normal(0.0, 0.3, size=(300, n)) + shift
+              for shift in (np.eye(n)[0] * 6, np.eye(n)[1] * 6, -np.eye(n)[0] * 6)]
+    data = np.concatenate(groups)
+    m = SegmentModel(min_segments=3, max_segments=3, warmup=300)
+    assert m.learn(data.tolist())
+    bad = np.stack([groups[0][:150].mean(0), groups[0][150:].mean(0),
+                    np.concatenate(groups[1:]).mean(0)])
+    m._centres = m.scale(bad)  # noqa: SLF001 - put the model in the stuck state
+    m.learn(data.tolist(), refresh=True)
+    labels, _ = m.assign(data)
+    assert [len(set(labels[i:i + 300].tolist())) for i in (0, 300, 600)] == [1, 1, 1]
+    assert len(set(labels.tolist())) == 3
+
+
+def test_unknown_traits_do_not_make_a_segment_of_their_own() -> None:
+    # Only 1 customer in 4 gives demographics: the few known ages must not pull a segment
+    # of "identified and young" customers out of one persona (they did when unknowns were
+    # imputed as age 40: the known ones then sat 3 standard deviations out).
+    from scripts.populations import build
+
+    pop = build("missing_traits", customers=1200, seed=7, days=20)
+    recs = [Record("events", 0, i, e["customer_id"].encode(), orjson.dumps(e))
+            for i, e in enumerate(pop.events)]
+    seg = Segmenter(SegmenterConfig(update_every=3000))
+    run(seg, recs)
+    known = {c for c, s in seg.states.items() if s.age is not None}
+    assert 0.1 < len(known) / len(seg.states) < 0.4
+    by_segment: Counter[str] = Counter(seg.states[c].segment for c in seg.states)
+    identified: Counter[str] = Counter(seg.states[c].segment for c in known)
+    # no segment is made mostly of the customers who gave their age
+    worst = max(identified[s] / by_segment[s] for s in by_segment)
+    assert worst < 0.6, (worst, identified, by_segment)
