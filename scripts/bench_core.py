@@ -23,7 +23,7 @@ from stream.settings import Settings
 def rate(recs: list[Record], learn: bool, batch: int) -> float:
     cfg = dataclasses.replace(Settings().segmenter_config(), trains=True)
     if not learn:
-        cfg = dataclasses.replace(cfg, update_every=10**12)
+        cfg = dataclasses.replace(cfg, update_every=10**12, update_every_days=0.0)
     seg = Segmenter(cfg)
     started = time.perf_counter()
     for i in range(0, len(recs), batch):

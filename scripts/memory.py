@@ -55,7 +55,7 @@ def realistic_assignments(sample: int) -> list[Assignment]:
 
 def heavy_assignment(events: int = 1000) -> Assignment:
     """One customer with ``events`` events within one day, through the core."""
-    seg = Segmenter(SegmenterConfig(warmup=500, update_every=10**9))
+    seg = Segmenter(SegmenterConfig(warmup=500, update_every=10**9, update_every_days=0.0))
     start, kinds = 1_767_225_600_000, ("page_view", "product_view", "search", "add_to_cart")
     recs = [Record("events", 0, i, b"heavy", orjson.dumps({
         "event_id": f"h-{i}", "customer_id": "heavy", "type": kinds[i % 4],

@@ -76,7 +76,7 @@ async def run_settings(s: Stream, name: str) -> Settings:
         group=f"{base.group}-{name}", redis_prefix=f"{base.redis_prefix}{name}:",
         changes_topic=f"{base.changes_topic}-{name}",
         lifecycle_topic=f"{base.lifecycle_topic}-{name}", web_port=free_port(),
-        model_update_every=10**9, rescore_per_s=0)
+        model_update_every=10**9, model_update_days=0.0, rescore_per_s=0)
     await ensure_topics(settings)
     return settings
 
