@@ -53,19 +53,33 @@ class SegmentModel(BaseModel):
     hysteresis
         Relative improvement (Davies-Bouldin index) another count needs before a refresh
         moves to it; a restart at the same count needs a fifth of it (inertia).
+    confirm
+        Refreshes in a row that the same other count must win before the model moves to it:
+        each refresh judges a new sample, and on a flat index (a real log of lapsed buyers)
+        sampling noise alone made the count swing 4 -> 7 -> 4 one refresh apart.
     """
 
     algorithm = "kmeans"
 
     def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
                  learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
-                 step: float = 0.02, n_init: int = 6, hysteresis: float = 0.02) -> None:
+                 step: float = 0.02, n_init: int = 6, hysteresis: float = 0.02,
+                 confirm: int = 2) -> None:
         super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
         self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
+        self.confirm = confirm
+        self._pending = (0, 0)  # (count, refreshes in a row it won) while not yet taken
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "step": self.step, "n_init": self.n_init,
-                "hysteresis": self.hysteresis}
+                "hysteresis": self.hysteresis, "confirm": self.confirm}
+
+    def _state(self) -> dict[str, Any]:
+        return {"pending": list(self._pending)}
+
+    def _restore(self, state: dict[str, Any]) -> None:
+        count, wins = state.get("pending") or (0, 0)
+        self._pending = (int(count), int(wins))
 
     def _seed(self, data: np.ndarray) -> bool:
         z = self.scale(data)
@@ -109,6 +123,13 @@ class SegmentModel(BaseModel):
         now = best.get(self.n_segments)
         if now is not None and chosen.score >= now.score * (1 - self.hysteresis):
             chosen = now
+        if now is not None and chosen is not now:
+            count, wins = self._pending
+            wins = wins + 1 if count == chosen.k else 1
+            self._pending, chosen = ((chosen.k, wins), now) if wins < self.confirm \
+                else ((0, 0), chosen)
+        else:
+            self._pending = (0, 0)
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
         small = share < self.min_share
         if small.any() and chosen.k - int(small.sum()) >= lo:

@@ -80,7 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="embedded broker + Redis + worker + simulator")
     demo.add_argument("--customers", type=int, default=3000)
-    demo.add_argument("--rate", type=float, default=3000.0, help="events per second")
+    # 300 live events/s already give each of 3,000 shoppers a session every minute or so,
+    # far busier than a real shop: at 3,000/s the live phase itself reshaped the population
+    # (everyone "recent and frequent") within two minutes, and the segments followed it.
+    demo.add_argument("--rate", type=float, default=300.0,
+                      help="live events per second, after the history")
     demo.add_argument("--days", type=float, default=30.0, help="days of history first")
     demo.add_argument("--seconds", type=float, default=0.0, help="stop after (0: Ctrl-C)")
     sub.add_parser("worker", help="one worker against SEGMENTER_KAFKA / SEGMENTER_REDIS_URL")
@@ -93,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--drift", type=float, default=0.01,
                      help="chance per session that a shopper changes persona")
     sim.add_argument("--no-live", action="store_true", help="stop after the history")
+    sim.add_argument("--history-rate", type=float, default=None,
+                     help="events/s for the history (default: --rate; 0: a backfill, as fast "
+                     "as possible)")
     subs = sub.add_parser("subscribe", help="print segment changes (Redis stream, consumer "
                           "group with acks; resumes where it stopped)")
     subs.add_argument("--group", default="subscriber", help="consumer group (one per service)")
@@ -152,7 +159,8 @@ def main(argv: list[str] | None = None) -> int:
             from stream.produce import simulate
 
             n = asyncio.run(simulate(_settings(), args.customers, args.events, args.rate,
-                                     args.days, args.seed, args.drift, not args.no_live))
+                                     args.days, args.seed, args.drift, not args.no_live,
+                                     args.history_rate))
             print(f"produced {n} events")
             return 0
         if args.command == "subscribe":

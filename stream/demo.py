@@ -105,8 +105,11 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
               f"HGETALL '{settings.redis_prefix}customer:{{c000001}}'")
         print(f"Logs in {logdir}. Ctrl-C stops everything.\n", flush=True)
         worker = _spawn(["worker"], env, os.path.join(logdir, "worker.log"))
+        # The history goes in as a backfill (as fast as the worker takes it), so the
+        # segments shown are those of a shop with a past, not of its first days.
         simulator = _spawn(["simulate", "--customers", str(customers), "--rate", str(rate),
-                            "--days", str(days)], env, os.path.join(logdir, "simulator.log"))
+                            "--days", str(days), "--history-rate", "0"], env,
+                           os.path.join(logdir, "simulator.log"))
         try:
             asyncio.run(_watch(settings, [worker, simulator], seconds))
         except KeyboardInterrupt:

@@ -47,16 +47,28 @@ async def produce(
 
 def simulated_messages(sim: ShopSimulator, live: bool) -> Iterator[tuple[bytes, bytes]]:
     """History first, then (with ``live``) sessions stamped with the wall clock, forever."""
+    yield from _history(sim)
+    if live:
+        yield from _live(sim)
+
+
+def _history(sim: ShopSimulator) -> Iterator[tuple[bytes, bytes]]:
     for e in sim.history():
         yield e["customer_id"].encode(), orjson.dumps(e)
-    while live:
+
+
+def _live(sim: ShopSimulator) -> Iterator[tuple[bytes, bytes]]:
+    while True:
         for e in sim.live(int(time.time() * 1000)):
             yield e["customer_id"].encode(), orjson.dumps(e)
 
 
 async def simulate(settings: Settings, customers: int, events: int | None, rate: float,
-                   days: float, seed: int, drift: float, live: bool) -> int:
-    """Produce simulated shoppers into the events topic."""
+                   days: float, seed: int, drift: float, live: bool,
+                   history_rate: float | None = None) -> int:
+    """Produce simulated shoppers into the events topic: ``days`` of history at
+    ``history_rate`` events/s (None: ``rate``; 0: as fast as the broker takes them, a
+    backfill), then, with ``live``, sessions stamped with the wall clock at ``rate``."""
     await ensure_topics(settings)
     now = int(time.time() * 1000)
     sim = ShopSimulator(customers, seed=seed, start_ms=now - int(days * DAY_MS), days=days,
@@ -64,8 +76,15 @@ async def simulate(settings: Settings, customers: int, events: int | None, rate:
     producer = make_producer(settings)
     await producer.start()
     try:
-        return await produce(producer, settings.events_topic, simulated_messages(sim, live),
-                             rate=rate, limit=events)
+        if history_rate is None or history_rate == rate:
+            return await produce(producer, settings.events_topic, simulated_messages(sim, live),
+                                 rate=rate, limit=events)
+        sent = await produce(producer, settings.events_topic, _history(sim),
+                             rate=history_rate, limit=events)
+        if live and (events is None or sent < events):
+            sent += await produce(producer, settings.events_topic, _live(sim), rate=rate,
+                                  limit=None if events is None else events - sent)
+        return sent
     finally:
         await producer.stop()
 
