@@ -149,3 +149,38 @@ def test_unknown_traits_do_not_make_a_segment_of_their_own() -> None:
     # no segment is made mostly of the customers who gave their age
     worst = max(identified[s] / by_segment[s] for s in by_segment)
     assert worst < 0.6, (worst, identified, by_segment)
+
+
+def test_a_new_count_is_taken_only_when_it_wins_two_refreshes_in_a_row() -> None:
+    # Three groups, then a fourth appears: the first refresh that prefers 4 only notes it,
+    # the second takes it; the pending count survives a checkpoint. A count that wins once
+    # between two refreshes that keep the current one is never taken.
+    import numpy as np
+
+    from models.kmeans import SegmentModel
+
+    rng = np.random.default_rng(5)
+    n = len(FEATURE_NAMES)
+    centres = [np.eye(n)[0] * 6, np.eye(n)[1] * 6, -np.eye(n)[0] * 6, -np.eye(n)[1] * 6]
+
+    def blob(centre: np.ndarray) -> np.ndarray:  # spread in the two informative columns only
+        noise = np.zeros((300, n))
+        noise[:, :2] = rng.normal(0.0, 0.5, size=(300, 2))
+        return noise + centre
+
+    three = np.concatenate([blob(c) for c in centres[:3]])
+    four = np.concatenate([three, blob(centres[3])])
+    m = SegmentModel(min_segments=2, max_segments=6, warmup=300)
+    assert m.learn(three.tolist()) and m.n_segments == 3
+    m.learn(four.tolist(), refresh=True)
+    assert m.n_segments == 3  # noted, not taken
+    restored = SegmentModel(**m.params())
+    restored.load(m.checkpoint())
+    for model in (m, restored):
+        model.learn(four.tolist(), refresh=True)
+        assert model.n_segments == 4
+    once = SegmentModel(min_segments=2, max_segments=6, warmup=300)
+    assert once.learn(three.tolist())
+    for data in (four, three, four, three):
+        once.learn(data.tolist(), refresh=True)
+        assert once.n_segments == 3
