@@ -126,8 +126,10 @@ class SegmentModel(BaseModel):
         if now is not None and chosen is not now:
             count, wins = self._pending
             wins = wins + 1 if count == chosen.k else 1
-            self._pending, chosen = ((chosen.k, wins), now) if wins < self.confirm \
-                else ((0, 0), chosen)
+            if wins < self.confirm:
+                self._pending, chosen = (chosen.k, wins), now
+            else:
+                self._pending = (0, 0)
         else:
             self._pending = (0, 0)
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)

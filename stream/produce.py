@@ -45,19 +45,14 @@ async def produce(
     return sent
 
 
-def simulated_messages(sim: ShopSimulator, live: bool) -> Iterator[tuple[bytes, bytes]]:
-    """History first, then (with ``live``) sessions stamped with the wall clock, forever."""
-    yield from _history(sim)
-    if live:
-        yield from _live(sim)
-
-
 def _history(sim: ShopSimulator) -> Iterator[tuple[bytes, bytes]]:
+    """The simulator's history, in event-time order."""
     for e in sim.history():
         yield e["customer_id"].encode(), orjson.dumps(e)
 
 
 def _live(sim: ShopSimulator) -> Iterator[tuple[bytes, bytes]]:
+    """Sessions stamped with the wall clock, forever."""
     while True:
         for e in sim.live(int(time.time() * 1000)):
             yield e["customer_id"].encode(), orjson.dumps(e)
@@ -76,11 +71,8 @@ async def simulate(settings: Settings, customers: int, events: int | None, rate:
     producer = make_producer(settings)
     await producer.start()
     try:
-        if history_rate is None or history_rate == rate:
-            return await produce(producer, settings.events_topic, simulated_messages(sim, live),
-                                 rate=rate, limit=events)
         sent = await produce(producer, settings.events_topic, _history(sim),
-                             rate=history_rate, limit=events)
+                             rate=rate if history_rate is None else history_rate, limit=events)
         if live and (events is None or sent < events):
             sent += await produce(producer, settings.events_topic, _live(sim), rate=rate,
                                   limit=None if events is None else events - sent)
