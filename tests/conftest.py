@@ -1,6 +1,8 @@
 """Fixtures: a real Kafka-compatible broker and a real Redis-compatible server.
 
-By default both are the embedded servers, started once per session on free ports. When
+By default both are the embedded servers, started once per session on free ports. With
+``SEGMENTER_TEST_BROKER=apache`` the broker is Apache Kafka instead (one KRaft node started by
+tests/integration/apache_kafka.py; needs Java 17 and Maven) beside the embedded Redis. When
 ``SEGMENTER_KAFKA`` and ``SEGMENTER_REDIS_URL`` are set, the same tests run against those.
 Every test gets its own topics, consumer group and Redis key prefix.
 """
@@ -15,7 +17,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 
-from stream.embedded import embedded_stack, free_port
+from stream.embedded import embedded_stack, free_port, start_redis
 from stream.settings import Settings
 
 
@@ -25,8 +27,26 @@ def servers() -> Iterator[tuple[str, str]]:
     if kafka and redis:
         yield kafka, redis
         return
+    if broker_kind() == "apache":
+        from tests.integration.apache_kafka import apache_kafka
+
+        with apache_kafka(1) as cluster:
+            redis = start_redis()
+            try:
+                yield cluster.bootstrap, redis.url
+            finally:
+                redis.stop()
+        return
     with embedded_stack() as (k, r):
         yield k.url, r.url
+
+
+def broker_kind() -> str:
+    """``embedded`` (Tansu, the default) or ``apache`` (``SEGMENTER_TEST_BROKER``)."""
+    broker = os.environ.get("SEGMENTER_TEST_BROKER", "embedded")
+    if broker not in ("embedded", "apache"):
+        raise pytest.UsageError(f"SEGMENTER_TEST_BROKER={broker!r}: embedded or apache")
+    return broker
 
 
 @pytest.fixture
