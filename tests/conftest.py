@@ -42,7 +42,10 @@ def servers() -> Iterator[tuple[str, str]]:
 
 
 def broker_kind() -> str:
-    """``embedded`` (Tansu, the default) or ``apache`` (``SEGMENTER_TEST_BROKER``)."""
+    """``embedded`` (Tansu, the default) or ``apache`` (``SEGMENTER_TEST_BROKER``), or
+    ``external`` (``SEGMENTER_KAFKA`` and ``SEGMENTER_REDIS_URL`` set: servers of unknown kind)."""
+    if os.environ.get("SEGMENTER_KAFKA") and os.environ.get("SEGMENTER_REDIS_URL"):
+        return "external"
     broker = os.environ.get("SEGMENTER_TEST_BROKER", "embedded")
     if broker not in ("embedded", "apache"):
         raise pytest.UsageError(f"SEGMENTER_TEST_BROKER={broker!r}: embedded or apache")

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from stream.embedded import start_redis
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
+from tests.conftest import broker_kind
 from tests.integration.helpers import WorkerProcess, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
 
@@ -93,6 +94,11 @@ async def test_lag_grows_while_stopped_and_returns_to_zero(settings: Settings,
         await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up again")
         code, text = lag_cli(settings, "--max-lag", "0")
         assert code == 0, text
+        if broker_kind() == "apache":  # DescribeGroups names the owner of every partition
+            rows = [line.split() for line in text.splitlines()
+                    if re.match(r"^\s*\d+\s", line)]
+            assert len(rows) == settings.partitions, text
+            assert all(len(r) == 6 and r[5] != "-" for r in rows), text
     finally:
         assert worker.stop() == 0, worker.log()
 
