@@ -31,11 +31,11 @@ def servers() -> Iterator[tuple[str, str]]:
         from tests.integration.apache_kafka import apache_kafka
 
         with apache_kafka(1) as cluster:
-            redis = start_redis()
+            valkey = start_redis()
             try:
-                yield cluster.bootstrap, redis.url
+                yield cluster.bootstrap, valkey.url
             finally:
-                redis.stop()
+                valkey.stop()
         return
     with embedded_stack() as (k, r):
         yield k.url, r.url

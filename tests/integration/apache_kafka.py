@@ -227,6 +227,14 @@ class KafkaCluster:
             n.start()
         asyncio.run(self.wait_ready(timeout))
 
+    async def start_async(self, timeout: float = 120) -> None:
+        """:meth:`start` from a running event loop (formatting runs in a thread)."""
+        if not self.nodes:
+            await asyncio.to_thread(self.configure)
+        for n in self.nodes:
+            n.start()
+        await self.wait_ready(timeout)
+
     async def wait_ready(self, timeout: float = 120,
                          nodes: tuple[int, ...] | None = None) -> None:
         """Wait until the cluster's metadata lists every running node (or ``nodes``) as a

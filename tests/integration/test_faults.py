@@ -14,8 +14,9 @@ import asyncio
 import dataclasses
 import os
 import signal
+import subprocess
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,8 @@ from models.simulator import ShopSimulator
 from stream.embedded import free_port, start_kafka, start_redis
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.settings import Settings
-from tests.conftest import make_settings
+from tests.conftest import broker_kind, make_settings
+from tests.integration.apache_kafka import KafkaCluster
 from tests.integration.helpers import WorkerProcess, produce, running, wait_for
 
 CHUNKS = 12
@@ -293,6 +295,26 @@ async def test_sigterm_commits_what_was_processed_and_leaves_no_half_written_cus
 
 
 
+@dataclasses.dataclass
+class OwnBroker:
+    """A broker of the test's own, of the kind under test."""
+
+    url: str
+    proc: subprocess.Popen[bytes]
+    stop: Callable[[], object]
+
+
+async def own_broker() -> OwnBroker:
+    """The embedded broker, or with ``SEGMENTER_TEST_BROKER=apache`` one Apache Kafka node."""
+    if broker_kind() == "apache":
+        cluster = KafkaCluster(1)
+        await cluster.start_async()
+        assert cluster.nodes[0].proc is not None
+        return OwnBroker(cluster.bootstrap, cluster.nodes[0].proc, cluster.stop)
+    embedded = start_kafka()
+    return OwnBroker(embedded.url, embedded.proc, embedded.stop)
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process (Linux ``/proc``)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -356,7 +378,9 @@ async def test_broker_unreachable_15_s_the_worker_waits_reports_and_resumes(
         stream: Stream, r: aioredis.Redis, tmp_path: Path) -> None:
     # The embedded broker keeps data in memory only, so it is frozen (SIGSTOP), not
     # restarted: to clients it is a broker that stopped answering, as in a network partition.
-    broker = start_kafka()
+    # (On Apache Kafka: a node of its own, frozen the same way; tests/integration/
+    # test_broker_faults.py kills and restarts brokers of a three-node cluster.)
+    broker = await own_broker()
     settings = dataclasses.replace(await run_settings(stream, "broker"), kafka=broker.url)
     worker: WorkerProcess | None = None
     try:
