@@ -54,7 +54,11 @@ class Stream:
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def stream(servers: tuple[str, str]) -> AsyncIterator[Stream]:
-    settings = make_settings(servers)
+    yield make_stream(make_settings(servers))
+
+
+def make_stream(settings: Settings) -> Stream:
+    """The known events and the model learned from their first third."""
     sim = ShopSimulator(customers=700, seed=8, days=10)
     events = list(sim.history())
     messages = [(e["customer_id"].encode(), orjson.dumps(e)) for e in events]
@@ -64,7 +68,7 @@ async def stream(servers: tuple[str, str]) -> AsyncIterator[Stream]:
     seg.apply(seg.parse(first), {})
     assert seg.model.ready
     size = -(-len(messages) // CHUNKS)
-    yield Stream(settings, [messages[i:i + size] for i in range(0, len(messages), size)],
+    return Stream(settings, [messages[i:i + size] for i in range(0, len(messages), size)],
                  seg.model.checkpoint(), sorted(sim.truth))
 
 
