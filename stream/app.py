@@ -96,6 +96,11 @@ def create_app(settings: Settings) -> faust.App:
                 # read from the broker is what notices.
                 rows = await asyncio.wait_for(rt.lag_reader.read(), 5.0)
                 rt.health.clear("lag")
+                if rt.lag_reader.offline:  # its events wait: not healthy
+                    rt.health.report("replication", "; ".join(rt.lag_reader.offline))
+                else:
+                    rt.health.clear("replication")
+                rt.health.degrade("kafka", rt.lag_reader.degraded)
             except Exception as exc:
                 rt.health.report("lag", f"Kafka unreachable: {exc!r}")
                 raise

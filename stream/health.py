@@ -35,6 +35,7 @@ class Health:
 
     def __init__(self) -> None:
         self._problems: dict[str, str] = {}
+        self._degraded: dict[str, list[str]] = {}
 
     def report(self, source: str, problem: str) -> None:
         """``source`` has ``problem`` now."""
@@ -47,6 +48,15 @@ class Health:
     def reasons(self) -> list[str]:
         """Every current problem, in the order reported."""
         return list(self._problems.values())
+
+    def degrade(self, source: str, details: list[str]) -> None:
+        """What of ``source`` works with less margin now (a broker down, partitions
+        under-replicated); an empty list: nothing. Not a problem: the worker still works."""
+        self._degraded[source] = details
+
+    def degraded(self) -> list[str]:
+        """Everything working with less margin now."""
+        return [d for details in self._degraded.values() for d in details]
 
 
 async def retry(call: Callable[[], Awaitable[T]], health: Health, errors: Counter) -> T:

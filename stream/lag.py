@@ -16,7 +16,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
@@ -85,6 +85,10 @@ class LagReader:
         self.bootstrap, self.group, self.topic = bootstrap, group, topic
         self.standard = True
         """False on the embedded broker (set by :meth:`start`)."""
+        self.offline: list[str] = []
+        """Partitions without a leader at the last read (nothing moves there), for people."""
+        self.degraded: list[str] = []
+        """Under-replicated partitions at the last read (they work, with less margin)."""
 
     async def start(self) -> None:
         """Connect, and tell the embedded broker from standard ones."""
@@ -130,9 +134,11 @@ class LagReader:
         # Metadata for this topic by name: a consumer's own metadata lists only the topics it
         # tracks (the embedded broker answers every topic to an empty list; Apache Kafka none)
         described = await self._admin.describe_topics([self.topic])
-        parts = {p["partition"] for t in described if t["topic"] == self.topic
-                 and not t["error_code"] for p in t["partitions"]}
-        tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+        found = [p for t in described if t["topic"] == self.topic and not t["error_code"]
+                 for p in t["partitions"]]
+        self.offline, self.degraded = replication_issues(self.topic, found)
+        tps = [TopicPartition(self.topic, p["partition"]) for p in
+               sorted(found, key=lambda p: int(p["partition"]))]
         if not tps:
             return []
         self._consumer.assign(tps)
@@ -187,6 +193,34 @@ class LagReader:
                 break  # nothing left to fetch where no answer came
         self._consumer.pause(*tps)
         return seen, oldest
+
+
+def replication_issues(topic: str, parts: list[dict[str, Any]]) -> tuple[list[str], list[str]]:
+    """Partitions of ``topic`` without a leader, and under-replicated ones (fewer replicas
+    in sync than assigned), as sentences for ``/health``, from a metadata answer.
+
+    >>> replication_issues("events", [
+    ...     {"partition": 0, "leader": 1, "replicas": [1, 2, 3], "isr": [1, 3]},
+    ...     {"partition": 1, "leader": 3, "replicas": [3, 2, 1], "isr": [3, 1]},
+    ...     {"partition": 2, "leader": 1, "replicas": [1, 3, 2], "isr": [1, 3, 2]}])
+    ([], ['Kafka: 2 of 3 events partitions under-replicated (broker 2 out of sync)'])
+    >>> replication_issues("events", [{"partition": 0, "leader": -1, "replicas": [2],
+    ...                                "isr": [2]}])
+    (['Kafka: events partition 0 has no leader (replicas on broker 2)'], [])
+    """
+    offline = [p for p in parts if p["leader"] < 0]
+    under = [p for p in parts if p["leader"] >= 0 and len(p["isr"]) < len(p["replicas"])]
+
+    def brokers(ids: set[int]) -> str:
+        return ("broker " if len(ids) == 1 else "brokers ") + ", ".join(map(str, sorted(ids)))
+    down = [f"Kafka: {topic} partition{'s' if len(offline) > 1 else ''} "
+            f"{', '.join(str(p['partition']) for p in offline)} "
+            f"{'have' if len(offline) > 1 else 'has'} no leader (replicas on "
+            f"{brokers({b for p in offline for b in p['replicas']})})"] if offline else []
+    late = {b for p in under for b in p["replicas"] if b not in p["isr"]}
+    less = [f"Kafka: {len(under)} of {len(parts)} {topic} partitions under-replicated "
+            f"({brokers(late)} out of sync)"] if under else []
+    return down, less
 
 
 async def _retrying(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:

@@ -168,7 +168,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 reasons.append(f"Redis unreachable: {exc}")
             body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons,
                     "processed": status.processed, "model_version": status.model_version,
-                    "relay_leader": status.relay_leader}
+                    "relay_leader": status.relay_leader, "degraded": rt.health.degraded()}
             if status.waiting:
                 body["model"] = status.waiting
             return self.json(body, status=200 if not reasons else 503)

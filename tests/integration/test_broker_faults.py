@@ -175,7 +175,13 @@ async def test_kill_9_of_the_busiest_leader_then_restart_equals_an_uninterrupted
         await wait_for(moved, 60, "new leaders for the dead broker's partitions")
         before = sum((await committed(settings)).values())
         await some_committed(settings, before + 1)  # the worker goes on without it
-        print(f"/health with broker {victim.node_id} down: {worker.health()}")
+
+        async def says_degraded() -> bool:  # healthy (it works), and says with what less
+            status, body = worker.health()
+            return status == 200 and any(f"broker {victim.node_id} out of sync" in d
+                                         for d in body.get("degraded", []))
+        await wait_for(says_degraded, 30, "/health to name the under-replicated partitions",
+                       detail=lambda: str(worker.health()))
         assert worker.proc.poll() is None, worker.log()
         victim.start()
         await cluster.wait_ready()
@@ -183,6 +189,12 @@ async def test_kill_9_of_the_busiest_leader_then_restart_equals_an_uninterrupted
         await wait_for(lambda: caught_up(settings, stream.total), 120, "the worker to finish")
         await wait_for(lambda: fully_replicated(cluster, (settings.events_topic,)), 60,
                        "the restarted broker back in sync")
+
+        async def whole_again() -> bool:
+            status, body = worker.health()
+            return status == 200 and body.get("degraded") == []
+        await wait_for(whole_again, 30, "/health to say nothing is degraded any more",
+                       detail=lambda: str(worker.health()))
     finally:
         producing.cancel()
         assert worker.stop() == 0, worker.log()
