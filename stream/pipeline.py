@@ -48,10 +48,12 @@ class _Rebalance(ConsumerRebalanceListener):
         async with self.pipeline.lock:
             await self.pipeline.flush_and_commit()
             self.pipeline.core.forget_partitions({tp.partition for tp in revoked})
+            self.pipeline.revoked |= revoked
         log.info("partitions revoked: %s", sorted(tp.partition for tp in revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
+        self.pipeline.revoked.clear()  # the new assignment is what the consumer lists now
         self.pipeline.warmer.start({tp.partition for tp in assigned})
 
 
@@ -78,6 +80,9 @@ class EventPipeline:
         self._idle = asyncio.Event()
         self._idle.set()
         self._drifts = 0
+        self.revoked: set[TopicPartition] = set()
+        """Handed over in a rebalance not finished yet: the consumer lists them as assigned
+        until the new assignment arrives, but a batch fetched before must not apply them."""
 
     async def start(self, producer: AIOKafkaProducer) -> None:
         """Restore the model, connect to Kafka; ``producer`` (started, owned by the caller)
@@ -160,7 +165,7 @@ class EventPipeline:
     async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed) -> None:
         started = time.perf_counter()
         assert self.consumer is not None and self.writer is not None
-        owned = self.consumer.assignment()
+        owned = self.consumer.assignment() - self.revoked
         if any(tp not in owned for tp in batch):  # revoked while the batch waited: not ours
             batch = {tp: msgs for tp, msgs in batch.items() if tp in owned}
             parsed = [(r, e) for r, e in parsed
@@ -238,7 +243,7 @@ class EventPipeline:
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
 
     def _owned(self) -> set[int]:
-        return {tp.partition for tp in self.consumer.assignment()} \
+        return {tp.partition for tp in self.consumer.assignment() - self.revoked} \
             if self.consumer is not None else set()
 
     def assigned(self) -> int:

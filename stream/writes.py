@@ -17,7 +17,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.errors import CommitFailedError, KafkaError
+from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from models.config import BatchResult
 from models.records import Assignment
@@ -154,6 +154,15 @@ class BatchWriter:
             log.warning("commit failed (%s); the batch will be re-delivered and deduplicated",
                         exc)
             return True
+        except IllegalStateError as exc:
+            # Offsets of partitions handed over since they were taken (aiokafka refuses them
+            # before asking the broker): not ours to commit any more; the new owner re-reads
+            # from the last commit, fenced. Retrying them would stall every commit for good.
+            owned = self.consumer.assignment()
+            kept = {tp: o for tp, o in offsets.items() if tp in owned}
+            log.warning("commit: %s; committing the %d partitions still assigned", exc,
+                        len(kept))
+            return await self._commit(kept) if kept else True
         except KafkaError as exc:  # broker unreachable: keep the offsets, commit later
             self.health.report("commit", f"Kafka: commit failed: {exc}")
             log.warning("commit failed (%s); will retry", exc)
