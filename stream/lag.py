@@ -102,7 +102,7 @@ class LagReader:
         try:
             await self._consumer.start()
             await self._admin.start()
-            cluster = await self._admin.describe_cluster()
+            cluster = await _retrying(self._admin.describe_cluster)
             self.standard = cluster.get("cluster_id") != EMBEDDED_CLUSTER_ID
         except BaseException:  # cut short (Ctrl-C in the demo, broker gone): leave none open
             await self.close()
@@ -120,7 +120,7 @@ class LagReader:
     async def _committed(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
         if self.standard:
             offsets = await _retrying(lambda: self._admin.list_consumer_group_offsets(
-                self.group, partitions=tps))
+                self.group, partitions=tps), 3.0)
             return {tp: o.offset for tp, o in offsets.items() if o.offset >= 0 and tp in tps}
         committed = {}
         for tp in tps:
@@ -133,7 +133,8 @@ class LagReader:
         """Lag per partition of the topic."""
         # Metadata for this topic by name: a consumer's own metadata lists only the topics it
         # tracks (the embedded broker answers every topic to an empty list; Apache Kafka none)
-        described = await self._admin.describe_topics([self.topic])
+        # retried: the admin client asks a random broker, maybe one just gone
+        described = await _retrying(lambda: self._admin.describe_topics([self.topic]), 3.0)
         found = [p for t in described if t["topic"] == self.topic and not t["error_code"]
                  for p in t["partitions"]]
         self.offline, self.degraded = replication_issues(self.topic, found)
@@ -225,7 +226,8 @@ def replication_issues(topic: str, parts: list[dict[str, Any]]) -> tuple[list[st
 
 async def _retrying(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> T:
     """``call()``, again after a retriable error (no coordinator yet: Apache Kafka creates
-    ``__consumer_offsets`` on a group's first lookup; a coordinator moving) until ``timeout``."""
+    ``__consumer_offsets`` on a group's first lookup; a coordinator moving; a broker gone)
+    until ``timeout``."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
     while True:

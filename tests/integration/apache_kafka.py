@@ -167,6 +167,11 @@ class KafkaCluster:
         """Bootstrap servers: every node."""
         return ",".join(n.address for n in self.nodes)
 
+    @property
+    def live_bootstrap(self) -> str:
+        """Bootstrap servers: the nodes running now."""
+        return ",".join(n.address for n in self.nodes if n.running)
+
     def node(self, node_id: int) -> KafkaNode:
         """The node with this ``node.id``."""
         return next(n for n in self.nodes if n.node_id == node_id)

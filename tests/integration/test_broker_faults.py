@@ -23,6 +23,7 @@ import pytest
 import pytest_asyncio
 import redis.asyncio as aioredis
 from aiokafka.admin import AIOKafkaAdminClient
+from aiokafka.errors import KafkaError
 
 from stream.embedded import start_redis
 from stream.settings import Settings
@@ -80,13 +81,18 @@ async def r(stream: Stream) -> AsyncIterator[aioredis.Redis]:
     await client.aclose()
 
 
-async def partitions(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+async def partitions(cluster: KafkaCluster, topic: str) -> list[dict[str, Any]]:
     """The topic's partitions as the cluster describes them (leader, replicas, isr)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=cluster.live_bootstrap)
     await admin.start()
     try:
-        described = await admin.describe_topics([topic])
-        return [p for t in described if t["topic"] == topic for p in t["partitions"]]
+        for _ in range(50):
+            try:
+                described = await admin.describe_topics([topic])
+                return [p for t in described if t["topic"] == topic for p in t["partitions"]]
+            except KafkaError:  # asked a random broker of the metadata: maybe the killed one
+                await asyncio.sleep(0.1)
+        raise AssertionError(f"no broker described {topic}")
     finally:
         await admin.close()
 
@@ -95,7 +101,7 @@ async def fully_replicated(cluster: KafkaCluster, topics: tuple[str, ...]) -> bo
     """Every partition of ``topics`` has all its replicas in sync (a rolling restart's
     condition for moving on to the next broker)."""
     for topic in topics:
-        for p in await partitions(cluster.bootstrap, topic):
+        for p in await partitions(cluster, topic):
             if p["leader"] < 0 or sorted(p["isr"]) != sorted(p["replicas"]):
                 return False
     return True
@@ -152,7 +158,7 @@ def _change_id(message: Any) -> str:
 
 
 async def leader_of_most(cluster: KafkaCluster, topic: str) -> KafkaNode:
-    leaders = Counter(p["leader"] for p in await partitions(cluster.bootstrap, topic))
+    leaders = Counter(p["leader"] for p in await partitions(cluster, topic))
     return cluster.node(leaders.most_common(1)[0][0])
 
 
@@ -171,7 +177,7 @@ async def test_kill_9_of_the_busiest_leader_then_restart_equals_an_uninterrupted
 
         async def moved() -> bool:  # the controller elects new leaders from the ISR
             return all(p["leader"] in others
-                       for p in await partitions(cluster.bootstrap, settings.events_topic))
+                       for p in await partitions(cluster, settings.events_topic))
         await wait_for(moved, 60, "new leaders for the dead broker's partitions")
         before = sum((await committed(settings)).values())
         await some_committed(settings, before + 1)  # the worker goes on without it
