@@ -261,8 +261,9 @@ async def wait_caught_up(settings: Settings, ends: Mapping[int, int], timeout: f
     await reader.start()
     started = time.monotonic()
     try:
-        # End offsets as the lag reader reads them (Fetch high watermarks, since ListOffsets
-        # can answer low after batched produce), and never below what our acks said.
+        # End offsets as the lag reader reads them (on the embedded broker also Fetch high
+        # watermarks, since its ListOffsets can answer low after batched produce), and never
+        # below what our acks said.
         targets = {r.partition: max(r.end, ends.get(r.partition, 0))
                    for r in await reader.read()}
         for p, end in ends.items():
