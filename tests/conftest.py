@@ -1,8 +1,9 @@
 """Fixtures: a real Kafka-compatible broker and a real Redis-compatible server.
 
 By default both are the embedded servers, started once per session on free ports. With
-``SEGMENTER_TEST_BROKER=apache`` the broker is Apache Kafka instead (one KRaft node started by
-tests/integration/apache_kafka.py; needs Java 17 and Maven) beside the embedded Redis. When
+``SEGMENTER_TEST_BROKER=apache`` the broker is Apache Kafka instead (KRaft nodes started by
+tests/integration/apache_kafka.py: one, or three with ``SEGMENTER_TEST_KAFKA_BROKERS=3``;
+needs Java 17 and Maven) beside the embedded Redis. When
 ``SEGMENTER_KAFKA`` and ``SEGMENTER_REDIS_URL`` are set, the same tests run against those.
 Every test gets its own topics, consumer group and Redis key prefix.
 """
@@ -30,7 +31,7 @@ def servers() -> Iterator[tuple[str, str]]:
     if broker_kind() == "apache":
         from tests.integration.apache_kafka import apache_kafka
 
-        with apache_kafka(1) as cluster:
+        with apache_kafka(apache_brokers()) as cluster:
             valkey = start_redis()
             try:
                 yield cluster.bootstrap, valkey.url
@@ -50,6 +51,15 @@ def broker_kind() -> str:
     if broker not in ("embedded", "apache"):
         raise pytest.UsageError(f"SEGMENTER_TEST_BROKER={broker!r}: embedded or apache")
     return broker
+
+
+def apache_brokers() -> int:
+    """Nodes of the Apache Kafka cluster under the suite: 1 (the default) or 3
+    (``SEGMENTER_TEST_KAFKA_BROKERS``; topics then get replication factor 3)."""
+    n = int(os.environ.get("SEGMENTER_TEST_KAFKA_BROKERS", "1"))
+    if n not in (1, 3):
+        raise pytest.UsageError(f"SEGMENTER_TEST_KAFKA_BROKERS={n}: 1 or 3")
+    return n
 
 
 @pytest.fixture
@@ -85,4 +95,6 @@ def make_settings(servers: tuple[str, str]) -> Settings:
         "SEGMENTER_API_TOKEN": "test-token-" + uid,
         "SEGMENTER_CORS_ORIGINS": "http://shop.example",
     })
+    if broker_kind() == "apache":
+        env["SEGMENTER_REPLICATION"] = str(apache_brokers())
     return Settings.from_env(env)
