@@ -29,17 +29,16 @@ from stream.embedded import start_redis
 from stream.settings import Settings
 from tests.conftest import broker_kind, make_settings
 from tests.integration.apache_kafka import KafkaCluster, KafkaNode
-from tests.integration.helpers import TopicReader, WorkerProcess, produce, wait_for
+from tests.integration.helpers import TopicReader, produce, wait_for
 from tests.integration.test_faults import (
     Stream,
     assert_same,
     caught_up,
     committed,
     final_state,
-    install_model,
     make_stream,
     reference,
-    run_settings,
+    start_run,
 )
 
 pytestmark = pytest.mark.skipif(
@@ -164,11 +163,8 @@ async def leader_of_most(cluster: KafkaCluster, topic: str) -> KafkaNode:
 
 async def test_kill_9_of_the_busiest_leader_then_restart_equals_an_uninterrupted_run(
         cluster: KafkaCluster, stream: Stream, r: aioredis.Redis, tmp_path: Path) -> None:
-    settings = await run_settings(stream, "leader-kill")
-    await install_model(r, settings, stream.checkpoint)
-    worker = WorkerProcess(settings, tmp_path, "leader-kill")
-    await worker.wait_healthy()
-    producing = asyncio.create_task(produce_slowly(stream, settings))
+    settings, worker, producing = await start_run(
+        stream, r, tmp_path, "leader-kill", "leader-kill", produce_slowly)
     try:
         await some_committed(settings, stream.total // 5)
         victim = await leader_of_most(cluster, settings.events_topic)
@@ -211,11 +207,8 @@ async def test_kill_9_of_the_busiest_leader_then_restart_equals_an_uninterrupted
 
 async def test_rolling_restart_of_all_three_brokers_equals_an_uninterrupted_run(
         cluster: KafkaCluster, stream: Stream, r: aioredis.Redis, tmp_path: Path) -> None:
-    settings = await run_settings(stream, "rolling")
-    await install_model(r, settings, stream.checkpoint)
-    worker = WorkerProcess(settings, tmp_path, "rolling")
-    await worker.wait_healthy()
-    producing = asyncio.create_task(produce_slowly(stream, settings))
+    settings, worker, producing = await start_run(
+        stream, r, tmp_path, "rolling", "rolling", produce_slowly)
     topics = (settings.events_topic, settings.changes_topic, "__consumer_offsets")
     try:
         await some_committed(settings, stream.total // 10)

@@ -16,7 +16,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +179,18 @@ async def produce_slowly(s: Stream, to: Settings) -> None:
         await asyncio.sleep(0.4)
 
 
+async def start_run(s: Stream, r: aioredis.Redis, tmp_path: Path, name: str, label: str,
+                    feed: Callable[[Stream, Settings], Coroutine[Any, Any, None]] = produce_slowly,
+                    ) -> tuple[Settings, WorkerProcess, asyncio.Task[None]]:
+    """A fault run: its own settings, the reference model installed, one healthy worker
+    (``label``), and the stream being produced by ``feed`` (the returned task)."""
+    settings = await run_settings(s, name)
+    await install_model(r, settings, s.checkpoint)
+    worker = WorkerProcess(settings, tmp_path, label)
+    await worker.wait_healthy()
+    return settings, worker, asyncio.create_task(feed(s, settings))
+
+
 async def midway(settings: Settings, s: Stream, producing: asyncio.Task[None]) -> None:
     """Wait until the run has committed some of the stream while more is still coming."""
     async def some() -> bool:
@@ -196,11 +208,7 @@ async def r(stream: Stream) -> AsyncIterator[aioredis.Redis]:
 
 async def test_kill_9_mid_stream_then_restart_equals_an_uninterrupted_run(
         stream: Stream, r: aioredis.Redis, tmp_path: Path) -> None:
-    settings = await run_settings(stream, "kill")
-    await install_model(r, settings, stream.checkpoint)
-    worker = WorkerProcess(settings, tmp_path, "killed")
-    await worker.wait_healthy()
-    producing = asyncio.create_task(produce_slowly(stream, settings))
+    settings, worker, producing = await start_run(stream, r, tmp_path, "kill", "killed")
     try:
         await midway(settings, stream, producing)
         helpers = worker.children()
@@ -265,11 +273,7 @@ async def test_one_of_two_workers_killed_the_survivor_takes_over_exactly(
 
 async def test_sigterm_commits_what_was_processed_and_leaves_no_half_written_customer(
         stream: Stream, r: aioredis.Redis, tmp_path: Path) -> None:
-    settings = await run_settings(stream, "term")
-    await install_model(r, settings, stream.checkpoint)
-    worker = WorkerProcess(settings, tmp_path, "terminated")
-    await worker.wait_healthy()
-    producing = asyncio.create_task(produce_slowly(stream, settings))
+    settings, worker, producing = await start_run(stream, r, tmp_path, "term", "terminated")
     try:
         await midway(settings, stream, producing)
         worker.proc.send_signal(signal.SIGTERM)
