@@ -40,7 +40,9 @@ from models.model import BaseModel
 from models.profiles import customer_explanation
 from models.records import Assignment
 from models.rescoring import moves
+from models.rfm import Quintiles, bucket_key, format_key
 from models.state import CustomerState
+from models.traits import encode, traits
 
 __all__ = ["Assigner"]
 
@@ -61,6 +63,7 @@ class Assigner:
         self.half_life_ms = half_life_ms
         self.drift = DriftMonitor()
         self.sweep: list[str] = []  # customers left to re-score in this pass
+        self.rfm = Quintiles()  # of the buyers of every worker, set by the caller
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -136,10 +139,12 @@ class Assigner:
                     z[i].tolist(), centres[model.ids.index(st.segment)].tolist(),
                     model.names.get(st.segment, "")) for i, st in enumerate(known)}
 
-    @staticmethod
-    def assignment(model: BaseModel, st: CustomerState, reason: str,
+    def assignment(self, model: BaseModel, st: CustomerState, reason: str,
                    explanation: str) -> Assignment:
-        """What the writer stores for ``st`` (its segment named by ``model``)."""
+        """What the writer stores for ``st`` (its segment named by ``model``), with its
+        live traits and RFM segment."""
+        key = bucket_key(st.last_purchase_ts, st.orders_total, st.spend_total) \
+            if st.orders_total else None
         return Assignment(
             customer_id=st.customer_id,
             segment=st.segment,
@@ -153,4 +158,7 @@ class Assigner:
             partition=st.partition,
             offset=st.offset,
             state=st.to_bytes(),
+            traits=encode(traits(st, self.half_life_ms)),
+            rfm_key=format_key(key) if key else "",
+            rfm=self.rfm.name(key),
         )

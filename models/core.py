@@ -313,5 +313,6 @@ class Segmenter:
         explained = self.assigner.explain(model, [st for st in states
                                                   if st.customer_id in renamed])
         renamed.clear()
-        return [Assigner.assignment(model, st, "event", explained.get(st.customer_id, ""))
+        return [self.assigner.assignment(model, st, "event",
+                                         explained.get(st.customer_id, ""))
                 for st in states]

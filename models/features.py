@@ -129,6 +129,8 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
         return outcome
     c = state.counters
     t = event.ts_ms
+    state.events_total += 1
+    newest = t >= state.last_ts  # the last device and channel are those of the newest event
     if state.first_ts == 0 or t < state.first_ts:
         state.first_ts = t
     if t >= state.last_ts:
@@ -150,6 +152,8 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
         state.income = tr.income if tr.income is not None else state.income
         state.household = tr.household_size if tr.household_size is not None else state.household
         state.gender = tr.gender if tr.gender is not None else state.gender
+        if tr.interests and newest:
+            state.interests = list(tr.interests)
     idx = _TYPE_COUNTER.get(event.type)
     if idx is not None:
         c[idx] += w
@@ -162,10 +166,14 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
     if event.local_hour >= 18:
         c[EVENING] += w
     if event.device is not None:
+        if newest:
+            state.device = event.device
         c[DEVICE_SEEN] += w
         if event.device == "mobile":
             c[MOBILE] += w
     if event.channel is not None:
+        if newest:
+            state.channel = event.channel
         c[CHANNEL_SEEN] += w
         if event.channel in ("paid", "social"):
             c[PAID_SOCIAL] += w

@@ -44,9 +44,10 @@ import orjson
 __all__ = ["N_COUNTERS", "STATE_SCHEMA", "CustomerState", "late_detail"]
 
 N_COUNTERS = 16
-STATE_SCHEMA = 3
+STATE_SCHEMA = 4
 """Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers;
-3: with event times of the seen ids and the lateness floor)."""
+3: with event times of the seen ids and the lateness floor; 4: with the lifetime event count,
+the last device and channel and the declared interests, for live traits)."""
 _COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
 _BIG_ENDIAN = sys.byteorder == "big"  # packed numbers are little-endian everywhere
 _ID = struct.Struct("=Q")  # one seen id as CustomerState.seen_ids holds it in memory
@@ -61,6 +62,7 @@ class CustomerState:
         "customer_id", "partition", "offset", "first_ts", "last_ts", "last_purchase_ts",
         "counters", "orders_total", "spend_total", "categories", "country", "region",
         "age", "income", "household", "gender", "seen_ids", "seen_ms", "floor_ms",
+        "events_total", "device", "channel", "interests",
         # current assignment, held in memory only (Redis holds it in the customer hash)
         "segment", "confidence", "model_version", "last_event_id",
     )
@@ -85,6 +87,10 @@ class CustomerState:
         self.seen_ids = array("Q")  # 64-bit hashes of applied event ids at or above the floor
         self.seen_ms = array("q")  # their event times, epoch ms (same order)
         self.floor_ms = 0  # events before this time are late (see the module docstring)
+        self.events_total = 0  # lifetime count of applied events (exact: once per event id)
+        self.device: str | None = None  # of the newest event (by event time) that gave one
+        self.channel: str | None = None  # likewise
+        self.interests: list[str] = []  # declared on the newest identify that gave them
         self.segment = ""
         self.confidence = 0.0
         self.model_version = 0
@@ -165,7 +171,8 @@ class CustomerState:
             STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
             self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
             self.country, self.region, self.age, self.income, self.household, self.gender,
-            self.floor_ms, base if narrow else None,
+            self.floor_ms, base if narrow else None, self.events_total, self.device,
+            self.channel, self.interests or None,
         ])
         ids = self.seen_ids
         packed = array("I", [t - base for t in times]) if narrow else array("q", times)
@@ -191,7 +198,7 @@ class CustomerState:
             return s
         cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
         head = orjson.loads(blob[:cut]) if cut > 0 else None
-        if not head or head[0] not in (2, STATE_SCHEMA):
+        if not head or head[0] not in (2, 3, STATE_SCHEMA):
             raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
         (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.orders_total,
          s.spend_total, s.categories, s.country, s.region, s.age, s.income, s.household,
@@ -205,6 +212,9 @@ class CustomerState:
                 s.seen_ids.byteswap()
         else:
             s.floor_ms, base = head[15], head[16]
+            if head[0] >= 4:  # schema 3 knew no lifetime event count: it starts at 0
+                s.events_total, s.device, s.channel = head[17:20]
+                s.interests = head[20] or []
             n = (len(blob) - start) // (12 if base is not None else 16)
             s.seen_ids.frombytes(blob[start:start + 8 * n])
             times = array("I" if base is not None else "q", blob[start + 8 * n:])

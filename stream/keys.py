@@ -53,6 +53,11 @@ class Keys:
         return f"{self.prefix}sizes"
 
     @property
+    def rfm(self) -> str:
+        """Hash of the population of buyers: RFM bucket -> buyers (see ``stream.rfm_io``)."""
+        return f"{self.prefix}rfm"
+
+    @property
     def changes(self) -> str:
         """Stream (and Pub/Sub channel) of segment changes."""
         return f"{self.prefix}changes"

@@ -30,6 +30,7 @@ from stream.metrics import Metrics
 from stream.modelsync import ModelSync, Snapshot
 from stream.parsing import Validator
 from stream.redis_io import RedisStore
+from stream.rfm_io import RfmRefresher
 from stream.settings import Settings
 from stream.updates import ModelUpdates
 from stream.warm import Warmer
@@ -65,6 +66,7 @@ class EventPipeline:
         self.settings, self.store, self.metrics, self.health = settings, store, metrics, health
         self.core = Segmenter(settings.segmenter_config())
         self.sync = ModelSync(store, metrics, settings.segmenter_config().refresh_sample)
+        self.rfm = RfmRefresher(store.r, store.keys)
         self.updates = ModelUpdates(settings.learn_process)
         self.validator = Validator(settings.parse_process, settings.max_future_s)
         self.lock = asyncio.Lock()  # one of: a batch, a commit, a model sync, a rebalance
@@ -241,6 +243,7 @@ class EventPipeline:
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
+            await self.rfm.tick(self.core)  # a Redis error: retried at the next tick
 
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \

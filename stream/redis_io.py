@@ -25,13 +25,15 @@ from models.core import Assignment
 from models.features import CustomerState
 from stream.errors import RetriableError
 from stream.keys import Keys, load_profile
+from stream.rfm_io import FORGET_LUA, TRAITS_LUA
 
-_UPSERT = """
+_UPSERT = TRAITS_LUA + """
 local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
 if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[3])
+put_traits(KEYS[2], KEYS[5], ARGV[14], ARGV[15], ARGV[16])
 if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
@@ -48,7 +50,8 @@ redis.call('PUBLISH', KEYS[4], msg)
 return {1, msg}
 """
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
-_ERASE = """
+_ERASE = FORGET_LUA + """
+forget_rfm(KEYS[2], KEYS[5])
 local old = redis.call('HGET', KEYS[2], 'segment')
 local existed = redis.call('DEL', KEYS[1], KEYS[2])
 if not old then return {existed, ''} end
@@ -63,12 +66,13 @@ return {existed, msg}
 
 # The interval flush of customers whose segment did not change: state, confidence, version,
 # and the segment's current name (a renamed segment reaches its customers' hashes).
-_REFRESH = """
+_REFRESH = TRAITS_LUA + """
 local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
 if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[3])
+put_traits(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[12])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
              'updated_at', ARGV[7], 'segment_name', ARGV[8])
@@ -214,17 +218,19 @@ class RedisStore:
         k = self.keys
         try:
             if refresh:
-                results = await self._pipelined(self._refresh, 2, [
-                    (k.state(a.customer_id), k.customer(a.customer_id), a.partition, a.offset,
-                     b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
-                     a.confidence, a.model_version, now_ms, a.segment_name, a.explanation)
+                results = await self._pipelined(self._refresh, 3, [
+                    (k.state(a.customer_id), k.customer(a.customer_id), k.rfm, a.partition,
+                     a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
+                     a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
+                     a.traits, a.rfm_key, a.rfm)
                     for a in assignments])
                 return [], sum(1 for r in results if r == -1)
-            results = await self._pipelined(self._upsert, 4, [
-                (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes,
+            results = await self._pipelined(self._upsert, 5, [
+                (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
                  a.partition, a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
-                 a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation)
+                 a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
+                 a.traits, a.rfm_key, a.rfm)
                 for a in assignments])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
@@ -238,8 +244,8 @@ class RedisStore:
             return 0
         k = self.keys
         try:
-            results = await self._pipelined(self._erase, 4, [
-                (k.state(cid), k.customer(cid), k.sizes, k.changes,
+            results = await self._pipelined(self._erase, 5, [
+                (k.state(cid), k.customer(cid), k.sizes, k.changes, k.rfm,
                  cid, now_ms, self.maxlen, model_version) for cid in ids])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc

@@ -59,6 +59,9 @@ class Settings:
     """Origins allowed to call the HTTP API from a browser, comma-separated (``*``: any)."""
     api_token: str = ""
     """Bearer token for admin routes (``DELETE /customers/...``); empty disables them."""
+    read_token: str = ""
+    """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``: traits,
+    RFM, audiences); ``SEGMENTER_API_TOKEN`` is accepted too. Empty: only the API token."""
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout. Short, so a group forms fast on the embedded broker."""
     algorithm: str = "kmeans"

@@ -15,6 +15,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.core import CONTROL_HEADER
 from models.events import InvalidEvent, latest_allowed_ms, parse_event
+from models.features import DAY_MS
+from models.rfm import parse_key
+from models.traits import for_api
 
 if TYPE_CHECKING:
     import faust
@@ -22,6 +25,36 @@ if TYPE_CHECKING:
     from stream.runtime import Runtime
 
 MAX_BATCH_IDS = 100
+PRIVATE_FIELDS = ("traits", "rfm_k")
+"""Customer hash fields only ``GET /customers/<id>`` gives (personal data, internals)."""
+
+
+def segment_fields(doc: dict[str, str] | None) -> dict[str, Any] | None:
+    """What the segment lookups give of a customer hash: None before the customer has a
+    segment (the hash may already hold their traits), private fields left out.
+
+    >>> segment_fields({"traits": "{}"}) is None
+    True
+    >>> segment_fields({"segment": "s1", "traits": "{}", "rfm": "Champions"})
+    {'segment': 's1', 'rfm': 'Champions'}
+    """
+    if not doc or "segment" not in doc:
+        return None
+    return typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})
+
+
+def token_matches(given: str, tokens: str) -> bool:
+    """``given`` (an ``Authorization`` header) is ``Bearer <t>`` for one of the
+    comma-separated ``tokens``; compared in constant time.
+
+    >>> token_matches("Bearer b", "a, b"), token_matches("Bearer ", ""), token_matches("", "a")
+    (True, False, False)
+    """
+    ok = False
+    for token in (t.strip() for t in tokens.split(",")):
+        if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            ok = True
+    return ok
 
 
 def typed(doc: dict[str, str]) -> dict[str, Any]:
@@ -51,14 +84,14 @@ def register(app: faust.App, rt: Runtime) -> None:
     @app.page("/customers/{customer_id:.+}/segment")
     class CustomerSegment(View):
         async def get(self, request: Request, customer_id: str) -> Response:
-            doc = await rt.store.customer(customer_id)
+            doc = segment_fields(await rt.store.customer(customer_id))
             if doc is None:
                 body = {"error": "unknown customer", "customer_id": customer_id}
                 waiting = rt.status().waiting
                 if waiting:  # known or not, nobody has a segment before the first model
                     body["model"] = waiting
                 return self.json(body, status=404)
-            return self.json({"customer_id": customer_id, **typed(doc)})
+            return self.json({"customer_id": customer_id, **doc})
 
     @app.page("/customers/segments")
     class CustomerSegments(View):
@@ -72,7 +105,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                                            "string of 1 to 128 characters"}, status=400)
             docs = await rt.store.customers(ids)
             return self.json({"customers": {
-                cid: (typed(d) if d else None) for cid, d in zip(ids, docs, strict=True)}})
+                cid: segment_fields(d) for cid, d in zip(ids, docs, strict=True)}})
 
         async def get(self, request: Request) -> Response:
             query: Any = request.query  # a MultiDict: repeated ?id= parameters
@@ -88,6 +121,26 @@ def register(app: faust.App, rt: Runtime) -> None:
 
     @app.page("/customers/{customer_id:.+}")
     class Customer(View):
+        async def get(self, request: Request, customer_id: str) -> Response:
+            """Segment fields, live traits, RFM scores and audiences (contract §4)."""
+            if not token_matches(request.headers.get("Authorization", ""),
+                                 f"{settings.read_token},{settings.api_token}"):
+                return self.json({"error": "missing or wrong bearer token (SEGMENTER_READ_"
+                                           "TOKEN or SEGMENTER_API_TOKEN)"}, status=401,
+                                 headers={"WWW-Authenticate": "Bearer"})
+            doc = await rt.store.customer(customer_id)
+            if doc is None:
+                return self.json({"error": "unknown customer", "customer_id": customer_id},
+                                 status=404)
+            stored = orjson.loads(doc.get("traits") or "{}")
+            body = {"customer_id": customer_id,
+                    **typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})}
+            body["traits"] = for_api(stored, settings.half_life_days * DAY_MS,
+                                     rt.pipeline.core.watermark)
+            body["rfm"] = rt.pipeline.rfm.quintiles.of(parse_key(doc.get("rfm_k", "")))
+            body["audiences"] = orjson.loads(doc.get("audiences") or "[]")
+            return self.json(body)
+
         async def delete(self, request: Request, customer_id: str) -> Response:
             if not settings.api_token:
                 return self.json({"error": "erasure is disabled: set SEGMENTER_API_TOKEN"},

@@ -1,0 +1,100 @@
+"""Live traits of a customer (contract §2.1): what a website and ``GET /customers/<id>`` read.
+
+Traits are computed from the :class:`~models.state.CustomerState` alone, so they are exactly
+as reproducible as the state: the same events, in any batching, after redeliveries and
+crashes, give the same state (re-sends are refused by event id, redeliveries by offset) and
+so the same traits.
+
+The worker stores them, as of the customer's last event, in the field ``traits`` of the
+customer hash (``seg:customer:{<id>}``), as compact JSON (:func:`encode`) next to the segment
+fields: a website reads segment, traits and RFM segment with one ``HGETALL``. Fields without
+a value are left out there to save memory; :func:`for_api` gives the full shape with nulls,
+and the decayed ``activity`` as of a later event time.
+
+Examples
+--------
+>>> from models.events import Event
+>>> from models.features import update
+>>> day = 86_400_000
+>>> s = CustomerState("c1")
+>>> _ = update(s, Event("e1", "c1", "page_view", 10 * day, 9, category="shoes",
+...                     device="mobile", channel="email", country="DE"), 30 * day)
+>>> _ = update(s, Event("e2", "c1", "purchase", 12 * day, 9, amount=40.0), 30 * day)
+>>> t = traits(s, 30 * day)
+>>> t["orders"], t["revenue"], t["events"], t["last_purchase"] == 12 * day, t["categories"]
+(1, 40.0, 2, True, ['shoes'])
+>>> api = for_api(orjson.loads(encode(t)), 30 * day, 42 * day)
+>>> api["activity"], api["age"], api["device"]  # a half-life later: halved
+(0.98, None, 'mobile')
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from models.features import EVENTS
+from models.state import CustomerState
+
+__all__ = ["TRAIT_NAMES", "encode", "for_api", "traits"]
+
+FAVOURITES = 3
+"""Favourite categories kept in the traits (the state weighs up to 8)."""
+TRAIT_NAMES = (
+    "orders", "revenue", "events", "first_seen", "last_seen", "last_purchase", "activity",
+    "categories", "device", "channel", "country", "region", "age", "gender", "income",
+    "household_size", "interests",
+)
+"""Every trait, in the order ``GET /customers/<id>`` gives them."""
+
+
+def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
+    """The customer's traits as of their last event; unknown ones are left out.
+
+    ``orders``, ``revenue`` and ``events`` are lifetime totals of applied events;
+    ``first_seen``, ``last_seen`` and ``last_purchase`` event times (epoch ms);
+    ``activity`` the decayed count of events (halved every ``half_life_ms`` of event time)
+    as of ``last_seen``; ``categories`` the favourite ones, most weight first (decayed).
+    """
+    out: dict[str, Any] = {
+        "orders": state.orders_total,
+        "revenue": round(state.spend_total, 2),
+        "events": state.events_total,
+        "first_seen": state.first_ts,
+        "last_seen": state.last_ts,
+        "activity": round(state.counters[EVENTS], 2),
+    }
+    if state.last_purchase_ts:
+        out["last_purchase"] = state.last_purchase_ts
+    cats = state.categories
+    if cats:
+        # ties broken by name: the order must not depend on the order categories came in
+        out["categories"] = sorted(cats, key=lambda k: (-cats[k], k))[:FAVOURITES]
+    for name, value in (("device", state.device), ("channel", state.channel),
+                        ("country", state.country), ("region", state.region),
+                        ("age", state.age), ("gender", state.gender),
+                        ("income", state.income), ("household_size", state.household)):
+        if value is not None:
+            out[name] = value
+    if state.interests:
+        out["interests"] = state.interests
+    return out
+
+
+def encode(t: dict[str, Any]) -> bytes:
+    """The ``traits`` field of the customer hash."""
+    return orjson.dumps(t)
+
+
+def for_api(stored: dict[str, Any], half_life_ms: float, now_ms: int = 0) -> dict[str, Any]:
+    """Traits as ``GET /customers/<id>`` gives them: every name of :data:`TRAIT_NAMES`
+    (null when unknown, ``[]`` for lists), ``activity`` decayed to ``now_ms`` (the stream's
+    latest event time) when that is later than ``last_seen``."""
+    out: dict[str, Any] = {name: stored.get(name) for name in TRAIT_NAMES}
+    for name in ("categories", "interests"):
+        out[name] = out[name] or []
+    last = out["last_seen"] or 0
+    if out["activity"] is not None and now_ms > last:
+        out["activity"] = round(out["activity"] * 2.0 ** (-(now_ms - last) / half_life_ms), 2)
+    return out
