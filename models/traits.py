@@ -25,7 +25,7 @@ Examples
 (1, 40.0, 2, True, ['shoes'])
 >>> api = for_api(orjson.loads(encode(t)), 30 * day, 42 * day)
 >>> api["activity"], api["age"], api["device"]  # a half-life later: halved
-(0.98, None, 'mobile')
+(0.97, None, 'mobile')
 """
 
 from __future__ import annotations
