@@ -21,8 +21,11 @@ T0 = 1767225600000 + 7 * 86_400_000  # after the seeded shoppers' six days
 NAMES = {n for row in GRID.values() for n in row}
 
 
-def _events(cid: str) -> list[tuple[bytes, bytes]]:
-    def ev(n: int, etype: str, **extra: object) -> tuple[bytes, bytes]:
+Message = tuple[bytes | None, bytes | None]
+
+
+def _events(cid: str) -> list[Message]:
+    def ev(n: int, etype: str, **extra: object) -> Message:
         return cid.encode(), orjson.dumps({"event_id": f"{cid}-{n}", "customer_id": cid,
                                            "type": etype, "timestamp": T0 + n * 60_000,
                                            **extra})
@@ -39,8 +42,12 @@ def _events(cid: str) -> list[tuple[bytes, bytes]]:
     ]
 
 
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
 async def _population(r: aioredis.Redis, prefix: str) -> dict[str, int]:
-    return {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}rfm")).items()}
+    return {_text(k): int(v) for k, v in (await r.hgetall(f"{prefix}rfm")).items()}
 
 
 async def _buyers_with_key(r: aioredis.Redis, prefix: str) -> int:
@@ -82,7 +89,7 @@ async def test_traits_rfm_and_the_population_of_buyers(
         assert admin[0] == 200 and admin[2]["traits"] == t
 
         # what a website reads in one round trip: HGETALL of the customer hash
-        h = {k.decode(): v.decode() for k, v in
+        h = {_text(k): _text(v) for k, v in
              (await r.hgetall(f"{prefix}customer:{{{cid}}}")).items()}
         assert orjson.loads(h["traits"])["orders"] == 3 and h["segment"] == body["segment"]
         await wait_for(lambda: _rfm_field_is(r, prefix, cid, rfm["segment"]), 30,
