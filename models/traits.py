@@ -5,11 +5,12 @@ as reproducible as the state: the same events, in any batching, after redeliveri
 crashes, give the same state (re-sends are refused by event id, redeliveries by offset) and
 so the same traits.
 
-The worker stores them, as of the customer's last event, in the field ``traits`` of the
-customer hash (``seg:customer:{<id>}``), as compact JSON (:func:`encode`) next to the segment
-fields: a website reads segment, traits and RFM segment with one ``HGETALL``. Fields without
-a value are left out there to save memory; :func:`for_api` gives the full shape with nulls,
-and the decayed ``activity`` as of a later event time.
+The worker stores them, as of the customer's last event, as fields of the customer hash
+(``seg:customer:{<id>}``), one per trait, named as in :data:`TRAIT_NAMES` (:func:`encode`),
+next to the segment fields: a website reads segment, traits and RFM segment with one
+``HGETALL`` (or ``HMGET`` of the fields it needs). Traits without a value are left out there
+to save memory; :func:`for_api` gives the full shape with nulls, and the decayed ``activity``
+as of a later event time.
 
 Examples
 --------
@@ -23,7 +24,7 @@ Examples
 >>> t = traits(s, 30 * day)
 >>> t["orders"], t["revenue"], t["events"], t["last_purchase"] == 12 * day, t["categories"]
 (1, 40.0, 2, True, ['shoes'])
->>> api = for_api(orjson.loads(encode(t)), 30 * day, 42 * day)
+>>> api = for_api(decode(encode(t)), 30 * day, 42 * day)
 >>> api["activity"], api["age"], api["device"]  # a half-life later: halved
 (0.97, None, 'mobile')
 """
@@ -37,7 +38,7 @@ import orjson
 from models.features import EVENTS
 from models.state import CustomerState
 
-__all__ = ["TRAIT_NAMES", "encode", "for_api", "traits"]
+__all__ = ["TRAIT_NAMES", "decode", "encode", "for_api", "from_fields", "traits"]
 
 FAVOURITES = 3
 """Favourite categories kept in the traits (the state weighs up to 8)."""
@@ -46,7 +47,17 @@ TRAIT_NAMES = (
     "categories", "device", "channel", "country", "region", "age", "gender", "income",
     "household_size", "interests",
 )
-"""Every trait, in the order ``GET /customers/<id>`` gives them."""
+"""Every trait, in the order ``GET /customers/<id>`` gives them; also their field names in
+the customer hash."""
+_KINDS: dict[str, type] = {
+    "orders": int, "events": int, "first_seen": int, "last_seen": int, "last_purchase": int,
+    "revenue": float, "activity": float, "age": float, "income": float,
+    "household_size": float, "categories": list, "interests": list,
+}
+MAX_VALUE = 64
+"""Most bytes of one trait's value in the customer hash (Redis' ``hash-max-listpack-value``
+default: longer values cost the compact encoding)."""
+_SEP = b"\x1f"
 
 
 def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
@@ -83,8 +94,56 @@ def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
 
 
 def encode(t: dict[str, Any]) -> bytes:
-    """The ``traits`` field of the customer hash."""
-    return orjson.dumps(t)
+    """The traits as customer hash fields: ``name``, ``value``, ... joined by the unit
+    separator (``\\x1f``), for the write script to ``HSET``.
+
+    One field per trait, each value at most :data:`MAX_VALUE` bytes, keeps the hash in Redis'
+    compact listpack encoding (one JSON value longer than 64 bytes would turn the whole hash
+    into a hash table: 4x the memory). Numbers as decimal text, lists as JSON; a string is
+    cut to :data:`MAX_VALUE` bytes, a list loses its last items until it fits.
+
+    >>> encode({"orders": 2, "revenue": 30.5, "categories": ["a", "b"], "country": "DE"})
+    b'orders\\x1f2\\x1frevenue\\x1f30.5\\x1fcategories\\x1f["a","b"]\\x1fcountry\\x1fDE'
+    >>> decode(encode({"orders": 2, "revenue": 30.5, "categories": ["a", "b"]}))
+    {'orders': 2, 'revenue': 30.5, 'categories': ['a', 'b']}
+    """
+    parts: list[bytes] = []
+    for name, value in t.items():
+        if isinstance(value, list):
+            items = list(value)
+            raw = orjson.dumps(items)
+            while len(raw) > MAX_VALUE and items:
+                items.pop()
+                raw = orjson.dumps(items)
+        elif isinstance(value, str):
+            raw = value.encode()[:MAX_VALUE].decode("utf-8", "ignore").encode()
+        else:
+            raw = str(value).encode()
+        raw = raw.replace(_SEP, b" ")
+        if raw and raw != b"[]":
+            parts += [name.encode(), raw]
+    return _SEP.join(parts)
+
+
+def from_fields(doc: dict[str, str]) -> dict[str, Any]:
+    """The traits among the fields of a customer hash, typed (those present)."""
+    out: dict[str, Any] = {}
+    for name in TRAIT_NAMES:
+        raw = doc.get(name)
+        if raw is None:
+            continue
+        kind = _KINDS.get(name, str)
+        try:
+            out[name] = orjson.loads(raw) if kind is list else kind(raw)
+        except ValueError:
+            out[name] = raw  # written by hand: given as it is
+    return out
+
+
+def decode(blob: bytes) -> dict[str, Any]:
+    """Inverse of :func:`encode` (what the hash holds, typed)."""
+    parts = blob.decode().split("\x1f") if blob else []
+    return from_fields(dict(zip(parts[::2], parts[1::2], strict=True)))
 
 
 def for_api(stored: dict[str, Any], half_life_ms: float, now_ms: int = 0) -> dict[str, Any]:

@@ -4,7 +4,8 @@ The customer hash ``seg:customer:{<id>}`` gets three fields, written by the same
 fenced script that writes the customer's state (:data:`TRAITS_LUA`, used by
 :mod:`stream.redis_io`), so they are exactly as current as the state:
 
-- ``traits``: the live traits as compact JSON (:func:`models.traits.encode`);
+- one field per live trait (``orders``, ``revenue``, ``events``, ``first_seen``, ...:
+  :data:`models.traits.TRAIT_NAMES`, written by :func:`models.traits.encode`);
 - ``rfm``: the RFM segment name (empty without a purchase);
 - ``rfm_k``: the customer's RFM bucket key (:func:`models.rfm.format_key`).
 
@@ -44,11 +45,12 @@ local function put_traits(h, pop, tr, k, name)
     end
     for part in string.gmatch(k, '[^,]+') do redis.call('HINCRBY', pop, part, 1) end
   end
-  if k == '' then
-    redis.call('HSET', h, 'traits', tr)
-  else
-    redis.call('HSET', h, 'traits', tr, 'rfm_k', k, 'rfm', name)
+  local args = {}
+  for part in string.gmatch(tr, '[^\\31]+') do args[#args + 1] = part end
+  if k ~= '' then
+    args[#args + 1], args[#args + 2], args[#args + 3], args[#args + 4] = 'rfm_k', k, 'rfm', name
   end
+  redis.call('HSET', h, unpack(args))
 end
 """
 # Erasure: take the customer out of the population before the hash goes.

@@ -17,7 +17,7 @@ from models.core import CONTROL_HEADER
 from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
 from models.rfm import parse_key
-from models.traits import for_api
+from models.traits import TRAIT_NAMES, for_api, from_fields
 
 if TYPE_CHECKING:
     import faust
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from stream.runtime import Runtime
 
 MAX_BATCH_IDS = 100
-PRIVATE_FIELDS = ("traits", "rfm_k")
+PRIVATE_FIELDS = frozenset((*TRAIT_NAMES, "rfm_k"))
 """Customer hash fields only ``GET /customers/<id>`` gives (personal data, internals)."""
 
 
@@ -33,9 +33,9 @@ def segment_fields(doc: dict[str, str] | None) -> dict[str, Any] | None:
     """What the segment lookups give of a customer hash: None before the customer has a
     segment (the hash may already hold their traits), private fields left out.
 
-    >>> segment_fields({"traits": "{}"}) is None
+    >>> segment_fields({"orders": "1"}) is None
     True
-    >>> segment_fields({"segment": "s1", "traits": "{}", "rfm": "Champions"})
+    >>> segment_fields({"segment": "s1", "orders": "1", "rfm": "Champions"})
     {'segment': 's1', 'rfm': 'Champions'}
     """
     if not doc or "segment" not in doc:
@@ -132,7 +132,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             if doc is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id},
                                  status=404)
-            stored = orjson.loads(doc.get("traits") or "{}")
+            stored = from_fields(doc)
             body = {"customer_id": customer_id,
                     **typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})}
             body["traits"] = for_api(stored, settings.half_life_days * DAY_MS,

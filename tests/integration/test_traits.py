@@ -91,12 +91,14 @@ async def test_traits_rfm_and_the_population_of_buyers(
         # what a website reads in one round trip: HGETALL of the customer hash
         h = {_text(k): _text(v) for k, v in
              (await r.hgetall(f"{prefix}customer:{{{cid}}}")).items()}
-        assert orjson.loads(h["traits"])["orders"] == 3 and h["segment"] == body["segment"]
+        assert (h["orders"], h["revenue"], h["last_purchase"], h["device"]) == (
+            "3", "150.75", str(T0 + 5 * 60_000), "mobile")
+        assert h["segment"] == body["segment"] and "traits" not in h
         await wait_for(lambda: _rfm_field_is(r, prefix, cid, rfm["segment"]), 30,
                        "the hash's rfm name to match the API's")
         # the lookup a browser may make does not give personal data
         seg = request(worker, "GET", f"{path}/segment")[2]
-        assert "traits" not in seg and "rfm_k" not in seg and seg["rfm"] in NAMES
+        assert not {"orders", "age", "rfm_k"} & set(seg) and seg["rfm"] in NAMES
 
         # the population holds every buyer once
         pop = await _population(r, prefix)

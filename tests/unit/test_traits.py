@@ -17,7 +17,7 @@ from models.core import Record, Segmenter
 from models.records import Assignment
 from models.simulator import ShopSimulator
 from models.state import CustomerState
-from models.traits import TRAIT_NAMES, for_api
+from models.traits import TRAIT_NAMES, decode, for_api
 
 PARTITIONS = 3
 
@@ -52,7 +52,7 @@ class Stored:
                 for c in ids if c in self.writes}
 
     def traits(self) -> dict[str, dict[str, Any]]:
-        return {c: orjson.loads(a.traits) for c, a in self.writes.items()}
+        return {c: decode(a.traits) for c, a in self.writes.items()}
 
 
 def _run(records: list[Record], batch: int, stored: Stored,
