@@ -157,7 +157,7 @@ class Assigner:
             explanation=explanation,
             partition=st.partition,
             offset=st.offset,
-            state=st.to_bytes(),
+            state=st.to_bytes(lean=True),  # the traits beside it hold the rest
             traits=encode(traits(st, self.half_life_ms)),
             rfm_key=format_key(key) if key else "",
             rfm=self.rfm.name(key),

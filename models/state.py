@@ -38,6 +38,8 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
+from collections.abc import Mapping
+from typing import Any
 
 import orjson
 
@@ -48,6 +50,19 @@ STATE_SCHEMA = 4
 """Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers;
 3: with event times of the seen ids and the lateness floor; 4: with the lifetime event count,
 the last device and channel and the declared interests, for live traits)."""
+LEAN_SCHEMA = 5
+"""Version of ``to_bytes(lean=True)``: schema 4 without what the customer hash holds as
+live traits (read back from there: ``from_bytes(..., traits)``), so Redis keeps it once."""
+TRAIT_FIELDS: tuple[tuple[str, str, Any], ...] = (
+    ("first_seen", "first_ts", 0), ("last_seen", "last_ts", 0),
+    ("last_purchase", "last_purchase_ts", 0), ("orders", "orders_total", 0),
+    ("events", "events_total", 0), ("country", "country", None), ("region", "region", None),
+    ("age", "age", None), ("income", "income", None), ("household_size", "household", None),
+    ("gender", "gender", None), ("device", "device", None), ("channel", "channel", None),
+    ("interests", "interests", []),
+)
+"""Trait name in the customer hash, attribute, value when absent: what a lean state leaves
+to the hash (``models.traits`` writes them exactly: integers, floats in full, strings)."""
 _COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
 _BIG_ENDIAN = sys.byteorder == "big"  # packed numbers are little-endian everywhere
 _ID = struct.Struct("=Q")  # one seen id as CustomerState.seen_ids holds it in memory
@@ -148,10 +163,11 @@ class CustomerState:
         self.seen_ids = array("Q", [self.seen_ids[i] for i in keep])
         self.seen_ms = array("q", [self.seen_ms[i] for i in keep])
 
-    def to_bytes(self) -> bytes:
+    def to_bytes(self, lean: bool = False) -> bytes:
         """Serialize compactly for Redis: a positional JSON head, a NUL, then the counters
         (float64), the seen ids (uint64) and their times (uint32 ms after the oldest, or
         int64 ms), packed little-endian. About half the size of all-JSON, and exact.
+        ``lean``: without the fields of :data:`TRAIT_FIELDS` (stored beside it as traits).
 
         >>> s = CustomerState("c1")
         >>> s.counters[0], s.seen_ids, s.seen_ms = 2.5, array("Q", [2**64 - 1]), array("q", [9])
@@ -168,6 +184,9 @@ class CustomerState:
         # less than ~49 days, as they do with any sensible allowed lateness; else int64
         narrow = not times or max(times) - base < 1 << 32
         head = orjson.dumps([
+            LEAN_SCHEMA, self.partition, self.offset, self.spend_total, self.categories,
+            self.floor_ms, base if narrow else None,
+        ]) if lean else orjson.dumps([
             STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
             self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
             self.country, self.region, self.age, self.income, self.household, self.gender,
@@ -184,9 +203,19 @@ class CustomerState:
                                   packed.tobytes())
 
     @classmethod
-    def from_bytes(cls, customer_id: str, blob: bytes) -> CustomerState:
-        """Inverse of :meth:`to_bytes`; also reads schemas 1 and 2 (whose ids carry no
-        times: they are taken as of the customer's newest event)."""
+    def from_bytes(cls, customer_id: str, blob: bytes,
+                   traits: Mapping[str, Any] | None = None) -> CustomerState:
+        """Inverse of :meth:`to_bytes`; ``traits``: those stored beside a lean state (typed,
+        by their trait names). Also reads schemas 1 and 2 (whose ids carry no times: they
+        are taken as of the customer's newest event).
+
+        >>> s = CustomerState("c1")
+        >>> s.last_ts, s.orders_total, s.spend_total, s.device = 9, 2, 1.5, "tv"
+        >>> t = CustomerState.from_bytes("c1", s.to_bytes(lean=True),
+        ...                              {"last_seen": 9, "orders": 2, "device": "tv"})
+        >>> t.to_bytes() == s.to_bytes(), len(s.to_bytes(lean=True)) < len(s.to_bytes())
+        (True, True)
+        """
         s = cls(customer_id)
         if blob[:3] == b"[1,":
             data = orjson.loads(blob)
@@ -198,11 +227,19 @@ class CustomerState:
             return s
         cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
         head = orjson.loads(blob[:cut]) if cut > 0 else None
-        if not head or head[0] not in (2, 3, STATE_SCHEMA):
+        if not head or head[0] not in (2, 3, STATE_SCHEMA, LEAN_SCHEMA):
             raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
-        (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.orders_total,
-         s.spend_total, s.categories, s.country, s.region, s.age, s.income, s.household,
-         s.gender) = head[1:15]
+        if head[0] == LEAN_SCHEMA:
+            _, s.partition, s.offset, s.spend_total, s.categories, floor, base = head
+            known = traits or {}
+            for name, attr, absent in TRAIT_FIELDS:
+                value = known.get(name, absent)
+                setattr(s, attr, list(value) if isinstance(value, list) else value)
+            head = [LEAN_SCHEMA] + [None] * 14 + [floor, base]  # the packed part as schema 4
+        else:
+            (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts,
+             s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age,
+             s.income, s.household, s.gender) = head[1:15]
         start = cut + 1 + _COUNTERS.size
         s.counters = list(_COUNTERS.unpack_from(blob, cut + 1))
         if head[0] == 2:
@@ -212,7 +249,7 @@ class CustomerState:
                 s.seen_ids.byteswap()
         else:
             s.floor_ms, base = head[15], head[16]
-            if head[0] >= 4:  # schema 3 knew no lifetime event count: it starts at 0
+            if head[0] == 4:  # schema 3 knew no lifetime event count: it starts at 0
                 s.events_total, s.device, s.channel = head[17:20]
                 s.interests = head[20] or []
             n = (len(blob) - start) // (12 if base is not None else 16)

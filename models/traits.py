@@ -117,8 +117,10 @@ def encode(t: dict[str, Any]) -> bytes:
                 raw = orjson.dumps(items)
         elif isinstance(value, str):
             raw = value.encode()[:MAX_VALUE].decode("utf-8", "ignore").encode()
+        elif isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+            raw = b"%d" % value  # "23", not "23.0": Redis keeps it as a small integer
         else:
-            raw = str(value).encode()
+            raw = str(value).encode()  # floats in full (repr): read back exactly
         raw = raw.replace(_SEP, b" ")
         if raw and raw != b"[]":
             parts += [name.encode(), raw]

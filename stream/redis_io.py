@@ -23,6 +23,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.core import Assignment
 from models.features import CustomerState
+from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError
 from stream.keys import Keys, load_profile
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
@@ -194,12 +195,13 @@ class RedisStore:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, _ in kept:
-                pipe.hmget(self.keys.customer(cid), *_CURRENT)
+                pipe.hmget(self.keys.customer(cid), *_CURRENT, *TRAIT_NAMES)
             hashes = await pipe.execute()
         out = []
-        for (cid, raw), (segment, version, confidence) in zip(kept, hashes, strict=True):
+        for (cid, raw), (segment, version, confidence, *tr) in zip(kept, hashes, strict=True):
             _, _, blob = raw.split(b":", 2)
-            st = CustomerState.from_bytes(cid, blob)
+            st = CustomerState.from_bytes(cid, blob, from_fields(
+                {n: v.decode() for n, v in zip(TRAIT_NAMES, tr, strict=True) if v}))
             if segment:
                 st.segment = segment.decode()
                 st.model_version, st.confidence = int(version), float(confidence)

@@ -48,7 +48,8 @@ class Stored:
             self.writes[a.customer_id] = a
 
     def states(self, ids: set[str]) -> dict[str, CustomerState]:
-        return {c: CustomerState.from_bytes(c, self.writes[c].state)
+        return {c: CustomerState.from_bytes(c, self.writes[c].state,
+                                            decode(self.writes[c].traits))
                 for c in ids if c in self.writes}
 
     def traits(self) -> dict[str, dict[str, Any]]:
