@@ -49,6 +49,8 @@ local function put_traits(h, pop, tr, k, name)
   for part in string.gmatch(tr, '[^\\31]+') do args[#args + 1] = part end
   if k ~= '' then
     args[#args + 1], args[#args + 2], args[#args + 3], args[#args + 4] = 'rfm_k', k, 'rfm', name
+  else  -- the contract's field, empty without a purchase
+    args[#args + 1], args[#args + 2] = 'rfm', ''
   end
   redis.call('HSET', h, unpack(args))
 end
