@@ -40,7 +40,7 @@ from models.model import BaseModel
 from models.profiles import customer_explanation
 from models.records import Assignment
 from models.rescoring import moves
-from models.rfm import Quintiles, bucket_key, format_key
+from models.rfm import Quintiles, bucket_key
 from models.state import CustomerState
 from models.traits import encode, traits
 
@@ -143,7 +143,8 @@ class Assigner:
                    explanation: str) -> Assignment:
         """What the writer stores for ``st`` (its segment named by ``model``), with its
         live traits and RFM segment."""
-        key = bucket_key(st.last_purchase_ts, st.orders_total, st.spend_total) \
+        # revenue as the hash holds it (cents): the write script buckets the same value
+        key = bucket_key(st.last_purchase_ts, st.orders_total, round(st.spend_total, 2)) \
             if st.orders_total else None
         return Assignment(
             customer_id=st.customer_id,
@@ -159,6 +160,5 @@ class Assigner:
             offset=st.offset,
             state=st.to_bytes(lean=True),  # the traits beside it hold the rest
             traits=encode(traits(st, self.half_life_ms)),
-            rfm_key=format_key(key) if key else "",
             rfm=self.rfm.name(key),
         )

@@ -152,8 +152,6 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
         state.income = tr.income if tr.income is not None else state.income
         state.household = tr.household_size if tr.household_size is not None else state.household
         state.gender = tr.gender if tr.gender is not None else state.gender
-        if tr.interests and newest:
-            state.interests = list(tr.interests)
     idx = _TYPE_COUNTER.get(event.type)
     if idx is not None:
         c[idx] += w

@@ -104,8 +104,6 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     """Serialized :class:`CustomerState`."""
     traits: bytes = b""
     """Live traits as of the last event (:func:`models.traits.encode`); empty: not written."""
-    rfm_key: str = ""
-    """RFM bucket key (:func:`models.rfm.format_key`); empty without a purchase."""
     rfm: str = ""
     """RFM segment name when written; empty without a purchase."""
 

@@ -9,8 +9,9 @@ moves them from the old bucket to the new one. Unlike KLL or River's quantile st
 (streams of values, no deletions), this follows a population whose members' values change:
 a customer counted at 3 orders then 4 is counted once, at 4. It is also mergeable (counts
 add up: every worker adds to one shared histogram, ``seg:rfm`` in Redis, in the same atomic
-script that writes the customer) and exact under replays (a customer's bucket key is stored
-with them; a write that does not change it changes no count).
+script that writes the customer) and exact under replays (a customer's buckets are computed
+from the same trait fields before and after a write; a write that does not change them
+changes no count).
 
 Buckets (:func:`bucket_key`):
 
@@ -49,9 +50,10 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["GRID", "HOUR_MS", "Population", "Quintiles", "bucket_key", "exact_scores",
-           "parse_key", "score", "segment_name"]
+           "key_of", "score", "segment_name"]
 
 HOUR_MS = 3_600_000
 EXACT_ORDERS = 100
@@ -80,26 +82,20 @@ def bucket_key(last_purchase_ms: int, orders: int, revenue: float) -> Key:
     larger value never gets a smaller bucket)."""
     f = orders if orders <= EXACT_ORDERS else \
         EXACT_ORDERS + 1 + int(math.log(orders / EXACT_ORDERS) / _LOG_GAMMA)
-    m = int(math.log1p(max(revenue, 0.0)) / _LOG_GAMMA)
+    m = int(math.log(1.0 + max(revenue, 0.0)) / _LOG_GAMMA)  # as the write script does
     return last_purchase_ms // HOUR_MS, f, m
 
 
-def format_key(key: Key) -> str:
-    """The customer hash's ``rfm_k`` field, its three histogram fields joined by commas.
+def key_of(traits: Mapping[str, Any]) -> Key | None:
+    """The bucket key of a customer's traits (as :func:`models.traits.from_fields` gives
+    them); None without a purchase.
 
-    >>> format_key((5, 2, 300))
-    'r5,f2,m300'
+    >>> key_of({"orders": 2, "last_purchase": 3 * HOUR_MS, "revenue": 0.0}), key_of({})
+    ((3, 2, 0), None)
     """
-    return f"r{key[0]},f{key[1]},m{key[2]}"
-
-
-def parse_key(text: str) -> Key | None:
-    """Inverse of :func:`format_key`; None for an empty or malformed one."""
-    try:
-        r, f, m = text.split(",")
-        return int(r[1:]), int(f[1:]), int(m[1:])
-    except ValueError:
+    if not traits.get("orders") or not traits.get("last_purchase"):
         return None
+    return bucket_key(traits["last_purchase"], traits["orders"], traits.get("revenue") or 0.0)
 
 
 def segment_name(r: int, f: int) -> str:

@@ -49,7 +49,7 @@ N_COUNTERS = 16
 STATE_SCHEMA = 4
 """Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers;
 3: with event times of the seen ids and the lateness floor; 4: with the lifetime event count,
-the last device and channel and the declared interests, for live traits)."""
+the last device and channel, for live traits)."""
 LEAN_SCHEMA = 5
 """Version of ``to_bytes(lean=True)``, what Redis stores: schema 4 without what the customer
 hash holds as live traits (read back from there: ``from_bytes(..., traits)``), so Redis
@@ -61,7 +61,6 @@ TRAIT_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("events", "events_total", 0), ("country", "country", None), ("region", "region", None),
     ("age", "age", None), ("income", "income", None), ("household_size", "household", None),
     ("gender", "gender", None), ("device", "device", None), ("channel", "channel", None),
-    ("interests", "interests", []),
 )
 """Trait name in the customer hash, attribute, value when absent: what a lean state leaves
 to the hash (``models.traits`` writes them exactly: integers, floats in full, strings)."""
@@ -79,7 +78,7 @@ class CustomerState:
         "customer_id", "partition", "offset", "first_ts", "last_ts", "last_purchase_ts",
         "counters", "orders_total", "spend_total", "categories", "country", "region",
         "age", "income", "household", "gender", "seen_ids", "seen_ms", "floor_ms",
-        "events_total", "device", "channel", "interests",
+        "events_total", "device", "channel",
         # current assignment, held in memory only (Redis holds it in the customer hash)
         "segment", "confidence", "model_version", "last_event_id",
     )
@@ -107,7 +106,6 @@ class CustomerState:
         self.events_total = 0  # lifetime count of applied events (exact: once per event id)
         self.device: str | None = None  # of the newest event (by event time) that gave one
         self.channel: str | None = None  # likewise
-        self.interests: list[str] = []  # declared on the newest identify that gave them
         self.segment = ""
         self.confidence = 0.0
         self.model_version = 0
@@ -199,7 +197,7 @@ class CustomerState:
             self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
             self.country, self.region, self.age, self.income, self.household, self.gender,
             self.floor_ms, base if narrow else None, self.events_total, self.device,
-            self.channel, self.interests or None,
+            self.channel,
         ])
         ids = self.seen_ids
         packed = array("I", [t - base for t in times]) if narrow else array("q", times)
@@ -249,8 +247,7 @@ class CustomerState:
             start = cut + 1 + 8 * len(weights)
             known = traits or {}
             for name, attr, absent in TRAIT_FIELDS:
-                value = known.get(name, absent)
-                setattr(s, attr, list(value) if isinstance(value, list) else value)
+                setattr(s, attr, known.get(name, absent))
             head = [LEAN_SCHEMA] + [None] * 14 + [floor, base]  # the packed part as schema 4
         else:
             (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts,
@@ -266,7 +263,6 @@ class CustomerState:
             s.floor_ms, base = head[15], head[16]
             if head[0] == 4:  # schema 3 knew no lifetime event count: it starts at 0
                 s.events_total, s.device, s.channel = head[17:20]
-                s.interests = head[20] or []
             n = (len(blob) - start) // (12 if base is not None else 16)
             s.seen_ids.frombytes(blob[start:start + 8 * n])
             times = array("I" if base is not None else "q", blob[start + 8 * n:])

@@ -45,14 +45,14 @@ FAVOURITES = 3
 TRAIT_NAMES = (
     "orders", "revenue", "events", "first_seen", "last_seen", "last_purchase", "activity",
     "categories", "device", "channel", "country", "region", "age", "gender", "income",
-    "household_size", "interests",
+    "household_size",
 )
 """Every trait, in the order ``GET /customers/<id>`` gives them; also their field names in
 the customer hash."""
 _KINDS: dict[str, type] = {
     "orders": int, "events": int, "first_seen": int, "last_seen": int, "last_purchase": int,
     "revenue": float, "activity": float, "age": float, "income": float,
-    "household_size": float, "categories": list, "interests": list,
+    "household_size": float, "categories": list,
 }
 MAX_VALUE = 64
 """Most bytes of one trait's value in the customer hash (Redis' ``hash-max-listpack-value``
@@ -88,8 +88,6 @@ def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
                         ("income", state.income), ("household_size", state.household)):
         if value is not None:
             out[name] = value
-    if state.interests:
-        out["interests"] = state.interests
     return out
 
 
@@ -153,8 +151,7 @@ def for_api(stored: dict[str, Any], half_life_ms: float, now_ms: int = 0) -> dic
     (null when unknown, ``[]`` for lists), ``activity`` decayed to ``now_ms`` (the stream's
     latest event time) when that is later than ``last_seen``."""
     out: dict[str, Any] = {name: stored.get(name) for name in TRAIT_NAMES}
-    for name in ("categories", "interests"):
-        out[name] = out[name] or []
+    out["categories"] = out["categories"] or []
     last = out["last_seen"] or 0
     if out["activity"] is not None and now_ms > last:
         out["activity"] = round(out["activity"] * 2.0 ** (-(now_ms - last) / half_life_ms), 2)

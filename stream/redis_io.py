@@ -34,7 +34,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[3])
-put_traits(KEYS[2], KEYS[5], ARGV[14], ARGV[15], ARGV[16])
+put_traits(KEYS[2], KEYS[5], ARGV[14], ARGV[15])
 if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
@@ -73,7 +73,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[3])
-put_traits(KEYS[2], KEYS[3], ARGV[10], ARGV[11], ARGV[12])
+put_traits(KEYS[2], KEYS[3], ARGV[10], ARGV[11])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
              'updated_at', ARGV[7], 'segment_name', ARGV[8])
@@ -224,7 +224,7 @@ class RedisStore:
                     (k.state(a.customer_id), k.customer(a.customer_id), k.rfm, a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
-                     a.traits, a.rfm_key, a.rfm)
+                     a.traits, a.rfm)
                     for a in assignments])
                 return [], sum(1 for r in results if r == -1)
             results = await self._pipelined(self._upsert, 5, [
@@ -232,7 +232,7 @@ class RedisStore:
                  a.partition, a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
-                 a.traits, a.rfm_key, a.rfm)
+                 a.traits, a.rfm)
                 for a in assignments])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc

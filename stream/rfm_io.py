@@ -1,18 +1,18 @@
 """Redis side of live traits and RFM segments (contract §2.1, §2.2).
 
-The customer hash ``seg:customer:{<id>}`` gets three fields, written by the same atomic,
+The customer hash ``seg:customer:{<id>}`` gets these fields, written by the same atomic,
 fenced script that writes the customer's state (:data:`TRAITS_LUA`, used by
 :mod:`stream.redis_io`), so they are exactly as current as the state:
 
 - one field per live trait (``orders``, ``revenue``, ``events``, ``first_seen``, ...:
   :data:`models.traits.TRAIT_NAMES`, written by :func:`models.traits.encode`);
-- ``rfm``: the RFM segment name (empty without a purchase);
-- ``rfm_k``: the customer's RFM bucket key (:func:`models.rfm.format_key`).
+- ``rfm``: the RFM segment name (empty without a purchase).
 
 The population of buyers is the hash ``seg:rfm`` (``r<bucket>``, ``f<bucket>``,
-``m<bucket>`` -> buyers): the script moves a customer from their old buckets to their new
-ones only when ``rfm_k`` changes, so a replayed, redelivered or re-sent write changes no
-count. Erasure takes the customer out (``stream.redis_io``).
+``m<bucket>`` -> buyers): the script computes a customer's buckets from the hash's
+``last_purchase``, ``orders`` and ``revenue`` before and after the write and moves them only
+when they change, so a replayed, redelivered or re-sent write changes no count. Erasure
+takes the customer out (``stream.redis_io``).
 
 :class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm``) and,
 on the training worker only, walks the customer hashes to bring each ``rfm`` name up to date
@@ -26,7 +26,7 @@ from __future__ import annotations
 import re
 from typing import TYPE_CHECKING
 
-from models.rfm import Population, Quintiles, parse_key
+from models.rfm import Population, Quintiles, bucket_key
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -34,40 +34,56 @@ if TYPE_CHECKING:
     from models.core import Segmenter
     from stream.keys import Keys
 
-# A Lua function, prepended to the write scripts: traits, the RFM name and the population.
-TRAITS_LUA = """
-local function put_traits(h, pop, tr, k, name)
+# Lua functions, prepended to the write scripts: the customer's RFM buckets from their
+# trait fields (as :func:`models.rfm.bucket_key`), moved in the population when they change.
+RFM_LUA = """
+local function rfm_parts(lp, orders, rev)
+  lp, orders, rev = tonumber(lp), tonumber(orders), tonumber(rev)
+  if not lp or not orders or orders < 1 then return {} end
+  local f = orders
+  if orders > 100 then f = 101 + math.floor(math.log(orders / 100) / math.log(1.01)) end
+  local m = math.floor(math.log(1 + math.max(rev or 0, 0)) / math.log(1.01))
+  return {string.format('r%d', math.floor(lp / 3600000)), string.format('f%d', f),
+          string.format('m%d', m)}
+end
+local function move_rfm(pop, parts, n)
+  for _, part in ipairs(parts) do
+    if redis.call('HINCRBY', pop, part, n) <= 0 then redis.call('HDEL', pop, part) end
+  end
+end
+local function rfm_of(h)
+  local v = redis.call('HMGET', h, 'last_purchase', 'orders', 'revenue')
+  return rfm_parts(v[1], v[2], v[3])
+end
+"""
+# The traits (name/value pairs joined by \x1f), the RFM name and the population.
+TRAITS_LUA = RFM_LUA + """
+local function put_traits(h, pop, tr, name)
   if tr == '' then return end
-  local old = redis.call('HGET', h, 'rfm_k') or ''
-  if old ~= k then
-    for part in string.gmatch(old, '[^,]+') do
-      if redis.call('HINCRBY', pop, part, -1) <= 0 then redis.call('HDEL', pop, part) end
-    end
-    for part in string.gmatch(k, '[^,]+') do redis.call('HINCRBY', pop, part, 1) end
-  end
-  local args = {}
+  local args, new = {}, {}
   for part in string.gmatch(tr, '[^\\31]+') do args[#args + 1] = part end
-  if k ~= '' then
-    args[#args + 1], args[#args + 2], args[#args + 3], args[#args + 4] = 'rfm_k', k, 'rfm', name
-  else  -- the contract's field, empty without a purchase
-    args[#args + 1], args[#args + 2] = 'rfm', ''
+  for i = 1, #args - 1, 2 do new[args[i]] = args[i + 1] end
+  local was = rfm_of(h)
+  local now = rfm_parts(new['last_purchase'], new['orders'], new['revenue'])
+  if table.concat(was, ',') ~= table.concat(now, ',') then
+    move_rfm(pop, was, -1)
+    move_rfm(pop, now, 1)
   end
+  args[#args + 1], args[#args + 2] = 'rfm', name  -- the contract's field: '' without a purchase
   redis.call('HSET', h, unpack(args))
 end
 """
 # Erasure: take the customer out of the population before the hash goes.
-FORGET_LUA = """
+FORGET_LUA = RFM_LUA + """
 local function forget_rfm(h, pop)
-  local old = redis.call('HGET', h, 'rfm_k') or ''
-  for part in string.gmatch(old, '[^,]+') do
-    if redis.call('HINCRBY', pop, part, -1) <= 0 then redis.call('HDEL', pop, part) end
-  end
+  move_rfm(pop, rfm_of(h), -1)
 end
 """
-# The sweep's update of a name, unless a write moved the customer meanwhile.
+# The sweep's update of a name, unless a purchase moved the customer meanwhile.
 _RENAME = """
-if redis.call('HGET', KEYS[1], 'rfm_k') ~= ARGV[1] then return 0 end
-redis.call('HSET', KEYS[1], 'rfm', ARGV[2])
+local v = redis.call('HMGET', KEYS[1], 'orders', 'last_purchase')
+if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
+redis.call('HSET', KEYS[1], 'rfm', ARGV[3])
 return 1
 """
 
@@ -119,20 +135,20 @@ class RfmRefresher:
             return 0
         async with self.r.pipeline(transaction=False) as pipe:
             for h in hashes:
-                pipe.hmget(h, "rfm_k", "rfm")
+                pipe.hmget(h, "orders", "last_purchase", "revenue", "rfm")
             got = await pipe.execute()
         stale = []
-        for h, (k, name) in zip(hashes, got, strict=True):
-            if k is None:
+        for h, (orders, last, revenue, name) in zip(hashes, got, strict=True):
+            if orders is None or last is None:
                 continue
-            want = q.name(parse_key(k.decode()))
-            if want and want.encode() != name:
-                stale.append((h, k, want))
+            want = q.name(bucket_key(int(last), int(orders), float(revenue or 0)))
+            if want.encode() != name:
+                stale.append((h, orders, last, want))
         if not stale:
             return 0
         async with self.r.pipeline(transaction=False) as pipe:
-            for h, k, want in stale:
-                pipe.evalsha(self._rename.sha, 1, h, k, want)
+            for h, orders, last, want in stale:
+                pipe.evalsha(self._rename.sha, 1, h, orders, last, want)
             done = await pipe.execute(raise_on_error=False)
         if any(type(d).__name__ == "NoScriptError" for d in done):
             await self.r.script_load(_RENAME)  # lost on a restart: the next tick redoes it

@@ -16,7 +16,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from models.core import CONTROL_HEADER
 from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
-from models.rfm import parse_key
+from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ if TYPE_CHECKING:
     from stream.runtime import Runtime
 
 MAX_BATCH_IDS = 100
-PRIVATE_FIELDS = frozenset((*TRAIT_NAMES, "rfm_k"))
+PRIVATE_FIELDS = frozenset(TRAIT_NAMES)
 """Customer hash fields only ``GET /customers/<id>`` gives (personal data, internals)."""
 
 
@@ -137,7 +137,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                     **typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})}
             body["traits"] = for_api(stored, settings.half_life_days * DAY_MS,
                                      rt.pipeline.core.watermark)
-            body["rfm"] = rt.pipeline.rfm.quintiles.of(parse_key(doc.get("rfm_k", "")))
+            body["rfm"] = rt.pipeline.rfm.quintiles.of(key_of(stored))
             body["audiences"] = orjson.loads(doc.get("audiences") or "[]")
             return self.json(body)
 
