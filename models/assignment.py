@@ -64,6 +64,7 @@ class Assigner:
         self.drift = DriftMonitor()
         self.sweep: list[str] = []  # customers left to re-score in this pass
         self.rfm = Quintiles()  # of the buyers of every worker, set by the caller
+        self._rfm_pass: list[str] = []  # customers left to look at in this RFM pass
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -128,6 +129,29 @@ class Assigner:
             out.append(self.assignment(model, st, reason, why))
         return out
 
+    def rfm_moves(self, budget: int) -> list[tuple[str, int, int, str]]:
+        """Cached buyers whose RFM segment moved with the population since it was written
+        (as others buy, recency quintiles move on): ``(customer, orders, last purchase,
+        new name)``; up to ``budget`` customers looked at, round-robin. Customers waiting
+        for the next drain are left to it (it writes their name)."""
+        cache, q = self.cache, self.rfm
+        if not q.buyers or budget <= 0:
+            return []
+        if not self._rfm_pass:
+            self._rfm_pass = list(cache.states)
+        batch, self._rfm_pass = self._rfm_pass[-budget:], self._rfm_pass[:-budget]
+        out = []
+        for cid in batch:
+            st = cache.states.get(cid)
+            if st is None or not st.orders_total or cid in cache.dirty:
+                continue
+            name = q.name(bucket_key(st.last_purchase_ts, st.orders_total,
+                                     round(st.spend_total, 2)))
+            if name != st.rfm:
+                st.rfm = name
+                out.append((cid, st.orders_total, st.last_purchase_ts, name))
+        return out
+
     def explain(self, model: BaseModel, states: list[CustomerState]) -> dict[str, str]:
         """Explanations of these customers' current segments, as of their last event."""
         known = [st for st in states if st.segment in model.ids]
@@ -146,6 +170,7 @@ class Assigner:
         # revenue as the hash holds it (cents): the write script buckets the same value
         key = bucket_key(st.last_purchase_ts, st.orders_total, round(st.spend_total, 2)) \
             if st.orders_total else None
+        st.rfm = self.rfm.name(key)
         return Assignment(
             customer_id=st.customer_id,
             segment=st.segment,
@@ -160,5 +185,5 @@ class Assigner:
             offset=st.offset,
             state=st.to_bytes(lean=True),  # the traits beside it hold the rest
             traits=encode(traits(st, self.half_life_ms)),
-            rfm=self.rfm.name(key),
+            rfm=st.rfm,
         )

@@ -14,19 +14,20 @@ The population of buyers is the hash ``seg:rfm`` (``r<bucket>``, ``f<bucket>``,
 when they change, so a replayed, redelivered or re-sent write changes no count. Erasure
 takes the customer out (``stream.redis_io``).
 
-:class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm``) and,
-on the training worker only, walks the customer hashes to bring each ``rfm`` name up to date
-as the population moves (a customer drifts from Champions towards At Risk as others buy,
-without any event of theirs). ``GET /customers/<id>`` scores at read time and is always
+:class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm``) and
+walks the customers the worker holds in memory (round-robin, as re-scoring does) to bring
+their ``rfm`` names up to date as the population moves: a customer drifts from Champions
+towards At Risk as others buy, without any event of theirs. A customer no worker holds
+(evicted from every cache) gets their name brought up to date at their next event.
+``GET /customers/<id>`` scores at read time and is always
 current.
 """
 
 from __future__ import annotations
 
-import re
 from typing import TYPE_CHECKING
 
-from models.rfm import Population, Quintiles, bucket_key
+from models.rfm import Population, Quintiles
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -79,18 +80,13 @@ local function forget_rfm(h, pop)
   move_rfm(pop, rfm_of(h), -1)
 end
 """
-# The sweep's update of a name, unless a purchase moved the customer meanwhile.
+# A name moved with the population, unless a purchase moved the customer meanwhile.
 _RENAME = """
 local v = redis.call('HMGET', KEYS[1], 'orders', 'last_purchase')
 if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'rfm', ARGV[3])
 return 1
 """
-
-
-def customer_pattern(keys: Keys) -> str:
-    """``SCAN MATCH`` pattern of every customer hash."""
-    return re.sub(r"([*?\[\]\\])", r"\\\1", keys.prefix) + "customer:{*}"
 
 
 async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
@@ -102,54 +98,38 @@ async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
 
 
 class RfmRefresher:
-    """Keeps a worker's RFM quintiles current and (on the trainer) customers' names.
+    """Keeps a worker's RFM quintiles current and its customers' ``rfm`` names.
 
     Parameters
     ----------
     r, keys
         The Redis client and key layout.
     per_tick
-        Customer hashes the name sweep reads per :meth:`tick`.
+        Cached customers looked at per :meth:`tick` (a round-robin pass over the cache).
     """
 
-    def __init__(self, r: aioredis.Redis, keys: Keys, per_tick: int = 2000) -> None:
+    def __init__(self, r: aioredis.Redis, keys: Keys, per_tick: int = 20_000) -> None:
         self.r, self.keys, self.per_tick = r, keys, per_tick
         self.quintiles = Quintiles()
-        self.renamed = 0  # names brought up to date by the sweep, for the metrics
-        self._cursor = 0
+        self.renamed = 0  # names brought up to date without an event, for the metrics
         self._rename = r.register_script(_RENAME)
 
     async def tick(self, core: Segmenter) -> None:
-        """Read the quintiles into ``core``; on the training worker, one step of the sweep."""
+        """Read the quintiles into ``core``; write the names that moved with them (of the
+        customers this worker holds: each worker its own partitions')."""
         self.quintiles = await read_quintiles(self.r, self.keys)
         core.assigner.rfm = self.quintiles
-        if core.schedule.trains and self.quintiles.buyers:
-            self.renamed += await self.sweep_step(self.quintiles)
-
-    async def sweep_step(self, q: Quintiles) -> int:
-        """Bring the ``rfm`` names of one ``SCAN`` step's customers up to ``q``; returns
-        how many changed."""
-        self._cursor, hashes = await self.r.scan(
-            self._cursor, match=customer_pattern(self.keys), count=self.per_tick)
-        if not hashes:
-            return 0
+        moves = core.assigner.rfm_moves(self.per_tick)
+        if not moves:
+            return
         async with self.r.pipeline(transaction=False) as pipe:
-            for h in hashes:
-                pipe.hmget(h, "orders", "last_purchase", "revenue", "rfm")
-            got = await pipe.execute()
-        stale = []
-        for h, (orders, last, revenue, name) in zip(hashes, got, strict=True):
-            if orders is None or last is None:
-                continue
-            want = q.name(bucket_key(int(last), int(orders), float(revenue or 0)))
-            if want.encode() != name:
-                stale.append((h, orders, last, want))
-        if not stale:
-            return 0
-        async with self.r.pipeline(transaction=False) as pipe:
-            for h, orders, last, want in stale:
-                pipe.evalsha(self._rename.sha, 1, h, orders, last, want)
+            for cid, orders, last, name in moves:
+                pipe.evalsha(self._rename.sha, 1, self.keys.customer(cid), orders, last, name)
             done = await pipe.execute(raise_on_error=False)
         if any(type(d).__name__ == "NoScriptError" for d in done):
-            await self.r.script_load(_RENAME)  # lost on a restart: the next tick redoes it
-        return sum(1 for d in done if d == 1)
+            await self.r.script_load(_RENAME)  # lost on a restart
+            for cid, *_ in moves:  # looked at again in the next pass
+                st = core.states.get(cid)
+                if st is not None:
+                    st.rfm = ""
+        self.renamed += sum(1 for d in done if d == 1)

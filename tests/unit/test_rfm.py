@@ -95,3 +95,33 @@ def test_exact_scores_give_fifths_of_distinct_values() -> None:
     scores = exact_scores(values)
     assert [scores.count(s) for s in range(1, 6)] == [200] * 5
     assert all(s == 1 + v // 200 for v, s in zip(values, scores, strict=True))
+
+
+def test_cached_buyers_get_their_name_again_when_the_population_moves() -> None:
+    """What a worker writes without events: the names that moved with the quintiles, each
+    once, and none while nothing moved."""
+    from models.config import SegmenterConfig
+    from models.core import Segmenter
+
+    sim = ShopSimulator(300, seed=2, days=20)
+    states = states_of(sorted(sim.history(), key=lambda e: e["timestamp"]))
+    seg = Segmenter(SegmenterConfig(cache_size=10**6))
+    seg.cache.load({s.customer_id: s for s in states})
+    pop = Population()
+    for s in states:
+        if s.orders_total:
+            pop.add(bucket_key(s.last_purchase_ts, s.orders_total, round(s.spend_total, 2)))
+    seg.assigner.rfm = pop.quintiles()
+    first = [m for _ in range(3) for m in seg.assigner.rfm_moves(120)]
+    assert len(first) == sum(1 for s in states if s.orders_total)  # never written: all
+    assert seg.assigner.rfm_moves(10**6) == []
+    # the latest buyers buy again much later: everyone else's recency falls
+    later = max(s.last_purchase_ts for s in states) + 30 * DAY
+    for s in sorted(states, key=lambda s: -s.last_purchase_ts)[:100]:
+        if s.orders_total:
+            pop.remove(bucket_key(s.last_purchase_ts, s.orders_total, round(s.spend_total, 2)))
+            pop.add(bucket_key(later, s.orders_total + 1, round(s.spend_total, 2)))
+    seg.assigner.rfm = pop.quintiles()
+    moved = seg.assigner.rfm_moves(10**6)
+    assert moved and all(seg.states[c].rfm == name for c, _, _, name in moved)
+    assert seg.assigner.rfm_moves(10**6) == []
