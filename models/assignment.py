@@ -171,6 +171,7 @@ class Assigner:
         key = bucket_key(st.last_purchase_ts, st.orders_total, round(st.spend_total, 2)) \
             if st.orders_total else None
         st.rfm = self.rfm.name(key)
+        t = traits(st)
         return Assignment(
             customer_id=st.customer_id,
             segment=st.segment,
@@ -183,7 +184,7 @@ class Assigner:
             explanation=explanation,
             partition=st.partition,
             offset=st.offset,
-            state=st.to_bytes(lean=True),  # the traits beside it hold the rest
-            traits=encode(traits(st, self.half_life_ms)),
+            state=st.to_bytes(lean=True, top=t.get("categories", ())),  # the traits: the rest
+            traits=encode(t),
             rfm=st.rfm,
         )

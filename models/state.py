@@ -38,7 +38,7 @@ from __future__ import annotations
 import struct
 import sys
 from array import array
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import orjson
@@ -164,11 +164,13 @@ class CustomerState:
         self.seen_ids = array("Q", [self.seen_ids[i] for i in keep])
         self.seen_ms = array("q", [self.seen_ms[i] for i in keep])
 
-    def to_bytes(self, lean: bool = False) -> bytes:
+    def to_bytes(self, lean: bool = False, top: Sequence[str] = ()) -> bytes:
         """Serialize compactly for Redis: a positional JSON head, a NUL, then the counters
         (float64), the seen ids (uint64) and their times (uint32 ms after the oldest, or
         int64 ms), packed little-endian. About half the size of all-JSON, and exact.
-        ``lean``: without the fields of :data:`TRAIT_FIELDS` (stored beside it as traits).
+        ``lean``: without the fields of :data:`TRAIT_FIELDS` (stored beside it as traits),
+        event times as offsets before the last event, and a category named in ``top`` (the
+        favourite categories stored beside it) by its place there.
 
         >>> s = CustomerState("c1")
         >>> s.counters[0], s.seen_ids, s.seen_ms = 2.5, array("Q", [2**64 - 1]), array("q", [9])
@@ -190,16 +192,22 @@ class CustomerState:
             mask = sum(1 << i for i, v in enumerate(self.counters) if v)
             weights = [v for v in self.counters if v] + list(self.categories.values())
             numbers = struct.pack(f"<{len(weights)}d", *weights)
-        head = orjson.dumps([
-            LEAN_SCHEMA, self.partition, self.offset, self.spend_total, list(self.categories),
-            self.floor_ms, base if narrow else None, mask,
-        ]) if lean else orjson.dumps([
-            STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
-            self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
-            self.country, self.region, self.age, self.income, self.household, self.gender,
-            self.floor_ms, base if narrow else None, self.events_total, self.device,
-            self.channel,
-        ])
+        if lean:
+            last, at = self.last_ts, {name: i for i, name in enumerate(top)}
+            head = orjson.dumps([
+                LEAN_SCHEMA, self.partition, self.offset, self.spend_total,
+                [at.get(name, name) for name in self.categories],
+                last - self.floor_ms if self.floor_ms else None,
+                (last - base if times else 0) if narrow else None, mask,
+            ])
+        else:
+            head = orjson.dumps([
+                STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
+                self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
+                self.country, self.region, self.age, self.income, self.household, self.gender,
+                self.floor_ms, base if narrow else None, self.events_total, self.device,
+                self.channel,
+            ])
         ids = self.seen_ids
         packed = array("I", [t - base for t in times]) if narrow else array("q", times)
         if _BIG_ENDIAN:
@@ -219,8 +227,9 @@ class CustomerState:
         >>> s = CustomerState("c1")
         >>> s.last_ts, s.orders_total, s.spend_total, s.device = 9, 2, 1.5, "tv"
         >>> s.counters[3], s.categories = 0.1 + 0.2, {"b": 1 / 3, "a": 2.5}
-        >>> t = CustomerState.from_bytes("c1", s.to_bytes(lean=True),
-        ...                              {"last_seen": 9, "orders": 2, "device": "tv"})
+        >>> s.seen_ids, s.seen_ms, s.floor_ms = array("Q", [5]), array("q", [8]), 3
+        >>> t = CustomerState.from_bytes("c1", s.to_bytes(lean=True, top=["a"]),
+        ...     {"last_seen": 9, "orders": 2, "device": "tv", "categories": ["a"]})
         >>> t.to_bytes() == s.to_bytes(), len(s.to_bytes(lean=True)) < len(s.to_bytes())
         (True, True)
         """
@@ -240,15 +249,19 @@ class CustomerState:
         start = cut + 1 + _COUNTERS.size
         if head[0] == LEAN_SCHEMA:
             _, s.partition, s.offset, s.spend_total, names, floor, base, mask = head
+            known = traits or {}
+            for name, attr, absent in TRAIT_FIELDS:
+                setattr(s, attr, known.get(name, absent))
+            top = known.get("categories") or []
+            names = [top[n] if isinstance(n, int) else n for n in names]
+            floor = s.last_ts - floor if floor is not None else 0
+            base = s.last_ts - base if base is not None else None
             nonzero = [i for i in range(N_COUNTERS) if mask >> i & 1]
             weights = struct.unpack_from(f"<{len(nonzero) + len(names)}d", blob, cut + 1)
             for i, v in zip(nonzero, weights, strict=False):
                 s.counters[i] = v
             s.categories = dict(zip(names, weights[len(nonzero):], strict=True))
             start = cut + 1 + 8 * len(weights)
-            known = traits or {}
-            for name, attr, absent in TRAIT_FIELDS:
-                setattr(s, attr, known.get(name, absent))
             head = [LEAN_SCHEMA] + [None] * 14 + [floor, base]  # the packed part as schema 4
         else:
             (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts,

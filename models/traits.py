@@ -10,7 +10,7 @@ The worker stores them, as of the customer's last event, as fields of the custom
 next to the segment fields: a website reads segment, traits and RFM segment with one
 ``HGETALL`` (or ``HMGET`` of the fields it needs). Traits without a value are left out there
 to save memory; :func:`for_api` gives the full shape with nulls, and the decayed ``activity``
-as of a later event time.
+(from the state) as of the stream's latest event time.
 
 Examples
 --------
@@ -21,12 +21,12 @@ Examples
 >>> _ = update(s, Event("e1", "c1", "page_view", 10 * day, 9, category="shoes",
 ...                     device="mobile", channel="email", country="DE"), 30 * day)
 >>> _ = update(s, Event("e2", "c1", "purchase", 12 * day, 9, amount=40.0), 30 * day)
->>> t = traits(s, 30 * day)
+>>> t = traits(s)
 >>> t["orders"], t["revenue"], t["events"], t["last_purchase"] == 12 * day, t["categories"]
 (1, 40.0, 2, True, ['shoes'])
->>> api = for_api(decode(encode(t)), 30 * day, 42 * day)
->>> api["activity"], api["age"], api["device"]  # a half-life later: halved
-(0.97, None, 'mobile')
+>>> api = for_api(decode(encode(t)), s, 30 * day, 42 * day)
+>>> api["activity"], api["age"], api["device"]  # a half-life after the last event: halved
+(0.98, None, 'mobile')
 """
 
 from __future__ import annotations
@@ -60,13 +60,13 @@ default: longer values cost the compact encoding)."""
 _SEP = b"\x1f"
 
 
-def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
+def traits(state: CustomerState) -> dict[str, Any]:
     """The customer's traits as of their last event; unknown ones are left out.
 
     ``orders``, ``revenue`` and ``events`` are lifetime totals of applied events;
     ``first_seen``, ``last_seen`` and ``last_purchase`` event times (epoch ms);
-    ``activity`` the decayed count of events (halved every ``half_life_ms`` of event time)
-    as of ``last_seen``; ``categories`` the favourite ones, most weight first (decayed).
+    ``categories`` the favourite ones, most weight first (decayed). ``activity`` (the decayed
+    count of events) is not stored: :func:`for_api` takes it from the state.
     """
     out: dict[str, Any] = {
         "orders": state.orders_total,
@@ -74,14 +74,16 @@ def traits(state: CustomerState, half_life_ms: float) -> dict[str, Any]:
         "events": state.events_total,
         "first_seen": state.first_ts,
         "last_seen": state.last_ts,
-        "activity": round(state.counters[EVENTS], 2),
     }
     if state.last_purchase_ts:
         out["last_purchase"] = state.last_purchase_ts
     cats = state.categories
     if cats:
         # ties broken by name: the order must not depend on the order categories came in
-        out["categories"] = sorted(cats, key=lambda k: (-cats[k], k))[:FAVOURITES]
+        top = sorted(cats, key=lambda k: (-cats[k], k))[:FAVOURITES]
+        while len(orjson.dumps(top)) > MAX_VALUE:  # as stored: the lean state refers to it
+            top.pop()
+        out["categories"] = top
     for name, value in (("device", state.device), ("channel", state.channel),
                         ("country", state.country), ("region", state.region),
                         ("age", state.age), ("gender", state.gender),
@@ -146,13 +148,15 @@ def decode(blob: bytes) -> dict[str, Any]:
     return from_fields(dict(zip(parts[::2], parts[1::2], strict=True)))
 
 
-def for_api(stored: dict[str, Any], half_life_ms: float, now_ms: int = 0) -> dict[str, Any]:
+def for_api(stored: dict[str, Any], state: CustomerState | None, half_life_ms: float,
+            now_ms: int = 0) -> dict[str, Any]:
     """Traits as ``GET /customers/<id>`` gives them: every name of :data:`TRAIT_NAMES`
-    (null when unknown, ``[]`` for lists), ``activity`` decayed to ``now_ms`` (the stream's
-    latest event time) when that is later than ``last_seen``."""
+    (null when unknown, ``[]`` for lists), with ``activity``, the decayed count of events
+    (halved every ``half_life_ms`` of event time) as of ``now_ms`` (the stream's latest
+    event time) or ``last_seen`` if later, from the customer's ``state``."""
     out: dict[str, Any] = {name: stored.get(name) for name in TRAIT_NAMES}
     out["categories"] = out["categories"] or []
-    last = out["last_seen"] or 0
-    if out["activity"] is not None and now_ms > last:
-        out["activity"] = round(out["activity"] * 2.0 ** (-(now_ms - last) / half_life_ms), 2)
+    if state is not None:
+        age = max(0, now_ms - state.last_ts)
+        out["activity"] = round(state.counters[EVENTS] * 2.0 ** (-age / half_life_ms), 2)
     return out

@@ -28,6 +28,8 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from models.rfm import Population, Quintiles
+from models.state import CustomerState
+from models.traits import from_fields
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -87,6 +89,25 @@ if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'rfm', ARGV[3])
 return 1
 """
+
+
+async def read_customer(r: aioredis.Redis, keys: Keys,
+                        cid: str) -> tuple[dict[str, str], CustomerState | None] | None:
+    """A customer's hash and state, one round trip; None for an unknown customer."""
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.customer(cid))
+        pipe.get(keys.state(cid))
+        raw, blob = await pipe.execute()
+    if not raw:
+        return None
+    doc = {_text(k): _text(v) for k, v in raw.items()}
+    state = CustomerState.from_bytes(cid, blob.split(b":", 2)[2], from_fields(doc)) \
+        if blob else None
+    return doc, state
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:

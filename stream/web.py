@@ -18,6 +18,7 @@ from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
+from stream.rfm_io import read_customer
 
 if TYPE_CHECKING:
     import faust
@@ -128,14 +129,15 @@ def register(app: faust.App, rt: Runtime) -> None:
                 return self.json({"error": "missing or wrong bearer token (SEGMENTER_READ_"
                                            "TOKEN or SEGMENTER_API_TOKEN)"}, status=401,
                                  headers={"WWW-Authenticate": "Bearer"})
-            doc = await rt.store.customer(customer_id)
-            if doc is None:
+            found = await read_customer(rt.redis, rt.store.keys, customer_id)
+            if found is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id},
                                  status=404)
+            doc, state = found
             stored = from_fields(doc)
             body = {"customer_id": customer_id,
                     **typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})}
-            body["traits"] = for_api(stored, settings.half_life_days * DAY_MS,
+            body["traits"] = for_api(stored, state, settings.half_life_days * DAY_MS,
                                      rt.pipeline.core.watermark)
             body["rfm"] = rt.pipeline.rfm.quintiles.of(key_of(stored))
             body["audiences"] = orjson.loads(doc.get("audiences") or "[]")

@@ -76,6 +76,7 @@ async def test_traits_rfm_and_the_population_of_buyers(
         assert (t["orders"], t["revenue"], t["events"]) == (3, 150.75, 5)
         assert (t["first_seen"], t["last_seen"], t["last_purchase"]) == (
             T0, T0 + 5 * 60_000, T0 + 5 * 60_000)
+        assert 4.9 < t["activity"] <= 5  # five events, minutes before the latest event time
         assert t["categories"][0] == "books" and set(t["categories"]) == {"books", "music"}
         assert (t["device"], t["channel"], t["country"], t["region"]) == (
             "mobile", "email", "AT", "Tirol")

@@ -121,7 +121,7 @@ def test_lifetime_traits_count_every_applied_event_exactly() -> None:
         assert abs(t["revenue"] - revenue[cid]) < 0.006
         assert (t["first_seen"], t["last_seen"]) == (first[cid], last[cid])
         assert ("last_purchase" in t) == (orders[cid] > 0)
-        api = for_api(t, 30 * 86_400_000)
+        api = for_api(t, None, 30 * 86_400_000)
         assert list(api) == list(TRAIT_NAMES)
         assert (api["last_purchase"] is None) == (orders[cid] == 0)
 
