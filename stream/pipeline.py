@@ -230,7 +230,8 @@ class EventPipeline:
         if self.writer is None:
             return
         await self.settle()
-        await self.writer.flush_and_commit(self.core.drain())
+        await self.writer.flush_and_commit(self.core.drain(),
+                                           functools.partial(self.rfm.tick, self.core))
 
     async def maintain(self, rescore: int) -> None:
         """Keep the shared model in sync (:class:`ModelSync`), then re-score up to ``rescore``
@@ -243,7 +244,6 @@ class EventPipeline:
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
-            await self.rfm.tick(self.core)  # a Redis error: retried at the next tick
 
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \

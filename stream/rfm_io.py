@@ -14,8 +14,8 @@ The population of buyers is the hash ``seg:rfm`` (``r<bucket>``, ``f<bucket>``,
 when they change, so a replayed, redelivered or re-sent write changes no count. Erasure
 takes the customer out (``stream.redis_io``).
 
-:class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm``) and
-walks the customers the worker holds in memory (round-robin, as re-scoring does) to bring
+:class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm`` after
+each flush of states, before the offsets are committed) and walks the customers the worker holds in memory (round-robin, as re-scoring does) to bring
 their ``rfm`` names up to date as the population moves: a customer drifts from Champions
 towards At Risk as others buy, without any event of theirs. A customer no worker holds
 (evicted from every cache) gets their name brought up to date at their next event.

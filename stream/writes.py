@@ -91,14 +91,21 @@ class BatchWriter:
         self._uncommitted.update(offsets)
         self._observe(result, len(changes), fenced, started)
 
-    async def flush_and_commit(self, drained: list[Assignment]) -> None:
-        """Write ``drained`` (every other changed state), then commit what was applied.
-        The caller has settled the core and waited for :meth:`written`."""
+    async def flush_and_commit(self, drained: list[Assignment],
+                               then: Callable[[], Awaitable[Any]] | None = None) -> None:
+        """Write ``drained`` (every other changed state), run ``then`` (what must follow
+        the writes before the commit: RFM names that moved with them), then commit what was
+        applied. The caller has settled the core and waited for :meth:`written`."""
         started = time.perf_counter()
         if drained:
             _, fenced = await self.retry(functools.partial(
                 self.store.write, drained, int(time.time() * 1000), refresh=True))
             self.metrics.fenced.inc(fenced)
+        if then is not None:
+            try:
+                await then()
+            except Exception as exc:  # noqa: BLE001 - names catch up at the next commit
+                log.warning("RFM names not brought up to date: %r", exc)
         flushed = time.perf_counter()
         self.metrics.busy.labels("flush").inc(flushed - started)
         if self._uncommitted and await self._commit(dict(self._uncommitted)):
