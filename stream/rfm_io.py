@@ -15,10 +15,11 @@ when they change, so a replayed, redelivered or re-sent write changes no count. 
 takes the customer out (``stream.redis_io``).
 
 :class:`RfmRefresher` keeps every worker's quintiles current (read from ``seg:rfm`` after
-each flush of states, before the offsets are committed) and walks the customers the worker holds in memory (round-robin, as re-scoring does) to bring
-their ``rfm`` names up to date as the population moves: a customer drifts from Champions
-towards At Risk as others buy, without any event of theirs. A customer no worker holds
-(evicted from every cache) gets their name brought up to date at their next event.
+each flush of states, before the offsets are committed) and walks the customers the worker
+holds in memory (round-robin, as re-scoring does) to bring their ``rfm`` names up to date as
+the population moves: a customer drifts from Champions towards At Risk as others buy, without
+any event of theirs. A customer no worker holds (evicted from every cache) gets their name
+brought up to date at their next event.
 ``GET /customers/<id>`` scores at read time and is always
 current.
 """
