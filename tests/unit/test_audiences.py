@@ -1,0 +1,101 @@
+"""Audience definitions (contract §2.3): every kind of condition, every operator, and a bad
+definition named precisely."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from models.audiences import Facts, InvalidAudience, parse_audience
+
+TRAITS = {"orders": 3, "revenue": 150.75, "country": "AT", "categories": ["books", "music"],
+          "device": "mobile", "age": 41.0}
+
+
+def holds(where: dict[str, Any], facts: Facts | None = None) -> bool:
+    return parse_audience("a1", {"name": "n", "where": where}).matches(
+        facts or Facts(TRAITS, segment="s3", rfm="Champions"))
+
+
+@pytest.mark.parametrize(("op", "value", "expected"), [
+    ("=", 3, True), ("=", 2, False), ("!=", 2, True), ("<", 4, True), ("<", 3, False),
+    ("<=", 3, True), (">", 2, True), (">", 3, False), (">=", 3, True),
+    ("in", [1, 3], True), ("in", [1, 2], False), ("not_in", [1, 2], True),
+    ("not_in", [3], False),
+])
+def test_trait_operators_on_a_number(op: str, value: Any, expected: bool) -> None:
+    assert holds({"trait": "orders", "op": op, "value": value}) is expected
+
+
+def test_trait_strings_lists_and_unknown_traits() -> None:
+    assert holds({"trait": "country", "op": "in", "value": ["DE", "AT"]})
+    assert holds({"trait": "categories", "op": "contains", "value": "music"})
+    assert not holds({"trait": "categories", "op": "contains", "value": "toys"})
+    assert holds({"trait": "device", "op": "contains", "value": "mob"})
+    assert not holds({"trait": "country", "op": "<", "value": 5})  # no order across types
+    # an unknown trait answers no condition, so its negation holds
+    assert not holds({"trait": "income", "op": ">", "value": 0})
+    assert not holds({"trait": "income", "op": "!=", "value": 0})
+    assert holds({"not": {"trait": "income", "op": ">", "value": 0}})
+
+
+def test_segment_rfm_and_logic() -> None:
+    assert holds({"segment": "s3"}) and not holds({"segment": "s1"})
+    assert holds({"rfm": "Champions"}) and not holds({"rfm": "Lost"})
+    assert not holds({"rfm": "Champions"}, Facts(TRAITS))  # no purchase: no RFM segment
+    yes, no = {"segment": "s3"}, {"segment": "s1"}
+    assert holds({"all": [yes, yes]}) and not holds({"all": [yes, no]})
+    assert holds({"any": [no, yes]}) and not holds({"any": [no, no]})
+    assert holds({"not": no}) and not holds({"not": yes})
+
+
+def test_event_windows_are_read_through_the_callers_window() -> None:
+    asked: list[tuple[str, float, str]] = []
+
+    def window(kind: str, days: float, agg: str) -> float:
+        asked.append((kind, days, agg))
+        return 2.0 if agg == "count" else 80.0
+
+    a = parse_audience("a1", {"name": "n", "where": {"all": [
+        {"event": "purchase", "within_days": 30, "count": {"op": ">=", "value": 2}},
+        {"event": "purchase", "within_days": 7, "sum": {"op": ">", "value": 50}}]}})
+    assert a.matches(Facts(TRAITS, window=window))
+    assert asked == [("purchase", 30.0, "count"), ("purchase", 7.0, "sum")]
+    assert a.windows == {("purchase", 30.0), ("purchase", 7.0)}
+    assert not a.matches(Facts(TRAITS, window=lambda *_: 1.0))
+    assert not a.matches(Facts(TRAITS))  # no window known: no event condition holds
+
+
+@pytest.mark.parametrize(("body", "named"), [
+    ([], "body:"),
+    ({"name": "n"}, "where: missing"),
+    ({"name": "", "where": {"segment": "s1"}}, "name:"),
+    ({"name": "n", "where": {"segment": "s1"}, "size": 3}, "unknown field 'size'"),
+    ({"name": "n", "where": {"trait": "shoe_size", "op": "=", "value": 1}},
+     "where.trait: unknown trait 'shoe_size'"),
+    ({"name": "n", "where": {"trait": "orders", "op": "in", "value": 3}},
+     "where.value: 'in' needs a list"),
+    ({"name": "n", "where": {"trait": "orders", "op": ">="}}, "where.value: missing"),
+    ({"name": "n", "where": {"all": [{"segment": "s1"}, {"rfm": "Heroes"}]}},
+     "where.all[1].rfm: must be one of"),
+    ({"name": "n", "where": {"any": []}}, "where.any: must be a non-empty list"),
+    ({"name": "n", "where": {"segment": "s1", "rfm": "Lost"}}, "exactly one of"),
+    ({"name": "n", "where": {"event": "purchase", "within_days": 0,
+                             "count": {"op": ">=", "value": 1}}}, "where.within_days"),
+    ({"name": "n", "where": {"event": "purchase", "within_days": 30}},
+     "exactly one of count, sum"),
+    ({"name": "n", "where": {"event": "purchase", "within_days": 30,
+                             "sum": {"op": "in", "value": [1]}}}, "where.sum: compares"),
+    ({"name": "n", "where": {"not": {"not": {"not": {"not": {"not": {"not": {"not": {
+        "not": {"not": {"segment": "s1"}}}}}}}}}}}, "nested at most"),
+])
+def test_a_bad_definition_names_the_problem(body: Any, named: str) -> None:
+    with pytest.raises(InvalidAudience, match=named.replace("[", r"\[").replace("]", r"\]")):
+        parse_audience("a1", body)
+
+
+def test_ids_are_short_and_plain() -> None:
+    with pytest.raises(InvalidAudience, match="id:"):
+        parse_audience("a b", {"name": "n", "where": {"segment": "s1"}})
+    assert parse_audience("a-repeat.de_1", {"name": "n", "where": {"segment": "s1"}}).id
