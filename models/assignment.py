@@ -16,7 +16,8 @@ Drift (:class:`models.drift.DriftMonitor`) watches the distances of every event 
 Examples
 --------
 >>> import numpy as np
->>> from models.cache import CustomerCache
+>>> from models.audiences import Audience
+from models.cache import CustomerCache
 >>> from models.config import BatchResult
 >>> from models.kmeans import SegmentModel
 >>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
@@ -31,6 +32,11 @@ Examples
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
+
+from models.audiences import Audience
 from models.cache import CustomerCache
 from models.config import BatchResult
 from models.drift import DriftMonitor
@@ -43,6 +49,7 @@ from models.rescoring import moves
 from models.rfm import Quintiles, bucket_key
 from models.state import CustomerState
 from models.traits import encode, traits
+from models.windows import memberships
 
 __all__ = ["Assigner"]
 
@@ -65,6 +72,8 @@ class Assigner:
         self.sweep: list[str] = []  # customers left to re-score in this pass
         self.rfm = Quintiles()  # of the buyers of every worker, set by the caller
         self._rfm_pass: list[str] = []  # customers left to look at in this RFM pass
+        self.audiences: tuple[Audience, ...] = ()  # the current definitions, set by the caller
+        self.audiences_version = 0  # their version; 0: none known yet
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -187,4 +196,14 @@ class Assigner:
             state=st.to_bytes(lean=True, top=t.get("categories", ())),  # the traits: the rest
             traits=encode(t),
             rfm=st.rfm,
+            **self.membership(st, t),
         )
+
+    def membership(self, st: CustomerState, t: dict[str, Any]) -> dict[str, Any]:
+        """The ``audiences`` fields of an :class:`Assignment` of ``st`` with traits ``t``:
+        memberships as of the later of its last event and the watermark."""
+        if not self.audiences_version:
+            return {}
+        ids = memberships(self.audiences, st, t, self.cache.watermark)
+        return {"audiences": orjson.dumps(ids).decode(),
+                "audiences_version": self.audiences_version}

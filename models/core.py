@@ -43,6 +43,7 @@ from itertools import islice
 
 from models.algorithms import model_for
 from models.assignment import Assigner
+from models.audiences import Audience
 from models.cache import CustomerCache
 from models.config import BatchResult, SegmenterConfig
 from models.drift import DriftMonitor
@@ -61,6 +62,7 @@ from models.records import (
     parse_records,
 )
 from models.state import CustomerState, late_detail
+from models.windows import record, tracked
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
            "Record", "RecordLike", "Segmenter", "SegmenterConfig"]
@@ -86,6 +88,8 @@ class Segmenter:
         self.schedule = UpdateSchedule(config)
         self.changed: dict[str, Event] = {}
         """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""
+        self.window_keep: dict[str, int] = {}
+        """Event type -> days of history kept for audiences' event conditions."""
 
     # -- views of the parts, for callers that only read ---------------------------------------
     @property
@@ -140,7 +144,7 @@ class Segmenter:
         :attr:`changed` for :meth:`assign_changed`."""
         cache, counts, event_ts, arrived = self.cache, res.counts, res.event_ts, res.arrived_ts
         states, changed, schedule = cache.states, self.changed, self.schedule
-        half_life = self.half_life_ms
+        half_life, keep = self.half_life_ms, self.window_keep
         lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark, applied, stop = cache.watermark, 0, len(parsed)
@@ -179,6 +183,8 @@ class Segmenter:
                         cid, st.last_ts - ev.ts_ms, lateness, max_ids)))
                 continue
             st.partition, st.offset = rec.partition, rec.offset
+            if keep:
+                record(st, label, ev.ts_ms, ev.amount, keep)
             processed[label] += 1
             ts = ev.ts_ms
             event_ts.append(ts)
@@ -272,6 +278,13 @@ class Segmenter:
                 f"{self.config.warmup} (SEGMENTER_WARMUP)")
 
     # -- between batches ------------------------------------------------------------------------
+    def set_audiences(self, version: int, audiences: Sequence[Audience]) -> None:
+        """Evaluate memberships with these definitions (version ``version``) from now on;
+        the event types their windows read are counted per day from now on."""
+        self.assigner.audiences = tuple(audiences)
+        self.assigner.audiences_version = version
+        self.window_keep = tracked(audiences)
+
     def adopt(self, model: BaseModel) -> BatchResult | None:
         """Assign with ``model`` (a snapshot from the training worker) from now on; None if
         it is not newer. Customers who waited for a first model are assigned now; the others

@@ -106,6 +106,12 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     """Live traits as of the last event (:func:`models.traits.encode`); empty: not written."""
     rfm: str = ""
     """RFM segment name when written; empty without a purchase."""
+    audiences: str = ""
+    """JSON array of the ids of the audiences the customer is in (contract §2.3); empty:
+    no definitions known yet, memberships left as they are."""
+    audiences_version: int = 0
+    """Version of the definitions ``audiences`` was evaluated with (a write made with older
+    ones than Redis holds leaves memberships alone)."""
 
 
 Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase"]]

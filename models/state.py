@@ -78,7 +78,7 @@ class CustomerState:
         "customer_id", "partition", "offset", "first_ts", "last_ts", "last_purchase_ts",
         "counters", "orders_total", "spend_total", "categories", "country", "region",
         "age", "income", "household", "gender", "seen_ids", "seen_ms", "floor_ms",
-        "events_total", "device", "channel",
+        "events_total", "device", "channel", "windows",
         # current assignment, held in memory only (Redis holds it in the customer hash)
         "segment", "confidence", "model_version", "last_event_id", "rfm",
     )
@@ -106,6 +106,10 @@ class CustomerState:
         self.events_total = 0  # lifetime count of applied events (exact: once per event id)
         self.device: str | None = None  # of the newest event (by event time) that gave one
         self.channel: str | None = None  # likewise
+        # event type -> UTC day -> [count, sum of amounts]: only the types and days that
+        # audiences' event conditions read (models.windows); written after the head's
+        # fields, only when not empty
+        self.windows: dict[str, dict[int, list[float]]] = {}
         self.segment = ""
         self.confidence = 0.0
         self.model_version = 0
@@ -199,6 +203,7 @@ class CustomerState:
                 [at.get(name, name) for name in self.categories],
                 last - self.floor_ms if self.floor_ms else None,
                 (last - base if times else 0) if narrow else None, mask,
+                *self._windows_json(),
             ])
         else:
             head = orjson.dumps([
@@ -206,7 +211,7 @@ class CustomerState:
                 self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
                 self.country, self.region, self.age, self.income, self.household, self.gender,
                 self.floor_ms, base if narrow else None, self.events_total, self.device,
-                self.channel,
+                self.channel, *self._windows_json(),
             ])
         ids = self.seen_ids
         packed = array("I", [t - base for t in times]) if narrow else array("q", times)
@@ -216,6 +221,15 @@ class CustomerState:
             packed.byteswap()
         return b"%s\x00%s%s%s" % (head, numbers or _COUNTERS.pack(*self.counters),
                                   ids.tobytes(), packed.tobytes())
+
+    def _windows_json(self) -> list[dict[str, list[list[float]]]]:
+        """:attr:`windows` as one optional head element (none when empty)."""
+        w = {t: [[d, *c] for d, c in sorted(days.items())]
+             for t, days in self.windows.items() if days}
+        return [w] if w else []
+
+    def _read_windows(self, doc: dict[str, list[list[float]]]) -> None:
+        self.windows = {t: {int(d): [n, amt] for d, n, amt in rows} for t, rows in doc.items()}
 
     @classmethod
     def from_bytes(cls, customer_id: str, blob: bytes,
@@ -248,7 +262,9 @@ class CustomerState:
             raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
         start = cut + 1 + _COUNTERS.size
         if head[0] == LEAN_SCHEMA:
-            _, s.partition, s.offset, s.spend_total, names, floor, base, mask = head
+            _, s.partition, s.offset, s.spend_total, names, floor, base, mask = head[:8]
+            if len(head) > 8:
+                s._read_windows(head[8])
             known = traits or {}
             for name, attr, absent in TRAIT_FIELDS:
                 setattr(s, attr, known.get(name, absent))
@@ -277,6 +293,8 @@ class CustomerState:
             s.floor_ms, base = head[15], head[16]
             if head[0] == 4:  # schema 3 knew no lifetime event count: it starts at 0
                 s.events_total, s.device, s.channel = head[17:20]
+                if len(head) > 20:
+                    s._read_windows(head[20])
             n = (len(blob) - start) // (12 if base is not None else 16)
             s.seen_ids.frombytes(blob[start:start + 8 * n])
             times = array("I" if base is not None else "q", blob[start + 8 * n:])

@@ -55,7 +55,7 @@ async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None
     try:
         existing = set(await admin.list_topics())
         names = (settings.events_topic, settings.dlq_topic, settings.changes_topic,
-                 settings.lifecycle_topic, *extra)
+                 settings.lifecycle_topic, settings.audience_changes_topic, *extra)
         todo = [NewTopic(n, settings.partitions, settings.replication)
                 for n in dict.fromkeys(names) if n not in existing]
         if todo:

@@ -63,6 +63,32 @@ class Keys:
         return f"{self.prefix}changes"
 
     @property
+    def audiences(self) -> str:
+        """Hash of audience id -> its definition (JSON, contract §2.3)."""
+        return f"{self.prefix}audiences"
+
+    @property
+    def audiences_version(self) -> str:
+        """Counter bumped by every change of :attr:`audiences` (workers poll this small key;
+        a write made with older definitions leaves memberships alone)."""
+        return f"{self.prefix}audiences-version"
+
+    @property
+    def audience_sizes(self) -> str:
+        """Hash of audience id -> member count (kept atomically with every membership)."""
+        return f"{self.prefix}audience-sizes"
+
+    @property
+    def audience_changes(self) -> str:
+        """Stream (and Pub/Sub channel) of audience entries and exits."""
+        return f"{self.prefix}audience-changes"
+
+    @property
+    def audience_progress(self) -> str:
+        """Hash of audience id -> JSON progress of its evaluation over existing customers."""
+        return f"{self.prefix}audience-progress"
+
+    @property
     def model(self) -> str:
         """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
         return f"{self.prefix}model"

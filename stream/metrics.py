@@ -40,6 +40,8 @@ class Metrics:
                                registry=r)
         self.segment_size = Gauge("segmenter_segment_size", "Customers per segment",
                                   ["segment"], registry=r)
+        self.audience_size = Gauge("segmenter_audience_size", "Members per audience",
+                                   ["audience"], registry=r)
         self.model_version = Gauge("segmenter_model_version", "Version of the model in use",
                                    registry=r)
         self.batch_seconds = Histogram(

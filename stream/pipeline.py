@@ -24,6 +24,7 @@ from aiokafka.errors import KafkaError
 
 from models.config import BatchResult
 from models.core import Parsed, Segmenter
+from stream.audiences_io import AudienceStore
 from stream.consume import BatchReader
 from stream.health import Health
 from stream.metrics import Metrics
@@ -62,8 +63,10 @@ class EventPipeline:
     """Consumes the events topic in batches and keeps segments in Redis current."""
 
     def __init__(self, settings: Settings, store: RedisStore, metrics: Metrics,
-                 health: Health) -> None:
+                 health: Health, audiences: AudienceStore) -> None:
         self.settings, self.store, self.metrics, self.health = settings, store, metrics, health
+        self.audiences = audiences
+        self.audiences_version = 0  # of the definitions the core evaluates with
         self.core = Segmenter(settings.segmenter_config())
         self.sync = ModelSync(store, metrics, settings.segmenter_config().refresh_sample)
         self.rfm = RfmRefresher(store.r, store.keys)
@@ -238,8 +241,16 @@ class EventPipeline:
         customers without new events (time passed, or the model moved); writes what changed.
         Called on a timer, and once before consuming."""
         assert self.writer is not None
+        version = await self.writer.retry(self.audiences.version)
         async with self.lock:
             await self.settle()
+            if version != self.audiences_version:
+                # new definitions apply to what follows; a write of older ones is refused
+                # by the write script's version check, so re-read under the lock
+                version, defs = await self.writer.retry(self.audiences.load)
+                self.core.set_audiences(version, defs)
+                self.audiences_version = version
+                log.info("audiences: version %d, %d defined", version, len(defs))
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
@@ -254,8 +265,15 @@ class EventPipeline:
         return len(self.consumer.assignment()) if self.consumer is not None else 0
 
     async def refresh_sizes(self) -> dict[str, int]:
-        """Read segment sizes from Redis into the gauge and the profiles."""
+        """Read segment and audience sizes from Redis into the gauges; returns the
+        segments'."""
         sizes = await self.store.sizes()
         for sid, n in sizes.items():
             self.metrics.segment_size.labels(sid).set(n)
+        gauge = self.metrics.audience_size
+        members = await self.audiences.sizes()
+        for aid, n in members.items():
+            gauge.labels(aid).set(n)
+        for (aid,) in [k for k in gauge._metrics if k[0] not in members]:  # deleted ones
+            gauge.remove(aid)
         return sizes

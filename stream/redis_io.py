@@ -24,17 +24,20 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.core import Assignment
 from models.features import CustomerState
 from models.traits import TRAIT_NAMES, from_fields
+from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import RetriableError
 from stream.keys import Keys, load_profile
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
 
-_UPSERT = TRAITS_LUA + """
+_UPSERT = TRAITS_LUA + AUDIENCES_LUA + """
 local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
 if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[3])
 put_traits(KEYS[2], KEYS[5], ARGV[14], ARGV[15])
+put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
+              ARGV[7], ARGV[9], ARGV[10], ARGV[12])
 if ARGV[4] == '' then return {0, ''} end
 local old = redis.call('HGET', KEYS[2], 'segment')
 redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
@@ -51,8 +54,9 @@ redis.call('PUBLISH', KEYS[4], msg)
 return {1, msg}
 """
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
-_ERASE = FORGET_LUA + """
+_ERASE = FORGET_LUA + AUDIENCES_LUA + """
 forget_rfm(KEYS[2], KEYS[5])
+forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
 local old = redis.call('HGET', KEYS[2], 'segment')
 local existed = redis.call('DEL', KEYS[1], KEYS[2])
 if not old then return {existed, ''} end
@@ -67,13 +71,15 @@ return {existed, msg}
 
 # The interval flush of customers whose segment did not change: state, confidence, version,
 # and the segment's current name (a renamed segment reaches its customers' hashes).
-_REFRESH = TRAITS_LUA + """
+_REFRESH = TRAITS_LUA + AUDIENCES_LUA + """
 local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
 if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[3])
 put_traits(KEYS[2], KEYS[3], ARGV[10], ARGV[11])
+put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
+              ARGV[7], ARGV[12], ARGV[13], ARGV[15])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
              'updated_at', ARGV[7], 'segment_name', ARGV[8])
@@ -220,21 +226,26 @@ class RedisStore:
         if not assignments:
             return [], 0
         k = self.keys
+        audience_keys = (k.audience_sizes, k.audience_changes, k.audiences_version,
+                         k.audiences)
         try:
             if refresh:
-                results = await self._pipelined(self._refresh, 3, [
-                    (k.state(a.customer_id), k.customer(a.customer_id), k.rfm, a.partition,
+                results = await self._pipelined(self._refresh, 7, [
+                    (k.state(a.customer_id), k.customer(a.customer_id), k.rfm,
+                     *audience_keys, a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
-                     a.traits, a.rfm)
+                     a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
+                     a.audiences, a.audiences_version)
                     for a in assignments])
                 return [], sum(1 for r in results if r == -1)
-            results = await self._pipelined(self._upsert, 5, [
+            results = await self._pipelined(self._upsert, 9, [
                 (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
-                 a.partition, a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state),
+                 *audience_keys, a.partition, a.offset,
+                 b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
-                 a.traits, a.rfm)
+                 a.traits, a.rfm, a.audiences, a.audiences_version)
                 for a in assignments])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
@@ -248,9 +259,10 @@ class RedisStore:
             return 0
         k = self.keys
         try:
-            results = await self._pipelined(self._erase, 5, [
+            results = await self._pipelined(self._erase, 8, [
                 (k.state(cid), k.customer(cid), k.sizes, k.changes, k.rfm,
-                 cid, now_ms, self.maxlen, model_version) for cid in ids])
+                 k.audience_sizes, k.audience_changes, k.audiences, cid, now_ms,
+                 self.maxlen, model_version) for cid in ids])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
         return sum(1 for res in results if res[0])

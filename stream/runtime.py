@@ -7,10 +7,12 @@
 
 from __future__ import annotations
 
+import logging
 import time
 
 from aiokafka import AIOKafkaProducer
 
+from stream.audiences_io import AudienceStore
 from stream.dashboard import Dashboard
 from stream.health import Health
 from stream.kafka_io import LagReader, ensure_topics, make_producer
@@ -20,6 +22,8 @@ from stream.redis_io import RedisStore, connect
 from stream.relay import ChangeRelay
 from stream.settings import Settings
 from stream.status import WorkerStatus
+
+log = logging.getLogger(__name__)
 
 
 class Runtime:
@@ -32,7 +36,9 @@ class Runtime:
         self.health = Health()
         self.redis = connect(settings.redis_url)
         self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
-        self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health)
+        self.audiences = AudienceStore(self.redis, self.store.keys)
+        self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health,
+                                      self.audiences)
         self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
         self.producer: AIOKafkaProducer
         self.relays: list[ChangeRelay] = []
@@ -44,6 +50,9 @@ class Runtime:
     async def start(self) -> None:
         """Topics, producer, pipeline, lag reader, relays."""
         await ensure_topics(self.settings)
+        if self.settings.audiences_file:  # InvalidAudience stops the worker, naming it
+            loaded = await self.audiences.load_file(self.settings.audiences_file)
+            log.info("audiences loaded from %s: %s", self.settings.audiences_file, loaded)
         self.producer = make_producer(self.settings)
         await self.producer.start()
         await self.pipeline.start(self.producer)
@@ -52,6 +61,9 @@ class Runtime:
         self.relays = [
             ChangeRelay(self.redis, self.producer, keys.changes, self.settings.changes_topic,
                         f"{prefix}relay-leader"),
+            ChangeRelay(self.redis, self.producer, keys.audience_changes,
+                        self.settings.audience_changes_topic,
+                        f"{prefix}relay-leader:audiences"),
             ChangeRelay(self.redis, self.producer, keys.lifecycle,
                         self.settings.lifecycle_topic, f"{prefix}relay-leader:lifecycle",
                         key_field="segment", field=b"lifecycle"),

@@ -45,6 +45,13 @@ class Settings:
     """Topic of segment change messages."""
     lifecycle_topic: str = "segment-lifecycle"
     """Topic of segment lifecycle messages (born, split, merged, retired)."""
+    audience_changes_topic: str = "audience-changes"
+    """Topic of audience membership changes (``entered``/``exited``, contract §3)."""
+    audiences_file: str = ""
+    """A JSON file of audiences loaded at start: an object from audience id to definition
+    (``{"name": ..., "where": ...}``, contract §2.3). Each is stored (created or replaced)
+    as ``PUT /audiences/<id>`` would; an invalid one stops the worker, naming the problem.
+    Audiences defined over HTTP and not in the file are kept. Empty: none loaded."""
     partitions: int = 4
     """Partitions of the topics the worker creates."""
     replication: int = 1

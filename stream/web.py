@@ -18,6 +18,7 @@ from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
+from stream import audience_web
 from stream.rfm_io import read_customer
 
 if TYPE_CHECKING:
@@ -211,6 +212,8 @@ def register(app: faust.App, rt: Runtime) -> None:
                 return self.json({"error": "unknown segment", "segment_id": segment_id},
                                  status=404)
             return self.json(profiles[segment_id])
+
+    audience_web.register(app, rt)
 
     @app.page("/health")
     class Health(View):

@@ -86,6 +86,7 @@ def make_settings(servers: tuple[str, str]) -> Settings:
         "SEGMENTER_DLQ_TOPIC": f"events-dlq-{uid}",
         "SEGMENTER_CHANGES_TOPIC": f"segment-changes-{uid}",
         "SEGMENTER_LIFECYCLE_TOPIC": f"segment-lifecycle-{uid}",
+        "SEGMENTER_AUDIENCE_CHANGES_TOPIC": f"audience-changes-{uid}",
         "SEGMENTER_GROUP": f"segmenter-{uid}",
         "SEGMENTER_REDIS_PREFIX": f"t{uid}:",
         "SEGMENTER_WEB_PORT": str(free_port()),

@@ -1,0 +1,188 @@
+"""Redis side of audiences (contract §2.3, §4): definitions shared by every worker, their
+live sizes and the progress of their evaluation over existing customers.
+
+- ``seg:audiences`` — hash, audience id -> the definition as given (JSON);
+- ``seg:audiences-version`` — a counter bumped with every change of the definitions, in the
+  same transaction: workers poll this one small key on the model timer (no round trip per
+  event) and re-read the definitions only when it moved;
+- ``seg:audience-sizes`` — hash, audience id -> members, kept by the customer write scripts
+  (:mod:`stream.redis_io`) atomically with each membership;
+- ``seg:audience-progress`` — hash, audience id -> JSON ``{"version", "done", "total",
+  "finished"}`` of the evaluation of a new or changed audience over existing customers.
+
+A customer's memberships live in their hash (field ``audiences``, a JSON array of ids), so a
+website reads them with the segment in one round trip.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import orjson
+
+from models.audiences import Audience, InvalidAudience, parse_audience
+
+if TYPE_CHECKING:
+    import redis.asyncio as aioredis
+
+    from stream.keys import Keys
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+class AudienceStore:
+    """Definitions in Redis, as every worker sees them."""
+
+    def __init__(self, client: aioredis.Redis, keys: Keys) -> None:
+        self.r, self.keys = client, keys
+
+    async def put(self, audience_id: str, body: Any) -> tuple[Audience, bool]:
+        """Validate and store (create or replace); returns it and whether it is new.
+        Raises :class:`InvalidAudience` naming the problem; nothing is stored then."""
+        audience = parse_audience(audience_id, body)
+        k = self.keys
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hset(k.audiences, audience_id, orjson.dumps(audience.definition))
+            pipe.hsetnx(k.audience_sizes, audience_id, 0)
+            pipe.incr(k.audiences_version)
+            _, created, _ = await pipe.execute()
+        return audience, bool(created)
+
+    async def delete(self, audience_id: str) -> bool:
+        """Forget an audience (its members leave it at their next write, with an ``exited``
+        message each); False when it did not exist."""
+        k = self.keys
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.hdel(k.audiences, audience_id)
+            pipe.hdel(k.audience_sizes, audience_id)
+            pipe.hdel(k.audience_progress, audience_id)
+            pipe.incr(k.audiences_version)
+            existed, *_ = await pipe.execute()
+        return bool(existed)
+
+    async def version(self) -> int:
+        """The definitions' version (0 before any)."""
+        return int(await self.r.get(self.keys.audiences_version) or 0)
+
+    async def load(self) -> tuple[int, list[Audience]]:
+        """The version and every definition, read atomically. A definition that no longer
+        parses (written by hand) is left out."""
+        k = self.keys
+        async with self.r.pipeline(transaction=True) as pipe:
+            pipe.get(k.audiences_version)
+            pipe.hgetall(k.audiences)
+            version, raw = await pipe.execute()
+        out = []
+        for aid, body in sorted(raw.items()):
+            try:
+                out.append(parse_audience(_text(aid), orjson.loads(body)))
+            except (InvalidAudience, orjson.JSONDecodeError):
+                continue
+        return int(version or 0), out
+
+    async def describe(self, audience_id: str | None = None) -> dict[str, dict[str, Any]]:
+        """Audiences as ``GET /audiences`` gives them: id -> ``name``, ``definition``,
+        ``size`` and ``evaluation`` (progress over existing customers, or null)."""
+        k = self.keys
+        async with self.r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(k.audiences)
+            pipe.hgetall(k.audience_sizes)
+            pipe.hgetall(k.audience_progress)
+            defs, sizes, progress = await pipe.execute()
+        sizes = {_text(a): int(n) for a, n in sizes.items()}
+        progress = {_text(a): orjson.loads(p) for a, p in progress.items()}
+        out = {}
+        for aid, body in sorted(defs.items()):
+            aid = _text(aid)
+            if audience_id is not None and aid != audience_id:
+                continue
+            definition = orjson.loads(body)
+            out[aid] = {"id": aid, "name": definition.get("name"), "definition": definition,
+                        "size": max(0, sizes.get(aid, 0)), "evaluation": progress.get(aid)}
+        return out
+
+    async def sizes(self) -> dict[str, int]:
+        """Members per audience."""
+        raw = await self.r.hgetall(self.keys.audience_sizes)
+        return {_text(a): max(0, int(n)) for a, n in raw.items()}
+
+    async def load_file(self, path: str) -> list[str]:
+        """Store every audience of a JSON file (``SEGMENTER_AUDIENCES_FILE``: an object from
+        id to definition); returns the ids. All are validated before any is stored; raises
+        :class:`InvalidAudience` naming the file, the audience and the problem."""
+        try:
+            doc = json.loads(Path(path).read_text())
+        except (OSError, ValueError) as exc:
+            raise InvalidAudience(f"{path}: cannot read a JSON object of audiences: {exc}") \
+                from None
+        if not isinstance(doc, dict):
+            raise InvalidAudience(f"{path}: must be a JSON object from audience id to "
+                                  "definition")
+        for aid, body in doc.items():
+            try:
+                parse_audience(aid, body)
+            except InvalidAudience as exc:
+                raise InvalidAudience(f"{path}: audience {aid!r}: {exc}") from None
+        current = await self.describe()
+        for aid, body in doc.items():
+            # unchanged: not stored again (that would start a re-evaluation at every start)
+            if current.get(aid, {}).get("definition") != body:
+                await self.put(aid, body)
+        return list(doc)
+
+
+# Lua, prepended to the customer write scripts (stream.redis_io): the customer's memberships
+# (a JSON array in the hash field ``audiences``) replaced by those the writer evaluated, the
+# sizes moved and one ``entered``/``exited`` message per difference appended to the stream
+# (and published), in the same atomic, fenced call. A write evaluated with definitions older
+# than Redis holds (a worker that has not polled yet) leaves memberships alone: it could
+# announce exits from an audience it does not know of yet. A re-sent or replayed write finds
+# the same list and changes nothing.
+AUDIENCES_LUA = """
+local function audience_msg(stream, maxlen, cid, a, change, at, event_id, reason)
+  local msg = cjson.encode({customer_id = cid, audience = a, change = change,
+    changed_at = tonumber(at), event_id = (event_id ~= '' and event_id) or cjson.null,
+    reason = reason})
+  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'change', msg)
+  redis.call('PUBLISH', stream, msg)
+end
+local function put_audiences(h, sizes, stream, version_key, defs, new, ver, cid, at,
+                             event_id, reason, maxlen)
+  if new == '' then return 0 end
+  if tonumber(redis.call('GET', version_key) or '0') > tonumber(ver) then return 0 end
+  local old = redis.call('HGET', h, 'audiences')
+  if old == new then return 0 end
+  redis.call('HSET', h, 'audiences', new)
+  local was, now, n = cjson.decode(old or '[]'), cjson.decode(new), 0
+  local in_new, in_old = {}, {}
+  for _, a in ipairs(now) do in_new[a] = true end
+  for _, a in ipairs(was) do
+    in_old[a] = true
+    if not in_new[a] then
+      if redis.call('HEXISTS', defs, a) == 1 then redis.call('HINCRBY', sizes, a, -1) end
+      audience_msg(stream, maxlen, cid, a, 'exited', at, event_id, reason)
+      n = n + 1
+    end
+  end
+  for _, a in ipairs(now) do
+    if not in_old[a] then
+      redis.call('HINCRBY', sizes, a, 1)
+      audience_msg(stream, maxlen, cid, a, 'entered', at, event_id, reason)
+      n = n + 1
+    end
+  end
+  return n
+end
+local function forget_audiences(h, sizes, stream, defs, cid, at, maxlen)
+  local old = redis.call('HGET', h, 'audiences')
+  if not old then return end
+  for _, a in ipairs(cjson.decode(old)) do
+    if redis.call('HEXISTS', defs, a) == 1 then redis.call('HINCRBY', sizes, a, -1) end
+    audience_msg(stream, maxlen, cid, a, 'exited', at, '', 'delete')
+  end
+end
+"""
