@@ -183,6 +183,7 @@ class Segmenter:
                         cid, st.last_ts - ev.ts_ms, lateness, max_ids)))
                 continue
             st.partition, st.offset = rec.partition, rec.offset
+            st.last_event_id = ev.event_id  # what an audience change names, model or not
             if keep:
                 record(st, label, ev.ts_ms, ev.amount, keep)
             processed[label] += 1

@@ -1,0 +1,190 @@
+"""Audiences on the real broker and Redis (contract §2.3, §3, §4): definitions over HTTP and
+from a file, memberships in the customer hash (one round trip) and ``GET /customers/<id>``,
+one ``entered``/``exited`` message per change on the stream, Pub/Sub and Kafka topic,
+re-sends that change nothing, live sizes, erasure."""
+
+from __future__ import annotations
+
+import dataclasses
+import urllib.parse
+from pathlib import Path
+from typing import Any
+
+import orjson
+import redis.asyncio as aioredis
+
+from stream.kafka_io import ensure_topics
+from stream.settings import Settings
+from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
+from tests.integration.test_pipeline import lag_is_zero
+from tests.integration.test_serving import request
+
+DAY = 86_400_000
+T0 = 1767225600000
+ADMIN = {"Authorization": "Bearer admin-t"}
+REPEAT_AT = {"name": "Repeat buyers in DE or AT", "where": {"all": [
+    {"event": "purchase", "within_days": 30, "count": {"op": ">=", "value": 2}},
+    {"trait": "country", "op": "in", "value": ["DE", "AT"]}]}}
+MOBILE = {"name": "On mobile", "where": {"trait": "device", "op": "=", "value": "mobile"}}
+
+Message = tuple[bytes | None, bytes | None]
+
+
+def ev(cid: str, n: int, etype: str, day: float = 0, **props: Any) -> Message:
+    return cid.encode(), orjson.dumps({
+        "event_id": f"{cid}-{n}", "customer_id": cid, "type": etype,
+        "timestamp": int(T0 + day * DAY + n * 60_000), "properties": props})
+
+
+def _text(x: bytes | str) -> str:
+    return x.decode() if isinstance(x, bytes) else x
+
+
+async def _stream(r: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
+    return [orjson.loads(f[b"change"]) for _, f in
+            await r.xrange(f"{prefix}audience-changes")]
+
+
+async def _worker(settings: Settings, tmp_path: Path, audiences: dict[str, Any]) -> \
+        tuple[Settings, WorkerProcess]:
+    path = tmp_path / "audiences.json"
+    path.write_text(orjson.dumps(audiences).decode())
+    settings = dataclasses.replace(settings, api_token="admin-t", read_token="read-t",
+                                   audiences_file=str(path))
+    await ensure_topics(settings)
+    worker = WorkerProcess(settings, tmp_path)
+    await worker.wait_healthy()
+    return settings, worker
+
+
+async def test_definitions_over_http_and_from_a_file(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    settings, worker = await _worker(settings, tmp_path, {"a-mobile": MOBILE})
+    try:
+        status, _, body = request(worker, "GET", "/audiences")
+        assert status == 200
+        assert [(a["id"], a["definition"], a["size"]) for a in body["audiences"]] == [
+            ("a-mobile", MOBILE, 0)]
+        path = "/audiences/a-repeat-at"
+        assert request(worker, "PUT", path, REPEAT_AT)[0] == 401
+        assert request(worker, "PUT", path, REPEAT_AT,
+                       headers={"Authorization": "Bearer no"})[0] == 401
+        bad = {"name": "x", "where": {"trait": "orders", "op": "~", "value": 1}}
+        status, _, body = request(worker, "PUT", path, bad, headers=ADMIN)
+        assert status == 400 and "where.op: must be one of" in body["error"], body
+        status, _, body = request(worker, "PUT", path, {"name": "x", "where": {"all": [
+            {"trait": "shoe_size", "op": "=", "value": 1}]}}, headers=ADMIN)
+        assert status == 400 and "where.all[0].trait: unknown trait 'shoe_size'" in \
+            body["error"]
+        assert request(worker, "GET", path)[0] == 404  # nothing stored by a bad definition
+        status, _, body = request(worker, "PUT", path, REPEAT_AT, headers=ADMIN)
+        assert status == 201 and body["definition"] == REPEAT_AT and body["size"] == 0
+        assert request(worker, "PUT", path, REPEAT_AT, headers=ADMIN)[0] == 200  # replaced
+        status, _, body = request(worker, "GET", path)
+        assert status == 200 and body["name"] == REPEAT_AT["name"]
+        assert {a["id"] for a in request(worker, "GET", "/audiences")[2]["audiences"]} == {
+            "a-mobile", "a-repeat-at"}
+        assert await r.hexists(f"{settings.redis_prefix}audiences", "a-repeat-at")
+        assert request(worker, "DELETE", path)[0] == 401
+        assert request(worker, "DELETE", path, headers=ADMIN)[0] == 200
+        assert request(worker, "GET", path)[0] == 404
+        assert request(worker, "DELETE", path, headers=ADMIN)[0] == 404
+    finally:
+        worker.stop()
+    # an invalid file stops the worker, naming the audience and the problem
+    bad_file = tmp_path / "bad.json"
+    bad_file.write_text(orjson.dumps({"a-bad": {"name": "n", "where": {"rfm": "Heroes"}}})
+                        .decode())
+    worker = WorkerProcess(dataclasses.replace(settings, audiences_file=str(bad_file)),
+                           tmp_path, name="bad")
+    try:
+        await wait_for(lambda: _exited(worker), 60, "the worker to refuse the file")
+        assert "audience 'a-bad': where.rfm: must be one of" in worker.log()
+    finally:
+        worker.stop()
+
+
+async def _exited(worker: WorkerProcess) -> bool:
+    return worker.proc.poll() is not None
+
+
+async def test_memberships_and_their_changes(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    settings, worker = await _worker(settings, tmp_path,
+                                     {"a-repeat-at": REPEAT_AT, "a-mobile": MOBILE})
+    prefix, cid = settings.redis_prefix, "ü-aud/1"
+    key = f"{prefix}customer:{{{cid}}}"
+    path = f"/customers/{urllib.parse.quote(cid, safe='')}"
+    pubsub = r.pubsub()
+    await pubsub.subscribe(f"{prefix}audience-changes")
+    try:
+        first = [ev(cid, 0, "page_view", country="AT", device="mobile"),
+                 ev(cid, 1, "purchase", amount=20.0)]
+        await produce(settings, first)
+        await wait_for(lambda: lag_is_zero(settings), 60, "the first events")
+        await wait_for(lambda: _members(r, key, ["a-mobile"]), 30, "a-mobile entered")
+        await produce(settings, [ev(cid, 2, "purchase", day=3, amount=30.0, device="desktop")])
+        await wait_for(lambda: lag_is_zero(settings), 60, "the second purchase")
+        await wait_for(lambda: _members(r, key, ["a-repeat-at"]), 30,
+                       "a-repeat-at entered, a-mobile exited")
+
+        # one round trip for a website; the API gives the same list
+        h = {_text(k): _text(v) for k, v in (await r.hgetall(key)).items()}
+        assert orjson.loads(h["audiences"]) == ["a-repeat-at"] and h["country"] == "AT"
+        status, _, body = request(worker, "GET", path, headers={"Authorization":
+                                                                "Bearer read-t"})
+        assert status == 200 and body["audiences"] == ["a-repeat-at"]
+
+        changes = [(m["audience"], m["change"], m["event_id"], m["reason"])
+                   for m in await _stream(r, prefix) if m["customer_id"] == cid]
+        assert changes == [("a-mobile", "entered", f"{cid}-1", "event"),
+                           ("a-mobile", "exited", f"{cid}-2", "event"),
+                           ("a-repeat-at", "entered", f"{cid}-2", "event")]
+        sizes = await r.hgetall(f"{prefix}audience-sizes")
+        assert (sizes[b"a-repeat-at"], sizes[b"a-mobile"]) == (b"1", b"0")
+        status, _, body = request(worker, "GET", "/audiences/a-repeat-at")
+        assert body["size"] == 1
+        await wait_for(lambda: _gauge(worker, "a-repeat-at", 1.0), 20, "the size gauge")
+
+        # Pub/Sub saw each, the Kafka topic got each (relayed from the stream), once
+        seen: list[dict[str, Any]] = []
+
+        async def heard_three() -> bool:
+            msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=0.2)
+            if msg is not None:
+                seen.append(orjson.loads(msg["data"]))
+            return len(seen) >= 3
+        await wait_for(heard_three, 10, "three Pub/Sub messages", every=0.01)
+        assert [(m["audience"], m["change"]) for m in seen] == [c[:2] for c in changes]
+        relayed = await consume_all(settings, settings.audience_changes_topic, 3)
+        assert [(orjson.loads(m.value)["audience"], orjson.loads(m.value)["change"])
+                for m in relayed] == [c[:2] for c in changes]
+        assert {m.key for m in relayed} == {cid.encode()}
+
+        # re-sent: nothing moves, nothing is published
+        before = await r.hgetall(key)
+        await produce(settings, [*first, ev(cid, 2, "purchase", day=3, amount=30.0,
+                                            device="desktop")])
+        await wait_for(lambda: lag_is_zero(settings), 60, "the re-sent events")
+        assert await r.hgetall(key) == before
+        assert len(await _stream(r, prefix)) == 3
+
+        # erased: out of the audience, with an exit of reason delete
+        assert request(worker, "DELETE", path, headers=ADMIN)[0] == 200
+        last = (await _stream(r, prefix))[-1]
+        assert (last["audience"], last["change"], last["reason"]) == (
+            "a-repeat-at", "exited", "delete")
+        assert (await r.hgetall(f"{prefix}audience-sizes"))[b"a-repeat-at"] == b"0"
+    finally:
+        await pubsub.aclose()
+        worker.stop()
+
+
+async def _members(r: aioredis.Redis, key: str, ids: list[str]) -> bool:
+    raw = await r.hget(key, "audiences")
+    return raw is not None and orjson.loads(raw) == ids
+
+
+async def _gauge(worker: WorkerProcess, audience: str, value: float) -> bool:
+    return f'segmenter_audience_size{{audience="{audience}"}} {value}' in \
+        worker.metrics_text()
