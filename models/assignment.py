@@ -74,6 +74,9 @@ class Assigner:
         self._rfm_pass: list[str] = []  # customers left to look at in this RFM pass
         self.audiences: tuple[Audience, ...] = ()  # the current definitions, set by the caller
         self.audiences_version = 0  # their version; 0: none known yet
+        self._audience_pass: list[str] = []  # customers left to look at for memberships
+        self.audience_pass_total = 0  # customers in the current pass
+        self.audience_pass_reason = "time"  # or "definition": the pass after a change
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -204,6 +207,43 @@ class Assigner:
         memberships as of the later of its last event and the watermark."""
         if not self.audiences_version:
             return {}
-        ids = memberships(self.audiences, st, t, self.cache.watermark)
-        return {"audiences": orjson.dumps(ids).decode(),
-                "audiences_version": self.audiences_version}
+        st.audiences = orjson.dumps(memberships(self.audiences, st, t,
+                                                self.cache.watermark)).decode()
+        return {"audiences": st.audiences, "audiences_version": self.audiences_version}
+
+    def restart_audience_pass(self) -> None:
+        """Look at every cached customer again (the definitions changed)."""
+        self._audience_pass = list(self.cache.states)
+        self.audience_pass_total = len(self._audience_pass)
+        self.audience_pass_reason = "definition"
+
+    def audience_moves(self, model: BaseModel, budget: int) -> list[Assignment]:
+        """Cached customers whose memberships changed without an event of theirs (a window
+        passed in event time, the definitions changed): up to ``budget`` looked at,
+        round-robin; writes with reason ``definition`` in the pass that follows a change of
+        definitions, ``time`` after. Customers waiting for the next drain are
+        left to it."""
+        cache = self.cache
+        if not self.audiences_version or budget <= 0:
+            return []
+        if not self._audience_pass:
+            self._audience_pass = list(cache.states)
+            self.audience_pass_total = len(self._audience_pass)
+            self.audience_pass_reason = "time"
+        batch = self._audience_pass[-budget:]
+        self._audience_pass = self._audience_pass[:-budget]
+        out = []
+        for cid in batch:
+            st = cache.states.get(cid)
+            if st is None or cid in cache.dirty:
+                continue
+            t = traits(st)
+            now = orjson.dumps(memberships(self.audiences, st, t, cache.watermark)).decode()
+            if now != st.audiences:
+                out.append(self.assignment(model, st, self.audience_pass_reason, ""))
+        return out
+
+    @property
+    def audience_pass_left(self) -> int:
+        """Customers left in the current pass over memberships."""
+        return len(self._audience_pass)

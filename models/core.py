@@ -285,6 +285,12 @@ class Segmenter:
         self.assigner.audiences = tuple(audiences)
         self.assigner.audiences_version = version
         self.window_keep = tracked(audiences)
+        self.assigner.restart_audience_pass()  # every cached customer, with the new ones
+
+    def audience_moves(self, budget: int) -> list[Assignment]:
+        """Customers whose memberships changed as event time passed or the definitions
+        changed, up to ``budget`` looked at (:meth:`Assigner.audience_moves`)."""
+        return self.assigner.audience_moves(self.model, budget)
 
     def adopt(self, model: BaseModel) -> BatchResult | None:
         """Assign with ``model`` (a snapshot from the training worker) from now on; None if

@@ -80,7 +80,7 @@ class CustomerState:
         "age", "income", "household", "gender", "seen_ids", "seen_ms", "floor_ms",
         "events_total", "device", "channel", "windows",
         # current assignment, held in memory only (Redis holds it in the customer hash)
-        "segment", "confidence", "model_version", "last_event_id", "rfm",
+        "segment", "confidence", "model_version", "last_event_id", "rfm", "audiences",
     )
 
     def __init__(self, customer_id: str) -> None:
@@ -115,6 +115,7 @@ class CustomerState:
         self.model_version = 0
         self.last_event_id = ""
         self.rfm = ""  # the RFM segment name the customer hash holds
+        self.audiences = ""  # the memberships (JSON array) the customer hash holds; "": unknown
 
     def admit(self, id_hash: int, ts_ms: int, lateness_ms: int,
               max_ids: int = MAX_IDS) -> str:

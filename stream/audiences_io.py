@@ -7,8 +7,11 @@ live sizes and the progress of their evaluation over existing customers.
   event) and re-read the definitions only when it moved;
 - ``seg:audience-sizes`` — hash, audience id -> members, kept by the customer write scripts
   (:mod:`stream.redis_io`) atomically with each membership;
-- ``seg:audience-progress`` — hash, audience id -> JSON ``{"version", "done", "total",
-  "finished"}`` of the evaluation of a new or changed audience over existing customers.
+- ``seg:audience-progress`` — hash, worker -> JSON ``{"version", "done", "total",
+  "finished", "at"}``: each worker's evaluation of the current definitions over the
+  customers it holds (a new or changed audience is evaluated over existing customers in
+  the background), reported on the model timer; ``GET /audiences`` sums the workers heard
+  from in the last :data:`PROGRESS_FRESH_S` seconds.
 
 A customer's memberships live in their hash (field ``audiences``, a JSON array of ids), so a
 website reads them with the segment in one round trip.
@@ -17,6 +20,7 @@ website reads them with the segment in one round trip.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +36,10 @@ if TYPE_CHECKING:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+PROGRESS_FRESH_S = 10.0
+"""A worker's progress report older than this is left out (the worker is gone)."""
 
 
 class AudienceStore:
@@ -59,7 +67,6 @@ class AudienceStore:
         async with self.r.pipeline(transaction=True) as pipe:
             pipe.hdel(k.audiences, audience_id)
             pipe.hdel(k.audience_sizes, audience_id)
-            pipe.hdel(k.audience_progress, audience_id)
             pipe.incr(k.audiences_version)
             existed, *_ = await pipe.execute()
         return bool(existed)
@@ -94,7 +101,7 @@ class AudienceStore:
             pipe.hgetall(k.audience_progress)
             defs, sizes, progress = await pipe.execute()
         sizes = {_text(a): int(n) for a, n in sizes.items()}
-        progress = {_text(a): orjson.loads(p) for a, p in progress.items()}
+        evaluation = _evaluation([orjson.loads(p) for p in progress.values()])
         out = {}
         for aid, body in sorted(defs.items()):
             aid = _text(aid)
@@ -102,8 +109,15 @@ class AudienceStore:
                 continue
             definition = orjson.loads(body)
             out[aid] = {"id": aid, "name": definition.get("name"), "definition": definition,
-                        "size": max(0, sizes.get(aid, 0)), "evaluation": progress.get(aid)}
+                        "size": max(0, sizes.get(aid, 0)), "evaluation": evaluation}
         return out
+
+    async def report_progress(self, worker: str, version: int, done: int, total: int,
+                              finished: bool) -> None:
+        """This worker's evaluation of definitions ``version`` over its customers."""
+        await self.r.hset(self.keys.audience_progress, worker, orjson.dumps({
+            "version": version, "done": done, "total": total, "finished": finished,
+            "at": time.time()}))
 
     async def sizes(self) -> dict[str, int]:
         """Members per audience."""
@@ -133,6 +147,25 @@ class AudienceStore:
             if current.get(aid, {}).get("definition") != body:
                 await self.put(aid, body)
         return list(doc)
+
+
+def _evaluation(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """The workers' progress on the newest definitions, summed (fresh reports only).
+
+    >>> _evaluation([{"version": 2, "done": 5, "total": 10, "finished": False,
+    ...               "at": time.time()}, {"version": 1, "done": 1, "total": 1,
+    ...               "finished": True, "at": time.time()}])
+    {'version': 2, 'done': 5, 'total': 10, 'finished': False, 'workers': 1}
+    """
+    cut = time.time() - PROGRESS_FRESH_S
+    fresh = [p for p in reports if p.get("at", 0) >= cut]
+    if not fresh:
+        return None
+    version = max(p["version"] for p in fresh)
+    mine = [p for p in fresh if p["version"] == version]
+    return {"version": version, "done": sum(p["done"] for p in mine),
+            "total": sum(p["total"] for p in mine),
+            "finished": all(p["finished"] for p in mine), "workers": len(mine)}
 
 
 # Lua, prepended to the customer write scripts (stream.redis_io): the customer's memberships

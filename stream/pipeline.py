@@ -16,6 +16,8 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
+import os
+import socket
 import time
 from typing import Any
 
@@ -67,6 +69,7 @@ class EventPipeline:
         self.settings, self.store, self.metrics, self.health = settings, store, metrics, health
         self.audiences = audiences
         self.audiences_version = 0  # of the definitions the core evaluates with
+        self.worker_id = f"{socket.gethostname()}:{settings.web_port}:{os.getpid()}"
         self.core = Segmenter(settings.segmenter_config())
         self.sync = ModelSync(store, metrics, settings.segmenter_config().refresh_sample)
         self.rfm = RfmRefresher(store.r, store.keys)
@@ -255,6 +258,20 @@ class EventPipeline:
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
+            # memberships that time or new definitions changed, then how far that got
+            await self.writer.write_rescored(self.core.audience_moves(rescore), now_ms)
+            a = self.core.assigner
+            if a.audiences_version:
+                left = a.audience_pass_left
+                finished = a.audience_pass_reason == "time" or not left
+                total = a.audience_pass_total
+                progress = (a.audiences_version, total - left if not finished else total,
+                            total, finished)
+            else:
+                progress = None
+        if progress is not None:
+            await self.writer.retry(functools.partial(
+                self.audiences.report_progress, self.worker_id, *progress))
 
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \

@@ -201,15 +201,17 @@ class RedisStore:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, _ in kept:
-                pipe.hmget(self.keys.customer(cid), *_CURRENT, "rfm", *TRAIT_NAMES)
+                pipe.hmget(self.keys.customer(cid), *_CURRENT, "rfm", "audiences",
+                           *TRAIT_NAMES)
             hashes = await pipe.execute()
         out = []
-        for (cid, raw), (segment, version, confidence, rfm, *tr) in zip(kept, hashes,
-                                                                          strict=True):
+        for (cid, raw), (segment, version, confidence, rfm, aud, *tr) in zip(
+                kept, hashes, strict=True):
             _, _, blob = raw.split(b":", 2)
             st = CustomerState.from_bytes(cid, blob, from_fields(
                 {n: v.decode() for n, v in zip(TRAIT_NAMES, tr, strict=True) if v}))
             st.rfm = rfm.decode() if rfm else ""
+            st.audiences = aud.decode() if aud else ""
             if segment:
                 st.segment = segment.decode()
                 st.model_version, st.confidence = int(version), float(confidence)

@@ -188,3 +188,50 @@ async def _members(r: aioredis.Redis, key: str, ids: list[str]) -> bool:
 async def _gauge(worker: WorkerProcess, audience: str, value: float) -> bool:
     return f'segmenter_audience_size{{audience="{audience}"}} {value}' in \
         worker.metrics_text()
+
+
+async def test_time_based_exits_and_new_audiences_over_existing_customers(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    settings, worker = await _worker(settings, tmp_path, {"a-repeat-at": REPEAT_AT})
+    prefix, cid = settings.redis_prefix, "c-time"
+    key = f"{prefix}customer:{{{cid}}}"
+    try:
+        await produce(settings, [ev(cid, 0, "page_view", country="AT"),
+                                 ev(cid, 1, "purchase", amount=20.0),
+                                 ev(cid, 2, "purchase", day=10, amount=30.0)])
+        await wait_for(lambda: lag_is_zero(settings), 60, "the purchases")
+        await wait_for(lambda: _members(r, key, ["a-repeat-at"]), 30, "a-repeat-at entered")
+
+        # Another customer's event moves event time on: on day 30 the first purchase has
+        # left the 30-day window (days 1-30 hold one purchase): the membership ends without
+        # any event of the customer's.
+        await produce(settings, [ev("c-other", 0, "page_view", day=30)])
+        await wait_for(lambda: _members(r, key, []), 30, "the window to pass")
+        last = [m for m in await _stream(r, prefix) if m["customer_id"] == cid][-1]
+        assert (last["audience"], last["change"], last["reason"], last["event_id"]) == (
+            "a-repeat-at", "exited", "time", None)
+        assert (await r.hgetall(f"{prefix}audience-sizes"))[b"a-repeat-at"] == b"0"
+
+        # a new audience is evaluated over the customers there are, in the background
+        at = {"name": "In Austria", "where": {"trait": "country", "op": "=", "value": "AT"}}
+        assert request(worker, "PUT", "/audiences/a-at", at, headers=ADMIN)[0] == 201
+        await wait_for(lambda: _members(r, key, ["a-at"]), 30, "the existing customer to enter")
+        last = (await _stream(r, prefix))[-1]
+        assert (last["customer_id"], last["audience"], last["change"], last["reason"]) == (
+            cid, "a-at", "entered", "definition")
+
+        async def evaluated() -> bool:
+            body = request(worker, "GET", "/audiences/a-at")[2]
+            e = body["evaluation"]
+            return bool(e and e["finished"] and e["done"] == e["total"] >= 2
+                        and body["size"] == 1)
+        await wait_for(evaluated, 20, "the evaluation to finish, with its progress")
+        # a changed definition: the member leaves, once
+        de = {"name": "In Germany", "where": {"trait": "country", "op": "=", "value": "DE"}}
+        assert request(worker, "PUT", "/audiences/a-at", de, headers=ADMIN)[0] == 200
+        await wait_for(lambda: _members(r, key, []), 30, "the member to leave")
+        exits = [m for m in await _stream(r, prefix)
+                 if m["audience"] == "a-at" and m["change"] == "exited"]
+        assert [(m["customer_id"], m["reason"]) for m in exits] == [(cid, "definition")]
+    finally:
+        worker.stop()
