@@ -51,8 +51,11 @@ class Dashboard:
                 for q in (50, 95, 99)}
 
     async def snapshot(self, status: WorkerStatus, redis: Redis, keys: Keys,
-                       profiles: dict[str, Any]) -> dict[str, Any]:
-        """Everything the page shows, in one JSON document."""
+                       profiles: dict[str, Any],
+                       audiences: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """Everything the page shows, in one JSON document; ``audiences`` as
+        ``GET /audiences`` describes them, each with its entries and exits per minute over
+        the flow window."""
         last = self.history[-1] if self.history else {}
         since = int((time.time() - FLOW_WINDOW_S) * 1000)
         flows: Counter[tuple[str, str]] = Counter()
@@ -63,6 +66,16 @@ class Dashboard:
                 break
             flows[change["from"] or "new", change["to"] or "erased"] += 1
         recent: Any = await redis.xrevrange(keys.lifecycle, count=10)
+        moves: Counter[tuple[str, str]] = Counter()
+        for _, fields in await redis.xrevrange(keys.audience_changes, count=5000):
+            change = orjson.loads(fields[b"change"])
+            if change["changed_at"] < since:
+                break
+            moves[change["audience"], change["change"]] += 1
+        per_min = 60 / FLOW_WINDOW_S
+        listed = [{**a, "entered_per_min": round(moves[aid, "entered"] * per_min, 2),
+                   "exited_per_min": round(moves[aid, "exited"] * per_min, 2)}
+                  for aid, a in (audiences or {}).items()]
         return {
             "now": int(time.time() * 1000),
             "model": {"algorithm": status.algorithm, "trains": status.trains,
@@ -80,6 +93,7 @@ class Dashboard:
             "freshness_s": self.percentiles(),
             "health": status.problems,
             "segments": profiles,
+            "audiences": listed,
             "history": list(self.history),
             "flows": [{"from": f, "to": t, "count": n} for (f, t), n in flows.most_common()],
             "flow_window_s": FLOW_WINDOW_S,

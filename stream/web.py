@@ -243,7 +243,8 @@ def register(app: faust.App, rt: Runtime) -> None:
             if not rt.started:
                 return self.json({"error": "starting"}, status=503)
             return self.json(await rt.dashboard.snapshot(
-                rt.status(), rt.redis, rt.store.keys, await rt.store.profiles()))
+                rt.status(), rt.redis, rt.store.keys, await rt.store.profiles(),
+                await rt.audiences.describe()))
 
     @app.page("/")
     class DashboardPage(View):

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
+from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import request
@@ -109,7 +110,8 @@ async def _exited(worker: WorkerProcess) -> bool:
 
 
 async def test_memberships_and_their_changes(
-        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+        settings: Settings, tmp_path: Path, r: aioredis.Redis,
+        browser: Any) -> None:  # noqa: F811
     settings, worker = await _worker(settings, tmp_path,
                                      {"a-repeat-at": REPEAT_AT, "a-mobile": MOBILE})
     prefix, cid = settings.redis_prefix, "ü-aud/1"
@@ -145,6 +147,20 @@ async def test_memberships_and_their_changes(
         status, _, body = request(worker, "GET", "/audiences/a-repeat-at")
         assert body["size"] == 1
         await wait_for(lambda: _gauge(worker, "a-repeat-at", 1.0), 20, "the size gauge")
+
+        # the dashboard lists every audience with its definition, size and changes per minute
+        data = request(worker, "GET", "/api/dashboard")[2]
+        listed = {a["id"]: a for a in data["audiences"]}
+        assert listed["a-repeat-at"]["definition"] == REPEAT_AT
+        assert (listed["a-repeat-at"]["size"], listed["a-mobile"]["size"]) == (1, 0)
+        assert listed["a-mobile"]["entered_per_min"] == listed["a-mobile"]["exited_per_min"] > 0
+        page = await browser.new_page()
+        await page.goto(f"http://127.0.0.1:{settings.web_port}/")
+        row = "[data-testid=audiences] tr[data-audience=a-repeat-at]"
+        await page.wait_for_selector(row, timeout=20_000)
+        assert await page.get_attribute(f"{row} .size", "data-value") == "1"
+        assert await page.inner_text(f"{row} .name") == REPEAT_AT["name"]
+        assert '"within_days":30' in await page.inner_text(f"{row} .definition")
 
         # Pub/Sub saw each, the Kafka topic got each (relayed from the stream), once
         seen: list[dict[str, Any]] = []
