@@ -67,7 +67,8 @@ class Dashboard:
             flows[change["from"] or "new", change["to"] or "erased"] += 1
         recent: Any = await redis.xrevrange(keys.lifecycle, count=10)
         moves: Counter[tuple[str, str]] = Counter()
-        for _, fields in await redis.xrevrange(keys.audience_changes, count=5000):
+        moved: Any = await redis.xrevrange(keys.audience_changes, count=5000)
+        for _, fields in moved:
             change = orjson.loads(fields[b"change"])
             if change["changed_at"] < since:
                 break
