@@ -285,6 +285,12 @@ class Segmenter:
         self.assigner.audiences = tuple(audiences)
         self.assigner.audiences_version = version
         self.window_keep = tracked(audiences)
+        # What the hashes hold is unknown now: a write evaluated with the older definitions
+        # after Redis had these was refused (its version was behind), so each customer's
+        # list is written once more by the pass (the write script changes nothing when
+        # Redis holds that list already).
+        for st in self.cache.states.values():
+            st.audiences = ""
         self.assigner.restart_audience_pass()  # every cached customer, with the new ones
 
     def audience_moves(self, budget: int) -> list[Assignment]:

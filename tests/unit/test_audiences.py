@@ -99,3 +99,89 @@ def test_ids_are_short_and_plain() -> None:
     with pytest.raises(InvalidAudience, match="id:"):
         parse_audience("a b", {"name": "n", "where": {"segment": "s1"}})
     assert parse_audience("a-repeat.de_1", {"name": "n", "where": {"segment": "s1"}}).id
+
+
+# -- windows and memberships of a customer (models.windows), as the core keeps them --------
+
+DAY = 86_400_000
+
+
+def _core_with(audiences: dict[str, Any]) -> Any:
+    from models.config import SegmenterConfig
+    from models.core import Segmenter
+
+    core = Segmenter(SegmenterConfig(warmup=1000, learn_sample=8))
+    core.set_audiences(1, [parse_audience(k, v) for k, v in audiences.items()])
+    return core
+
+
+def _events(cid: str, days: list[tuple[int, str, float]]) -> list[Any]:
+    import orjson
+
+    from models.records import Record
+
+    return [Record("events", 0, i, cid.encode(), orjson.dumps({
+        "event_id": f"{cid}-{i}", "customer_id": cid, "type": t, "timestamp": d * DAY + i,
+        "properties": {"amount": amt, "country": "AT"}})) for i, (d, t, amt) in enumerate(days)]
+
+
+REPEAT = {"name": "repeat", "where": {"all": [
+    {"event": "purchase", "within_days": 30, "count": {"op": ">=", "value": 2}},
+    {"event": "purchase", "within_days": 30, "sum": {"op": ">", "value": 40}}]}}
+
+
+def test_windows_count_per_day_only_what_audiences_read_and_survive_a_round_trip() -> None:
+    from models.state import CustomerState
+
+    core = _core_with({"a-repeat": REPEAT})
+    core.apply(core.parse(_events("c1", [(100, "purchase", 25.0), (100, "page_view", 0.0),
+                                         (110, "purchase", 20.0)])), {})
+    st = core.states["c1"]
+    assert st.windows == {"purchase": {100: [1.0, 25.0], 110: [1.0, 20.0]}}
+    back = CustomerState.from_bytes("c1", st.to_bytes())
+    assert back.windows == st.windows
+    lean = CustomerState.from_bytes("c1", st.to_bytes(lean=True), {"last_seen": st.last_ts})
+    assert lean.windows == st.windows
+    # days older than the longest window are dropped as newer events come
+    from models.windows import record
+    st.last_ts = 140 * DAY  # as features.update sets it before the event is recorded
+    record(st, "purchase", 140 * DAY, 5.0, core.window_keep)
+    assert st.windows["purchase"] == {140: [1.0, 5.0]}  # 100 and 110 left the 30 days
+
+
+def test_memberships_follow_events_and_event_time() -> None:
+    core = _core_with({"a-repeat": REPEAT, "a-at": {"name": "AT", "where": {
+        "trait": "country", "op": "=", "value": "AT"}}})
+    core.apply(core.parse(_events("c1", [(100, "purchase", 25.0),
+                                         (110, "purchase", 20.0)])), {})
+    written = {a.customer_id: a for a in core.drain()}
+    assert written["c1"].audiences == '["a-repeat","a-at"]'
+    assert written["c1"].audiences_version == 1
+    # nothing new: the time pass finds nothing to change
+    assert core.audience_moves(100) == []
+    # event time moves on (another customer): the first purchase leaves the window on
+    # day 130, and the membership ends without an event of c1's
+    core.cache.watermark = 129 * DAY + 1
+    assert core.audience_moves(100) == []
+    core.cache.watermark = 130 * DAY
+    moved = core.audience_moves(100)
+    assert [(a.customer_id, a.audiences, a.reason) for a in moved] == [
+        ("c1", '["a-at"]', "time")]
+    # new definitions: every cached customer is looked at again, reason "definition"
+    core.set_audiences(2, [parse_audience("a-at", {"name": "AT", "where": {
+        "trait": "country", "op": "=", "value": "AT"}})])
+    moved = core.audience_moves(100)
+    assert [(a.customer_id, a.audiences, a.reason, a.audiences_version) for a in moved] == [
+        ("c1", '["a-at"]', "definition", 2)]
+    assert core.assigner.audience_pass_left == 0
+
+
+def test_no_definitions_leave_memberships_alone() -> None:
+    from models.config import SegmenterConfig
+    from models.core import Segmenter
+
+    core = Segmenter(SegmenterConfig(warmup=1000))
+    core.apply(core.parse(_events("c1", [(100, "purchase", 25.0)])), {})
+    (a,) = core.drain()
+    assert (a.audiences, a.audiences_version) == ("", 0)
+    assert core.states["c1"].windows == {} and core.audience_moves(100) == []
