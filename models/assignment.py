@@ -16,8 +16,7 @@ Drift (:class:`models.drift.DriftMonitor`) watches the distances of every event 
 Examples
 --------
 >>> import numpy as np
->>> from models.audiences import Audience
-from models.cache import CustomerCache
+>>> from models.cache import CustomerCache
 >>> from models.config import BatchResult
 >>> from models.kmeans import SegmentModel
 >>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
@@ -32,6 +31,7 @@ from models.cache import CustomerCache
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import orjson
@@ -49,7 +49,7 @@ from models.rescoring import moves
 from models.rfm import Quintiles, bucket_key
 from models.state import CustomerState
 from models.traits import encode, traits
-from models.windows import memberships
+from models.windows import memberships, tracked
 
 __all__ = ["Assigner"]
 
@@ -77,6 +77,7 @@ class Assigner:
         self._audience_pass: list[str] = []  # customers left to look at for memberships
         self.audience_pass_total = 0  # customers in the current pass
         self.audience_pass_reason = "time"  # or "definition": the pass after a change
+        self.window_keep: dict[str, int] = {}  # event type -> days kept for event conditions
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -211,8 +212,18 @@ class Assigner:
                                                 self.cache.watermark)).decode()
         return {"audiences": st.audiences, "audiences_version": self.audiences_version}
 
-    def restart_audience_pass(self) -> None:
-        """Look at every cached customer again (the definitions changed)."""
+    def set_audiences(self, version: int, audiences: Sequence[Audience]) -> None:
+        """Evaluate memberships with these definitions (version ``version``) from now on;
+        the event types their windows read are counted per day from now on
+        (:attr:`window_keep`), and every cached customer is looked at again."""
+        self.audiences, self.audiences_version = tuple(audiences), version
+        self.window_keep = tracked(audiences)
+        # What the hashes hold is unknown now: a write evaluated with the older definitions
+        # after Redis had these was refused (its version was behind), so each customer's
+        # list is written once more by the pass (the write script changes nothing when
+        # Redis holds that list already).
+        for st in self.cache.states.values():
+            st.audiences = ""
         self._audience_pass = list(self.cache.states)
         self.audience_pass_total = len(self._audience_pass)
         self.audience_pass_reason = "definition"

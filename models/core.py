@@ -43,7 +43,6 @@ from itertools import islice
 
 from models.algorithms import model_for
 from models.assignment import Assigner
-from models.audiences import Audience
 from models.cache import CustomerCache
 from models.config import BatchResult, SegmenterConfig
 from models.drift import DriftMonitor
@@ -62,7 +61,7 @@ from models.records import (
     parse_records,
 )
 from models.state import CustomerState, late_detail
-from models.windows import record, tracked
+from models.windows import applied_event
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
            "Record", "RecordLike", "Segmenter", "SegmenterConfig"]
@@ -88,8 +87,6 @@ class Segmenter:
         self.schedule = UpdateSchedule(config)
         self.changed: dict[str, Event] = {}
         """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""
-        self.window_keep: dict[str, int] = {}
-        """Event type -> days of history kept for audiences' event conditions."""
 
     # -- views of the parts, for callers that only read ---------------------------------------
     @property
@@ -144,7 +141,7 @@ class Segmenter:
         :attr:`changed` for :meth:`assign_changed`."""
         cache, counts, event_ts, arrived = self.cache, res.counts, res.event_ts, res.arrived_ts
         states, changed, schedule = cache.states, self.changed, self.schedule
-        half_life, keep = self.half_life_ms, self.window_keep
+        half_life, keep = self.half_life_ms, self.assigner.window_keep  # for audiences
         lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
         processed: dict[str, int] = dict.fromkeys(KNOWN_TYPES, 0)  # the common outcome
         watermark, applied, stop = cache.watermark, 0, len(parsed)
@@ -183,9 +180,7 @@ class Segmenter:
                         cid, st.last_ts - ev.ts_ms, lateness, max_ids)))
                 continue
             st.partition, st.offset = rec.partition, rec.offset
-            st.last_event_id = ev.event_id  # what an audience change names, model or not
-            if keep:
-                record(st, label, ev.ts_ms, ev.amount, keep)
+            applied_event(st, ev, keep)  # its id and windows, for audiences
             processed[label] += 1
             ts = ev.ts_ms
             event_ts.append(ts)
@@ -279,25 +274,6 @@ class Segmenter:
                 f"{self.config.warmup} (SEGMENTER_WARMUP)")
 
     # -- between batches ------------------------------------------------------------------------
-    def set_audiences(self, version: int, audiences: Sequence[Audience]) -> None:
-        """Evaluate memberships with these definitions (version ``version``) from now on;
-        the event types their windows read are counted per day from now on."""
-        self.assigner.audiences = tuple(audiences)
-        self.assigner.audiences_version = version
-        self.window_keep = tracked(audiences)
-        # What the hashes hold is unknown now: a write evaluated with the older definitions
-        # after Redis had these was refused (its version was behind), so each customer's
-        # list is written once more by the pass (the write script changes nothing when
-        # Redis holds that list already).
-        for st in self.cache.states.values():
-            st.audiences = ""
-        self.assigner.restart_audience_pass()  # every cached customer, with the new ones
-
-    def audience_moves(self, budget: int) -> list[Assignment]:
-        """Customers whose memberships changed as event time passed or the definitions
-        changed, up to ``budget`` looked at (:meth:`Assigner.audience_moves`)."""
-        return self.assigner.audience_moves(self.model, budget)
-
     def adopt(self, model: BaseModel) -> BatchResult | None:
         """Assign with ``model`` (a snapshot from the training worker) from now on; None if
         it is not newer. Customers who waited for a first model are assigned now; the others

@@ -35,9 +35,10 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 from models.audiences import Audience, Facts, Window
+from models.events import Event
 from models.state import CustomerState
 
-__all__ = ["DAY_MS", "memberships", "record", "tracked", "window"]
+__all__ = ["DAY_MS", "applied_event", "memberships", "record", "tracked", "window"]
 
 DAY_MS = 86_400_000
 
@@ -69,6 +70,14 @@ def record(state: CustomerState, etype: str, ts_ms: int, amount: float,
     newest = state.last_ts // DAY_MS if state.last_ts else day
     for d in [d for d in buckets if d <= newest - days]:
         del buckets[d]
+
+
+def applied_event(state: CustomerState, ev: Event, keep: Mapping[str, int]) -> None:
+    """What audiences need of an event just applied to ``state``: its id (the one an
+    audience change names, with or without a model) and its count in the windows."""
+    state.last_event_id = ev.event_id
+    if keep:
+        record(state, ev.type, ev.ts_ms, ev.amount, keep)
 
 
 def window(state: CustomerState, now_ms: int) -> Window:

@@ -4,6 +4,7 @@ the admin bearer token ``SEGMENTER_API_TOKEN`` (403 while none is configured).""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import orjson
@@ -17,10 +18,9 @@ if TYPE_CHECKING:
     from stream.runtime import Runtime
 
 
-def register(app: faust.App, rt: Runtime) -> None:
-    """Add the audience routes to the Faust app."""
-    from stream.web import token_matches  # web imports this module
-
+def register(app: faust.App, rt: Runtime, token_matches: Callable[[str, str], bool]) -> None:
+    """Add the audience routes to the Faust app; ``token_matches`` checks an
+    ``Authorization`` header against comma-separated tokens (``stream.web``'s)."""
     settings = rt.settings
 
     def refused(view: View, request: Request) -> Response | None:

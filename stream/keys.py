@@ -84,6 +84,13 @@ class Keys:
         return f"{self.prefix}audience-changes"
 
     @property
+    def audience_keys(self) -> tuple[str, str, str, str]:
+        """What a customer write script reads and writes of audiences (sizes, changes,
+        version, definitions)."""
+        return (self.audience_sizes, self.audience_changes, self.audiences_version,
+                self.audiences)
+
+    @property
     def audience_progress(self) -> str:
         """Hash of audience id -> JSON progress of its evaluation over existing customers."""
         return f"{self.prefix}audience-progress"

@@ -251,7 +251,7 @@ class EventPipeline:
                 # new definitions apply to what follows; a write of older ones is refused
                 # by the write script's version check, so re-read under the lock
                 version, defs = await self.writer.retry(self.audiences.load)
-                self.core.set_audiences(version, defs)
+                self.core.assigner.set_audiences(version, defs)
                 self.audiences_version = version
                 log.info("audiences: version %d, %d defined", version, len(defs))
             now_ms = int(time.time() * 1000)
@@ -259,7 +259,8 @@ class EventPipeline:
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
             # memberships that time or new definitions changed, then how far that got
-            await self.writer.write_rescored(self.core.audience_moves(rescore), now_ms)
+            await self.writer.write_rescored(self.core.assigner.audience_moves(
+                self.core.model, rescore), now_ms)
             a = self.core.assigner
             if a.audiences_version:
                 left = a.audience_pass_left

@@ -201,8 +201,7 @@ class RedisStore:
             return []
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, _ in kept:
-                pipe.hmget(self.keys.customer(cid), *_CURRENT, "rfm", "audiences",
-                           *TRAIT_NAMES)
+                pipe.hmget(self.keys.customer(cid), *_CURRENT, "rfm", "audiences", *TRAIT_NAMES)
             hashes = await pipe.execute()
         out = []
         for (cid, raw), (segment, version, confidence, rfm, aud, *tr) in zip(
@@ -228,13 +227,11 @@ class RedisStore:
         if not assignments:
             return [], 0
         k = self.keys
-        audience_keys = (k.audience_sizes, k.audience_changes, k.audiences_version,
-                         k.audiences)
         try:
             if refresh:
                 results = await self._pipelined(self._refresh, 7, [
                     (k.state(a.customer_id), k.customer(a.customer_id), k.rfm,
-                     *audience_keys, a.partition,
+                     *k.audience_keys, a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
                      a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
@@ -243,7 +240,7 @@ class RedisStore:
                 return [], sum(1 for r in results if r == -1)
             results = await self._pipelined(self._upsert, 9, [
                 (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
-                 *audience_keys, a.partition, a.offset,
+                 *k.audience_keys, a.partition, a.offset,
                  b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,

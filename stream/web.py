@@ -213,7 +213,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                                  status=404)
             return self.json(profiles[segment_id])
 
-    audience_web.register(app, rt)
+    audience_web.register(app, rt, token_matches)
 
     @app.page("/health")
     class Health(View):

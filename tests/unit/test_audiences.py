@@ -111,7 +111,7 @@ def _core_with(audiences: dict[str, Any]) -> Any:
     from models.core import Segmenter
 
     core = Segmenter(SegmenterConfig(warmup=1000, learn_sample=8))
-    core.set_audiences(1, [parse_audience(k, v) for k, v in audiences.items()])
+    core.assigner.set_audiences(1, [parse_audience(k, v) for k, v in audiences.items()])
     return core
 
 
@@ -145,7 +145,7 @@ def test_windows_count_per_day_only_what_audiences_read_and_survive_a_round_trip
     # days older than the longest window are dropped as newer events come
     from models.windows import record
     st.last_ts = 140 * DAY  # as features.update sets it before the event is recorded
-    record(st, "purchase", 140 * DAY, 5.0, core.window_keep)
+    record(st, "purchase", 140 * DAY, 5.0, core.assigner.window_keep)
     assert st.windows["purchase"] == {140: [1.0, 5.0]}  # 100 and 110 left the 30 days
 
 
@@ -158,19 +158,19 @@ def test_memberships_follow_events_and_event_time() -> None:
     assert written["c1"].audiences == '["a-repeat","a-at"]'
     assert written["c1"].audiences_version == 1
     # nothing new: the time pass finds nothing to change
-    assert core.audience_moves(100) == []
+    assert core.assigner.audience_moves(core.model, 100) == []
     # event time moves on (another customer): the first purchase leaves the window on
     # day 130, and the membership ends without an event of c1's
     core.cache.watermark = 129 * DAY + 1
-    assert core.audience_moves(100) == []
+    assert core.assigner.audience_moves(core.model, 100) == []
     core.cache.watermark = 130 * DAY
-    moved = core.audience_moves(100)
+    moved = core.assigner.audience_moves(core.model, 100)
     assert [(a.customer_id, a.audiences, a.reason) for a in moved] == [
         ("c1", '["a-at"]', "time")]
     # new definitions: every cached customer is looked at again, reason "definition"
-    core.set_audiences(2, [parse_audience("a-at", {"name": "AT", "where": {
+    core.assigner.set_audiences(2, [parse_audience("a-at", {"name": "AT", "where": {
         "trait": "country", "op": "=", "value": "AT"}})])
-    moved = core.audience_moves(100)
+    moved = core.assigner.audience_moves(core.model, 100)
     assert [(a.customer_id, a.audiences, a.reason, a.audiences_version) for a in moved] == [
         ("c1", '["a-at"]', "definition", 2)]
     assert core.assigner.audience_pass_left == 0
@@ -184,4 +184,4 @@ def test_no_definitions_leave_memberships_alone() -> None:
     core.apply(core.parse(_events("c1", [(100, "purchase", 25.0)])), {})
     (a,) = core.drain()
     assert (a.audiences, a.audiences_version) == ("", 0)
-    assert core.states["c1"].windows == {} and core.audience_moves(100) == []
+    assert core.states["c1"].windows == {} and core.assigner.audience_moves(core.model, 100) == []
