@@ -190,7 +190,9 @@ local function put_audiences(h, sizes, stream, version_key, defs, new, ver, cid,
   local old = redis.call('HGET', h, 'audiences')
   if old == new then return 0 end
   redis.call('HSET', h, 'audiences', new)
-  local was, now, n = cjson.decode(old or '[]'), cjson.decode(new), 0
+  local ok, was = pcall(cjson.decode, old or '[]')
+  if not ok or type(was) ~= 'table' then was = {} end  -- written by hand: replaced
+  local now, n = cjson.decode(new), 0
   local in_new, in_old = {}, {}
   for _, a in ipairs(now) do in_new[a] = true end
   for _, a in ipairs(was) do
@@ -211,9 +213,9 @@ local function put_audiences(h, sizes, stream, version_key, defs, new, ver, cid,
   return n
 end
 local function forget_audiences(h, sizes, stream, defs, cid, at, maxlen)
-  local old = redis.call('HGET', h, 'audiences')
-  if not old then return end
-  for _, a in ipairs(cjson.decode(old)) do
+  local ok, old = pcall(cjson.decode, redis.call('HGET', h, 'audiences') or '[]')
+  if not ok or type(old) ~= 'table' then return end
+  for _, a in ipairs(old) do
     if redis.call('HEXISTS', defs, a) == 1 then redis.call('HINCRBY', sizes, a, -1) end
     audience_msg(stream, maxlen, cid, a, 'exited', at, '', 'delete')
   end

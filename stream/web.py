@@ -62,11 +62,13 @@ def token_matches(given: str, tokens: str) -> bool:
 def typed(doc: dict[str, str]) -> dict[str, Any]:
     """Hash fields with their JSON types (Redis stores strings).
 
-    >>> typed({"segment": "s1", "confidence": "0.5", "model_version": "3"})
-    {'segment': 's1', 'confidence': 0.5, 'model_version': 3}
+    >>> typed({"segment": "s1", "confidence": "0.5", "model_version": "3",
+    ...        "audiences": '["a1"]'})
+    {'segment': 's1', 'confidence': 0.5, 'model_version': 3, 'audiences': ['a1']}
     """
     out: dict[str, Any] = dict(doc)
-    for name, kind in (("model_version", int), ("updated_at", int), ("confidence", float)):
+    for name, kind in (("model_version", int), ("updated_at", int), ("confidence", float),
+                       ("audiences", orjson.loads)):
         if name in out:
             with contextlib.suppress(ValueError):
                 out[name] = kind(out[name])

@@ -18,7 +18,7 @@ from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
-from tests.integration.test_serving import request
+from tests.integration.test_serving import request, seeded_worker
 
 DAY = 86_400_000
 T0 = 1767225600000
@@ -249,5 +249,31 @@ async def test_time_based_exits_and_new_audiences_over_existing_customers(
         exits = [m for m in await _stream(r, prefix)
                  if m["audience"] == "a-at" and m["change"] == "exited"]
         assert [(m["customer_id"], m["reason"]) for m in exits] == [(cid, "definition")]
+    finally:
+        worker.stop()
+
+
+async def test_a_segment_audience_follows_the_learned_segments(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    settings = dataclasses.replace(settings, api_token="admin-t")
+    worker, sim = await seeded_worker(settings, tmp_path)
+    prefix = settings.redis_prefix
+    try:
+        sizes = {_text(k): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()}
+        sid = max(sizes, key=lambda s: sizes[s])
+        body = {"name": "Largest segment", "where": {"segment": sid}}
+        assert request(worker, "PUT", "/audiences/a-seg", body, headers=ADMIN)[0] == 201
+
+        # evaluated over the customers there are; its members are the segment's members
+        async def settled() -> bool:
+            a = request(worker, "GET", "/audiences/a-seg")[2]
+            seg = int(await r.hget(f"{prefix}sizes", sid) or 0)
+            return bool(a["evaluation"] and a["evaluation"]["finished"]
+                        and a["size"] == seg > 0)
+        await wait_for(settled, 60, "the audience to hold the segment's customers")
+        looked = {cid: request(worker, "GET", f"/customers/{cid}/segment")[2]
+                  for cid in sorted(sim.truth)[:60]}
+        for cid, doc in looked.items():
+            assert ("a-seg" in doc["audiences"]) == (doc["segment"] == sid), (cid, doc)
     finally:
         worker.stop()
