@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 import redis.asyncio as aioredis
 
+from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
@@ -277,3 +278,47 @@ async def test_a_segment_audience_follows_the_learned_segments(
             assert ("a-seg" in doc["audiences"]) == (doc["segment"] == sid), (cid, doc)
     finally:
         worker.stop()
+
+
+async def test_two_workers_share_definitions_and_customers(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    settings, a = await _worker(settings, tmp_path, {"a-mobile": MOBILE})
+    b = WorkerProcess(dataclasses.replace(settings, web_port=free_port()), tmp_path, "b")
+    prefix = settings.redis_prefix
+    ids = [f"c2-{i}" for i in range(40)]
+    mobile = {c for i, c in enumerate(ids) if i % 3 == 0}
+    austria = {c for i, c in enumerate(ids) if i % 4 == 0}
+    try:
+        await b.wait_healthy()
+
+        async def both_assigned() -> bool:
+            return all(w.health()[1].get("status") == "ok" for w in (a, b)) and \
+                all("segmenter_assigned_partitions 0.0" not in w.metrics_text() for w in (a, b))
+        await wait_for(both_assigned, 60, "both workers to own partitions")
+        await produce(settings, [ev(c, 0, "page_view", device="mobile" if c in mobile
+                                    else "desktop", country="AT" if c in austria else "FR")
+                                 for c in ids])
+        await wait_for(lambda: lag_is_zero(settings), 60, "the events")
+        await wait_for(lambda: _size(r, prefix, "a-mobile", len(mobile)), 30, "a-mobile")
+
+        # defined on one worker, evaluated by both over the customers each holds
+        at = {"name": "In Austria", "where": {"trait": "country", "op": "=", "value": "AT"}}
+        assert request(b, "PUT", "/audiences/a-at", at, headers=ADMIN)[0] == 201
+
+        async def evaluated() -> bool:
+            e = request(a, "GET", "/audiences/a-at")[2]["evaluation"]
+            return bool(e and e["finished"] and e["workers"] == 2 and e["total"] >= len(ids))
+        await wait_for(evaluated, 30, "both workers to evaluate the new audience")
+        await wait_for(lambda: _size(r, prefix, "a-at", len(austria)), 30, "a-at")
+        changes = await _stream(r, prefix)
+        entered = sorted((m["audience"], m["customer_id"]) for m in changes)
+        assert entered == sorted([("a-mobile", c) for c in mobile]
+                                 + [("a-at", c) for c in austria])  # each once, no exits
+        assert {m["reason"] for m in changes if m["audience"] == "a-at"} == {"definition"}
+    finally:
+        a.stop()
+        b.stop()
+
+
+async def _size(r: aioredis.Redis, prefix: str, audience: str, n: int) -> bool:
+    return await r.hget(f"{prefix}audience-sizes", audience) == str(n).encode()
