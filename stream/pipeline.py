@@ -260,7 +260,7 @@ class EventPipeline:
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
             # memberships that time or new definitions changed, then how far that got
             await self.writer.write_rescored(self.core.assigner.audience_moves(
-                self.core.model, rescore), now_ms)
+                self.core.model, rescore), now_ms, rescored=False)
             a = self.core.assigner
             if a.audiences_version:
                 left = a.audience_pass_left

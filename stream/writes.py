@@ -113,15 +113,17 @@ class BatchWriter:
             self.uncommitted_since = 0.0
         self.metrics.busy.labels("commit").inc(time.perf_counter() - flushed)
 
-    async def write_rescored(self, writes: list[Assignment], now_ms: int) -> None:
-        """Write customers re-scored without a new event."""
+    async def write_rescored(self, writes: list[Assignment], now_ms: int,
+                             rescored: bool = True) -> None:
+        """Write customers re-scored without a new event (``rescored``: counted as such;
+        False for memberships that moved without their segment)."""
         if not writes:
             return
         changes, fenced = await self.retry(functools.partial(self.store.write, writes,
                                                              now_ms))
         self.metrics.changes.inc(len(changes))
         self.metrics.fenced.inc(fenced)
-        for a in writes:
+        for a in writes if rescored else ():
             self.metrics.rescored.labels(a.reason).inc()
 
     def _observe(self, result: BatchResult, changes: int, fenced: int, started: float) -> None:
