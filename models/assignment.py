@@ -49,7 +49,7 @@ from models.rescoring import moves
 from models.rfm import Quintiles, bucket_key
 from models.state import CustomerState
 from models.traits import encode, traits
-from models.windows import memberships, tracked
+from models.windows import memberships, moves_with_time, tracked
 
 __all__ = ["Assigner"]
 
@@ -78,6 +78,7 @@ class Assigner:
         self.audience_pass_total = 0  # customers in the current pass
         self.audience_pass_reason = "time"  # or "definition": the pass after a change
         self.window_keep: dict[str, int] = {}  # event type -> days kept for event conditions
+        self._timed = False  # memberships may change without events (windows, RFM)
 
     def restart_pass(self) -> None:
         """Start a fresh re-scoring pass (the model or the population moved)."""
@@ -218,6 +219,7 @@ class Assigner:
         (:attr:`window_keep`), and every cached customer is looked at again."""
         self.audiences, self.audiences_version = tuple(audiences), version
         self.window_keep = tracked(audiences)
+        self._timed = moves_with_time(audiences)
         # What the hashes hold is unknown now: a write evaluated with the older definitions
         # after Redis had these was refused (its version was behind), so each customer's
         # list is written once more by the pass (the write script changes nothing when
@@ -238,6 +240,8 @@ class Assigner:
         if not self.audiences_version or budget <= 0:
             return []
         if not self._audience_pass:
+            if not self._timed:  # nothing to look at until the definitions change
+                return []
             self._audience_pass = list(cache.states)
             self.audience_pass_total = len(self._audience_pass)
             self.audience_pass_reason = "time"

@@ -38,7 +38,8 @@ from models.audiences import Audience, Facts, Window
 from models.events import Event
 from models.state import CustomerState
 
-__all__ = ["DAY_MS", "applied_event", "memberships", "record", "tracked", "window"]
+__all__ = ["DAY_MS", "applied_event", "memberships", "moves_with_time", "record", "tracked",
+           "window"]
 
 DAY_MS = 86_400_000
 
@@ -50,6 +51,26 @@ def tracked(audiences: Iterable[Audience]) -> dict[str, int]:
         for etype, days in a.windows:
             out[etype] = max(out.get(etype, 0), math.ceil(days))
     return out
+
+
+def moves_with_time(audiences: Iterable[Audience]) -> bool:
+    """True when a membership can change without an event of the customer's: an event
+    window passes, or the RFM segment moves with the population. (Traits change only with
+    events, and a segment change is a write that evaluates memberships anyway.)
+
+    >>> from models.audiences import parse_audience
+    >>> moves_with_time([parse_audience("a", {"name": "n", "where": {"not": {"rfm": "Lost"}}})])
+    True
+    >>> moves_with_time([parse_audience("a", {"name": "n", "where": {"segment": "s1"}})])
+    False
+    """
+    todo = [a.root for a in audiences]
+    while todo:
+        node = todo.pop()
+        if node.kind in ("event", "rfm"):
+            return True
+        todo.extend(node.children)
+    return False
 
 
 def record(state: CustomerState, etype: str, ts_ms: int, amount: float,
