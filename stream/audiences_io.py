@@ -101,7 +101,11 @@ class AudienceStore:
             pipe.hgetall(k.audience_progress)
             defs, sizes, progress = await pipe.execute()
         sizes = {_text(a): int(n) for a, n in sizes.items()}
-        evaluation = _evaluation([orjson.loads(p) for p in progress.values()])
+        reports = {w: orjson.loads(p) for w, p in progress.items()}
+        evaluation = _evaluation(list(reports.values()))
+        gone = [w for w, p in reports.items() if p.get("at", 0) < time.time() - 600]
+        if gone:  # workers stopped long ago (each run reports under its own name)
+            await self.r.hdel(k.audience_progress, *gone)
         out = {}
         for aid, body in sorted(defs.items()):
             aid = _text(aid)

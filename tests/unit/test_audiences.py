@@ -174,6 +174,10 @@ def test_memberships_follow_events_and_event_time() -> None:
     assert [(a.customer_id, a.audiences, a.reason, a.audiences_version) for a in moved] == [
         ("c1", '["a-at"]', "definition", 2)]
     assert core.assigner.audience_pass_left == 0
+    # trait conditions change only with events: no pass as time passes
+    core.cache.watermark = 400 * DAY
+    assert core.assigner.audience_moves(core.model, 100) == []
+    assert core.assigner.audience_pass_left == 0
 
 
 def test_no_definitions_leave_memberships_alone() -> None:
