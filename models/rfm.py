@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 __all__ = ["GRID", "HOUR_MS", "Population", "Quintiles", "bucket_key", "exact_scores",
-           "key_of", "score", "segment_name"]
+           "grid", "key_of", "score", "segment_name"]
 
 HOUR_MS = 3_600_000
 EXACT_ORDERS = 100
@@ -207,3 +207,29 @@ def exact_scores(values: Sequence[float]) -> list[int]:
     ordered, n = sorted(values), len(values)
     bounds = [ordered[math.ceil(k * n / 5) - 1] for k in range(1, 5)] if n else []
     return [score(v, bounds) for v in values]
+
+
+def grid(cells: Iterable[tuple[int, int, int]], q: Quintiles) -> dict[str, Any]:
+    """The RFM grid as marketers know it: buyers per recency x frequency score, each cell
+    with the named segment it falls in, from the joint buckets ``(r, f, buyers)`` (what
+    ``seg:rfm-grid`` holds) scored with the quintiles ``q``. Rows run from recency 5 (most
+    recent) down to 1, columns from frequency 1 to 5, so Champions sit top right.
+
+    >>> pop, joint = Population(), {}
+    >>> for i in range(1, 11):
+    ...     k = bucket_key(i * HOUR_MS, i, 10.0 * i)
+    ...     pop.add(k); joint[k[:2]] = joint.get(k[:2], 0) + 1
+    >>> g = grid(((r, f, n) for (r, f), n in joint.items()), pop.quintiles())
+    >>> g["buyers"], g["rows"][0][4], g["rows"][4][0]["segment"], g["segments"]["Champions"]
+    (10, {'r': 5, 'f': 5, 'segment': 'Champions', 'customers': 2}, 'Lost', 2)
+    """
+    counts: dict[tuple[int, int], int] = {}
+    for rb, fb, n in cells:
+        r, f, _ = q.scores((rb, fb, 0))
+        counts[r, f] = counts.get((r, f), 0) + n
+    rows = [[{"r": r, "f": f, "segment": segment_name(r, f), "customers": counts.get((r, f), 0)}
+             for f in range(1, 6)] for r in range(5, 0, -1)]
+    segments: dict[str, int] = {}
+    for (r, f), n in counts.items():
+        segments[segment_name(r, f)] = segments.get(segment_name(r, f), 0) + n
+    return {"buyers": sum(counts.values()), "rows": rows, "segments": segments}

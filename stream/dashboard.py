@@ -52,10 +52,11 @@ class Dashboard:
 
     async def snapshot(self, status: WorkerStatus, redis: Redis, keys: Keys,
                        profiles: dict[str, Any],
-                       audiences: dict[str, dict[str, Any]] | None = None) -> dict[str, Any]:
+                       audiences: dict[str, dict[str, Any]] | None = None,
+                       rfm: dict[str, Any] | None = None) -> dict[str, Any]:
         """Everything the page shows, in one JSON document; ``audiences`` as
         ``GET /audiences`` describes them, each with its entries and exits per minute over
-        the flow window."""
+        the flow window; ``rfm`` the RFM grid (:func:`stream.rfm_io.read_grid`)."""
         last = self.history[-1] if self.history else {}
         since = int((time.time() - FLOW_WINDOW_S) * 1000)
         flows: Counter[tuple[str, str]] = Counter()
@@ -95,6 +96,7 @@ class Dashboard:
             "health": status.problems,
             "segments": profiles,
             "audiences": listed,
+            "rfm": rfm,
             "history": list(self.history),
             "flows": [{"from": f, "to": t, "count": n} for (f, t), n in flows.most_common()],
             "flow_window_s": FLOW_WINDOW_S,

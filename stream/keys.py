@@ -58,6 +58,12 @@ class Keys:
         return f"{self.prefix}rfm"
 
     @property
+    def rfm_grid(self) -> str:
+        """Hash of the buyers per joint recency x frequency bucket, ``<r>:<f>`` -> buyers:
+        the dashboard's RFM grid (see ``stream.rfm_io``)."""
+        return f"{self.prefix}rfm-grid"
+
+    @property
     def changes(self) -> str:
         """Stream (and Pub/Sub channel) of segment changes."""
         return f"{self.prefix}changes"

@@ -35,7 +35,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[3])
-put_traits(KEYS[2], KEYS[5], ARGV[14], ARGV[15])
+put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
 put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
               ARGV[7], ARGV[9], ARGV[10], ARGV[12])
 if ARGV[4] == '' then return {0, ''} end
@@ -55,7 +55,7 @@ return {1, msg}
 """
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
 _ERASE = FORGET_LUA + AUDIENCES_LUA + """
-forget_rfm(KEYS[2], KEYS[5])
+forget_rfm(KEYS[2], KEYS[5], KEYS[9])
 forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
 local old = redis.call('HGET', KEYS[2], 'segment')
 local existed = redis.call('DEL', KEYS[1], KEYS[2])
@@ -77,7 +77,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[3])
-put_traits(KEYS[2], KEYS[3], ARGV[10], ARGV[11])
+put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
 put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
               ARGV[7], ARGV[12], ARGV[13], ARGV[15])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
@@ -229,18 +229,18 @@ class RedisStore:
         k = self.keys
         try:
             if refresh:
-                results = await self._pipelined(self._refresh, 7, [
+                results = await self._pipelined(self._refresh, 8, [
                     (k.state(a.customer_id), k.customer(a.customer_id), k.rfm,
-                     *k.audience_keys, a.partition,
+                     *k.audience_keys, k.rfm_grid, a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
                      a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
                      a.audiences, a.audiences_version)
                     for a in assignments])
                 return [], sum(1 for r in results if r == -1)
-            results = await self._pipelined(self._upsert, 9, [
+            results = await self._pipelined(self._upsert, 10, [
                 (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
-                 *k.audience_keys, a.partition, a.offset,
+                 *k.audience_keys, k.rfm_grid, a.partition, a.offset,
                  b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
@@ -258,9 +258,9 @@ class RedisStore:
             return 0
         k = self.keys
         try:
-            results = await self._pipelined(self._erase, 8, [
+            results = await self._pipelined(self._erase, 9, [
                 (k.state(cid), k.customer(cid), k.sizes, k.changes, k.rfm,
-                 k.audience_sizes, k.audience_changes, k.audiences, cid, now_ms,
+                 k.audience_sizes, k.audience_changes, k.audiences, k.rfm_grid, cid, now_ms,
                  self.maxlen, model_version) for cid in ids])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc

@@ -9,7 +9,9 @@ fenced script that writes the customer's state (:data:`TRAITS_LUA`, used by
 - ``rfm``: the RFM segment name (empty without a purchase).
 
 The population of buyers is the hash ``seg:rfm`` (``r<bucket>``, ``f<bucket>``,
-``m<bucket>`` -> buyers): the script computes a customer's buckets from the hash's
+``m<bucket>`` -> buyers), and its joint recency x frequency histogram the hash
+``seg:rfm-grid`` (``<r bucket>:<f bucket>`` -> buyers; the dashboard's grid,
+:func:`read_grid`): the script computes a customer's buckets from the hash's
 ``last_purchase``, ``orders`` and ``revenue`` before and after the write and moves them only
 when they change, so a replayed, redelivered or re-sent write changes no count. Erasure
 takes the customer out (``stream.redis_io``).
@@ -26,9 +28,9 @@ current.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from models.rfm import Population, Quintiles
+from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
 from models.traits import from_fields
 
@@ -50,9 +52,13 @@ local function rfm_parts(lp, orders, rev)
   return {string.format('r%d', math.floor(lp / 3600000)), string.format('f%d', f),
           string.format('m%d', m)}
 end
-local function move_rfm(pop, parts, n)
+local function move_rfm(pop, grid, parts, n)
   for _, part in ipairs(parts) do
     if redis.call('HINCRBY', pop, part, n) <= 0 then redis.call('HDEL', pop, part) end
+  end
+  if #parts == 3 then  -- the joint recency x frequency cell, '<r bucket>:<f bucket>'
+    local cell = string.sub(parts[1], 2) .. ':' .. string.sub(parts[2], 2)
+    if redis.call('HINCRBY', grid, cell, n) <= 0 then redis.call('HDEL', grid, cell) end
   end
 end
 local function rfm_of(h)
@@ -62,7 +68,7 @@ end
 """
 # The traits (name/value pairs joined by \x1f), the RFM name and the population.
 TRAITS_LUA = RFM_LUA + """
-local function put_traits(h, pop, tr, name)
+local function put_traits(h, pop, grid, tr, name)
   if tr == '' then return end
   local args, new = {}, {}
   for part in string.gmatch(tr, '[^\\31]+') do args[#args + 1] = part end
@@ -70,8 +76,8 @@ local function put_traits(h, pop, tr, name)
   local was = rfm_of(h)
   local now = rfm_parts(new['last_purchase'], new['orders'], new['revenue'])
   if table.concat(was, ',') ~= table.concat(now, ',') then
-    move_rfm(pop, was, -1)
-    move_rfm(pop, now, 1)
+    move_rfm(pop, grid, was, -1)
+    move_rfm(pop, grid, now, 1)
   end
   args[#args + 1], args[#args + 2] = 'rfm', name  -- the contract's field: '' without a purchase
   redis.call('HSET', h, unpack(args))
@@ -79,8 +85,8 @@ end
 """
 # Erasure: take the customer out of the population before the hash goes.
 FORGET_LUA = RFM_LUA + """
-local function forget_rfm(h, pop)
-  move_rfm(pop, rfm_of(h), -1)
+local function forget_rfm(h, pop, grid)
+  move_rfm(pop, grid, rfm_of(h), -1)
 end
 """
 # A name moved with the population, unless a purchase moved the customer meanwhile.
@@ -117,6 +123,23 @@ async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
     return Population.from_fields(
         (k.decode() if isinstance(k, bytes) else k, int(v)) for k, v in raw.items()
     ).quintiles()
+
+
+async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
+    """The dashboard's RFM grid (:func:`models.rfm.grid`): the population and the joint
+    recency x frequency buckets read together (one round trip), so the cells are scored with
+    the quintiles of the same moment. ``seg:rfm-grid`` has one field per distinct pair of
+    last-purchase hour and order count among buyers (at most one per buyer)."""
+    async with r.pipeline(transaction=False) as pipe:
+        pipe.hgetall(keys.rfm)
+        pipe.hgetall(keys.rfm_grid)
+        pop_raw, grid_raw = await pipe.execute()
+    q = Population.from_fields((_text(k), int(v)) for k, v in pop_raw.items()).quintiles()
+    cells = []
+    for k, v in grid_raw.items():
+        rb, _, fb = _text(k).partition(":")
+        cells.append((int(rb), int(fb), int(v)))
+    return grid(cells, q)
 
 
 class RfmRefresher:

@@ -19,7 +19,7 @@ from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
 from stream import audience_web
-from stream.rfm_io import read_customer
+from stream.rfm_io import read_customer, read_grid
 
 if TYPE_CHECKING:
     import faust
@@ -246,7 +246,7 @@ def register(app: faust.App, rt: Runtime) -> None:
                 return self.json({"error": "starting"}, status=503)
             return self.json(await rt.dashboard.snapshot(
                 rt.status(), rt.redis, rt.store.keys, await rt.store.profiles(),
-                await rt.audiences.describe()))
+                await rt.audiences.describe(), await read_grid(rt.redis, rt.store.keys)))
 
     @app.page("/")
     class DashboardPage(View):

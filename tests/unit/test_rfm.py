@@ -125,3 +125,28 @@ def test_cached_buyers_get_their_name_again_when_the_population_moves() -> None:
     moved = seg.assigner.rfm_moves(10**6)
     assert moved and all(seg.states[c].rfm == name for c, _, _, name in moved)
     assert seg.assigner.rfm_moves(10**6) == []
+
+
+def test_grid_from_the_joint_buckets_scores_each_buyer_as_alone() -> None:
+    """The dashboard's grid (joint recency x frequency buckets, scored as a whole) gives
+    every buyer the cell their own scores name, and each cell its segment of the map."""
+    import random
+
+    from models.rfm import GRID, Population, bucket_key, grid
+    rnd = random.Random(7)
+    pop, joint, own = Population(), {}, {}
+    for _ in range(3000):
+        key = bucket_key(rnd.randrange(0, 2000) * 3_600_000, 1 + int(rnd.expovariate(0.5)),
+                         rnd.uniform(5, 900))
+        pop.add(key)
+        joint[key[:2]] = joint.get(key[:2], 0) + 1
+    q = pop.quintiles()
+    for (rb, fb), n in joint.items():
+        r, f, _ = q.scores((rb, fb, 0))
+        own[r, f] = own.get((r, f), 0) + n
+    g = grid(((rb, fb, n) for (rb, fb), n in joint.items()), q)
+    cells = {(c["r"], c["f"]): c for row in g["rows"] for c in row}
+    assert len(cells) == 25 and g["buyers"] == 3000
+    assert {k: c["customers"] for k, c in cells.items() if c["customers"]} == own
+    assert all(c["segment"] == GRID[r][f - 1] for (r, f), c in cells.items())
+    assert sum(g["segments"].values()) == 3000
