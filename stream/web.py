@@ -18,7 +18,7 @@ from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
-from stream import audience_web
+from stream import audience_web, shop
 from stream.rfm_io import read_customer, read_grid
 
 if TYPE_CHECKING:
@@ -254,8 +254,4 @@ def register(app: faust.App, rt: Runtime) -> None:
             return self.html(resources.files("stream").joinpath("static/dashboard.html")
                              .read_text())
 
-    @app.page("/demo/shop")
-    class Shop(View):
-        async def get(self, request: Request) -> Response:
-            page = resources.files("stream").joinpath("static/shop.html").read_text()
-            return self.html(page)
+    shop.register(app, rt)

@@ -43,7 +43,8 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
         ids = {c.encode() for c in [*sim.truth, *HOSTILE]}
         globals_ = {b"segments", b"sizes", b"changes", b"model", b"model-version", b"learner",
                     b"samples", b"lifecycle", b"relay-leader", b"relay-leader:lifecycle",
-                    b"rfm", b"audiences", b"audiences-version", b"audience-sizes",
+                    b"relay-leader:audiences",
+                    b"rfm", b"rfm-grid", b"audiences", b"audiences-version", b"audience-sizes",
                     b"audience-changes", b"audience-progress"}
         strays = []
         async for key in r.scan_iter(match=prefix + b"*", count=1000):
