@@ -100,13 +100,17 @@ def main(argv: list[str] | None = None) -> int:
     sim.add_argument("--history-rate", type=float, default=None,
                      help="events/s for the history (default: --rate; 0: a backfill, as fast "
                      "as possible)")
-    subs = sub.add_parser("subscribe", help="print segment changes (Redis stream, consumer "
-                          "group with acks; resumes where it stopped)")
+    subs = sub.add_parser("subscribe", help="print segment changes, or with --audiences "
+                          "audience entries/exits (Redis stream, consumer group with acks; "
+                          "resumes where it stopped)")
     subs.add_argument("--group", default="subscriber", help="consumer group (one per service)")
     subs.add_argument("--consumer", default="consumer-1", help="name within the group")
     subs.add_argument("--from-start", action="store_true",
                       help="a new group starts at the oldest kept change, not the next one")
     subs.add_argument("--limit", type=int, default=None, help="stop after N changes")
+    subs.add_argument("--audiences", action="store_true",
+                      help="audience entries and exits (seg:audience-changes) instead of "
+                           "segment changes")
     rep = sub.add_parser(
         "replay", help="backfill: validate and produce a file of events (JSON lines or CSV, "
         "optionally gzipped), with progress and a summary",
@@ -170,7 +174,8 @@ def main(argv: list[str] | None = None) -> int:
             if not s.redis_url:
                 raise SegmenterError("SEGMENTER_REDIS_URL is not set")
             asyncio.run(subscribe(s.redis_url, s.redis_prefix, args.group, args.consumer,
-                                  args.from_start, print_change, limit=args.limit))
+                                  args.from_start, print_change, limit=args.limit,
+                                  audiences=args.audiences))
             return 0
         if args.command == "replay":
             return _replay(args)

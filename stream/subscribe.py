@@ -1,6 +1,9 @@
-"""Reference subscriber: how a service consumes segment changes durably.
+"""Reference subscriber: how a service consumes segment changes, or audience entries and
+exits, durably.
 
-It reads the Redis stream ``seg:changes`` through a consumer group, so several instances
+It reads the Redis stream ``seg:changes`` (with ``audiences``: ``seg:audience-changes``,
+whose entries have the same shape: one JSON message in the field ``change``) through a
+consumer group, so several instances
 share the work and a restarted one resumes where it stopped: it first re-reads its own
 pending (delivered, unacknowledged) entries, then new ones; it acknowledges each entry only
 after handling it. (Pub/Sub on the same channel name is instant but at most once.)
@@ -24,15 +27,18 @@ from stream.redis_io import connect
 
 async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
                     handle: Callable[[str, dict[str, Any]], None],
-                    stop: asyncio.Event | None = None, limit: int | None = None) -> int:
+                    stop: asyncio.Event | None = None, limit: int | None = None,
+                    audiences: bool = False) -> int:
     """Deliver each change to ``handle(stream_id, change)``; return how many were handled.
+    With ``audiences``, the audience membership changes (``entered``/``exited``, contract
+    §3) instead of the segment changes; a group's position is kept per stream.
 
     With ``limit``, exactly that many are handled and acknowledged (fewer only when
     ``stop`` is set first): each read asks for no more entries than are still wanted, and
     only handled entries are acknowledged, so the rest stay for the next run.
     """
     r: aioredis.Redis = connect(url, max_connections=2)
-    key = Keys(prefix).changes
+    key = Keys(prefix).audience_changes if audiences else Keys(prefix).changes
     handled = 0
     try:
         with contextlib.suppress(ResponseError):  # BUSYGROUP: the group exists
