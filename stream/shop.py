@@ -45,7 +45,7 @@ class Sessions:
     """Visitor ids signed into cookie values (``<base64url id>.<hmac>``).
 
     >>> s = Sessions(b"k")
-    >>> s.visitor(s.sign("c-42 ü")), s.visitor(s.sign("c-42")[:-1] + "0"), s.visitor("x")
+    >>> s.visitor(s.sign("c-42 ü")), s.visitor(s.sign("c-42")[:-1] + "x"), s.visitor("x")
     ('c-42 ü', None, None)
     """
 
