@@ -169,12 +169,16 @@ class RfmRefresher:
             return
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, orders, last, name in moves:
-                pipe.evalsha(self._rename.sha, 1, self.keys.customer(cid), orders, last, name)
-            done = await pipe.execute(raise_on_error=False)
-        if any(type(d).__name__ == "NoScriptError" for d in done):
-            await self.r.script_load(_RENAME)  # lost on a restart
-            for cid, *_ in moves:  # looked at again in the next pass
-                st = core.states.get(cid)
-                if st is not None:
-                    st.rfm = ""
+                # called on the pipeline, the script is loaded (if Redis lacks it: first use,
+                # restart) before the pipeline runs, so the names are written before the commit
+                self._rename(keys=[self.keys.customer(cid)], args=[orders, last, name],
+                             client=pipe)
+            try:
+                done = await pipe.execute()
+            except Exception:
+                for cid, *_ in moves:  # looked at again in the next pass
+                    st = core.states.get(cid)
+                    if st is not None:
+                        st.rfm = ""
+                raise
         self.renamed += sum(1 for d in done if d == 1)
