@@ -171,8 +171,8 @@ class RfmRefresher:
             for cid, orders, last, name in moves:
                 # called on the pipeline, the script is loaded (if Redis lacks it: first use,
                 # restart) before the pipeline runs, so the names are written before the commit
-                self._rename(keys=[self.keys.customer(cid)], args=[orders, last, name],
-                             client=pipe)
+                await self._rename(keys=[self.keys.customer(cid)], args=[orders, last, name],
+                                   client=pipe)
             try:
                 done = await pipe.execute()
             except Exception:

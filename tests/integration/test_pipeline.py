@@ -9,9 +9,11 @@ import orjson
 import redis.asyncio as aioredis
 
 from models.evaluation import adjusted_rand_index
+from models.rfm import bucket_key
 from models.simulator import ShopSimulator
 from stream.kafka_io import ensure_topics, read_lag_once
-from stream.keys import load_profile
+from stream.keys import Keys, load_profile
+from stream.rfm_io import read_quintiles
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
@@ -104,6 +106,14 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
         await wait_for(lambda: lag_is_zero(settings), 90, "the worker to catch up")
         before = await snapshot()
         assert sum(1 for k in before if b"customer:" in k) == len(sim.truth)
+        # what is committed is final: every buyer's RFM name is the population's of now
+        q = await read_quintiles(r, Keys(prefix))
+        names = {k: v[b"rfm"].decode() for k, v in before.items()
+                 if isinstance(v, dict) and v.get(b"last_purchase")}
+        assert len(names) > 100 and len(set(names.values())) >= 5
+        assert names == {k: q.name(bucket_key(int(v[b"last_purchase"]), int(v[b"orders"]),
+                                              float(v[b"revenue"])))
+                         for k, v in before.items() if k in names}
         # 1) re-sent: the same events (same event_id) produced again, at new offsets
         recent = msgs[-300:]
         await produce(settings, recent)
