@@ -74,6 +74,17 @@ def _replay(args: argparse.Namespace) -> int:
     return 1 if summary.rejected or summary.caught_up is False else 0
 
 
+async def _reindex(s: Settings) -> int:
+    from stream.partition_index import rebuild
+    from stream.redis_io import RedisStore, connect
+
+    client = connect(s.redis_url)
+    try:
+        return await rebuild(RedisStore(client, s.redis_prefix, s.stream_maxlen))
+    finally:
+        await client.aclose()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``segmenter`` console script."""
     parser = argparse.ArgumentParser(prog="segmenter", description=__doc__)
@@ -139,6 +150,8 @@ def main(argv: list[str] | None = None) -> int:
                      help="give up waiting after SECONDS (default: no limit)")
     rep.add_argument("--rate", type=float, default=0.0,
                      help="events/s (default: as fast as the broker takes them)")
+    sub.add_parser("reindex", help="build the per-partition index of customer states once "
+                   "(upgrades from a version without it); safe while workers run")
     lag = sub.add_parser("lag", help="consumer lag per partition, read from the broker")
     lag.add_argument("--max-lag", type=int, default=None,
                      help="exit 1 when the total lag exceeds this")
@@ -179,6 +192,13 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.command == "replay":
             return _replay(args)
+        if args.command == "reindex":
+            s = Settings.from_env()
+            if not s.redis_url:
+                raise SegmenterError("SEGMENTER_REDIS_URL is not set")
+            n = asyncio.run(_reindex(s))
+            print(f"indexed {n} customer states by partition")
+            return 0
         return _lag(args)
     except SegmenterError as exc:
         print(f"segmenter: {exc}", file=sys.stderr)

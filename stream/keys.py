@@ -42,6 +42,18 @@ class Keys:
         """``SCAN MATCH`` pattern of every :meth:`state` key (the prefix glob-escaped)."""
         return re.sub(r"([*?\[\]\\])", r"\\\1", self.prefix) + "state:{*}"
 
+    def partition(self, partition: int | str) -> str:
+        """Set of the customers whose state was written from this events-topic partition
+        (the warm start's index, see ``stream.partition_index``); the partition number sits
+        in the hash tag, as a customer id does in a customer's keys."""
+        return f"{self.prefix}partition:{{{partition}}}"
+
+    @property
+    def partition_indexed(self) -> str:
+        """Marker, set once every stored state is in its partition's :meth:`partition` set
+        (by ``segmenter reindex``, or on a keyspace that had no state)."""
+        return f"{self.prefix}partition-index"
+
     @property
     def segments(self) -> str:
         """Hash of segment id -> JSON profile."""

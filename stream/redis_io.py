@@ -2,7 +2,7 @@
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
 by source partition/offset (the ``partition:offset:`` head of the state string), writes the
-state and the segment hash, keeps segment sizes,
+state, its partition's index (``stream.partition_index``) and the segment hash, keeps segment sizes,
 and appends a change to the stream (and Pub/Sub) only when the segment really changed.
 
 Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA``); see
@@ -35,6 +35,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return {-1, ''}
 end
 redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[11], ARGV[11])
 put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
 put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
               ARGV[7], ARGV[9], ARGV[10], ARGV[12])
@@ -54,7 +55,11 @@ redis.call('PUBLISH', KEYS[4], msg)
 return {1, msg}
 """
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
+# The partition index entry goes too: its key is built from the partition in the state head
+# (ARGV[5] is the index key up to the partition; same slot as the other global keys).
 _ERASE = FORGET_LUA + AUDIENCES_LUA + """
+local p = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):')
+if p then redis.call('SREM', ARGV[5] .. p .. '}', ARGV[1]) end
 forget_rfm(KEYS[2], KEYS[5], KEYS[9])
 forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
 local old = redis.call('HGET', KEYS[2], 'segment')
@@ -77,6 +82,7 @@ if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) th
   return -1
 end
 redis.call('SET', KEYS[1], ARGV[3])
+redis.call('SADD', KEYS[9], ARGV[14])
 put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
 put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
               ARGV[7], ARGV[12], ARGV[13], ARGV[15])
@@ -174,17 +180,31 @@ class RedisStore:
             raise RetriableError(f"Redis unavailable while loading states: {exc}") from exc
 
     async def scan_states(self, cursor: int, partitions: set[int],
-                          count: int = 1000) -> tuple[int, list[CustomerState]]:
-        """One ``SCAN`` step over customer states: the next cursor (0 at the end) and the
-        states of these source partitions among the keys it returned."""
+                          count: int = 1000) -> tuple[int, list[CustomerState], int]:
+        """One ``SCAN`` step over customer states: the next cursor (0 at the end), the
+        states of these source partitions among the keys it returned, and how many keys
+        it returned (the fallback warm start of a keyspace without partition index)."""
         head = len(self.keys.state(""))
         try:
             cursor, keys = await self.r.scan(cursor, match=self.keys.state_pattern,
                                              count=count)
             cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
-            return int(cursor), await self._read(cids, partitions)
+            return int(cursor), await self._read(cids, partitions), len(cids)
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
+
+    async def partition_states(self, partition: int, cursor: int,
+                               count: int = 1000) -> tuple[int, list[CustomerState]]:
+        """One ``SSCAN`` step over a partition's index (:meth:`Keys.partition`): the next
+        cursor (0 at the end) and the states of its customers whose last write came from
+        that partition (an erased customer, or one moved by a repartition, is skipped)."""
+        try:
+            cursor, members = await self.r.sscan(self.keys.partition(partition), cursor,
+                                                 count=count)
+            cids = [m.decode() if isinstance(m, bytes) else m for m in members]
+            return int(cursor), await self._read(cids, {partition})
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
 
     async def _read(self, cids: list[str],
                     partitions: set[int] | None = None) -> list[CustomerState]:
@@ -229,18 +249,18 @@ class RedisStore:
         k = self.keys
         try:
             if refresh:
-                results = await self._pipelined(self._refresh, 8, [
+                results = await self._pipelined(self._refresh, 9, [
                     (k.state(a.customer_id), k.customer(a.customer_id), k.rfm,
-                     *k.audience_keys, k.rfm_grid, a.partition,
+                     *k.audience_keys, k.rfm_grid, k.partition(a.partition), a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
                      a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
                      a.audiences, a.audiences_version)
                     for a in assignments])
                 return [], sum(1 for r in results if r == -1)
-            results = await self._pipelined(self._upsert, 10, [
+            results = await self._pipelined(self._upsert, 11, [
                 (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
-                 *k.audience_keys, k.rfm_grid, a.partition, a.offset,
+                 *k.audience_keys, k.rfm_grid, k.partition(a.partition), a.partition, a.offset,
                  b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
@@ -261,7 +281,7 @@ class RedisStore:
             results = await self._pipelined(self._erase, 9, [
                 (k.state(cid), k.customer(cid), k.sizes, k.changes, k.rfm,
                  k.audience_sizes, k.audience_changes, k.audiences, k.rfm_grid, cid, now_ms,
-                 self.maxlen, model_version) for cid in ids])
+                 self.maxlen, model_version, k.partition("")[:-1]) for cid in ids])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
         return sum(1 for res in results if res[0])

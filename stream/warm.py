@@ -3,8 +3,10 @@
 On every partition assignment (a start, a restart, a failover, a rebalance) a worker reads
 the states and current segments of its partitions' customers from Redis, up to the cache
 bound, before it learns or publishes a sample (:attr:`models.learning.UpdateSchedule.
-warming`). So the learning sample and the re-scoring pass cover customers who send no new
-event, and a worker that takes over keeps the segment ids.
+warming`): page by page from each partition's index (``stream.partition_index``), or by a
+``SCAN`` of every state while the index of an older deployment is not rebuilt yet. So the
+learning sample and the re-scoring pass cover customers who send no new event, and a worker
+that takes over keeps the segment ids.
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ from collections.abc import Callable
 from prometheus_client import Counter
 
 from models.core import Segmenter
+from models.features import CustomerState
 from stream.health import Health, retry
+from stream.partition_index import indexed, mark_if_empty
 from stream.redis_io import RedisStore
 
 log = logging.getLogger(__name__)
@@ -59,18 +63,47 @@ class Warmer:
             self._task.cancel()
 
     async def _warm(self, partitions: set[int]) -> None:
-        core, cursor, added, started = self.core, 0, 0, time.monotonic()
+        started = time.monotonic()
         try:
-            while True:
-                cursor, states = await retry(functools.partial(
-                    self.store.scan_states, cursor, partitions), self.health, self.errors)
-                async with self.lock:
-                    owned = self.owned()
-                    added += core.warm([s for s in states if s.partition in owned])
-                if cursor == 0 or len(core.cache) >= self.limit:
-                    break
+            if await retry(functools.partial(indexed, self.store), self.health, self.errors):
+                added = 0
+                for partition in sorted(partitions):
+                    added += await self._warm_partition(partition)
+            else:
+                added = await self._scan(partitions)
             log.info("read %d customer states of partitions %s from Redis in %.1f s",
                      added, sorted(partitions), time.monotonic() - started)
         finally:
             if self._task is asyncio.current_task():  # not replaced by a newer assignment
-                core.schedule.warming = False
+                self.core.schedule.warming = False
+
+    async def _add(self, states: list[CustomerState]) -> int:
+        async with self.lock:
+            owned = self.owned()
+            return self.core.warm([s for s in states if s.partition in owned])
+
+    async def _warm_partition(self, partition: int) -> int:
+        cursor, added = 0, 0
+        while len(self.core.cache) < self.limit and partition in self.owned():
+            cursor, states = await retry(functools.partial(
+                self.store.partition_states, partition, cursor), self.health, self.errors)
+            added += await self._add(states)
+            if cursor == 0:
+                break
+        return added
+
+    async def _scan(self, partitions: set[int]) -> int:
+        """Every state in Redis, keeping these partitions' (no index yet)."""
+        log.warning("no partition index in Redis: warming up by a SCAN of every customer "
+                    "state; run `segmenter reindex` once to read only this worker's")
+        cursor, added, seen = 0, 0, 0
+        while True:
+            cursor, states, n = await retry(functools.partial(
+                self.store.scan_states, cursor, partitions), self.health, self.errors)
+            added, seen = added + await self._add(states), seen + n
+            if cursor == 0 or len(self.core.cache) >= self.limit:
+                break
+        if cursor == 0 and seen == 0:
+            await retry(functools.partial(mark_if_empty, self.store), self.health,
+                        self.errors)
+        return added

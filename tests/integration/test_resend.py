@@ -34,7 +34,12 @@ async def snapshot(r: aioredis.Redis, prefix: str) -> dict[bytes, object]:
         kinds = await pipe.execute()
     async with r.pipeline(transaction=False) as pipe:
         for k, kind in zip(keys, kinds, strict=True):
-            pipe.xrange(k) if kind == b"stream" else pipe.dump(k)
+            if kind == b"stream":
+                pipe.xrange(k)
+            elif kind == b"set":  # the partition index: members, whatever order they came in
+                pipe.smembers(k)
+            else:
+                pipe.dump(k)
         values = await pipe.execute()
     return dict(zip(keys, values, strict=True))
 

@@ -56,7 +56,7 @@ async def test_scan_returns_only_the_asked_partitions_with_their_segments(
         await store.write(writes, 1767225600000)
         cursor, found = 0, []
         while True:
-            cursor, states = await store.scan_states(cursor, {1, 3}, count=7)
+            cursor, states, _ = await store.scan_states(cursor, {1, 3}, count=7)
             found.extend(states)
             if cursor == 0:
                 break

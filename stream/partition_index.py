@@ -1,0 +1,73 @@
+"""The warm start's index: one Redis set per events-topic partition of the customers whose
+state was written from it (:meth:`stream.keys.Keys.partition`).
+
+The write scripts of ``stream.redis_io`` add a customer to the set of the partition they
+write from, in the same atomic call that writes the state (fenced and idempotent with it);
+an erasure removes it. So a worker taking over partitions reads exactly their customers
+(``SSCAN`` pages, then the states), not every state in Redis.
+
+Deployments that stored states before the index existed rebuild it once with
+``segmenter reindex`` (:func:`rebuild`), which then sets the marker
+:attr:`~stream.keys.Keys.partition_indexed`. Until the marker is there, workers warm up by
+``SCAN`` as before (:func:`indexed` tells which), so an upgrade never warms fewer customers.
+A keyspace with no state at all (a new deployment) gets the marker from its first warm start.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+
+from stream.redis_io import RedisStore
+
+log = logging.getLogger(__name__)
+INDEX_FORMAT = b"1"
+"""Value of the marker: the index format (a future format rebuilds under a new value)."""
+
+
+async def indexed(store: RedisStore) -> bool:
+    """Whether every stored state is in its partition's index (the marker is set)."""
+    return await store.r.get(store.keys.partition_indexed) == INDEX_FORMAT
+
+
+async def mark_if_empty(store: RedisStore) -> bool:
+    """Set the marker when Redis holds no customer state (a new deployment: every state to
+    come is written with its index entry). True when set."""
+    async for _ in store.r.scan_iter(match=store.keys.state_pattern, count=1000):
+        return False
+    await store.r.set(store.keys.partition_indexed, INDEX_FORMAT)
+    return True
+
+
+async def rebuild(store: RedisStore, count: int = 1000) -> int:
+    """Add every stored state to its partition's index (from the ``partition:`` head of the
+    state string), then set the marker; returns how many states were indexed.
+
+    Safe while workers run: ``SADD`` is idempotent and workers index what they write.
+    One ``SCAN`` of the keyspace, one pipelined round trip of ``GETRANGE`` and one of
+    ``SADD`` per page.
+    """
+    keys, r, head, total, cursor = store.keys, store.r, len(store.keys.state("")), 0, 0
+    while True:
+        cursor, found = await r.scan(cursor, match=keys.state_pattern, count=count)
+        names = [k.decode() if isinstance(k, bytes) else k for k in found]
+        if names:
+            async with r.pipeline(transaction=False) as pipe:
+                for name in names:
+                    pipe.getrange(name, 0, 40)
+                heads = await pipe.execute()
+            by_partition: dict[bytes, list[str]] = defaultdict(list)
+            for name, raw in zip(names, heads, strict=True):
+                partition = raw.split(b":", 1)[0] if raw else b""
+                if partition.isdigit():  # erased meanwhile: nothing to index
+                    by_partition[partition].append(name[head - 1:-1])
+            async with r.pipeline(transaction=False) as pipe:
+                for partition, cids in by_partition.items():
+                    pipe.sadd(keys.partition(partition.decode()), *cids)
+                    total += len(cids)
+                await pipe.execute()
+        if int(cursor) == 0:
+            break
+    await r.set(keys.partition_indexed, INDEX_FORMAT)
+    log.info("indexed %d customer states by partition", total)
+    return total
