@@ -129,9 +129,19 @@ class Keys:
         name, ``learner``, so running deployments keep their lease)."""
         return f"{self.prefix}learner"
 
+    def sample(self, worker: str) -> str:
+        """A worker's latest sample of current customers, for the trainer; expires a minute
+        after the worker stops publishing (``stream.samples``)."""
+        return f"{self.prefix}sample:{{{worker}}}"
+
+    @property
+    def sample_index(self) -> str:
+        """Sorted set of worker -> when it last published its :meth:`sample` (epoch ms)."""
+        return f"{self.prefix}sample-index"
+
     @property
     def samples(self) -> str:
-        """Hash of worker -> its latest sample of current customers, for the learner."""
+        """The hash of every worker's sample that older versions kept (deleted now)."""
         return f"{self.prefix}samples"
 
     @property

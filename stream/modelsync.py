@@ -2,7 +2,7 @@
 
 - The worker holding the Redis lease ``seg:learner`` trains the model: its core updates the
   model from a sample of *current* customers of every worker (its own cache, plus the samples
-  the others publish to ``seg:samples``), and publishes each new version as a snapshot
+  the others publish, see ``stream.samples``), and publishes each new version as a snapshot
   (``seg:model`` + ``seg:model-version``, with the profiles and lifecycle messages, in one
   atomic script that refuses to overwrite a newer version).
 - Every other worker assigns with the latest snapshot it loaded (polled every
@@ -32,10 +32,9 @@ from stream.keys import load_json
 from stream.lease import Lease
 from stream.metrics import Metrics
 from stream.redis_io import RETRIABLE, RedisStore
+from stream.samples import SampleBoard
 
 log = logging.getLogger(__name__)
-SAMPLE_STALE_S = 60.0
-"""A worker's sample older than this no longer counts (the worker is gone)."""
 
 @dataclass(frozen=True, slots=True)
 class Snapshot:
@@ -74,7 +73,7 @@ class ModelSync:
         self.sample_size = sample_size
         self.events_seen = 0  # events this worker processed (published with its sample)
         self._last_sample = 0.0
-        self._remote_events: dict[str, int] = {}
+        self.samples = SampleBoard(store.r, self.keys, self.lease.me)
         self.profiles: dict[str, dict[str, Any]] = {}
 
     async def load_latest(self) -> BaseModel | None:
@@ -101,6 +100,7 @@ class ModelSync:
             if newer is not None:
                 out.append(newer)
             log.info("this worker now trains the model (version %d)", core.model.version)
+            await self.samples.forget_legacy()
         schedule.trains = trains
         self.metrics.trains.set(1 if trains else 0)
         if trains:
@@ -136,26 +136,15 @@ class ModelSync:
         if not schedule.sample_due and now - self._last_sample < 10 and self._last_sample:
             return
         rows = schedule.own_sample(core.cache, self.sample_size)
-        entry = {"population": len(core.cache), "events": self.events_seen, "at": now,
-                 "rows": [[round(v, 5) for v in r] for r in rows]}
-        await self.store.r.hset(self.keys.samples, self.lease.me, orjson.dumps(entry))
+        await self.samples.publish(len(core.cache), self.events_seen, rows)
         schedule.sample_due, self._last_sample = False, now
 
     async def _take_samples(self, core: Segmenter) -> None:
-        raw = await self.store.r.hgetall(self.keys.samples)
-        now, schedule = time.time(), core.schedule
-        for worker_b, blob in raw.items():
-            worker = worker_b.decode() if isinstance(worker_b, bytes) else worker_b
-            if worker == self.lease.me:
-                continue
-            entry = orjson.loads(blob)
-            if now - entry["at"] > SAMPLE_STALE_S:
-                schedule.drop_remote(worker)
-                continue
-            seen = self._remote_events.get(worker, entry["events"])
-            self._remote_events[worker] = entry["events"]
-            schedule.add_remote(worker, entry["population"], entry["rows"],
-                                max(0, entry["events"] - seen))
+        fresh, gone = await self.samples.take()
+        for worker in gone:
+            core.schedule.drop_remote(worker)
+        for worker, (population, rows, events) in fresh.items():
+            core.schedule.add_remote(worker, population, rows, events)
 
     @staticmethod
     def snapshot(model: BaseModel, res: BatchResult) -> Snapshot:

@@ -45,7 +45,7 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
                     b"samples", b"lifecycle", b"relay-leader", b"relay-leader:lifecycle",
                     b"relay-leader:audiences",
                     b"rfm", b"rfm-grid", b"audiences", b"audiences-version", b"audience-sizes",
-                    b"audience-changes", b"audience-progress", b"partition-index"}
+                    b"audience-changes", b"audience-progress", b"partition-index", b"sample-index"}
         strays = []
         async for key in r.scan_iter(match=prefix + b"*", count=1000):
             rest = key[len(prefix):]
@@ -55,6 +55,9 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
                     strays.append(key)
             elif kind == b"partition":  # the warm start's index: the partition in {…}
                 if not (tagged[:1] == b"{" and tagged[-1:] == b"}" and tagged[1:-1].isdigit()):
+                    strays.append(key)
+            elif kind == b"sample":  # a worker's sample: the worker (host-pid-object) in {…}
+                if not (tagged[:1] == b"{" and tagged[-1:] == b"}"):
                     strays.append(key)
             elif rest not in globals_:
                 strays.append(key)
