@@ -58,6 +58,8 @@ class Snapshot:
     """Lifecycle messages of the update (``at`` is set when sent)."""
     lifecycle_centres: dict[str, tuple[list[float], list[float]]]
     """Centres of the segments those messages name (:attr:`BatchResult.centres`)."""
+    fence: int = 0
+    """The training lease's fencing token when the snapshot was taken (0: never held)."""
 
 
 class ModelSync:
@@ -74,6 +76,7 @@ class ModelSync:
         self.events_seen = 0  # events this worker processed (published with its sample)
         self._last_sample = 0.0
         self.samples = SampleBoard(store.r, self.keys, self.lease.me)
+        self._token = 0  # fencing token of the holding this worker trains under
         self.profiles: dict[str, dict[str, Any]] = {}
 
     async def load_latest(self) -> BaseModel | None:
@@ -95,7 +98,10 @@ class ModelSync:
     async def _tick(self, core: Segmenter) -> list[BatchResult]:
         schedule, out = core.schedule, []
         trains = await self.lease.renew()
-        if trains and not schedule.trains:
+        if trains and (not schedule.trains or self.lease.token != self._token):
+            # taken, or taken again after losing it unnoticed (a pause past the lease): a
+            # successor may have published meanwhile
+            self._token = self.lease.token
             newer = await self._load_newer(core)  # continue from the last published version
             if newer is not None:
                 out.append(newer)
@@ -146,14 +152,15 @@ class ModelSync:
         for worker, (population, rows, events) in fresh.items():
             core.schedule.add_remote(worker, population, rows, events)
 
-    @staticmethod
-    def snapshot(model: BaseModel, res: BatchResult) -> Snapshot:
+    def snapshot(self, model: BaseModel, res: BatchResult) -> Snapshot:
         """What :meth:`send` stores for ``model`` as it is now (``res``: the batch that moved
-        it), taken at once: the model goes on changing while it is sent."""
+        it), taken at once: the model goes on changing while it is sent. It carries the
+        training lease's fencing token of now: sent after a successor took the lease, it is
+        refused."""
         return Snapshot(model.version, orjson.dumps(model.checkpoint()).decode(), list(model.ids),
                         model.centres_scaled().tolist(), model.centres_model_space().tolist(),
                         dict(model.names), dict(model.criterion), res.lifecycle,
-                        res.centres)
+                        res.centres, self._token)
 
     async def publish(self, core: Segmenter, res: BatchResult) -> bool:
         """:meth:`send` the core's model as it is now."""
@@ -170,8 +177,9 @@ class ModelSync:
             snap.ids, snap.centres, snap.units, snap.names, sizes,
             self.profiles or await self.store.profiles(), snap.version, now_ms,
             snap.criterion, snap.lifecycle, snap.lifecycle_centres)
-        ok = await self.store.publish_model(snap.version, snap.checkpoint, self.profiles,
-                                            snap.lifecycle)
+        ok = await self.store.publish_model(
+            snap.version, snap.checkpoint, self.profiles, snap.lifecycle,
+            (self.lease.fence_key, snap.fence))
         if ok:
             for e in snap.lifecycle:
                 self.metrics.lifecycle.labels(e["event"]).inc()

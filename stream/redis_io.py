@@ -11,6 +11,7 @@ Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,6 +28,7 @@ from models.traits import TRAIT_NAMES, from_fields
 from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import RetriableError
 from stream.keys import Keys, load_profile
+from stream.lease import FENCE_LUA
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
 
 _UPSERT = TRAITS_LUA + AUDIENCES_LUA + """
@@ -93,22 +95,25 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
 end
 return 0
 """
-# Publish a model snapshot unless a newer one is already there (a deposed learner cannot
-# win): the checkpoint, its version, every segment profile and the lifecycle messages.
-_PUBLISH = """
+# Publish a model snapshot unless a newer one is already there, or a newer trainer took the
+# lease since the publisher's fencing token (ARGV[5], '' unfenced): the checkpoint, its
+# version, every segment profile and the lifecycle messages.
+_PUBLISH = FENCE_LUA + """
+if ARGV[5] ~= '' and fenced(KEYS[5], ARGV[5]) then return -1 end
 local current = tonumber(redis.call('GET', KEYS[2]) or '0')
 if current >= tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[1])
 local n = tonumber(ARGV[4])
 for i = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[4 + 2 * i - 1], ARGV[4 + 2 * i])
+  redis.call('HSET', KEYS[3], ARGV[5 + 2 * i - 1], ARGV[5 + 2 * i])
 end
-for i = 4 + 2 * n + 1, #ARGV do
+for i = 5 + 2 * n + 1, #ARGV do
   redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
 end
 return 1
 """
+log = logging.getLogger(__name__)
 RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 
@@ -288,21 +293,29 @@ class RedisStore:
 
     async def publish_model(self, version: int, checkpoint: str | bytes,
                             profiles: dict[str, dict[str, Any]],
-                            lifecycle: list[dict[str, Any]]) -> bool:
+                            lifecycle: list[dict[str, Any]],
+                            fence: tuple[str, int] | None = None) -> bool:
         """Store a model version atomically: its checkpoint (:attr:`Keys.model`), the
         version (:attr:`Keys.model_version`), every segment profile (:attr:`Keys.segments`)
         and the lifecycle messages (:attr:`Keys.lifecycle`). False, and nothing written,
-        when this version or a newer one is there already (a deposed learner cannot win).
-        Raises :class:`RetriableError` when Redis is unreachable.
+        when this version or a newer one is there already, or when ``fence`` (the training
+        lease's fencing key and the publisher's token, ``stream.lease``) shows a newer
+        trainer: a deposed trainer cannot win. Raises :class:`RetriableError` when Redis is
+        unreachable.
         """
         k = self.keys
-        args: list[Any] = [version, checkpoint, self.maxlen, len(profiles)]
+        fence_key, token = fence if fence is not None else (k.model_version, "")
+        args: list[Any] = [version, checkpoint, self.maxlen, len(profiles), token]
         for sid, profile in profiles.items():
             args += [sid, orjson.dumps(profile)]
         args += [orjson.dumps(e) for e in lifecycle]
         try:
-            return bool(await self._publish(
-                keys=[k.model, k.model_version, k.segments, k.lifecycle], args=args))
+            done = await self._publish(
+                keys=[k.model, k.model_version, k.segments, k.lifecycle, fence_key], args=args)
+            if done == -1:
+                log.warning("model version %d not published: a newer trainer holds the lease",
+                            version)
+            return done == 1
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
 

@@ -7,6 +7,17 @@ through the consumer group ``kafka-relay`` as the consumer ``relay``, produces, 
 broker's acks, then acknowledges; a new leader first re-sends what the old one left unacked.
 So Kafka gets every change, in stream order, and a duplicate only after a crash between the
 produce and the ack (the header ``segmenter.change_id``, the stream id, identifies it).
+
+A relay paused past its lease (a GC pause, SIGSTOP) must neither take entries nor send
+what it took before the pause once a successor may have sent newer changes. Entries are
+taken (``XREADGROUP``) and acknowledged by scripts that first check the lease's fencing token
+(:mod:`stream.lease`), so a deposed relay takes none; and between taking entries and
+producing them it checks that the lease still holds by its own clock
+(:meth:`stream.lease.Lease.valid`): after a pause it sends nothing, and what it took stays
+pending for the successor, which sends it first. (A pause in the microseconds between that
+check and the producer's own send can still repeat a batch after the successor's: the
+duplicate the contract allows, identified by ``segmenter.change_id``.) Waiting for new
+entries is a plain blocking ``XREAD``, which takes nothing.
 """
 
 from __future__ import annotations
@@ -21,11 +32,26 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.exceptions import ResponseError
 
-from stream.lease import Lease
+from stream.lease import FENCE_LUA, Lease
 from stream.redis_io import RETRIABLE
 
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "kafka-relay", "relay"
+# Take entries only while no successor took the lease: {1, entries} ({id, fields} each), or
+# {0, the newest id} when there is nothing to take (wait for newer), or {-1} when fenced.
+_TAKE = FENCE_LUA + """
+if fenced(KEYS[2], ARGV[1]) then return {-1} end
+local got = redis.call('XREADGROUP', 'GROUP', ARGV[2], ARGV[3], 'COUNT', ARGV[4],
+                       'STREAMS', KEYS[1], ARGV[5])
+if got and #got[1][2] > 0 then return {1, got[1][2]} end
+local last = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
+return {0, last[1] and last[1][1] or '0-0'}
+"""
+# Acknowledge only while no successor took the lease (their entries are theirs to ack).
+_ACK = FENCE_LUA + """
+if fenced(KEYS[2], ARGV[1]) then return -1 end
+return redis.call('XACK', KEYS[1], ARGV[2], unpack(ARGV, 3))
+"""
 
 
 class ChangeRelay:
@@ -37,6 +63,10 @@ class ChangeRelay:
         self.r, self.producer, self.topic = redis, producer, topic
         self.stream, self.key_field, self.field = stream, key_field, field
         self.lease = Lease(redis, lock_key)
+        self._ack = redis.register_script(_ACK)
+        self._take = redis.register_script(_TAKE)
+        self.fenced = 0
+        """Batches read but not sent: the lease was lost meanwhile."""
         self.relayed = 0
         self.leader = False
         self._group_ready = False
@@ -59,9 +89,12 @@ class ChangeRelay:
                         await self.r.xgroup_create(self.stream, GROUP, id="0", mkstream=True)
                     self._group_ready = True
                 # Our own unacknowledged entries first (a previous leader's crash), then new.
-                sent = await self._relay_once("0", block=None)
+                sent, _ = await self._relay_once("0")
                 if not sent:
-                    await self._relay_once(">", block=1000)
+                    sent, newest = await self._relay_once(">")
+                    if not sent and newest is not None:  # wait for newer (takes nothing)
+                        # BLOCK stays below redis-py's 5 s socket timeout.
+                        await self.r.xread({self.stream: newest}, count=1, block=1000)
             except RETRIABLE as exc:
                 self._group_ready = False  # a restarted Redis may have lost the group
                 log.warning("change relay: Redis unavailable (%s)", exc)
@@ -76,13 +109,25 @@ class ChangeRelay:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stop.wait(), seconds)
 
-    async def _relay_once(self, start: str, block: int | None) -> int:
-        # BLOCK stays below redis-py's 5 s socket timeout.
-        resp: Any = await self.r.xreadgroup(GROUP, CONSUMER, {self.stream: start},
-                                            count=1000, block=block)
-        entries = resp[0][1] if resp else []
-        if not entries:
-            return 0
+    async def _relay_once(self, start: str) -> tuple[int, bytes | None]:
+        """Take entries from ``start`` (``0``: ours pending, ``>``: new) and send them:
+        how many, and the newest id in the stream when there was none to take."""
+        res: Any = await self._take(keys=[self.stream, self.lease.fence_key],
+                                    args=[self.lease.token, GROUP, CONSUMER, 1000, start])
+        if res[0] != 1:
+            if res[0] == -1:
+                self.leader = False
+                return 0, None
+            return 0, res[1]
+        entries = [(entry_id, _pairs(flat)) for entry_id, flat in res[1]]
+        if not self.lease.valid():
+            # paused past the lease since it was renewed: a successor may have sent newer
+            # changes already; it sends these first (pending for the relay consumer)
+            self.fenced += 1
+            log.warning("change relay: lease lost before sending %d entries; not sending",
+                        len(entries))
+            self.leader = False
+            return 0, None
         futures = []
         for entry_id, fields in entries:
             if not fields:  # trimmed away before it was relayed: nothing left to send
@@ -94,6 +139,12 @@ class ChangeRelay:
                 self.topic, key=key, value=msg,
                 headers=[("segmenter.change_id", entry_id)]))
         await asyncio.gather(*futures)
-        await self.r.xack(self.stream, GROUP, *[i for i, _ in entries])
+        await self._ack(keys=[self.stream, self.lease.fence_key],
+                        args=[self.lease.token, GROUP, *[i for i, _ in entries]])
         self.relayed += len(entries)
-        return len(entries)
+        return len(entries), None
+
+
+def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
+    """Stream entry fields from a script's flat reply (None: trimmed before it was read)."""
+    return dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None

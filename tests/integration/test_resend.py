@@ -20,7 +20,7 @@ from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
 # Keys that change with the wall clock, not with events: leases and their holders.
-VOLATILE = re.compile(rb"(learner|relay-leader(:lifecycle)?|samples|sample-index|"
+VOLATILE = re.compile(rb"((learner|relay-leader(:lifecycle)?)(:fence)?|samples|sample-index|"
                       rb"sample:\{[^}]*\})$")
 
 

@@ -45,7 +45,9 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
                     b"samples", b"lifecycle", b"relay-leader", b"relay-leader:lifecycle",
                     b"relay-leader:audiences",
                     b"rfm", b"rfm-grid", b"audiences", b"audiences-version", b"audience-sizes",
-                    b"audience-changes", b"audience-progress", b"partition-index", b"sample-index"}
+                    b"audience-changes", b"audience-progress", b"partition-index", b"sample-index",
+                    b"learner:fence", b"relay-leader:fence", b"relay-leader:lifecycle:fence",
+                    b"relay-leader:audiences:fence"}
         strays = []
         async for key in r.scan_iter(match=prefix + b"*", count=1000):
             rest = key[len(prefix):]
