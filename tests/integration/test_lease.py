@@ -33,3 +33,30 @@ async def test_a_stale_holder_releasing_never_frees_the_new_holders_lease() -> N
     finally:
         await client.aclose()
         server.stop()
+
+
+async def test_each_holding_gets_a_newer_fencing_token_and_a_deposed_trainer_cannot_publish(
+        ) -> None:
+    from stream.redis_io import RedisStore
+
+    server = start_redis()
+    client: aioredis.Redis = connect(server.url)
+    key = "t:learner"
+    old, new = Lease(client, key, ttl_ms=300), Lease(client, key)
+    store = RedisStore(client, "t:", 1000)
+    try:
+        assert await old.renew() and old.token == 1 and old.valid(0.0)
+        assert await old.renew() and old.token == 1  # renewing keeps the token
+        assert await old.current()
+        await wait_for(new.renew, 10, "the first lease to expire and pass on")
+        assert new.token == 2 and not await old.current()
+        assert not old.valid(0.0)  # by its own clock too, past the lease
+        # the deposed holder's publication is refused even with a newer version number
+        assert not await store.publish_model(9, '{"version": 9}', {}, [],
+                                             (old.fence_key, old.token))
+        assert await client.get("t:model-version") is None
+        assert await store.publish_model(2, '{"version": 2}', {}, [], (new.fence_key, new.token))
+        assert await client.get("t:model") == b'{"version": 2}'
+    finally:
+        await client.aclose()
+        server.stop()
