@@ -18,11 +18,41 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 
-from stream.redis_io import RedisStore
+from models.features import CustomerState
+from stream.errors import RetriableError
+from stream.redis_io import RETRIABLE, RedisStore
 
 log = logging.getLogger(__name__)
 INDEX_FORMAT = b"1"
 """Value of the marker: the index format (a future format rebuilds under a new value)."""
+
+
+async def partition_states(store: RedisStore, partition: int, cursor: int,
+                           count: int = 1000) -> tuple[int, list[CustomerState]]:
+    """One ``SSCAN`` step over a partition's index: the next cursor (0 at the end) and the
+    states of its customers whose last write came from that partition (an erased customer,
+    or one moved by a repartition, is skipped)."""
+    try:
+        cursor, members = await store.r.sscan(store.keys.partition(partition), cursor,
+                                              count=count)
+        cids = [m.decode() if isinstance(m, bytes) else m for m in members]
+        return int(cursor), await store.read_states(cids, {partition})
+    except RETRIABLE as exc:
+        raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
+
+
+async def scan_states(store: RedisStore, cursor: int, partitions: set[int],
+                      count: int = 1000) -> tuple[int, list[CustomerState], int]:
+    """One ``SCAN`` step over every customer state (a keyspace without the index): the
+    next cursor (0 at the end), the states of these partitions among the keys it returned,
+    and how many keys it returned."""
+    head = len(store.keys.state(""))
+    try:
+        cursor, keys = await store.r.scan(cursor, match=store.keys.state_pattern, count=count)
+        cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
+        return int(cursor), await store.read_states(cids, partitions), len(cids)
+    except RETRIABLE as exc:
+        raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
 
 
 async def indexed(store: RedisStore) -> bool:

@@ -180,39 +180,12 @@ class RedisStore:
         if not ids:
             return {}
         try:
-            return {s.customer_id: s for s in await self._read(list(ids))}
+            return {s.customer_id: s for s in await self.read_states(list(ids))}
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while loading states: {exc}") from exc
 
-    async def scan_states(self, cursor: int, partitions: set[int],
-                          count: int = 1000) -> tuple[int, list[CustomerState], int]:
-        """One ``SCAN`` step over customer states: the next cursor (0 at the end), the
-        states of these source partitions among the keys it returned, and how many keys
-        it returned (the fallback warm start of a keyspace without partition index)."""
-        head = len(self.keys.state(""))
-        try:
-            cursor, keys = await self.r.scan(cursor, match=self.keys.state_pattern,
-                                             count=count)
-            cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
-            return int(cursor), await self._read(cids, partitions), len(cids)
-        except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
-
-    async def partition_states(self, partition: int, cursor: int,
-                               count: int = 1000) -> tuple[int, list[CustomerState]]:
-        """One ``SSCAN`` step over a partition's index (:meth:`Keys.partition`): the next
-        cursor (0 at the end) and the states of its customers whose last write came from
-        that partition (an erased customer, or one moved by a repartition, is skipped)."""
-        try:
-            cursor, members = await self.r.sscan(self.keys.partition(partition), cursor,
-                                                 count=count)
-            cids = [m.decode() if isinstance(m, bytes) else m for m in members]
-            return int(cursor), await self._read(cids, {partition})
-        except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
-
-    async def _read(self, cids: list[str],
-                    partitions: set[int] | None = None) -> list[CustomerState]:
+    async def read_states(self, cids: list[str],
+                          partitions: set[int] | None = None) -> list[CustomerState]:
         """States with their current segment; with ``partitions``, only those whose last
         event came from one of them. Hashes are read only for the states found: most cache
         misses are new customers, who cost one ``GET`` instead of two commands."""

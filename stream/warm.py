@@ -22,7 +22,7 @@ from prometheus_client import Counter
 from models.core import Segmenter
 from models.features import CustomerState
 from stream.health import Health, retry
-from stream.partition_index import indexed, mark_if_empty
+from stream.partition_index import indexed, mark_if_empty, partition_states, scan_states
 from stream.redis_io import RedisStore
 
 log = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class Warmer:
         cursor, added = 0, 0
         while len(self.core.cache) < self.limit and partition in self.owned():
             cursor, states = await retry(functools.partial(
-                self.store.partition_states, partition, cursor), self.health, self.errors)
+                partition_states, self.store, partition, cursor), self.health, self.errors)
             added += await self._add(states)
             if cursor == 0:
                 break
@@ -99,7 +99,7 @@ class Warmer:
         cursor, added, seen = 0, 0, 0
         while True:
             cursor, states, n = await retry(functools.partial(
-                self.store.scan_states, cursor, partitions), self.health, self.errors)
+                scan_states, self.store, cursor, partitions), self.health, self.errors)
             added, seen = added + await self._add(states), seen + n
             if cursor == 0 or len(self.core.cache) >= self.limit:
                 break

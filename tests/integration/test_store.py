@@ -12,6 +12,7 @@ import redis.asyncio as aioredis
 from models.core import Assignment
 from models.state import CustomerState
 from stream.embedded import start_redis
+from stream.partition_index import scan_states
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 
@@ -56,7 +57,7 @@ async def test_scan_returns_only_the_asked_partitions_with_their_segments(
         await store.write(writes, 1767225600000)
         cursor, found = 0, []
         while True:
-            cursor, states, _ = await store.scan_states(cursor, {1, 3}, count=7)
+            cursor, states, _ = await scan_states(store, cursor, {1, 3}, count=7)
             found.extend(states)
             if cursor == 0:
                 break

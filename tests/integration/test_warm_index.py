@@ -14,7 +14,7 @@ import redis.asyncio as aioredis
 from models.simulator import ShopSimulator
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
-from stream.partition_index import indexed, mark_if_empty, rebuild
+from stream.partition_index import indexed, mark_if_empty, partition_states, rebuild
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
@@ -41,7 +41,7 @@ async def test_writes_keep_each_partition_index_and_pages_read_only_it(
                 a.customer_id for a in writes if a.partition == p}
         cursor, found = 0, []
         while True:  # pages of 3: a partition read in several steps
-            cursor, states = await store.partition_states(1, cursor, count=3)
+            cursor, states = await partition_states(store, 1, cursor, count=3)
             found.extend(states)
             if cursor == 0:
                 break
@@ -55,7 +55,7 @@ async def test_writes_keep_each_partition_index_and_pages_read_only_it(
         # a customer whose last write came from another partition (a repartition) is in
         # both sets but read only from the one its state names
         await store.write([assignment("c5/{x}", 2, "s0")], NOW)
-        _, states = await store.partition_states(1, 0, count=1000)
+        _, states = await partition_states(store, 1, 0, count=1000)
         assert "c5/{x}" not in {s.customer_id for s in states}
         assert await mark_if_empty(store) is False  # states exist
     finally:
