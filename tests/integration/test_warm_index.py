@@ -4,14 +4,17 @@ real worker processes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import re
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from models.simulator import ShopSimulator
+from stream.cli import main
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
 from stream.partition_index import indexed, mark_if_empty, partition_states, rebuild
@@ -63,7 +66,8 @@ async def test_writes_keep_each_partition_index_and_pages_read_only_it(
 
 
 async def test_reindex_rebuilds_the_index_of_states_written_without_it(
-        settings: Settings, r: aioredis.Redis) -> None:
+        settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
     client = connect(settings.redis_url)
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     k = store.keys
@@ -77,6 +81,13 @@ async def test_reindex_rebuilds_the_index_of_states_written_without_it(
         for p in range(4):
             assert await members(r, k.partition(p)) == {
                 a.customer_id for a in writes if a.partition == p}
+        # the command line, as an operator runs it (a second time: idempotent)
+        monkeypatch.setenv("SEGMENTER_REDIS_URL", settings.redis_url)
+        monkeypatch.setenv("SEGMENTER_REDIS_PREFIX", settings.redis_prefix)
+        assert await asyncio.to_thread(main, ["reindex"]) == 0
+        assert "indexed 2500 customer states" in capsys.readouterr().out
+        assert await members(r, k.partition(1)) == {
+            a.customer_id for a in writes if a.partition == 1}
     finally:
         await client.aclose()
 
