@@ -16,7 +16,10 @@ A keyspace with no state at all (a new deployment) gets the marker from its firs
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
+from collections.abc import AsyncIterator
+from typing import Any
 
 from models.features import CustomerState
 from stream.errors import RetriableError
@@ -99,5 +102,42 @@ async def rebuild(store: RedisStore, count: int = 1000) -> int:
         if int(cursor) == 0:
             break
     await r.set(keys.partition_indexed, INDEX_FORMAT)
-    log.info("indexed %d customer states by partition", total)
+    log.info("indexed %d customer states by partition; %d stale entries removed", total,
+             await prune(store, count))
     return total
+
+
+async def prune(store: RedisStore, count: int = 1000) -> int:
+    """Remove index entries whose customer has no state or was last written from another
+    partition (moved by adding partitions); returns how many. Writes never add such an
+    entry back: a write indexes the partition it writes from."""
+    keys, r, removed = store.keys, store.r, 0
+    pattern = re.sub(r"([*?\[\]\\])", r"\\\1", keys.partition("")[:-1]) + "*}"
+    async for index in r.scan_iter(match=pattern, count=count):
+        name = index.decode() if isinstance(index, bytes) else index
+        partition = name[len(keys.partition("")) - 1:-1].encode()
+        async for batch in _pages(r.sscan_iter(name, count=count), count):
+            async with r.pipeline(transaction=False) as pipe:
+                for cid in batch:
+                    pipe.getrange(keys.state(_text(cid)), 0, 40)
+                heads = await pipe.execute()
+            stale = [cid for cid, h in zip(batch, heads, strict=True)
+                     if h.split(b":", 1)[0] != partition]
+            if stale:
+                removed += await r.srem(name, *stale)
+    return removed
+
+
+async def _pages(items: AsyncIterator[Any], size: int) -> AsyncIterator[list[Any]]:
+    page: list[Any] = []
+    async for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -17,7 +17,7 @@ from models.simulator import ShopSimulator
 from stream.cli import main
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
-from stream.partition_index import indexed, mark_if_empty, partition_states, rebuild
+from stream.partition_index import indexed, mark_if_empty, partition_states, prune, rebuild
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
@@ -60,6 +60,9 @@ async def test_writes_keep_each_partition_index_and_pages_read_only_it(
         await store.write([assignment("c5/{x}", 2, "s0")], NOW)
         _, states = await partition_states(store, 1, 0, count=1000)
         assert "c5/{x}" not in {s.customer_id for s in states}
+        assert await prune(store, count=4) == 1  # what segmenter reindex also does
+        assert "c5/{x}" not in await members(r, k.partition(1))
+        assert "c5/{x}" in await members(r, k.partition(2))
         assert await mark_if_empty(store) is False  # states exist
     finally:
         await client.aclose()
