@@ -74,7 +74,8 @@ async def mark_if_empty(store: RedisStore) -> bool:
 
 async def rebuild(store: RedisStore, count: int = 1000) -> int:
     """Add every stored state to its partition's index (from the ``partition:`` head of the
-    state string), then set the marker; returns how many states were indexed.
+    state string), set the marker, then :func:`prune` stale entries; returns how many
+    states were indexed.
 
     Safe while workers run: ``SADD`` is idempotent and workers index what they write.
     One ``SCAN`` of the keyspace, one pipelined round trip of ``GETRANGE`` and one of
