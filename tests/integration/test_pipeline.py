@@ -90,8 +90,10 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
     async def snapshot() -> dict[bytes, object]:
         out: dict[bytes, object] = {}
         async for key in r.scan_iter(match=f"{prefix}*", count=1000):
-            if b":relay-leader" in key or key.endswith(b":learner"):
-                continue  # which worker relays or learns (leases), not customer data
+            if b":relay-leader" in key or key.endswith((b":learner", b":fence")) \
+                    or b":sample:{" in key or key.endswith(b":sample-index"):
+                continue  # which worker relays or learns (leases, their fencing tokens,
+                # workers' samples), not customer data
             kind = (await r.type(key)).decode()
             if kind == "hash":
                 out[key] = await r.hgetall(key)
