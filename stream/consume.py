@@ -1,6 +1,14 @@
 """Reading the events topic: batches fetched and validated ahead of the one being applied.
 
-:class:`BatchReader` keeps up to ``ahead`` batches in flight. Each is fetched with
+Latency-aware: :class:`BatchReader` is *behind* when the last fetch filled its batch or the
+broker's high watermarks show more than a live batch waiting; then it takes large batches
+(``batch_max``, amortising per-batch work) and keeps up to ``ahead`` in flight. When caught
+up it takes at most ``live_max`` records, reads nothing ahead (an event that arrives while
+a batch is applied goes into the very next one, not behind a batch already read) and
+validates inline (no round trip to the helper for a few records). The mode changes nothing
+but timing: the final state is the same whatever the batch sizes (``tests/unit/test_core``).
+
+Behind, :class:`BatchReader` keeps up to ``ahead`` batches in flight. Each is fetched with
 ``getmany`` and validated, in the helper process of :mod:`stream.parsing` when it runs
 (inline otherwise, in steps that let the batch being applied go on meanwhile). Fetches and
 validations run one at a time and in the order asked, so batches stay in offset order, and a
@@ -42,13 +50,19 @@ class BatchReader:
     batch_max
         Most records per batch.
     ahead
-        Batches fetched and validated while one is applied.
+        Batches fetched and validated while one is applied, when behind.
+    live_max
+        Most records per batch when caught up (0: ``batch_max``, always behind).
     """
 
     def __init__(self, consumer: AIOKafkaConsumer, validator: Validator, metrics: Metrics,
-                 batch_max: int, ahead: int = 2) -> None:
+                 batch_max: int, ahead: int = 2, live_max: int = 0) -> None:
         self.consumer, self.validator, self.metrics = consumer, validator, metrics
         self.batch_max, self.ahead = batch_max, ahead
+        self.live_max = min(live_max or batch_max, batch_max)
+        self.behind = True
+        """Large batches read ahead (until a fetch shows the worker caught up)."""
+        self._next: dict[TopicPartition, int] = {}  # offset after the last record fetched
         self.last_poll = 0.0
         """When the broker was last polled (wall clock), for the health check."""
         self._queue: collections.deque[asyncio.Task[Fetched]] = collections.deque()
@@ -56,7 +70,7 @@ class BatchReader:
 
     async def next(self) -> Fetched:
         """The next batch (possibly empty); raises ``KafkaError`` when the fetch failed."""
-        while len(self._queue) < self.ahead:
+        while len(self._queue) < (self.ahead if self.behind else 1):
             self._queue.append(asyncio.create_task(self._fetch()))
         return await self._queue.popleft()
 
@@ -69,14 +83,35 @@ class BatchReader:
                 await task
         self._queue.clear()
 
+    def backlog(self) -> int:
+        """Records on the broker past those fetched, on the partitions fetched from (high
+        watermark of the last fetch response minus the next offset)."""
+        owned = self.consumer.assignment()
+        waiting = 0
+        for tp, nxt in list(self._next.items()):
+            if tp not in owned:
+                del self._next[tp]
+                continue
+            high = self.consumer.highwater(tp)
+            if high is not None:
+                waiting += max(0, high - nxt)
+        return waiting
+
     async def _fetch(self) -> Fetched:
         async with self._reading:
             fetching = time.perf_counter()
-            batch = await self.consumer.getmany(timeout_ms=200, max_records=self.batch_max)
+            size = self.batch_max if self.behind else self.live_max
+            batch = await self.consumer.getmany(timeout_ms=200, max_records=size)
             self.metrics.busy.labels("fetch").inc(time.perf_counter() - fetching)
             self.last_poll = time.time()
             records = [m for msgs in batch.values() for m in msgs]
-            blob = await self.validator.validate(records) if records else None
+            for tp, msgs in batch.items():
+                if msgs:
+                    self._next[tp] = msgs[-1].offset + 1
+            live = not self.behind
+            self.behind = len(records) >= self.live_max or self.backlog() > self.live_max
+            # caught up: a few records validate faster here than through the helper
+            blob = await self.validator.validate(records) if records and not live else None
         if blob is not None:  # validated in the helper while the loop applied a batch
             started = time.perf_counter()
             parsed = parse_records(records, decode(blob))

@@ -27,7 +27,7 @@ from aiokafka.errors import KafkaError
 from models.config import BatchResult
 from models.core import Parsed, Segmenter
 from stream.audiences_io import AudienceStore
-from stream.consume import BatchReader
+from stream.consume import BatchReader, Fetched
 from stream.health import Health
 from stream.metrics import Metrics
 from stream.modelsync import ModelSync, Snapshot
@@ -110,9 +110,11 @@ class EventPipeline:
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=max(300, int(s.session_timeout_s * 1000 / 4)),
             max_poll_records=s.batch_max, max_partition_fetch_bytes=4 * 1024 * 1024,
+            fetch_max_wait_ms=s.fetch_wait_ms, fetch_min_bytes=1,  # latency: settings.py
             client_id=f"segmenter-{s.group}",
         )
-        self.reader = BatchReader(self.consumer, self.validator, self.metrics, s.batch_max)
+        self.reader = BatchReader(self.consumer, self.validator, self.metrics, s.batch_max,
+                                  live_max=s.live_batch_max)
         self.writer = BatchWriter(self.store, self.sync, self.metrics, self.health,
                                   self.consumer, producer, s.dlq_topic)
         self.writer.freshness_sink = self.freshness_sink
@@ -149,7 +151,7 @@ class EventPipeline:
         try:
             while not self.stopping.is_set():
                 try:
-                    batch, parsed = await self.reader.next()
+                    batch, parsed = await self._next_batch()
                 except KafkaError as exc:
                     self.health.report("kafka", f"Kafka: {exc}")
                     log.warning("fetch failed: %s", exc)
@@ -169,6 +171,25 @@ class EventPipeline:
             async with self.lock:
                 await self.flush_and_commit()
             self._idle.set()
+
+    async def _next_batch(self) -> Fetched:
+        """The next batch. When caught up, customers waiting for a model update still
+        running are assigned and written as soon as it ends, not with the next events
+        (which may be long in coming)."""
+        assert self.reader is not None
+        running = None if self.reader.behind else self.updates.pending()
+        if running is None or running.done():
+            return await self.reader.next()
+        fetching = asyncio.ensure_future(self.reader.next())
+        try:
+            either: set[asyncio.Future[Any]] = {fetching, running}
+            await asyncio.wait(either, return_when=asyncio.FIRST_COMPLETED)
+            if not fetching.done():
+                async with self.lock:
+                    await self.settle()
+            return await fetching
+        finally:
+            fetching.cancel()  # only when cut short (stopping): re-read after the commit
 
     async def _apply_batch(self, batch: dict[TopicPartition, list[Any]], parsed: Parsed) -> None:
         started = time.perf_counter()

@@ -118,6 +118,15 @@ class Settings:
     """Seconds between state flushes + offset commits (new segments are written at once)."""
     batch_max: int = 20000
     """Most records consumed per batch (larger batches amortise per-batch work; measured)."""
+    live_batch_max: int = 1000
+    """Most records per batch while the worker is caught up (little lag on its partitions):
+    small batches, nothing read ahead, so an event's segment reaches Redis within one short
+    cycle; when behind, batches of up to ``batch_max`` (throughput). ``0``: always large."""
+    fetch_wait_ms: int = 100
+    """Longest time the broker may hold a fetch with no new records (Kafka
+    ``fetch.max.wait.ms``; ``fetch.min.bytes`` stays 1, so Apache Kafka answers as soon as
+    a record arrives and this bounds only idle polls). Brokers that do not answer early
+    (the embedded one) add up to this to an event's latency at idle, so it is short."""
     stream_maxlen: int = 100_000
     """Approximate MAXLEN of the Redis change stream."""
     debug: bool = False

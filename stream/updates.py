@@ -86,6 +86,10 @@ class ModelUpdates(Helper):
         """An update is running whose outcome the core has not taken yet."""
         return self._out is not None
 
+    def pending(self) -> Running | None:
+        """The update whose outcome is next, while it runs (None: none out)."""
+        return self._out[1] if self._out is not None else None
+
     async def apply(self, seg: Segmenter, parsed: Parsed, loaded: dict[str, CustomerState],
                     settle: bool = False) -> tuple[BatchResult, float]:
         """:meth:`Segmenter.apply` with its model updates in the helper; returns the result

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import pickle
+import random
 
 import orjson
 import pytest
@@ -233,3 +234,36 @@ def test_a_renamed_segment_reaches_its_customers_at_the_next_drain() -> None:
     members = {c for c, st in seg.states.items() if st.segment == sid}
     assert members and set(written) == members
     assert set(written.values()) == {"Renamed by the learner"}
+
+
+def test_the_same_final_state_whatever_the_batch_sizes() -> None:
+    """The worker's reader switches between live batches (a few records, an update still
+    out settled when the stream pauses) and large ones when behind (stream.consume): any
+    such mix of batch sizes ends in the segments, states and model of one inline run."""
+    recs, _ = records()
+    cfg = SegmenterConfig(warmup=300, update_every=1000, refresh_every=2, trains=True)
+    inline = Segmenter(cfg)
+    want = run(inline, recs, 5000)
+    deferred = Deferred(Segmenter(cfg))
+    got: dict[str, tuple[str, str]] = {}
+
+    def keep(writes: list[Assignment]) -> None:
+        got.update((a.customer_id, (a.segment, a.state.hex())) for a in writes)
+
+    rng = random.Random(7)
+    i = n = 0
+    sizes = set()
+    while i < len(recs):
+        size = rng.choice((1, 3, 40, 1000, 4000) if n % 40 < 20 else (1, 2, 5))
+        sizes.add(size)
+        keep(deferred.apply(deferred.seg.parse(recs[i:i + size])).assignments)
+        i, n = i + size, n + 1
+        if rng.random() < 0.1:  # the stream pauses (the worker settles), or a commit
+            keep(deferred.apply([], settle=True).assignments)
+        if n % 30 == 0:
+            keep(deferred.seg.drain())
+    keep(deferred.apply([], settle=True).assignments)
+    keep(deferred.seg.drain())
+    assert deferred.carried >= 5 and len(sizes) == 7  # the mix did happen
+    assert got == want
+    assert deferred.seg.model.checkpoint() == inline.model.checkpoint()
