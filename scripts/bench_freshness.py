@@ -13,8 +13,9 @@ On the embedded stack (or ``SEGMENTER_KAFKA`` / ``SEGMENTER_REDIS_URL``):
    it had (probes that do not change it are counted, not timed). Redis is polled every 2 ms;
 3. the same again with the minimal loop, reading from the end of the topic (``getmany``,
    per-customer features, NumPy assignment, one pipelined ``HSET`` per batch, commit), in a
-   process of its own, with the same fetch settings as the worker. For the loop a change probe is visible when the
-   customer's ``updated_at`` passes the send time (it writes every customer it sees).
+   process of its own, with the same fetch settings as the worker. For the loop a change
+   probe is visible when the customer's ``updated_at`` passes the send time (it writes every
+   customer it sees).
 
 Printed per system and level: probe latency p50/p95/p99 (ms), the load achieved, the
 worker's own freshness histogram over the level (bucket bounds, from the records' Kafka
