@@ -3,7 +3,7 @@
 Starts the embedded stack (or uses ``SEGMENTER_KAFKA`` / ``SEGMENTER_REDIS_URL``), one
 ``segmenter worker`` and ``segmenter simulate --rate R`` (live shoppers stamped with the
 current time), then samples every ``--every`` seconds: events/s, consumer lag (from the
-broker, via the worker's gauge), event-time-to-Redis latency p99 over the interval (from the
+broker, via the worker's gauge), freshness p99 (Kafka arrival to Redis) over the interval (from the
 worker's histogram), worker RSS, Redis memory. Prints a table and a summary: lag bounded,
 p99, RSS at start and end.
 
