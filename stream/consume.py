@@ -5,7 +5,7 @@ broker's high watermarks show more than a live batch waiting; then it takes larg
 (``batch_max``, amortising per-batch work) and keeps up to ``ahead`` in flight. When caught
 up it takes at most ``live_max`` records, reads nothing ahead (an event that arrives while
 a batch is applied goes into the very next one, not behind a batch already read) and
-validates inline (no round trip to the helper for a few records). The mode changes nothing
+validates a few records inline (no round trip to the helper). The mode changes nothing
 but timing: the final state is the same whatever the batch sizes (``tests/unit/test_core``).
 
 Behind, :class:`BatchReader` keeps up to ``ahead`` batches in flight. Each is fetched with
@@ -34,6 +34,7 @@ from stream.parsing import Validator, decode
 Fetched = tuple[dict[TopicPartition, list[Any]], Parsed]
 """Records by partition, and each record parsed."""
 _PARSE_STEP = 2000  # records validated inline between yields to the batch being applied
+_FEW = 200  # caught up, batches of at most this many are validated inline
 
 
 class BatchReader:
@@ -108,10 +109,10 @@ class BatchReader:
             for tp, msgs in batch.items():
                 if msgs:
                     self._next[tp] = msgs[-1].offset + 1
-            live = not self.behind
+            few = not self.behind and len(records) <= _FEW
             self.behind = len(records) >= self.live_max or self.backlog() > self.live_max
-            # caught up: a few records validate faster here than through the helper
-            blob = await self.validator.validate(records) if records and not live else None
+            # a few records validate faster here than with a round trip to the helper
+            blob = await self.validator.validate(records) if records and not few else None
         if blob is not None:  # validated in the helper while the loop applied a batch
             started = time.perf_counter()
             parsed = parse_records(records, decode(blob))
