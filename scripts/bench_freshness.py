@@ -44,96 +44,16 @@ from typing import Any
 import numpy as np
 import orjson
 import redis.asyncio as aioredis
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka import AIOKafkaProducer
 
-from models.events import parse_event
-from models.features import CustomerState, to_model_space, update, vector
 from models.simulator import DAY_MS, ShopSimulator
+from scripts import freshness_load
 from scripts.bench import produce_topic, stage_seconds
 from scripts.soak import buckets, quantile, scrape
 from stream.demo import worker_health
 from stream.embedded import embedded_stack, free_port, stop_process
 from stream.kafka_io import ensure_topics
-from stream.produce import BatchSender, make_replay_producer
 from stream.settings import Settings
-
-CUSTOMERS = 20_000
-PARTITIONS = 4
-
-
-def _load(kafka: str, topic: str, rate: float, stop: Any, seed: int) -> None:
-    """Background load (own process): live sessions at ``rate`` events/s, flushed every
-    20 ms by a batched producer."""
-    asyncio.run(_load_async(kafka, topic, rate, stop, seed))
-
-
-async def _load_async(kafka: str, topic: str, rate: float, stop: Any, seed: int) -> None:
-    now = int(time.time() * 1000)
-    sim = ShopSimulator(CUSTOMERS, seed=seed, start_ms=now, days=0, prefix="bg")
-    pool: list[dict[str, Any]] = []
-    while len(pool) < int(rate * 2) + 1000:  # sessions re-stamped as they are sent
-        pool += sim.live(now)
-    producer = make_replay_producer(Settings(kafka=kafka))
-    await producer.start()
-    try:
-        sender = BatchSender(producer, topic, list(range(PARTITIONS)))
-        started, sent = time.monotonic(), 0
-        while not stop.is_set():
-            due = int((time.monotonic() - started) * rate)
-            stamp = int(time.time() * 1000)
-            while sent < due:
-                e = pool[sent % len(pool)]
-                sender.add(e["customer_id"].encode(), orjson.dumps(
-                    {**e, "event_id": f"{e['event_id']}-{sent}", "timestamp": stamp}))
-                sent += 1
-            await sender.flush()
-            await asyncio.sleep(0.02)
-    finally:
-        await producer.stop()
-
-
-def _loop(kafka: str, redis_url: str, topic: str, prefix: str, wait_ms: int, stop: Any) -> None:
-    """The minimal loop (own process) until ``stop`` is set."""
-    asyncio.run(_loop_async(kafka, redis_url, topic, prefix, wait_ms, stop))
-
-
-async def _loop_async(kafka: str, redis_url: str, topic: str, prefix: str, wait_ms: int,
-                      stop: Any) -> None:
-    centres = np.random.default_rng(0).normal(size=(6, 18))
-    redis = aioredis.from_url(redis_url)
-    c = AIOKafkaConsumer(topic, bootstrap_servers=kafka, group_id=f"loop-{uuid.uuid4().hex[:6]}",
-                         enable_auto_commit=False, auto_offset_reset="latest",
-                         max_partition_fetch_bytes=4 * 1024 * 1024, fetch_max_wait_ms=wait_ms)
-    await c.start()
-    states: dict[str, CustomerState] = {}
-    half_life = 30 * 86_400_000
-    try:
-        while not stop.is_set():
-            batch = await c.getmany(timeout_ms=200, max_records=5000)
-            if not batch:
-                continue
-            changed: dict[str, CustomerState] = {}
-            for msgs in batch.values():
-                for m in msgs:
-                    e = parse_event(m.value, m.key)
-                    st = states.get(e.customer_id) or states.setdefault(
-                        e.customer_id, CustomerState(e.customer_id))
-                    update(st, e, half_life)
-                    changed[e.customer_id] = st
-            x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
-            z = (x - x.mean(0)) / (x.std(0) + 1e-9)
-            labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-            now = str(int(time.time() * 1000))
-            async with redis.pipeline(transaction=False) as pipe:
-                for cid, k in zip(changed, labels.tolist(), strict=True):
-                    pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
-                        "segment": f"s{k}", "segment_name": "n", "model_version": "1",
-                        "updated_at": now, "confidence": "0.5"})
-                await pipe.execute()
-            await c.commit()
-    finally:
-        await c.stop()
-        await redis.aclose()
 
 
 class Prober:
@@ -217,8 +137,9 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
         stop = ctx.Event()
         load = None
         if rate:
-            load = ctx.Process(target=_load, args=(settings.kafka, settings.events_topic, rate,
-                                                   stop, random.randrange(1 << 30)))  # noqa: S311
+            load = ctx.Process(target=freshness_load.load, args=(
+                settings.kafka, settings.events_topic, rate, stop,
+                random.randrange(1 << 30)))  # noqa: S311
             load.start()
             time.sleep(3)  # the load reaches its rate
         before = scrape(port) if port else ""
@@ -297,7 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             "SEGMENTER_REDIS_URL": os.environ.get("SEGMENTER_REDIS_URL") or r.url,
             "SEGMENTER_EVENTS_TOPIC": f"fresh-{uid}", "SEGMENTER_GROUP": f"fresh-{uid}",
             "SEGMENTER_REDIS_PREFIX": f"f{uid}:", "SEGMENTER_WEB_PORT": str(free_port()),
-            "SEGMENTER_PARTITIONS": str(PARTITIONS)})
+            "SEGMENTER_PARTITIONS": str(freshness_load.PARTITIONS)})
         asyncio.run(ensure_topics(s))
         asyncio.run(produce_topic(s, events))
         log_path = os.path.join(tempfile.gettempdir(), f"fresh-worker-{uid}.log")
@@ -319,8 +240,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = mp.get_context("spawn")
         stop = ctx.Event()
         prefix = f"l{uid}:"
-        loop = ctx.Process(target=_loop, args=(s.kafka, s.redis_url, s.events_topic, prefix,
-                                               s.fetch_wait_ms, stop))
+        loop = ctx.Process(target=freshness_load.loop, args=(
+            s.kafka, s.redis_url, s.events_topic, prefix, s.fetch_wait_ms, stop))
         loop.start()
         try:
             async def first() -> None:  # the loop has read the backlog: a probe is visible
