@@ -106,8 +106,8 @@ class CustomerState:
         self.events_total = 0  # lifetime count of applied events (exact: once per event id)
         self.device: str | None = None  # of the newest event (by event time) that gave one
         self.channel: str | None = None  # likewise
-        # event type -> UTC day -> [count, sum of amounts]: only the types and days that
-        # audiences' event conditions read (models.windows); written after the head's
+        # event type -> UTC day -> [count, sum of amounts]: the days of the types that
+        # audiences' event conditions may read (models.windows); written after the head's
         # fields, only when not empty
         self.windows: dict[str, dict[int, list[float]]] = {}
         self.segment = ""
@@ -225,7 +225,9 @@ class CustomerState:
 
     def _windows_json(self) -> list[dict[str, list[list[float]]]]:
         """:attr:`windows` as one optional head element (none when empty)."""
-        w = {t: [[d, *c] for d, c in sorted(days.items())]
+        # integral numbers as integers: "1" not "1.0" (read back alike, also by older code)
+        w = {t: [[d, int(n) if n == int(n) else n, int(v) if v == int(v) else v]
+                 for d, (n, v) in sorted(days.items())]
              for t, days in self.windows.items() if days}
         return [w] if w else []
 
