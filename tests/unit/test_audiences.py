@@ -3,6 +3,8 @@ definition named precisely."""
 
 from __future__ import annotations
 
+import re
+
 from typing import Any
 
 import pytest
@@ -97,7 +99,7 @@ def test_event_windows_are_read_through_the_callers_window() -> None:
         "not": {"not": {"segment": "s1"}}}}}}}}}}}, "nested at most"),
 ])
 def test_a_bad_definition_names_the_problem(body: Any, named: str) -> None:
-    with pytest.raises(InvalidAudience, match=named.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidAudience, match=re.escape(named)):
         parse_audience("a1", body)
 
 
