@@ -58,9 +58,10 @@ from models.records import (
     Parsed,
     Record,
     RecordLike,
+    late_detail,
     parse_records,
 )
-from models.state import CustomerState, late_detail
+from models.state import CustomerState
 from models.windows import applied_event
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",

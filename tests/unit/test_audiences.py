@@ -4,7 +4,6 @@ definition named precisely."""
 from __future__ import annotations
 
 import re
-
 from typing import Any
 
 import pytest

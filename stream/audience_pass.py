@@ -1,0 +1,264 @@
+"""A new or changed audience evaluated over every stored customer, in the background.
+
+When the definitions change (:meth:`AudiencePass.start`, from the model timer) or partitions
+are assigned, each worker walks the customers of its own partitions as Redis stores them:
+``SSCAN`` pages of each partition's index (``seg:partition:{N}``, ``stream.partition_index``;
+a ``SCAN`` of every state while an older deployment's index is not rebuilt), cached or not,
+evicted or written by a worker that has stopped. Per page:
+
+- under the pipeline lock, after the batches' writes landed: a cached customer is evaluated
+  from the cache (one with changes not written yet is left to that write, which evaluates
+  with the same definitions);
+- the others are read from Redis (outside the lock) and evaluated there;
+- each changed membership list is written by :data:`_MEMBERS`, fenced on the state's
+  ``partition:offset:`` head as read: a write of the customer since (a concurrent event)
+  wins, and that customer is read and evaluated again.
+
+Pages are bounded (:data:`PAGE`) and paced to ``rate`` customers a second, with the event
+loop free between them (heartbeats, batches). Progress per worker (``done`` of ``total``,
+the index sizes of the partitions to do) is reported on the model timer. A partition done
+is recorded with the definitions' version (:attr:`~stream.keys.Keys.audience_evaluated`), so
+a rebalance or a restart evaluates only the partitions not done with the current version.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from prometheus_client import Counter
+
+from models.core import Segmenter
+from models.state import CustomerState
+from stream.audiences_io import AUDIENCES_LUA
+from stream.errors import FatalError, RetriableError
+from stream.health import Health, retry
+from stream.partition_index import indexed, scan_states
+from stream.redis_io import RETRIABLE, RedisStore
+
+log = logging.getLogger(__name__)
+
+PAGE = 200
+"""Customers per page: one ``SSCAN`` step, one read, one pipelined write."""
+
+# Memberships only, if the state is still the one evaluated (its head as read), with the
+# sizes and one message per change (AUDIENCES_LUA). -1: written since, evaluate again.
+_MEMBERS = AUDIENCES_LUA + """
+local head = redis.call('GETRANGE', KEYS[1], 0, 40)
+if string.sub(head, 1, #ARGV[1]) ~= ARGV[1] then return -1 end
+return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3],
+                     ARGV[4], ARGV[5], '', 'definition', ARGV[6])
+"""
+# A partition evaluated with definitions ARGV[2] (kept only if newer than what is there).
+_DONE = """
+if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') < tonumber(ARGV[2]) then
+  redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+
+class AudiencePass:
+    """Evaluates the current definitions over every stored customer of this worker.
+
+    Parameters
+    ----------
+    store, core, lock
+        Redis; the core (its cache and definitions); the pipeline lock.
+    owned
+        The partitions this worker owns now.
+    written
+        Waits for the batches' Redis work in flight (call under ``lock``).
+    rate
+        Customers per second, at most.
+    """
+
+    def __init__(self, store: RedisStore, core: Segmenter, lock: asyncio.Lock,
+                 owned: Callable[[], set[int]], written: Callable[[], Awaitable[None]],
+                 rate: int, health: Health, errors: Counter) -> None:
+        self.store, self.core, self.lock, self.owned = store, core, lock, owned
+        self.written, self.rate = written, max(1, rate)
+        self.health, self.errors = health, errors
+        self._members = store.r.register_script(_MEMBERS)
+        self._done_script = store.r.register_script(_DONE)
+        self._task: asyncio.Task[None] | None = None
+        self.version = 0
+        self.done = self.total = 0
+        self.finished = True
+        self.changed = 0  # customers whose memberships this pass changed (for tests, logs)
+
+    def start(self, version: int) -> None:
+        """Evaluate definitions ``version`` over the owned partitions not done with it;
+        replaces a pass under way (new definitions, a new assignment)."""
+        self.cancel()
+        self.version, self.done, self.total, self.finished = version, 0, 0, False
+        if version:
+            self._task = asyncio.create_task(self._run(version))
+
+    def cancel(self) -> None:
+        """Stop the pass (replaced, or the worker stops)."""
+        if self._task is not None:
+            self._task.cancel()
+
+    def progress(self) -> tuple[int, int, int, bool] | None:
+        """``(version, done, total, finished)`` of the current pass; None before any."""
+        if not self.version:
+            return None
+        return self.version, min(self.done, self.total), self.total, self.finished
+
+    async def _retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
+        return await retry(call, self.health, self.errors)
+
+    async def _run(self, version: int) -> None:
+        started, r, keys = time.monotonic(), self.store.r, self.store.keys
+        try:
+            todo = sorted(self.owned())
+            if todo:
+                done = await self._retry(functools.partial(
+                    _hmget, r, keys.audience_evaluated, todo))
+                todo = [p for p, v in zip(todo, done, strict=True) if int(v or 0) < version]
+            use_index = await self._retry(functools.partial(indexed, self.store))
+            if use_index and todo:
+                sizes = await self._retry(functools.partial(
+                    _scards, r, [keys.partition(p) for p in todo]))
+                self.total = sum(sizes)
+            for p in todo if use_index else ():
+                await self._partition(p, version)
+            if not use_index and todo:
+                await self._scan(set(todo), version)
+            self.done, self.finished = self.total, True
+            log.info("audiences version %d evaluated over %d stored customers of partitions "
+                     "%s in %.1f s (%d changed)", version, self.total, todo,
+                     time.monotonic() - started, self.changed)
+        except FatalError as exc:  # a newer worker's state: this one must be replaced
+            log.critical("audience evaluation stopped: %s", exc)
+
+    async def _partition(self, partition: int, version: int) -> None:
+        cursor = 0
+        while True:
+            cursor, cids = await self._retry(functools.partial(self._sscan, partition, cursor))
+            if not await self._page(partition, cids, version):
+                return  # not ours any more, or the definitions changed: another pass follows
+            if cursor == 0:
+                break
+        await self._retry(functools.partial(self._mark_done, partition, version))
+
+    async def _scan(self, partitions: set[int], version: int) -> None:
+        """No index (an older deployment): every state, keeping these partitions'; the
+        total grows as they are found."""
+        cursor = 0
+        while True:
+            cursor, states, _ = await self._retry(functools.partial(
+                scan_states, self.store, cursor, partitions, PAGE))
+            for p in partitions:
+                cids = [s.customer_id for s in states if s.partition == p]
+                self.total += len(cids)
+                if cids and not await self._page(p, cids, version):
+                    return
+            if cursor == 0:
+                break
+        for p in partitions:
+            await self._retry(functools.partial(self._mark_done, p, version))
+
+    async def _page(self, partition: int, cids: list[str], version: int) -> bool:
+        """Evaluate and write one page; False when the pass is to stop."""
+        started, n = time.monotonic(), len(cids)
+        for _ in range(3):  # customers written since they were read: evaluate again
+            if not cids:
+                break
+            writes, remote = await self._cached(partition, cids, version)
+            if writes is None:
+                return False
+            if remote:
+                states = await self._retry(functools.partial(
+                    self.store.read_states, remote, {partition}))
+                if self.core.assigner.audiences_version != version:
+                    return False
+                members = self.core.assigner.members
+                writes += [(st, members(st)) for st in states]
+            writes = [(st, now) for st, now in writes if now != st.audiences]
+            cids = await self._retry(functools.partial(self._write, writes, version))
+        self.done += n
+        # paced, and the event loop is free between pages
+        await asyncio.sleep(max(0.0, PAGE / self.rate - (time.monotonic() - started)))
+        return True
+
+    async def _cached(self, partition: int, cids: list[str], version: int) -> \
+            tuple[list[tuple[CustomerState, str]] | None, list[str]]:
+        """Memberships of the page's cached customers (under the lock, once the batches'
+        writes landed: a cached state without changes to write is what Redis holds), and
+        the ids not cached. None when the pass is to stop."""
+        async with self.lock:
+            await self.written()
+            a, cache = self.core.assigner, self.core.cache
+            if a.audiences_version != version or partition not in self.owned():
+                return None, []
+            writes, remote = [], []
+            dirty, pending, changed = cache.dirty, cache.pending, self.core.changed
+            for cid in cids:
+                st = cache.states.get(cid)
+                if st is None:
+                    remote.append(cid)
+                elif cid not in dirty and cid not in pending and cid not in changed:
+                    writes.append((st, a.members(st)))  # else its write, to come, does
+            return writes, remote
+
+    async def _write(self, writes: list[tuple[CustomerState, str]], version: int) -> list[str]:
+        """Write the memberships that changed; returns the customers written since they
+        were read (to evaluate again)."""
+        if not writes:
+            return []
+        k, now_ms = self.store.keys, int(time.time() * 1000)
+        try:
+            results = await self.store._pipelined(self._members, 6, [
+                (k.state(st.customer_id), k.customer(st.customer_id), *k.audience_keys,
+                 b"%d:%d:" % (st.partition, st.offset), now, version, st.customer_id, now_ms,
+                 self.store.maxlen) for st, now in writes])
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while writing memberships: {exc}") \
+                from exc
+        again = []
+        for (st, now), res in zip(writes, results, strict=True):
+            if res == -1:
+                again.append(st.customer_id)
+                continue
+            st.audiences = now  # a cached state now matches its hash
+            self.changed += 1 if res else 0
+        return again
+
+    async def _sscan(self, partition: int, cursor: int) -> tuple[int, list[str]]:
+        try:
+            cursor, members = await self.store.r.sscan(self.store.keys.partition(partition),
+                                                       cursor, count=PAGE)
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while reading an index: {exc}") from exc
+        return int(cursor), [m.decode() if isinstance(m, bytes) else m for m in members]
+
+    async def _mark_done(self, partition: int, version: int) -> None:
+        if partition in self.owned():
+            try:
+                await self._done_script(keys=[self.store.keys.audience_evaluated],
+                                        args=[partition, version])
+            except RETRIABLE as exc:
+                raise RetriableError(f"Redis unavailable: {exc}") from exc
+
+
+async def _hmget(r: Any, key: str, fields: list[int]) -> list[Any]:
+    try:
+        return list(await r.hmget(key, fields))
+    except RETRIABLE as exc:
+        raise RetriableError(f"Redis unavailable: {exc}") from exc
+
+
+async def _scards(r: Any, names: list[str]) -> list[int]:
+    try:
+        async with r.pipeline(transaction=False) as pipe:
+            for name in names:
+                pipe.scard(name)
+            return [int(n) for n in await pipe.execute()]
+    except RETRIABLE as exc:
+        raise RetriableError(f"Redis unavailable: {exc}") from exc
