@@ -198,12 +198,12 @@ class AudiencePass:
             if a.audiences_version != version or partition not in self.owned():
                 return None, []
             writes, remote = [], []
-            dirty, pending, changed = cache.dirty, cache.pending, self.core.changed
+            dirty, changed = cache.dirty, self.core.changed
             for cid in cids:
                 st = cache.states.get(cid)
                 if st is None:
                     remote.append(cid)
-                elif cid not in dirty and cid not in pending and cid not in changed:
+                elif cid not in dirty and cid not in changed:
                     writes.append((st, a.members(st)))  # else its write, to come, does
             return writes, remote
 
