@@ -72,7 +72,8 @@ class AudiencePass:
     owned
         The partitions this worker owns now.
     written
-        Waits for the batches' Redis work in flight (call under ``lock``).
+        Settles the core: waits for the batches' Redis work in flight and assigns the
+        customers waiting for a model update (call under ``lock``).
     rate
         Customers per second, at most.
     """

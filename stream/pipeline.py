@@ -87,9 +87,8 @@ class EventPipeline:
         self.writer: BatchWriter | None = None
         self.warmer = Warmer(store, self.core, self.lock, self._owned, settings.state_cache,
                              health, metrics.redis_errors)
-        self.audience_pass = AudiencePass(store, self.core, self.lock, self._owned,
-                                          self._written, settings.rescore_per_s, health,
-                                          metrics.redis_errors)
+        self.audience_pass = AudiencePass(store, self.core, self.lock, self._owned, self.settle,
+                                          settings.rescore_per_s, health, metrics.redis_errors)
         self.stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -287,9 +286,10 @@ class EventPipeline:
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
-            # memberships that the passing of event time changed (cached customers)
+            # event time moved cached memberships; not during a pass (reason "definition")
+            timed = rescore if self.audience_pass.finished else 0
             await self.writer.write_rescored(self.core.assigner.audience_moves(
-                self.core.model, rescore), now_ms, rescored=False)
+                self.core.model, timed), now_ms, rescored=False)
         progress = self.audience_pass.progress()
         if progress is not None:
             await self.writer.retry(functools.partial(
