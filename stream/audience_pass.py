@@ -89,7 +89,7 @@ class AudiencePass:
         self._task: asyncio.Task[None] | None = None
         self.version = 0
         self.done = self.total = 0
-        self.finished = True
+        self.finished, self.fatal = True, False
         self.changed = 0  # customers whose memberships this pass changed (for tests, logs)
 
     def start(self, version: int) -> None:
@@ -97,8 +97,22 @@ class AudiencePass:
         replaces a pass under way (new definitions, a new assignment)."""
         self.cancel()
         self.version, self.done, self.total, self.finished = version, 0, 0, False
+        self.fatal = False
         if version:
             self._task = asyncio.create_task(self._run(version))
+
+    def ensure(self, version: int) -> None:
+        """Start a pass of ``version`` unless it runs, finished or stopped on a fatal error
+        (a pass that failed otherwise, or of older definitions, starts again)."""
+        task = self._task
+        if version != self.version or (task is not None and task.done()
+                                       and not self.finished and not self.fatal):
+            self.start(version)
+
+    @property
+    def running(self) -> bool:
+        """A pass is under way (the time pass over cached customers waits for it)."""
+        return self._task is not None and not self._task.done()
 
     def cancel(self) -> None:
         """Stop the pass (replaced, or the worker stops)."""
@@ -136,7 +150,10 @@ class AudiencePass:
                      "%s in %.1f s (%d changed)", version, self.total, todo,
                      time.monotonic() - started, self.changed)
         except FatalError as exc:  # a newer worker's state: this one must be replaced
+            self.fatal = True
             log.critical("audience evaluation stopped: %s", exc)
+        except Exception:  # noqa: BLE001 - started again on the model timer (ensure)
+            log.exception("audience evaluation of version %d failed; starting again", version)
 
     async def _partition(self, partition: int, version: int) -> None:
         cursor = 0

@@ -281,13 +281,13 @@ class EventPipeline:
                 self.core.assigner.set_audiences(version, defs)
                 self.audiences_version = version
                 log.info("audiences: version %d, %d defined", version, len(defs))
-                self.audience_pass.start(version)  # over every stored customer
+            self.audience_pass.ensure(version)  # over every stored customer
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
             # event time moved cached memberships; not during a pass (reason "definition")
-            timed = rescore if self.audience_pass.finished else 0
+            timed = 0 if self.audience_pass.running else rescore
             await self.writer.write_rescored(self.core.assigner.audience_moves(
                 self.core.model, timed), now_ms, rescored=False)
         progress = self.audience_pass.progress()
