@@ -197,8 +197,8 @@ class AudiencePass:
                 if self.core.assigner.audiences_version != version:
                     return False
                 members = self.core.assigner.members
-                writes += [(st, members(st)) for st in states]
-            writes = [(st, now) for st, now in writes if now != st.audiences]
+                writes += [_evaluated(st, members(st)) for st in states]
+            writes = [w for w in writes if w[2] != w[0].audiences]
             cids = await self._retry(functools.partial(self._write, writes, version))
         self.done += n
         # paced, and the event loop is free between pages
@@ -206,7 +206,7 @@ class AudiencePass:
         return True
 
     async def _cached(self, partition: int, cids: list[str], version: int) -> \
-            tuple[list[tuple[CustomerState, str]] | None, list[str]]:
+            tuple[list[_Evaluated] | None, list[str]]:
         """Memberships of the page's cached customers (under the lock, once the batches'
         writes landed: a cached state without changes to write is what Redis holds), and
         the ids not cached. None when the pass is to stop."""
@@ -215,17 +215,18 @@ class AudiencePass:
             a, cache = self.core.assigner, self.core.cache
             if a.audiences_version != version or partition not in self.owned():
                 return None, []
-            writes, remote = [], []
+            writes: list[_Evaluated] = []
+            remote: list[str] = []
             dirty, changed = cache.dirty, self.core.changed
             for cid in cids:
                 st = cache.states.get(cid)
                 if st is None:
                     remote.append(cid)
                 elif cid not in dirty and cid not in changed:
-                    writes.append((st, a.members(st)))  # else its write, to come, does
+                    writes.append(_evaluated(st, a.members(st)))  # else its write does
             return writes, remote
 
-    async def _write(self, writes: list[tuple[CustomerState, str]], version: int) -> list[str]:
+    async def _write(self, writes: list[_Evaluated], version: int) -> list[str]:
         """Write the memberships that changed; returns the customers written since they
         were read (to evaluate again)."""
         if not writes:
@@ -234,18 +235,19 @@ class AudiencePass:
         try:
             results = await self.store._pipelined(self._members, 6, [
                 (k.state(st.customer_id), k.customer(st.customer_id), *k.audience_keys,
-                 b"%d:%d:" % (st.partition, st.offset), now, version, st.customer_id, now_ms,
-                 self.store.maxlen) for st, now in writes])
+                 head, now, version, st.customer_id, now_ms, self.store.maxlen)
+                for st, head, now in writes])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing memberships: {exc}") \
                 from exc
         again = []
-        for (st, now), res in zip(writes, results, strict=True):
+        for (st, head, now), res in zip(writes, results, strict=True):
             if res == -1:
                 again.append(st.customer_id)
                 continue
-            st.audiences = now  # a cached state now matches its hash
             self.changed += 1 if res else 0
+            if _head(st) == head:  # a cached state not changed since: matches its hash
+                st.audiences = now
         return again
 
     async def _sscan(self, partition: int, cursor: int) -> tuple[int, list[str]]:
@@ -263,6 +265,19 @@ class AudiencePass:
                                         args=[partition, version])
             except RETRIABLE as exc:
                 raise RetriableError(f"Redis unavailable: {exc}") from exc
+
+
+_Evaluated = tuple[CustomerState, bytes, str]
+"""A customer's state, its ``partition:offset:`` head and memberships when evaluated (the
+write is fenced on that head: a state the core changed since is not written over)."""
+
+
+def _head(st: CustomerState) -> bytes:
+    return b"%d:%d:" % (st.partition, st.offset)
+
+
+def _evaluated(st: CustomerState, members: str) -> _Evaluated:
+    return st, _head(st), members
 
 
 async def _hmget(r: Any, key: str, fields: list[int]) -> list[Any]:

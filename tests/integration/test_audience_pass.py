@@ -17,7 +17,7 @@ from models.audiences import parse_audience
 from models.config import SegmenterConfig
 from models.core import Segmenter
 from models.records import Record
-from stream.audience_pass import AudiencePass
+from stream.audience_pass import AudiencePass, _evaluated
 from stream.embedded import free_port
 from stream.health import Health
 from stream.kafka_io import ensure_topics
@@ -104,10 +104,10 @@ async def test_a_membership_write_loses_to_a_newer_write_of_the_customer(
     errors = Counter("t_errors", "t", registry=CollectorRegistry())
     p = AudiencePass(store, core, asyncio.Lock(), lambda: {0}, lambda: asyncio.sleep(0),
                      1000, Health(), errors)
-    assert await p._write([(stale, '["a-at"]')], 1) == ["c-f"]  # evaluated again
+    assert await p._write([_evaluated(stale, '["a-at"]')], 1) == ["c-f"]  # evaluated again
     assert await r.hget(f"{prefix}customer:{{c-f}}", "audiences") is None
     assert await _stream(r, prefix) == []
-    assert await p._write([(st, '["a-at"]')], 1) == []
+    assert await p._write([_evaluated(st, '["a-at"]')], 1) == []
     assert await r.hget(f"{prefix}customer:{{c-f}}", "audiences") == b'["a-at"]'
     assert [(m["customer_id"], m["change"], m["reason"]) for m in await _stream(r, prefix)] \
         == [("c-f", "entered", "definition")]
