@@ -193,7 +193,7 @@ class AudiencePass:
                 return False
             if remote:
                 states = await self._retry(functools.partial(
-                    self.store.read_states, remote, {partition}))
+                    _read, self.store, remote, partition))
                 if self.core.assigner.audiences_version != version:
                     return False
                 members = self.core.assigner.members
@@ -278,6 +278,13 @@ def _head(st: CustomerState) -> bytes:
 
 def _evaluated(st: CustomerState, members: str) -> _Evaluated:
     return st, _head(st), members
+
+
+async def _read(store: RedisStore, cids: list[str], partition: int) -> list[CustomerState]:
+    try:
+        return await store.read_states(cids, {partition})
+    except RETRIABLE as exc:
+        raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
 
 
 async def _hmget(r: Any, key: str, fields: list[int]) -> list[Any]:
