@@ -1,10 +1,10 @@
 """A new or changed audience evaluated over every stored customer, in the background.
 
-When the definitions change (:meth:`AudiencePass.start`, from the model timer) or partitions
-are assigned, each worker walks the customers of its own partitions as Redis stores them:
-``SSCAN`` pages of each partition's index (``seg:partition:{N}``, ``stream.partition_index``;
-a ``SCAN`` of every state while an older deployment's index is not rebuilt), cached or not,
-evicted or written by a worker that has stopped. Per page:
+When the definitions change or partitions are assigned (reason ``definition``), and when
+event time enters a new UTC day (reason ``time``: window memberships end, as windows count
+per day), each worker walks the customers of its partitions as Redis stores them (cached or
+not, evicted, or written by a worker that has stopped): ``SSCAN`` pages of each partition's
+index (``seg:partition:{N}``; a ``SCAN`` while an older deployment has none). Per page:
 
 - under the pipeline lock, after the batches' writes landed: a cached customer is evaluated
   from the cache (one with changes not written yet is left to that write, which evaluates
@@ -34,6 +34,7 @@ from prometheus_client import Counter
 
 from models.core import Segmenter
 from models.state import CustomerState
+from models.windows import DAY_MS, moves_with_time
 from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import FatalError, RetriableError
 from stream.health import Health, retry
@@ -51,7 +52,7 @@ _MEMBERS = AUDIENCES_LUA + """
 local head = redis.call('GETRANGE', KEYS[1], 0, 40)
 if string.sub(head, 1, #ARGV[1]) ~= ARGV[1] then return -1 end
 return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3],
-                     ARGV[4], ARGV[5], '', 'definition', ARGV[6])
+                     ARGV[4], ARGV[5], '', ARGV[7], ARGV[6])
 """
 # A partition evaluated with definitions ARGV[2] (kept only if newer than what is there).
 _DONE = """
@@ -88,26 +89,38 @@ class AudiencePass:
         self._done_script = store.r.register_script(_DONE)
         self._task: asyncio.Task[None] | None = None
         self.version = 0
-        self.done = self.total = 0
+        self.done = self.total = self.day = 0  # day: of event time, the last time pass's
+        self.reason = "definition"  # or "time": a pass after event time entered a new day
         self.finished, self.fatal = True, False
         self.changed = 0  # customers whose memberships this pass changed (for tests, logs)
 
-    def start(self, version: int) -> None:
+    def start(self, version: int, reason: str = "definition") -> None:
         """Evaluate definitions ``version`` over the owned partitions not done with it;
-        replaces a pass under way (new definitions, a new assignment)."""
+        replaces a pass under way (new definitions, a new assignment). With ``reason``
+        ``time``: over every owned partition, its progress not reported (the definitions'
+        evaluation is done)."""
         self.cancel()
-        self.version, self.done, self.total, self.finished = version, 0, 0, False
-        self.fatal = False
+        self.reason = reason
+        if reason == "definition":
+            self.version, self.done, self.total, self.finished = version, 0, 0, False
+            self.fatal = False
         if version:
             self._task = asyncio.create_task(self._run(version))
 
-    def ensure(self, version: int) -> None:
+    def ensure(self, version: int, watermark_ms: int) -> None:
         """Start a pass of ``version`` unless it runs, finished or stopped on a fatal error
-        (a pass that failed otherwise, or of older definitions, starts again)."""
-        task = self._task
+        (a pass that failed otherwise, or of older definitions, starts again); else, when
+        event time (``watermark_ms``) entered a new UTC day and memberships can end with
+        it (event windows: they count per day), a pass with reason ``time``."""
+        task, day = self._task, watermark_ms // DAY_MS
         if version != self.version or (task is not None and task.done()
                                        and not self.finished and not self.fatal):
             self.start(version)
+        elif day > self.day > 0 and not self.running and version and \
+                moves_with_time(self.core.assigner.audiences):
+            self.start(version, "time")
+            self.day = day
+        self.day = day if self.day <= 0 else self.day  # the first known day: no pass
 
     @property
     def running(self) -> bool:
@@ -135,9 +148,10 @@ class AudiencePass:
             if todo:
                 done = await self._retry(functools.partial(
                     _hmget, r, keys.audience_evaluated, todo))
-                todo = [p for p, v in zip(todo, done, strict=True) if int(v or 0) < version]
+                todo = [p for p, v in zip(todo, done, strict=True)
+                        if int(v or 0) < version or self.reason == "time"]
             use_index = await self._retry(functools.partial(indexed, self.store))
-            if use_index and todo:
+            if use_index and todo and self.reason == "definition":
                 sizes = await self._retry(functools.partial(
                     _scards, r, [keys.partition(p) for p in todo]))
                 self.total = sum(sizes)
@@ -145,9 +159,10 @@ class AudiencePass:
                 await self._partition(p, version)
             if not use_index and todo:
                 await self._scan(set(todo), version)
-            self.done, self.finished = self.total, True
-            log.info("audiences version %d evaluated over %d stored customers of partitions "
-                     "%s in %.1f s (%d changed)", version, self.total, todo,
+            if self.reason == "definition":
+                self.done, self.finished = self.total, True
+            log.info("audiences version %d evaluated (%s) over the stored customers of "
+                     "partitions %s in %.1f s (%d changed in all)", version, self.reason, todo,
                      time.monotonic() - started, self.changed)
         except FatalError as exc:  # a newer worker's state: this one must be replaced
             self.fatal = True
@@ -163,7 +178,8 @@ class AudiencePass:
                 return  # not ours any more, or the definitions changed: another pass follows
             if cursor == 0:
                 break
-        await self._retry(functools.partial(self._mark_done, partition, version))
+        if self.reason == "definition":
+            await self._retry(functools.partial(self._mark_done, partition, version))
 
     async def _scan(self, partitions: set[int], version: int) -> None:
         """No index (an older deployment): every state, keeping these partitions'; the
@@ -174,12 +190,12 @@ class AudiencePass:
                 scan_states, self.store, cursor, partitions, PAGE))
             for p in partitions:
                 cids = [s.customer_id for s in states if s.partition == p]
-                self.total += len(cids)
+                self.total += len(cids) if self.reason == "definition" else 0
                 if cids and not await self._page(p, cids, version):
                     return
             if cursor == 0:
                 break
-        for p in partitions:
+        for p in partitions if self.reason == "definition" else ():
             await self._retry(functools.partial(self._mark_done, p, version))
 
     async def _page(self, partition: int, cids: list[str], version: int) -> bool:
@@ -200,7 +216,7 @@ class AudiencePass:
                 writes += [_evaluated(st, members(st)) for st in states]
             writes = [w for w in writes if w[2] != w[0].audiences]
             cids = await self._retry(functools.partial(self._write, writes, version))
-        self.done += n
+        self.done += n if self.reason == "definition" else 0
         # paced, and the event loop is free between pages
         await asyncio.sleep(max(0.0, PAGE / self.rate - (time.monotonic() - started)))
         return True
@@ -235,7 +251,7 @@ class AudiencePass:
         try:
             results = await self.store._pipelined(self._members, 6, [
                 (k.state(st.customer_id), k.customer(st.customer_id), *k.audience_keys,
-                 head, now, version, st.customer_id, now_ms, self.store.maxlen)
+                 head, now, version, st.customer_id, now_ms, self.store.maxlen, self.reason)
                 for st, head, now in writes])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing memberships: {exc}") \

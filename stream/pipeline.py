@@ -281,7 +281,7 @@ class EventPipeline:
                 self.core.assigner.set_audiences(version, defs)
                 self.audiences_version = version
                 log.info("audiences: version %d, %d defined", version, len(defs))
-            self.audience_pass.ensure(version)  # over every stored customer
+            self.audience_pass.ensure(version, self.core.watermark)  # every stored customer
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)

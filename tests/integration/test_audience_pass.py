@@ -1,7 +1,8 @@
-"""A new or changed audience evaluated over every stored customer (issue #18), on the real
-broker and Redis: customers evicted from the worker's cache and customers written by a
-worker that has stopped enter it, each once, with progress for the current definitions
-only; a membership write loses to a newer write of the customer (fenced on the state)."""
+"""Audiences evaluated over every stored customer (issue #18), on the real broker and
+Redis: customers evicted from the worker's cache and customers written by a worker that has
+stopped enter a new audience, each once, with progress for the current definitions only;
+an evicted customer's window membership ends as event time passes; a membership write
+loses to a newer write of the customer (fenced on the state)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from stream.kafka_io import ensure_topics
 from stream.redis_io import RedisStore
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
-from tests.integration.test_audiences import ADMIN, T0, _size, _stream, ev
+from tests.integration.test_audiences import ADMIN, T0, _size, _stream, _worker, ev
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import request
 
@@ -111,3 +112,34 @@ async def test_a_membership_write_loses_to_a_newer_write_of_the_customer(
     assert await r.hget(f"{prefix}customer:{{c-f}}", "audiences") == b'["a-at"]'
     assert [(m["customer_id"], m["change"], m["reason"]) for m in await _stream(r, prefix)] \
         == [("c-f", "entered", "definition")]
+
+
+async def test_a_window_membership_of_an_evicted_customer_ends_as_event_time_passes(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    bought = {"name": "Bought in 30 days", "where": {
+        "event": "purchase", "within_days": 30, "count": {"op": ">=", "value": 1}}}
+    settings = dataclasses.replace(settings, state_cache=5)
+    settings, worker = await _worker(settings, tmp_path, {"a-bought": bought})
+    prefix, cid = settings.redis_prefix, "c-bought"
+    try:
+        await produce(settings, [ev(cid, 0, "purchase", amount=20.0)])
+        await wait_for(lambda: _size(r, prefix, "a-bought", 1), 60, "the buyer to enter")
+        # ten customers active after the buyer: the buyer is evicted (least recently active)
+        await produce(settings, [ev(f"c-other-{i}", 1, "page_view") for i in range(10)])
+        await wait_for(lambda: lag_is_zero(settings), 60, "the others")
+
+        async def evicted() -> bool:
+            text = worker.metrics_text().split("\nsegmenter_cached_customers ")[1]
+            return float(text.split()[0]) <= 5
+        await wait_for(evicted, 20, "the cache to shrink to its bound")
+
+        # day 30 of event time: the purchase (day 0) has left the window; no event of the
+        # buyer's, and no worker holds the buyer in memory
+        await produce(settings, [ev("c-later", 0, "page_view", day=30)])
+        await wait_for(lambda: _size(r, prefix, "a-bought", 0), 60, "the membership to end")
+        last = [m for m in await _stream(r, prefix) if m["customer_id"] == cid]
+        assert [(m["change"], m["reason"], m["event_id"]) for m in last] == [
+            ("entered", "event", f"{cid}-0"), ("exited", "time", None)]
+        assert orjson.loads(await r.hget(f"{prefix}customer:{{{cid}}}", "audiences")) == []
+    finally:
+        worker.stop()
