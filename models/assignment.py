@@ -49,7 +49,7 @@ from models.rescoring import moves
 from models.rfm import Quintiles, bucket_key
 from models.state import CustomerState
 from models.traits import encode, traits
-from models.windows import memberships, moves_with_time, tracked
+from models.windows import ALWAYS, kept, memberships, moves_with_time
 
 __all__ = ["Assigner"]
 
@@ -76,8 +76,7 @@ class Assigner:
         self.audiences_version = 0  # their version; 0: none known yet
         self._audience_pass: list[str] = []  # customers left to look at for memberships
         self.audience_pass_total = 0  # customers in the current pass
-        self.audience_pass_reason = "time"  # or "definition": the pass after a change
-        self.window_keep: dict[str, int] = {}  # event type -> days kept for event conditions
+        self.window_keep: dict[str, int] = dict(ALWAYS)  # event type -> days of windows
         self._timed = False  # memberships may change without events (windows, RFM)
 
     def restart_pass(self) -> None:
@@ -214,37 +213,35 @@ class Assigner:
         return {"audiences": st.audiences, "audiences_version": self.audiences_version}
 
     def set_audiences(self, version: int, audiences: Sequence[Audience]) -> None:
-        """Evaluate memberships with these definitions (version ``version``) from now on;
-        the event types their windows read are counted per day from now on
-        (:attr:`window_keep`), and every cached customer is looked at again."""
+        """Evaluate memberships with these definitions (version ``version``) from now on.
+        Every stored customer is evaluated with them by the caller's background pass over
+        Redis (``stream.audience_pass``), cached or not; the pass over cached customers
+        here (:meth:`audience_moves`) follows the passing of event time."""
         self.audiences, self.audiences_version = tuple(audiences), version
-        self.window_keep = tracked(audiences)
+        self.window_keep = kept(audiences)
         self._timed = moves_with_time(audiences)
-        # What the hashes hold is unknown now: a write evaluated with the older definitions
-        # after Redis had these was refused (its version was behind), so each customer's
-        # list is written once more by the pass (the write script changes nothing when
-        # Redis holds that list already).
-        for st in self.cache.states.values():
-            st.audiences = ""
-        self._audience_pass = list(self.cache.states)
-        self.audience_pass_total = len(self._audience_pass)
-        self.audience_pass_reason = "definition"
+        self._audience_pass = []
+        self.audience_pass_total = 0
+
+    def members(self, st: CustomerState) -> str:
+        """``st``'s memberships (a JSON array) as of the later of its last event and the
+        watermark, with the current definitions."""
+        return orjson.dumps(memberships(self.audiences, st, traits(st),
+                                        self.cache.watermark)).decode()
 
     def audience_moves(self, model: BaseModel, budget: int) -> list[Assignment]:
         """Cached customers whose memberships changed without an event of theirs (a window
-        passed in event time, the definitions changed): up to ``budget`` looked at,
-        round-robin; writes with reason ``definition`` in the pass that follows a change of
-        definitions, ``time`` after. Customers waiting for the next drain are
-        left to it."""
+        passed in event time, the RFM segment moved): up to ``budget`` looked at,
+        round-robin, written with reason ``time``. Customers waiting for the next drain
+        are left to it."""
         cache = self.cache
         if not self.audiences_version or budget <= 0:
             return []
         if not self._audience_pass:
-            if not self._timed:  # nothing to look at until the definitions change
+            if not self._timed:  # nothing moves with time under these definitions
                 return []
             self._audience_pass = list(cache.states)
             self.audience_pass_total = len(self._audience_pass)
-            self.audience_pass_reason = "time"
         batch = self._audience_pass[-budget:]
         self._audience_pass = self._audience_pass[:-budget]
         out = []
@@ -252,10 +249,8 @@ class Assigner:
             st = cache.states.get(cid)
             if st is None or cid in cache.dirty:
                 continue
-            t = traits(st)
-            now = orjson.dumps(memberships(self.audiences, st, t, cache.watermark)).decode()
-            if now != st.audiences:
-                out.append(self.assignment(model, st, self.audience_pass_reason, ""))
+            if self.members(st) != st.audiences:
+                out.append(self.assignment(model, st, "time", ""))
         return out
 
     @property

@@ -1,6 +1,6 @@
 """Audience definitions (contract §2.3): parsing with errors that name the problem, and
-evaluation against one customer's facts. Pure; not wired into the worker yet (issue #18,
-part 3: storage, HTTP routes, membership changes and event windows are still to come).
+evaluation against one customer's facts. Pure (stored by ``stream.audiences_io``, evaluated
+by the core with the windows of ``models.windows``).
 
 A definition is ``{"name": "...", "where": <condition>}``; a condition is one of
 
@@ -10,6 +10,9 @@ A definition is ``{"name": "...", "where": <condition>}``; a condition is one of
   ``"sum"`` (of ``amount``) instead of ``"count"``;
 - ``{"segment": <segment id>}``, ``{"rfm": <RFM segment name>}``;
 - ``{"all": [...]}``, ``{"any": [...]}``, ``{"not": <condition>}``.
+
+An event condition names one of the contract's event types (:data:`WINDOW_TYPES`) and a
+window of at most :data:`MAX_DAYS` days: what the customer's state keeps.
 
 A trait the customer does not have makes its condition false (so ``{"not": ...}`` of it is
 true). Event conditions are answered by the caller's ``window`` (count or sum of the
@@ -37,14 +40,20 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from models.events import KNOWN_TYPES
 from models.rfm import GRID
 from models.traits import TRAIT_NAMES
 
-__all__ = ["Audience", "Facts", "InvalidAudience", "parse_audience"]
+__all__ = ["MAX_DAYS", "WINDOW_TYPES", "Audience", "Facts", "InvalidAudience",
+           "parse_audience"]
 
 OPS = ("=", "!=", "<", "<=", ">", ">=", "in", "not_in", "contains")
 RFM_NAMES = frozenset(n for row in GRID.values() for n in row)
-MAX_DAYS = 3660
+MAX_DAYS = 365
+"""Longest window of an event condition, in days: the most days of daily counts a customer's
+state keeps (``models.windows``)."""
+WINDOW_TYPES = KNOWN_TYPES
+"""Event types an event condition may name: the contract's (§1), whose events are applied."""
 MAX_DEPTH = 8
 MAX_CONDITIONS = 64
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -200,8 +209,9 @@ def _parse(c: Any, at: str, depth: int, count: list[int]) -> _Node:
         op, value = _op(c, at)
         return _Node("trait", (c["trait"], op, value))
     etype = c["event"]
-    if not isinstance(etype, str) or not etype:
-        raise InvalidAudience(f"{at}.event: must be an event type (a non-empty string)")
+    if not isinstance(etype, str) or etype not in WINDOW_TYPES:
+        raise InvalidAudience(f"{at}.event: must be an event type, one of "
+                              f"{', '.join(sorted(WINDOW_TYPES))}")
     days = c.get("within_days")
     if isinstance(days, bool) or not isinstance(days, int | float) or not 0 < days <= MAX_DAYS:
         raise InvalidAudience(f"{at}.within_days: must be a number of days in (0, {MAX_DAYS}]")

@@ -13,8 +13,7 @@ The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.missin
 states to read from Redis; :meth:`Segmenter.apply` runs a batch with model updates inline
 (``stream.updates`` drives the same steps with updates in a helper process: :meth:`consume`,
 :meth:`assign_changed`, :meth:`plan_update`, :meth:`take`); :meth:`drain` returns the other
-changed states, written once per commit interval; :meth:`rescore` re-scores customers without
-new events as event time advances or the model changes.
+changed states, written once per commit interval; :meth:`rescore` re-scores the others.
 
 Examples
 --------
@@ -58,9 +57,10 @@ from models.records import (
     Parsed,
     Record,
     RecordLike,
+    late_detail,
     parse_records,
 )
-from models.state import CustomerState, late_detail
+from models.state import CustomerState
 from models.windows import applied_event
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",

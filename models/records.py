@@ -142,3 +142,15 @@ def parse_records(records: Sequence[RecordLike],
         except InvalidEvent as exc:
             out.append((r, DeadLetter(r, str(exc))))
     return out
+
+
+def late_detail(customer_id: str, behind_ms: int, lateness_ms: int, max_ids: int) -> str:
+    """Why an event was refused as late, for the dead-letter topic's detail header.
+
+    >>> late_detail("c1", 90_000_000, 86_400_000, 128)[:48]
+    "event time is 90000 s behind customer 'c1''s new"
+    """
+    return (f"event time is {behind_ms / 1000:.0f} s behind customer {customer_id!r}'s newest "
+            f"event; the allowed lateness is {lateness_ms / 1000:.0f} s "
+            "(SEGMENTER_ALLOWED_LATENESS_S), or the customer's remembered ids are bounded by "
+            f"SEGMENTER_DEDUP_MAX_IDS={max_ids}")

@@ -13,10 +13,8 @@ dropped). The state remembers the id of every applied event at or above the floo
 
 - an event at or above the floor is applied once: a second copy finds its id;
 - an event below the floor is *late*: never applied (it goes to the dead-letter topic with
-  reason ``late``), whether it is new or a copy of an event applied long ago.
-
-So a re-sent event changes nothing whatever its age, as in Kafka Streams' windowed
-de-duplication with a grace period.
+  reason ``late``), whether it is new or a copy of an event applied long ago (as in Kafka
+  Streams' windowed de-duplication with a grace period).
 
 Examples
 --------
@@ -43,7 +41,7 @@ from typing import Any
 
 import orjson
 
-__all__ = ["N_COUNTERS", "STATE_SCHEMA", "CustomerState", "late_detail"]
+__all__ = ["N_COUNTERS", "STATE_SCHEMA", "CustomerState", "UnknownSchema"]
 
 N_COUNTERS = 16
 STATE_SCHEMA = 4
@@ -69,6 +67,16 @@ _BIG_ENDIAN = sys.byteorder == "big"  # packed numbers are little-endian everywh
 _ID = struct.Struct("=Q")  # one seen id as CustomerState.seen_ids holds it in memory
 MAX_IDS = 128
 """Default bound on remembered ids per customer (``SEGMENTER_DEDUP_MAX_IDS``)."""
+
+
+class UnknownSchema(ValueError):
+    """A stored state this code cannot read; ``newer``: a newer version wrote it."""
+
+    def __init__(self, customer_id: str, schema: Any) -> None:
+        self.newer = isinstance(schema, int) and schema > LEAN_SCHEMA
+        super().__init__(f"customer {customer_id!r}: state schema {schema} " + (
+            f"was written by a newer Segmenter; this one reads schemas up to {LEAN_SCHEMA}"
+            if self.newer else "is not one of a customer state"))
 
 
 class CustomerState:
@@ -106,9 +114,8 @@ class CustomerState:
         self.events_total = 0  # lifetime count of applied events (exact: once per event id)
         self.device: str | None = None  # of the newest event (by event time) that gave one
         self.channel: str | None = None  # likewise
-        # event type -> UTC day -> [count, sum of amounts]: only the types and days that
-        # audiences' event conditions read (models.windows); written after the head's
-        # fields, only when not empty
+        # event type -> UTC day -> [count, sum of amounts] (models.windows); written after
+        # the head's fields, only when not empty
         self.windows: dict[str, dict[int, list[float]]] = {}
         self.segment = ""
         self.confidence = 0.0
@@ -225,7 +232,9 @@ class CustomerState:
 
     def _windows_json(self) -> list[dict[str, list[list[float]]]]:
         """:attr:`windows` as one optional head element (none when empty)."""
-        w = {t: [[d, *c] for d, c in sorted(days.items())]
+        # integral numbers as integers: "1" not "1.0" (read back alike, also by older code)
+        w = {t: [[d, int(n) if n == int(n) else n, int(v) if v == int(v) else v]
+                 for d, (n, v) in sorted(days.items())]
              for t, days in self.windows.items() if days}
         return [w] if w else []
 
@@ -237,7 +246,8 @@ class CustomerState:
                    traits: Mapping[str, Any] | None = None) -> CustomerState:
         """Inverse of :meth:`to_bytes`; ``traits``: those stored beside a lean state (typed,
         by their trait names). Also reads schemas 1 and 2 (whose ids carry no times: they
-        are taken as of the customer's newest event).
+        are taken as of the customer's newest event); raises :class:`UnknownSchema` for a
+        newer schema.
 
         >>> s = CustomerState("c1")
         >>> s.last_ts, s.orders_total, s.spend_total, s.device = 9, 2, 1.5, "tv"
@@ -258,9 +268,12 @@ class CustomerState:
             s.seen_ms = array("q", [s.last_ts] * len(ids))
             return s
         cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
-        head = orjson.loads(blob[:cut]) if cut > 0 else None
+        try:  # a newer schema may frame its head otherwise: refused below, not a crash
+            head = orjson.loads(blob[:cut]) if cut > 0 else None
+        except orjson.JSONDecodeError:
+            head = None
         if not head or head[0] not in (2, 3, STATE_SCHEMA, LEAN_SCHEMA):
-            raise ValueError(f"customer state schema {head and head[0]} is not {STATE_SCHEMA}")
+            raise UnknownSchema(customer_id, head[0] if head else None)
         start = cut + 1 + _COUNTERS.size
         if head[0] == LEAN_SCHEMA:
             _, s.partition, s.offset, s.spend_total, names, floor, base, mask = head[:8]
@@ -305,15 +318,3 @@ class CustomerState:
             s.seen_ms = array("q", [t + base for t in times]) if base is not None else \
                 array("q", times)
         return s
-
-
-def late_detail(customer_id: str, behind_ms: int, lateness_ms: int, max_ids: int) -> str:
-    """Why an event was refused as late, for the dead-letter topic's detail header.
-
-    >>> late_detail("c1", 90_000_000, 86_400_000, 128)[:48]
-    "event time is 90000 s behind customer 'c1''s new"
-    """
-    return (f"event time is {behind_ms / 1000:.0f} s behind customer {customer_id!r}'s newest "
-            f"event; the allowed lateness is {lateness_ms / 1000:.0f} s "
-            "(SEGMENTER_ALLOWED_LATENESS_S), or the customer's remembered ids are bounded by "
-            f"SEGMENTER_DEDUP_MAX_IDS={max_ids}")

@@ -9,9 +9,10 @@ live sizes and the progress of their evaluation over existing customers.
   (:mod:`stream.redis_io`) atomically with each membership;
 - ``seg:audience-progress`` — hash, worker -> JSON ``{"version", "done", "total",
   "finished", "at"}``: each worker's evaluation of the current definitions over the
-  customers it holds (a new or changed audience is evaluated over existing customers in
-  the background), reported on the model timer; ``GET /audiences`` sums the workers heard
-  from in the last :data:`PROGRESS_FRESH_S` seconds.
+  stored customers of its partitions (``stream.audience_pass``), reported on the model
+  timer; ``GET /audiences`` sums the reports on the current version of the workers heard
+  from in the last :data:`PROGRESS_FRESH_S` seconds;
+- ``seg:audience-evaluated`` — hash, partition -> the version evaluated over all of it.
 
 A customer's memberships live in their hash (field ``audiences``, a JSON array of ids), so a
 website reads them with the segment in one round trip.
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from models.audiences import Audience, InvalidAudience, parse_audience
+from models.windows import history
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -93,16 +95,19 @@ class AudienceStore:
 
     async def describe(self, audience_id: str | None = None) -> dict[str, dict[str, Any]]:
         """Audiences as ``GET /audiences`` gives them: id -> ``name``, ``definition``,
-        ``size`` and ``evaluation`` (progress over existing customers, or null)."""
+        ``size``, ``windows`` (what each event condition counts: ``history`` is
+        ``complete`` or ``since_named``, ``models.windows.history``) and ``evaluation``
+        (progress of the current definitions over the stored customers, or null)."""
         k = self.keys
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.audiences)
             pipe.hgetall(k.audience_sizes)
             pipe.hgetall(k.audience_progress)
-            defs, sizes, progress = await pipe.execute()
+            pipe.get(k.audiences_version)
+            defs, sizes, progress, version = await pipe.execute()
         sizes = {_text(a): int(n) for a, n in sizes.items()}
         reports = {w: orjson.loads(p) for w, p in progress.items()}
-        evaluation = _evaluation(list(reports.values()))
+        evaluation = _evaluation(list(reports.values()), int(version or 0))
         gone = [w for w, p in reports.items() if p.get("at", 0) < time.time() - 600]
         if gone:  # workers stopped long ago (each run reports under its own name)
             await self.r.hdel(k.audience_progress, *gone)
@@ -113,7 +118,8 @@ class AudienceStore:
                 continue
             definition = orjson.loads(body)
             out[aid] = {"id": aid, "name": definition.get("name"), "definition": definition,
-                        "size": max(0, sizes.get(aid, 0)), "evaluation": evaluation}
+                        "size": max(0, sizes.get(aid, 0)), "windows": _windows(aid, definition),
+                        "evaluation": evaluation}
         return out
 
     async def report_progress(self, worker: str, version: int, done: int, total: int,
@@ -153,23 +159,35 @@ class AudienceStore:
         return list(doc)
 
 
-def _evaluation(reports: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """The workers' progress on the newest definitions, summed (fresh reports only).
+def _evaluation(reports: list[dict[str, Any]], version: int) -> dict[str, Any] | None:
+    """The workers' progress on definitions ``version`` (the current ones), summed over the
+    fresh reports; 0 done of 0 until a worker reports on that version (a report on older
+    definitions says nothing of these). None before any definition.
 
-    >>> _evaluation([{"version": 2, "done": 5, "total": 10, "finished": False,
-    ...               "at": time.time()}, {"version": 1, "done": 1, "total": 1,
-    ...               "finished": True, "at": time.time()}])
+    >>> now = time.time()
+    >>> _evaluation([{"version": 2, "done": 5, "total": 10, "finished": False, "at": now},
+    ...              {"version": 1, "done": 1, "total": 1, "finished": True, "at": now}], 2)
     {'version': 2, 'done': 5, 'total': 10, 'finished': False, 'workers': 1}
+    >>> _evaluation([{"version": 2, "done": 10, "total": 10, "finished": True, "at": now}], 3)
+    {'version': 3, 'done': 0, 'total': 0, 'finished': False, 'workers': 0}
     """
-    cut = time.time() - PROGRESS_FRESH_S
-    fresh = [p for p in reports if p.get("at", 0) >= cut]
-    if not fresh:
+    if not version:
         return None
-    version = max(p["version"] for p in fresh)
-    mine = [p for p in fresh if p["version"] == version]
+    cut = time.time() - PROGRESS_FRESH_S
+    mine = [p for p in reports if p.get("at", 0) >= cut and p.get("version") == version]
     return {"version": version, "done": sum(p["done"] for p in mine),
             "total": sum(p["total"] for p in mine),
-            "finished": all(p["finished"] for p in mine), "workers": len(mine)}
+            "finished": bool(mine) and all(p["finished"] for p in mine), "workers": len(mine)}
+
+
+def _windows(audience_id: str, definition: Any) -> list[dict[str, Any]]:
+    """Each event condition's window and what it counts (``models.windows.history``)."""
+    try:
+        audience = parse_audience(audience_id, definition)
+    except InvalidAudience:
+        return []
+    return [{"event": t, "within_days": int(d) if d == int(d) else d, "history": history(t)}
+            for t, d in sorted(audience.windows)]
 
 
 # Lua, prepended to the customer write scripts (stream.redis_io): the customer's memberships

@@ -17,3 +17,9 @@ class FatalError(SegmenterError):
 
 class SettingsError(FatalError):
     """A ``SEGMENTER_*`` variable has a value that cannot be used."""
+
+
+class IncompatibleState(FatalError):
+    """A customer state in Redis written by a newer Segmenter (a rolling upgrade under way):
+    this worker cannot read it without losing what the newer one stored, so it stops, with
+    the customer and the schemas named, and is to be replaced by the newer version."""

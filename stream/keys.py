@@ -1,5 +1,5 @@
 """The Redis layout (contract §2): every key a worker reads or writes, from one prefix, and
-how the segment profiles stored there read back (:func:`load_profile`).
+how what is stored there reads back (:func:`load_profile`, :func:`decode_state`).
 
 Customer ids sit inside a hash tag, ``{…}``, as they are, so a customer's keys share a
 Redis Cluster slot (the global keys need a hash tag in the prefix for that, see the README).
@@ -18,6 +18,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import orjson
+
+from models.state import CustomerState, UnknownSchema
+from stream.errors import IncompatibleState
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,8 +113,15 @@ class Keys:
 
     @property
     def audience_progress(self) -> str:
-        """Hash of audience id -> JSON progress of its evaluation over existing customers."""
+        """Hash of worker -> JSON progress of its evaluation of the current definitions over
+        the stored customers of its partitions."""
         return f"{self.prefix}audience-progress"
+
+    @property
+    def audience_evaluated(self) -> str:
+        """Hash of events-topic partition -> the audience definitions' version evaluated over
+        all its stored customers (``stream.audience_pass``)."""
+        return f"{self.prefix}audience-evaluated"
 
     @property
     def model(self) -> str:
@@ -175,3 +185,14 @@ def load_json(raw: bytes | str) -> dict[str, Any]:
         return dict(orjson.loads(raw))
     except orjson.JSONDecodeError:
         return dict(orjson.loads(_NON_FINITE.sub(rb"\1null", raw)))
+
+
+def decode_state(cid: str, blob: bytes, traits: dict[str, Any]) -> CustomerState:
+    """A stored state; one of a newer schema raises :class:`IncompatibleState` (fatal)."""
+    try:
+        return CustomerState.from_bytes(cid, blob, traits)
+    except UnknownSchema as exc:
+        if exc.newer:
+            raise IncompatibleState(f"{exc}: finish the rolling upgrade (replace this "
+                                    "worker by the newer version); stopping") from exc
+        raise

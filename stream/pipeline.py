@@ -26,6 +26,7 @@ from aiokafka.errors import KafkaError
 
 from models.config import BatchResult
 from models.core import Parsed, Segmenter
+from stream.audience_pass import AudiencePass
 from stream.audiences_io import AudienceStore
 from stream.consume import BatchReader, Fetched
 from stream.health import Health
@@ -59,6 +60,8 @@ class _Rebalance(ConsumerRebalanceListener):
         log.info("partitions assigned: %s", sorted(tp.partition for tp in assigned))
         self.pipeline.revoked.clear()  # the new assignment is what the consumer lists now
         self.pipeline.warmer.start({tp.partition for tp in assigned})
+        # those not evaluated with the current definitions yet (a worker stopped mid-pass)
+        self.pipeline.audience_pass.start(self.pipeline.audiences_version)
 
 
 class EventPipeline:
@@ -84,6 +87,8 @@ class EventPipeline:
         self.writer: BatchWriter | None = None
         self.warmer = Warmer(store, self.core, self.lock, self._owned, settings.state_cache,
                              health, metrics.redis_errors)
+        self.audience_pass = AudiencePass(store, self.core, self.lock, self._owned, self.settle,
+                                          settings.rescore_per_s, health, metrics.redis_errors)
         self.stopping = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -126,6 +131,7 @@ class EventPipeline:
         """Finish and commit the batch in flight, then leave the group and close."""
         self.stopping.set()
         self.warmer.cancel()
+        self.audience_pass.cancel()
         try:
             await asyncio.wait_for(self._idle.wait(), timeout)
         except TimeoutError:
@@ -261,7 +267,7 @@ class EventPipeline:
                                            functools.partial(self.rfm.tick, self.core))
 
     async def maintain(self, rescore: int) -> None:
-        """Keep the shared model in sync (:class:`ModelSync`), then re-score up to ``rescore``
+        """Keep the shared model and audiences in sync, then re-score up to ``rescore``
         customers without new events (time passed, or the model moved); writes what changed.
         Called on a timer, and once before consuming."""
         assert self.writer is not None
@@ -275,26 +281,22 @@ class EventPipeline:
                 self.core.assigner.set_audiences(version, defs)
                 self.audiences_version = version
                 log.info("audiences: version %d, %d defined", version, len(defs))
+            self.audience_pass.ensure(version, self.core.watermark)  # every stored customer
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
             await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
-            # memberships that time or new definitions changed, then how far that got
+            # event time moved cached memberships; not during a pass (reason "definition")
+            timed = 0 if self.audience_pass.running else rescore
             await self.writer.write_rescored(self.core.assigner.audience_moves(
-                self.core.model, rescore), now_ms, rescored=False)
-            a = self.core.assigner
-            if a.audiences_version:
-                left = a.audience_pass_left
-                finished = a.audience_pass_reason == "time" or not left
-                total = a.audience_pass_total
-                progress = (a.audiences_version, total - left if not finished else total,
-                            total, finished)
-            else:
-                progress = None
+                self.core.model, timed), now_ms, rescored=False)
+        progress = self.audience_pass.progress()
         if progress is not None:
             await self.writer.retry(functools.partial(
                 self.audiences.report_progress, self.worker_id, *progress))
 
+    async def _written(self) -> None:
+        await (self.writer.written() if self.writer is not None else asyncio.sleep(0))
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \
             if self.consumer is not None else set()

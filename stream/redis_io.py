@@ -27,7 +27,7 @@ from models.features import CustomerState
 from models.traits import TRAIT_NAMES, from_fields
 from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import RetriableError
-from stream.keys import Keys, load_profile
+from stream.keys import Keys, decode_state, load_profile
 from stream.lease import FENCE_LUA
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
 
@@ -204,8 +204,7 @@ class RedisStore:
         out = []
         for (cid, raw), (segment, version, confidence, rfm, aud, *tr) in zip(
                 kept, hashes, strict=True):
-            _, _, blob = raw.split(b":", 2)
-            st = CustomerState.from_bytes(cid, blob, from_fields(
+            st = decode_state(cid, raw.split(b":", 2)[2], from_fields(
                 {n: v.decode() for n, v in zip(TRAIT_NAMES, tr, strict=True) if v}))
             st.rfm = rfm.decode() if rfm else ""
             st.audiences = aud.decode() if aud else ""

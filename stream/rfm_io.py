@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
 from models.traits import from_fields
+from stream.keys import decode_state
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -108,8 +109,7 @@ async def read_customer(r: aioredis.Redis, keys: Keys,
     if not raw:
         return None
     doc = {_text(k): _text(v) for k, v in raw.items()}
-    state = CustomerState.from_bytes(cid, blob.split(b":", 2)[2], from_fields(doc)) \
-        if blob else None
+    state = decode_state(cid, blob.split(b":", 2)[2], from_fields(doc)) if blob else None
     return doc, state
 
 

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from models.core import Segmenter
 from models.features import CustomerState
+from stream.errors import FatalError
 from stream.health import Health, retry
 from stream.partition_index import indexed, mark_if_empty, partition_states, scan_states
 from stream.redis_io import RedisStore
@@ -73,6 +74,8 @@ class Warmer:
                 added = await self._scan(partitions)
             log.info("read %d customer states of partitions %s from Redis in %.1f s",
                      added, sorted(partitions), time.monotonic() - started)
+        except FatalError as exc:  # a newer worker's state: the hot path stops at its event
+            log.critical("warm start stopped: %s", exc)
         finally:
             if self._task is asyncio.current_task():  # not replaced by a newer assignment
                 self.core.schedule.warming = False

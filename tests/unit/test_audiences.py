@@ -3,6 +3,7 @@ definition named precisely."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -83,6 +84,12 @@ def test_event_windows_are_read_through_the_callers_window() -> None:
     ({"name": "n", "where": {"segment": "s1", "rfm": "Lost"}}, "exactly one of"),
     ({"name": "n", "where": {"event": "purchase", "within_days": 0,
                              "count": {"op": ">=", "value": 1}}}, "where.within_days"),
+    ({"name": "n", "where": {"event": "purchase", "within_days": 366,
+                             "count": {"op": ">=", "value": 1}}},
+     "where.within_days: must be a number of days in (0, 365]"),
+    ({"name": "n", "where": {"event": "purchased", "within_days": 30,
+                             "count": {"op": ">=", "value": 1}}},
+     "where.event: must be an event type, one of add_to_cart"),
     ({"name": "n", "where": {"event": "purchase", "within_days": 30}},
      "exactly one of count, sum"),
     ({"name": "n", "where": {"event": "purchase", "within_days": 30,
@@ -91,7 +98,7 @@ def test_event_windows_are_read_through_the_callers_window() -> None:
         "not": {"not": {"segment": "s1"}}}}}}}}}}}, "nested at most"),
 ])
 def test_a_bad_definition_names_the_problem(body: Any, named: str) -> None:
-    with pytest.raises(InvalidAudience, match=named.replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(InvalidAudience, match=re.escape(named)):
         parse_audience("a1", body)
 
 
@@ -142,11 +149,35 @@ def test_windows_count_per_day_only_what_audiences_read_and_survive_a_round_trip
     assert back.windows == st.windows
     lean = CustomerState.from_bytes("c1", st.to_bytes(lean=True), {"last_seen": st.last_ts})
     assert lean.windows == st.windows
-    # days older than the longest window are dropped as newer events come
+    # purchases are kept for the longest allowed window (365 days), then dropped as newer
+    # events come
     from models.windows import record
-    st.last_ts = 140 * DAY  # as features.update sets it before the event is recorded
-    record(st, "purchase", 140 * DAY, 5.0, core.assigner.window_keep)
-    assert st.windows["purchase"] == {140: [1.0, 5.0]}  # 100 and 110 left the 30 days
+    st.last_ts = 465 * DAY  # as features.update sets it before the event is recorded
+    record(st, "purchase", 465 * DAY, 5.0, core.assigner.window_keep)
+    assert st.windows["purchase"] == {110: [1.0, 20.0], 465: [1.0, 5.0]}
+    st.last_ts = 475 * DAY
+    record(st, "purchase", 475 * DAY, 5.0, core.assigner.window_keep)
+    assert st.windows["purchase"] == {465: [1.0, 5.0], 475: [1.0, 5.0]}
+
+
+def test_purchases_made_before_an_audience_existed_are_in_its_window() -> None:
+    """A new "2+ purchases in 30 days" audience counts the purchases already seen; a type
+    no audience named (page views) counts from the moment one names it, as GET /audiences
+    says (``history``)."""
+    from models.windows import history
+
+    core = _core_with({})
+    core.apply(core.parse(_events("c1", [(100, "purchase", 25.0), (101, "page_view", 0.0),
+                                         (110, "purchase", 20.0)])), {})
+    core.drain()
+    st = core.states["c1"]
+    assert st.windows == {"purchase": {100: [1.0, 25.0], 110: [1.0, 20.0]}}
+    views = {"name": "viewer", "where": {"event": "page_view", "within_days": 30,
+                                         "count": {"op": ">=", "value": 1}}}
+    core.assigner.set_audiences(2, [parse_audience("a-repeat", REPEAT),
+                                    parse_audience("a-view", views)])
+    assert core.assigner.members(st) == '["a-repeat"]'  # the page view was not counted
+    assert (history("purchase"), history("page_view")) == ("complete", "since_named")
 
 
 def test_memberships_follow_events_and_event_time() -> None:
@@ -167,12 +198,11 @@ def test_memberships_follow_events_and_event_time() -> None:
     moved = core.assigner.audience_moves(core.model, 100)
     assert [(a.customer_id, a.audiences, a.reason) for a in moved] == [
         ("c1", '["a-at"]', "time")]
-    # new definitions: every cached customer is looked at again, reason "definition"
+    # new definitions: stored customers are evaluated by the pass over Redis
+    # (stream.audience_pass); the members it writes are these
     core.assigner.set_audiences(2, [parse_audience("a-at", {"name": "AT", "where": {
         "trait": "country", "op": "=", "value": "AT"}})])
-    moved = core.assigner.audience_moves(core.model, 100)
-    assert [(a.customer_id, a.audiences, a.reason, a.audiences_version) for a in moved] == [
-        ("c1", '["a-at"]', "definition", 2)]
+    assert core.assigner.members(core.states["c1"]) == '["a-at"]'
     assert core.assigner.audience_pass_left == 0
     # trait conditions change only with events: no pass as time passes
     core.cache.watermark = 400 * DAY
@@ -188,4 +218,5 @@ def test_no_definitions_leave_memberships_alone() -> None:
     core.apply(core.parse(_events("c1", [(100, "purchase", 25.0)])), {})
     (a,) = core.drain()
     assert (a.audiences, a.audiences_version) == ("", 0)
-    assert core.states["c1"].windows == {} and core.assigner.audience_moves(core.model, 100) == []
+    assert core.states["c1"].windows == {"purchase": {100: [1.0, 25.0]}}  # always kept
+    assert core.assigner.audience_moves(core.model, 100) == []
