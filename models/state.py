@@ -232,10 +232,10 @@ class CustomerState:
 
     def _windows_json(self) -> list[dict[str, list[list[float]]]]:
         """:attr:`windows` as one optional head element (none when empty)."""
-        # integral numbers as integers: "1" not "1.0" (read back alike, also by older code)
-        w = {t: [[d, int(n) if n == int(n) else n, int(v) if v == int(v) else v]
-                 for d, (n, v) in sorted(days.items())]
-             for t, days in self.windows.items() if days}
+        # integral numbers as integers, "1" not "1.0" (read back alike, also by older code),
+        # where a float is exact: that also keeps them in JSON's int64 (a 1.8e19 amount)
+        w = {t: [[d, *(int(x) if x % 1 == 0 and abs(x) < 2 ** 53 else x for x in nv)]
+                 for d, nv in sorted(days.items())] for t, days in self.windows.items() if days}
         return [w] if w else []
 
     def _read_windows(self, doc: dict[str, list[list[float]]]) -> None:

@@ -59,3 +59,12 @@ def test_a_state_that_is_no_state_is_not_taken_for_a_newer_one() -> None:
     with pytest.raises(UnknownSchema) as raised:
         decode_state("c1", orjson.dumps(["x", 1]) + b"\x00", {})
     assert not raised.value.newer and not isinstance(raised.value, FatalError)
+
+
+def test_window_sums_round_trip_whatever_their_size() -> None:
+    # whole sums are stored as JSON integers where exact; one past int64 stays a float
+    s = _customer()
+    s.windows = {"purchase": {11574: [2.0, 1.8446744073709552e19], 11575: [1.0, 3.0]}}
+    for lean in (False, True):
+        back = decode_state("c1", s.to_bytes(lean=lean), {"last_seen": s.last_ts, "orders": 1})
+        assert back.windows == s.windows
