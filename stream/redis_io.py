@@ -144,15 +144,10 @@ class RedisStore:
 
     async def _pipelined(self, script: AsyncScript, nkeys: int,
                          calls: Sequence[Sequence[Any]]) -> list[Any]:
-        """Run ``script`` once per call (``nkeys`` keys, then the arguments) in one pipeline:
-        one round trip, results (or errors) in call order.
-
-        The calls are plain ``EVALSHA`` of the script's SHA, not ``script(client=pipe)``:
-        with a script object in it, a redis-py pipeline first asks ``SCRIPT EXISTS`` on
-        every ``execute``, a second round trip per batch. A server that lost its scripts
-        (a restart, a failover, ``SCRIPT FLUSH``) answers ``NOSCRIPT`` to the calls it
-        did not run; they are loaded once and sent again, the others keep their results.
-        """
+        """Run ``script`` once per call (``nkeys`` keys, then arguments) in one pipeline,
+        results (or errors) in call order: plain ``EVALSHA``, as ``script(client=pipe)`` would
+        ask ``SCRIPT EXISTS`` first, a second round trip per batch. Calls a server without the
+        script answers ``NOSCRIPT`` (restart, failover) are loaded once and sent again."""
         results = await self._evalsha(script, nkeys, calls)
         missing = [i for i, res in enumerate(results) if isinstance(res, NoScriptError)]
         if missing:
