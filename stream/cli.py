@@ -78,7 +78,7 @@ async def _reindex(s: Settings) -> int:
     from stream.partition_index import rebuild
     from stream.redis_io import RedisStore, connect
 
-    client = connect(s.redis_url)
+    client = connect(s.redis_url, cluster=s.redis_cluster)
     try:
         return await rebuild(RedisStore(client, s.redis_prefix, s.stream_maxlen))
     finally:

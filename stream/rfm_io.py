@@ -33,6 +33,7 @@ from typing import TYPE_CHECKING, Any
 from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
 from models.traits import from_fields
+from stream.shards import sum_hashes
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -41,7 +42,8 @@ if TYPE_CHECKING:
     from stream.keys import Keys
 
 # Lua functions, prepended to the write scripts: the customer's RFM buckets from their
-# trait fields (as :func:`models.rfm.bucket_key`), moved in the population when they change.
+# trait fields (as :func:`models.rfm.bucket_key`), moved in the population when they change
+# (through ``agg_hincr`` of ``stream.write_lua``: global keys, or the sharded layout's outbox).
 RFM_LUA = """
 local function rfm_parts(lp, orders, rev)
   lp, orders, rev = tonumber(lp), tonumber(orders), tonumber(rev)
@@ -53,12 +55,10 @@ local function rfm_parts(lp, orders, rev)
           string.format('m%d', m)}
 end
 local function move_rfm(pop, grid, parts, n)
-  for _, part in ipairs(parts) do
-    if redis.call('HINCRBY', pop, part, n) <= 0 then redis.call('HDEL', pop, part) end
-  end
+  for _, part in ipairs(parts) do agg_hincr(pop, 'rfm', part, n, 1) end
   if #parts == 3 then  -- the joint recency x frequency cell, '<r bucket>:<f bucket>'
     local cell = string.sub(parts[1], 2) .. ':' .. string.sub(parts[2], 2)
-    if redis.call('HINCRBY', grid, cell, n) <= 0 then redis.call('HDEL', grid, cell) end
+    agg_hincr(grid, 'rfm-grid', cell, n, 1)
   end
 end
 local function rfm_of(h)
@@ -119,10 +119,8 @@ def _text(value: bytes | str) -> str:
 
 async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
     """The quintiles of the population of buyers, as Redis holds it now."""
-    raw = await r.hgetall(keys.rfm)
-    return Population.from_fields(
-        (k.decode() if isinstance(k, bytes) else k, int(v)) for k, v in raw.items()
-    ).quintiles()
+    raw = await sum_hashes(r, keys, "rfm", keys.rfm)
+    return Population.from_fields(raw.items()).quintiles()
 
 
 async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
@@ -130,10 +128,14 @@ async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     recency x frequency buckets read together (one round trip), so the cells are scored with
     the quintiles of the same moment. ``seg:rfm-grid`` has one field per distinct pair of
     last-purchase hour and order count among buyers (at most one per buyer)."""
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.rfm)
-        pipe.hgetall(keys.rfm_grid)
-        pop_raw, grid_raw = await pipe.execute()
+    if keys.cluster:  # summed over the shards: two round trips, close enough in time
+        pop_raw = await sum_hashes(r, keys, "rfm", keys.rfm)
+        grid_raw = await sum_hashes(r, keys, "rfm-grid", keys.rfm_grid)
+    else:
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.rfm)
+            pipe.hgetall(keys.rfm_grid)
+            pop_raw, grid_raw = await pipe.execute()
     q = Population.from_fields((_text(k), int(v)) for k, v in pop_raw.items()).quintiles()
     cells = []
     for k, v in grid_raw.items():

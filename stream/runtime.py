@@ -34,7 +34,7 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health()
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
         self.audiences = AudienceStore(self.redis, self.store.keys)
         self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health,
