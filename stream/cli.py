@@ -188,7 +188,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise SegmenterError("SEGMENTER_REDIS_URL is not set")
             asyncio.run(subscribe(s.redis_url, s.redis_prefix, args.group, args.consumer,
                                   args.from_start, print_change, limit=args.limit,
-                                  audiences=args.audiences))
+                                  audiences=args.audiences, cluster=s.redis_cluster))
             return 0
         if args.command == "replay":
             return _replay(args)
