@@ -117,7 +117,9 @@ class RedisStore:
                        calls: Sequence[Sequence[Any]]) -> list[Any]:
         async with self.r.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(script.sha, nkeys, *call)
+                # not pipe.evalsha: a cluster pipeline refuses that method, though it routes
+                # the command itself by its first key's slot
+                pipe.execute_command("EVALSHA", script.sha, nkeys, *call)
             return list(await pipe.execute(raise_on_error=False))
 
     async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:

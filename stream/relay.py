@@ -198,8 +198,11 @@ class ShardedRelay:
         """Start a relay per stream as streams appear; return when stopped."""
         while not self._stop.is_set():
             try:
-                for name in await streams(self.r, self.keys, self.name, self.legacy):
-                    if name not in self.relays:
+                names = [n for n in await streams(self.r, self.keys, self.name, self.legacy)
+                         if n not in self.relays]
+                for name in names:
+                    # from its first entry on (its group starts at 0): no empty stream made
+                    if await self.r.exists(name):
                         relay = ChangeRelay(self.r, self.producer, name, self.topic,
                                             self.keys.relay_lease(name))
                         self.relays[name] = relay

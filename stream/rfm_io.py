@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
 from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
 from models.traits import from_fields
@@ -160,6 +162,7 @@ class RfmRefresher:
         self.quintiles = Quintiles()
         self.renamed = 0  # names brought up to date without an event, for the metrics
         self._rename = r.register_script(_RENAME)
+        self._loaded = False
 
     async def tick(self, core: Segmenter) -> None:
         """Read the quintiles into ``core``; write the names that moved with them (of the
@@ -169,15 +172,18 @@ class RfmRefresher:
         moves = core.assigner.rfm_moves(self.per_tick)
         if not moves:
             return
+        if not self._loaded:  # (a cluster pipeline cannot load it as it runs)
+            await self.r.script_load(_RENAME)
+            self._loaded = True
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, orders, last, name in moves:
-                # called on the pipeline, the script is loaded (if Redis lacks it: first use,
-                # restart) before the pipeline runs, so the names are written before the commit
-                await self._rename(keys=[self.keys.customer(cid)], args=[orders, last, name],
-                                   client=pipe)
+                pipe.execute_command("EVALSHA", self._rename.sha, 1, self.keys.customer(cid),
+                                     orders, last, name)
             try:
                 done = await pipe.execute()
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, NoScriptError):  # Redis restarted: loaded again next time
+                    self._loaded = False
                 for cid, *_ in moves:  # looked at again in the next pass
                     st = core.states.get(cid)
                     if st is not None:

@@ -43,6 +43,7 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.crc import key_slot
+from redis.exceptions import NoScriptError
 
 from stream.keys import Keys
 
@@ -140,12 +141,11 @@ class Shards:
         async with self.r.pipeline(transaction=False) as pipe:
             for partition, triples in by_partition.items():
                 keys = self.shard_keys(partition)
-                pipe.evalsha(self._apply.sha, len(keys), *keys, self.maxlen, *chans, *triples)
+                pipe.execute_command("EVALSHA", self._apply.sha, len(keys), *keys, self.maxlen,
+                                     *chans, *triples)
             try:
                 done = await pipe.execute()
-            except Exception as exc:
-                if "NOSCRIPT" not in str(exc):
-                    raise
+            except NoScriptError:  # a restarted server (each application is idempotent)
                 await self.r.script_load(APPLY)
                 return await self.apply(outboxes)
         async with self.r.pipeline(transaction=False) as pipe:
@@ -212,8 +212,12 @@ async def sum_hashes(r: aioredis.Redis, keys: Keys, name: str, legacy: str) -> d
 
 async def streams(r: aioredis.Redis, keys: Keys, name: str, legacy: str) -> list[str]:
     """The streams of ``name`` (``changes``, ``audience-changes``): ``legacy`` (the global
-    one) first, then in the sharded layout every partition's."""
-    return [legacy, *(keys.shard(name, p) for p in await partitions(r, keys))]
+    one) on one Redis; in the sharded layout every partition's, after ``legacy`` while it
+    exists (kept from before a migration, for its readers to finish)."""
+    if not keys.cluster:
+        return [legacy]
+    shards = [keys.shard(name, p) for p in await partitions(r, keys)]
+    return [legacy, *shards] if await r.exists(legacy) else shards
 
 
 async def newest(r: aioredis.Redis, names: list[str], count: int) -> list[Any]:
