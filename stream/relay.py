@@ -35,7 +35,7 @@ from redis.exceptions import ResponseError
 from stream.keys import Keys
 from stream.lease import FENCE_LUA, Lease
 from stream.redis_io import RETRIABLE
-from stream.shards import streams
+from stream.shards import change_id, streams
 
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "kafka-relay", "relay"
@@ -139,7 +139,7 @@ class ChangeRelay:
             key = str(orjson.loads(msg)[self.key_field]).encode()
             futures.append(await self.producer.send(
                 self.topic, key=key, value=msg,
-                headers=[("segmenter.change_id", entry_id)]))
+                headers=[("segmenter.change_id", change_id(self.stream, entry_id).encode())]))
         await asyncio.gather(*futures)
         await self._ack(keys=[self.stream, self.lease.fence_key],
                         args=[self.lease.token, GROUP, *[i for i, _ in entries]])

@@ -220,6 +220,20 @@ async def streams(r: aioredis.Redis, keys: Keys, name: str, legacy: str) -> list
     return [legacy, *shards] if await r.exists(legacy) else shards
 
 
+def change_id(stream: str, entry_id: bytes | str) -> str:
+    """The id of a change (``segmenter.change_id``, ``segmenter subscribe``'s ``id``): its
+    stream entry id; in a partition's shard ``<partition>:<entry id>``, since entry ids
+    are unique within one stream only.
+
+    >>> change_id("seg:changes", b"17-0"), change_id("seg:changes:{3}", "17-0")
+    ('17-0', '3:17-0')
+    """
+    eid = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
+    if stream.endswith("}"):
+        return f"{stream[stream.rindex('{') + 1:-1]}:{eid}"
+    return eid
+
+
 async def newest(r: aioredis.Redis, names: list[str], count: int) -> list[Any]:
     """The ``count`` newest entries over these streams, newest first (``XREVRANGE`` of
     each, merged by id: ids are times, so this is the order they were written in)."""

@@ -23,7 +23,7 @@ from redis.exceptions import ResponseError
 
 from stream.keys import Keys
 from stream.redis_io import connect
-from stream.shards import streams
+from stream.shards import change_id, streams
 
 
 async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
@@ -60,7 +60,7 @@ async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start
                     # A pending entry trimmed from the stream comes back without fields:
                     # nothing to hand over; acknowledged, so it leaves the pending list.
                     if fields:
-                        handle(entry_id.decode(), orjson.loads(fields[b"change"]))
+                        handle(change_id(key, entry_id), orjson.loads(fields[b"change"]))
                         handled += 1
                     await r.xack(key, group, entry_id)
     finally:
@@ -75,12 +75,14 @@ class _Reader:
     def __init__(self, r: aioredis.Redis, group: str, consumer: str, from_start: bool) -> None:
         self.r, self.group, self.consumer, self.from_start = r, group, consumer, from_start
         self.start: dict[str, str] = {}  # stream -> "0" (own pending) or ">" (new)
+        self._next = 0  # the stream to read first next time (round robin)
+        self._listed = False  # the streams were listed once (later ones are new)
 
     async def discover(self, names: list[str]) -> None:
         """Join the group on streams not read yet (created at their start when
         ``from_start`` or found after the first listing: none of their entries was for
         this group yet)."""
-        first = not self.start
+        first, self._listed = not self._listed, True
         for key in names:
             if key not in self.start:
                 with contextlib.suppress(ResponseError):  # BUSYGROUP: the group exists
@@ -106,16 +108,17 @@ class _Reader:
             resp = await self.r.xreadgroup(self.group, self.consumer, {key: ">"},
                                            count=count, block=2000)
             return [(key, resp[0][1])] if resp else []
-        # several streams in several slots: no blocking read spans them; poll each
-        async with self.r.pipeline(transaction=False) as pipe:
-            for key in self.start:
-                pipe.xreadgroup(self.group, self.consumer, {key: ">"}, count=count)
-            got = await pipe.execute()
-        out = [(key, resp[0][1]) for key, resp in zip(self.start, got, strict=True)
-               if resp and resp[0][1]]
-        if not out:
-            await asyncio.sleep(0.2)
-        return out
+        # several streams in several slots: no blocking read spans them; each in turn (one
+        # at a time: a read delivers no more than is wanted), then a pause if all are idle
+        names = list(self.start)
+        for i in range(len(names)):
+            key = names[(self._next + i) % len(names)]
+            resp = await self.r.xreadgroup(self.group, self.consumer, {key: ">"}, count=count)
+            if resp and resp[0][1]:
+                self._next = (self._next + i + 1) % len(names)
+                return [(key, resp[0][1])]
+        await asyncio.sleep(0.2)
+        return []
 
 
 def print_change(entry_id: str, change: dict[str, Any]) -> None:

@@ -11,7 +11,7 @@ import sys
 
 import redis.asyncio as aioredis
 
-from stream.redis_io import Keys
+from stream.redis_io import Keys, connect
 from stream.settings import Settings
 from stream.subscribe import subscribe
 
@@ -25,6 +25,17 @@ async def add_changes(r: aioredis.Redis, key: str, n: int, start: int = 0) -> li
     return ids
 
 
+async def change_stream(r: aioredis.Redis, settings: Settings,
+                        name: str = "changes") -> str:
+    """The stream a worker writes changes to: on one Redis the global one; on a cluster
+    (the sharded layout) that of partition 0, registered as a worker registers it."""
+    keys = Keys(settings.redis_prefix, cluster=settings.redis_cluster)
+    if not keys.cluster:
+        return keys.changes if name == "changes" else keys.audience_changes
+    await r.sadd(keys.shards, 0)
+    return keys.shard(name, 0)
+
+
 async def run_cli(settings: Settings, *args: str) -> list[dict[str, object]]:
     done = await asyncio.to_thread(
         subprocess.run, [sys.executable, "-m", "stream.cli", "subscribe", *args],
@@ -35,8 +46,8 @@ async def run_cli(settings: Settings, *args: str) -> list[dict[str, object]]:
 
 
 async def test_limit_prints_and_acknowledges_exactly_n(settings: Settings) -> None:
-    r = aioredis.from_url(settings.redis_url)
-    key = Keys(settings.redis_prefix).changes
+    r = connect(settings.redis_url, cluster=settings.redis_cluster)
+    key = await change_stream(r, settings)
     try:
         ids = await add_changes(r, key, 250)  # more than one read of 100
         for run in range(3):
@@ -52,14 +63,15 @@ async def test_limit_prints_and_acknowledges_exactly_n(settings: Settings) -> No
         # a limit above one read's COUNT, across pending and new entries
         got: list[str] = []
         handled = await subscribe(settings.redis_url, settings.redis_prefix, "svc", "me",
-                                  True, lambda entry_id, _: got.append(entry_id), limit=130)
+                                  True, lambda entry_id, _: got.append(entry_id), limit=130,
+                                  cluster=settings.redis_cluster)
         assert handled == 130 and got == ids[15:145]
         assert (await r.xpending(key, "svc"))["pending"] == 0
 
         # a limit larger than what is there: all of it, then new changes as they come
         more = asyncio.ensure_future(subscribe(
             settings.redis_url, settings.redis_prefix, "svc", "me", True,
-            lambda entry_id, _: got.append(entry_id), limit=110))
+            lambda entry_id, _: got.append(entry_id), limit=110, cluster=settings.redis_cluster))
         deadline = asyncio.get_running_loop().time() + 20
         while len(got) < 235:  # it has read the 105 left and now waits for new ones
             assert asyncio.get_running_loop().time() < deadline, len(got)
