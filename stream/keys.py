@@ -41,7 +41,7 @@ class Keys:
     cluster: bool = False
     """The sharded layout for Redis Cluster (see the module's docstring)."""
 
-    def _g(self, name: str) -> str:
+    def global_key(self, name: str) -> str:
         """A global key: ``<prefix><name>``, or on a cluster ``{<prefix>}:<name>`` (every
         global key in one slot, the slot today's ``SEGMENTER_REDIS_PREFIX={seg}:`` used)."""
         if not self.cluster:
@@ -57,7 +57,7 @@ class Keys:
     @property
     def shards(self) -> str:
         """Cluster layout: set of the partitions that have shards (readers merge them)."""
-        return self._g("shards")
+        return self.global_key("shards")
 
     def outbox(self, cid: str) -> str:
         """Cluster layout: the outbox stream of the slot of ``cid``'s keys, where a
@@ -100,54 +100,54 @@ class Keys:
     def partition_indexed(self) -> str:
         """Marker, set once every stored state is in its partition's :meth:`partition` set
         (by ``segmenter reindex``, or on a keyspace that had no state)."""
-        return self._g("partition-index")
+        return self.global_key("partition-index")
 
     @property
     def segments(self) -> str:
         """Hash of segment id -> JSON profile."""
-        return self._g("segments")
+        return self.global_key("segments")
 
     @property
     def sizes(self) -> str:
         """Hash of segment id -> member count."""
-        return self._g("sizes")
+        return self.global_key("sizes")
 
     @property
     def rfm(self) -> str:
         """Hash of the population of buyers: RFM bucket -> buyers (see ``stream.rfm_io``)."""
-        return self._g("rfm")
+        return self.global_key("rfm")
 
     @property
     def rfm_grid(self) -> str:
         """Hash of the buyers per joint recency x frequency bucket, ``<r>:<f>`` -> buyers:
         the dashboard's RFM grid (see ``stream.rfm_io``)."""
-        return self._g("rfm-grid")
+        return self.global_key("rfm-grid")
 
     @property
     def changes(self) -> str:
         """Stream (and Pub/Sub channel) of segment changes."""
-        return self._g("changes")
+        return self.global_key("changes")
 
     @property
     def audiences(self) -> str:
         """Hash of audience id -> its definition (JSON, contract §2.3)."""
-        return self._g("audiences")
+        return self.global_key("audiences")
 
     @property
     def audiences_version(self) -> str:
         """Counter bumped by every change of :attr:`audiences` (workers poll this small key;
         a write made with older definitions leaves memberships alone)."""
-        return self._g("audiences-version")
+        return self.global_key("audiences-version")
 
     @property
     def audience_sizes(self) -> str:
         """Hash of audience id -> member count (kept atomically with every membership)."""
-        return self._g("audience-sizes")
+        return self.global_key("audience-sizes")
 
     @property
     def audience_changes(self) -> str:
         """Stream (and Pub/Sub channel) of audience entries and exits."""
-        return self._g("audience-changes")
+        return self.global_key("audience-changes")
 
     @property
     def audience_keys(self) -> tuple[str, str, str, str]:
@@ -159,45 +159,45 @@ class Keys:
     @property
     def audience_progress(self) -> str:
         """Hash of audience id -> JSON progress of its evaluation over existing customers."""
-        return self._g("audience-progress")
+        return self.global_key("audience-progress")
 
     @property
     def model(self) -> str:
         """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
-        return self._g("model")
+        return self.global_key("model")
 
     @property
     def model_version(self) -> str:
         """The version of :attr:`model` (workers poll this small key)."""
-        return self._g("model-version")
+        return self.global_key("model-version")
 
     @property
     def training_lease(self) -> str:
         """Lease of the one worker that trains the shared model (the key keeps its first
         name, ``learner``, so running deployments keep their lease)."""
-        return self._g("learner")
+        return self.global_key("learner")
 
     def sample(self, worker: str) -> str:
         """A worker's latest sample of current customers, for the trainer; expires a minute
         after the worker stops publishing (``stream.samples``)."""
         if self.cluster:  # beside the index: one transaction writes both
-            return self._g(f"sample:{worker}")
+            return self.global_key(f"sample:{worker}")
         return f"{self.prefix}sample:{{{worker}}}"
 
     @property
     def sample_index(self) -> str:
         """Sorted set of worker -> when it last published its :meth:`sample` (epoch ms)."""
-        return self._g("sample-index")
+        return self.global_key("sample-index")
 
     @property
     def samples(self) -> str:
         """The hash of every worker's sample that older versions kept (deleted now)."""
-        return self._g("samples")
+        return self.global_key("samples")
 
     @property
     def lifecycle(self) -> str:
         """Stream of segment lifecycle messages (born, split, merged, retired)."""
-        return self._g("lifecycle")
+        return self.global_key("lifecycle")
 
 
 @cache

@@ -168,3 +168,60 @@ async def test_the_same_code_on_one_redis_keeps_the_global_keys(
     assert await r.hgetall(one.keys.sizes) == {b"s0": b"4"}
     assert await r.xlen(one.keys.changes) == 4
     assert not [k async for k in r.scan_iter(match=f"{settings.redis_prefix}outbox:*")]
+
+
+async def test_migration_moves_the_one_slot_layout_and_keeps_the_counts(
+        store: RedisStore) -> None:
+    """The layout clusters used before (``SEGMENTER_REDIS_PREFIX={x}:``, every key in one
+    slot), written by the same code, then ``segmenter migrate-cluster``'s work."""
+    from stream.keys import Keys
+    from stream.migrate import migrate
+
+    new = store.keys
+    old_prefix = "{" + new.prefix.rstrip(":") + "}:"
+    old = RedisStore(store.r, old_prefix, 1000)
+    old.keys, old.shards = Keys(old_prefix), None  # the single-key layout, in one slot
+    await old.write([assignment(f"c{i}", i % 4, 1, "s0") for i in range(6)], NOW)
+    await old.write([assignment("c1", 1, 2, "s1")], NOW)
+    assert await store.r.hgetall(f"{old_prefix}sizes") == {b"s0": b"5", b"s1": b"1"}
+    # the old layout's global keys already have their cluster names
+    assert f"{old_prefix}sizes" == new.sizes and f"{old_prefix}changes" == new.changes
+
+    done = await migrate(store.r, store.r, old_prefix, new, move=True)
+    assert done.customers == 12 and done.other == 4  # 6 hashes + 6 states; 4 indexes
+    assert not await store.r.exists(f"{old_prefix}customer:{{c1}}")
+    assert (await store.customer("c1") or {})["segment"] == "s1"
+    assert await sizes(store) == {"s0": 5, "s1": 1}  # the old counts, read with the shards
+    assert len(await changes_of(store)) == 7  # the old stream, still there for its readers
+    # the migrated customers go on in the sharded layout: moves counted once, no key lost
+    loaded = await store.load_states({"c1", "c2"})
+    assert loaded["c1"].segment == "s1" and loaded["c2"].partition == 2
+    await store.write([assignment("c1", 1, 3, "s2"), assignment("c2", 2, 3, "s2")], NOW)
+    assert await sizes(store) == {"s0": 4, "s2": 2}
+    assert len(await changes_of(store)) == 9
+    assert await store.r.sismember(new.partition(1), "c1")
+    # run again: nothing left to carry over
+    again = await migrate(store.r, store.r, old_prefix, new, move=True)
+    assert again.customers == 0 and again.other == 0
+
+
+async def test_migration_copies_from_one_redis(store: RedisStore) -> None:
+    """From one Redis (``segmenter migrate-cluster --from``): copied, the source kept."""
+    from stream.embedded import start_redis
+    from stream.migrate import migrate
+
+    server = start_redis()
+    one = connect(server.url)
+    try:
+        old = RedisStore(one, "old:", 1000)
+        await old.write([assignment(f"c{i}", i % 2, 1, "s0") for i in range(3)], NOW)
+        done = await migrate(one, store.r, "old:", store.keys, move=False)
+        assert done.customers == 6 and done.other >= 4  # indexes, sizes, changes, rfm...
+        assert await one.exists("old:customer:{c0}")  # the source is left as it was
+        assert (await store.customer("c2") or {})["segment"] == "s0"
+        assert await sizes(store) == {"s0": 3}
+        assert len(await changes_of(store)) == 3
+        assert await store.r.sismember(store.keys.partition(0), "c2")
+    finally:
+        await one.aclose()
+        server.stop()
