@@ -122,7 +122,7 @@ def _text(value: bytes | str) -> str:
 async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
     """The quintiles of the population of buyers, as Redis holds it now."""
     raw = await sum_hashes(r, keys, "rfm", keys.rfm)
-    return Population.from_fields(raw.items()).quintiles()
+    return Population.from_fields((k, n) for k, n in raw.items() if n > 0).quintiles()
 
 
 async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
@@ -138,9 +138,12 @@ async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
             pipe.hgetall(keys.rfm)
             pipe.hgetall(keys.rfm_grid)
             pop_raw, grid_raw = await pipe.execute()
-    q = Population.from_fields((_text(k), int(v)) for k, v in pop_raw.items()).quintiles()
+    q = Population.from_fields(
+        (_text(k), int(v)) for k, v in pop_raw.items() if int(v) > 0).quintiles()
     cells = []
     for k, v in grid_raw.items():
+        if int(v) <= 0:  # (sharded: a bucket emptied in one shard, kept in another)
+            continue
         rb, _, fb = _text(k).partition(":")
         cells.append((int(rb), int(fb), int(v)))
     return grid(cells, q)

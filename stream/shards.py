@@ -74,7 +74,9 @@ for i = 4, #ARGV, 3 do
       if kind == 'h' then
         local key, field, n, mode = names[op[2]], op[3], op[4], op[5]
         if mode ~= 2 or redis.call('HEXISTS', key, field) == 1 then
-          if redis.call('HINCRBY', key, field, n) <= 0 and mode == 1 then
+          -- (at exactly 0: a shard may go below, its buyers counted in the global key
+          -- kept from before a migration, or in another partition's shard)
+          if redis.call('HINCRBY', key, field, n) == 0 and mode == 1 then
             redis.call('HDEL', key, field)
           end
         end
@@ -163,6 +165,15 @@ class Shards:
         new = set(partitions) - self._known
         if new:
             await self.r.sadd(self.keys.shards, *sorted(new))
+            # each audience's size field, so that exits count in a new shard too (an exit
+            # moves a shard's size only while its field exists: deleted audiences stay out)
+            audiences = await self.r.hkeys(self.keys.audiences)
+            if audiences:
+                async with self.r.pipeline(transaction=False) as pipe:
+                    for p in new:
+                        for a in audiences:
+                            pipe.hsetnx(self.keys.shard("audience-sizes", p), a, 0)
+                    await pipe.execute()
             self._known |= new
 
     async def sweep(self, batch: int = 512) -> int:

@@ -225,3 +225,20 @@ async def test_migration_copies_from_one_redis(store: RedisStore) -> None:
     finally:
         await one.aclose()
         server.stop()
+
+
+async def test_shards_go_below_zero_against_the_counts_kept_from_before(
+        store: RedisStore) -> None:
+    """A buyer counted in the old global RFM population leaves its bucket in a shard; an
+    audience member counted in the old global size exits in a shard created later."""
+    assert store.shards is not None
+    k = store.keys
+    await store.r.hset(k.rfm, "r7", 1)
+    await store.r.hset(k.audience_sizes, "a-1", 1)
+    await store.r.hset(k.audiences, "a-1", "{}")
+    outbox = k.outbox("buyer")
+    ops = [["h", "rfm", "r7", -1, 1], ["h", "audience-sizes", "a-1", -1, 2]]
+    entry = {b"5-0": [b"p", b"6", b"e", orjson.dumps(ops)]}
+    assert await store.shards.apply({outbox: entry}) == 1
+    assert await sum_hashes(store.r, k, "rfm", k.rfm) == {"r7": 0}
+    assert await sum_hashes(store.r, k, "audience-sizes", k.audience_sizes) == {"a-1": 0}
