@@ -2,8 +2,11 @@
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
 by source partition/offset (the ``partition:offset:`` head of the state string), writes the
-state, its partition's index (``stream.partition_index``) and the segment hash, keeps segment sizes,
-and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+state, its partition's index (``stream.partition_index``) and the segment hash, keeps segment
+sizes, and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+On a Redis Cluster (the sharded layout, ``stream.shards``) that script moves no global key:
+it leaves the moves in its slot's outbox, which :class:`~stream.shards.Shards` applies to
+the partition's shards, once, before the caller commits. The scripts: ``stream.write_lua``.
 
 Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA``); see
 :meth:`RedisStore._pipelined` for how a batch of calls stays one round trip.
