@@ -10,7 +10,7 @@ import redis.asyncio as aioredis
 
 from stream.keys import Keys
 from stream.settings import Settings
-from stream.shards import streams
+from stream.shards import change_id, streams
 from tests.integration.helpers import produce, wait_for
 from tests.integration.test_audiences import MOBILE, REPEAT_AT, _worker, ev
 from tests.integration.test_pipeline import lag_is_zero
@@ -27,8 +27,10 @@ async def test_subscribe_prints_audience_changes_durably(settings: Settings, tmp
         """Every audience change (on a cluster: of every partition's stream), by id."""
         out = []
         for name in await streams(r, keys, "audience-changes", keys.audience_changes):
-            out += [(i.decode(), orjson.loads(f[b"change"])) for i, f in await r.xrange(name)]
-        return sorted(out, key=lambda e: tuple(int(x) for x in e[0].split("-")))
+            out += [(i.decode(), change_id(name, i), orjson.loads(f[b"change"]))
+                    for i, f in await r.xrange(name)]
+        out.sort(key=lambda e: tuple(int(x) for x in e[0].split("-")))
+        return [(cid, change) for _, cid, change in out]
 
     try:
         await produce(settings, [

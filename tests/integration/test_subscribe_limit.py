@@ -13,6 +13,7 @@ import redis.asyncio as aioredis
 
 from stream.redis_io import Keys, connect
 from stream.settings import Settings
+from stream.shards import change_id
 from stream.subscribe import subscribe
 
 
@@ -21,8 +22,8 @@ async def add_changes(r: aioredis.Redis, key: str, n: int, start: int = 0) -> li
     for i in range(start, start + n):
         change = {"customer_id": f"c{i}", "from": None, "to": "s1", "segment_name": "x",
                   "model_version": 1, "event_id": f"e{i}", "changed_at": i, "reason": "event"}
-        ids.append((await r.xadd(key, {"change": json.dumps(change)})).decode())
-    return ids
+        ids.append(change_id(key, await r.xadd(key, {"change": json.dumps(change)})))
+    return ids  # as subscribers see them (on a cluster "<partition>:<entry id>")
 
 
 async def change_stream(r: aioredis.Redis, settings: Settings,
@@ -58,7 +59,7 @@ async def test_limit_prints_and_acknowledges_exactly_n(settings: Settings) -> No
             pending = await r.xpending(key, "svc")
             assert pending["pending"] == 0  # nothing delivered beyond what was printed
             group = (await r.xinfo_groups(key))[0]
-            assert group["last-delivered-id"].decode() == ids[run * 5 + 4]
+            assert change_id(key, group["last-delivered-id"]) == ids[run * 5 + 4]
 
         # a limit above one read's COUNT, across pending and new entries
         got: list[str] = []
