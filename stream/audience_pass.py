@@ -10,9 +10,9 @@ index (``seg:partition:{N}``; a ``SCAN`` while an older deployment has none). Pe
   from the cache (one with changes not written yet is left to that write, which evaluates
   with the same definitions);
 - the others are read from Redis (outside the lock) and evaluated there;
-- each changed membership list is written by :data:`_MEMBERS`, fenced on the state's
-  ``partition:offset:`` head as read: a write of the customer since (a concurrent event)
-  wins, and that customer is read and evaluated again.
+- each changed membership list is written by :data:`stream.write_lua.MEMBERS`, fenced on
+  the state's ``partition:offset:`` head as read: a write of the customer since (a
+  concurrent event) wins, and that customer is read and evaluated again.
 
 Pages are bounded (:data:`PAGE`) and paced to ``rate`` customers a second, with the event
 loop free between them (heartbeats, batches). Progress per worker (``done`` of ``total``,
@@ -35,25 +35,17 @@ from prometheus_client import Counter
 from models.core import Segmenter
 from models.state import CustomerState
 from models.windows import DAY_MS, moves_with_time
-from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import FatalError, RetriableError
 from stream.health import Health, retry
 from stream.partition_index import indexed, scan_states
-from stream.redis_io import RETRIABLE, RedisStore
+from stream.redis_io import RETRIABLE, RedisStore, script_status
+from stream.write_lua import MEMBERS
 
 log = logging.getLogger(__name__)
 
 PAGE = 200
 """Customers per page: one ``SSCAN`` step, one read, one pipelined write."""
 
-# Memberships only, if the state is still the one evaluated (its head as read), with the
-# sizes and one message per change (AUDIENCES_LUA). -1: written since, evaluate again.
-_MEMBERS = AUDIENCES_LUA + """
-local head = redis.call('GETRANGE', KEYS[1], 0, 40)
-if string.sub(head, 1, #ARGV[1]) ~= ARGV[1] then return -1 end
-return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3],
-                     ARGV[4], ARGV[5], '', ARGV[7], ARGV[6])
-"""
 # A partition evaluated with definitions ARGV[2] (kept only if newer than what is there).
 _DONE = """
 if tonumber(redis.call('HGET', KEYS[1], ARGV[1]) or '0') < tonumber(ARGV[2]) then
@@ -85,7 +77,7 @@ class AudiencePass:
         self.store, self.core, self.lock, self.owned = store, core, lock, owned
         self.written, self.rate = written, max(1, rate)
         self.health, self.errors = health, errors
-        self._members = store.r.register_script(_MEMBERS)
+        self._members = store.r.register_script(MEMBERS)
         self._done_script = store.r.register_script(_DONE)
         self._task: asyncio.Task[None] | None = None
         self.version = 0
@@ -247,17 +239,21 @@ class AudiencePass:
         were read (to evaluate again)."""
         if not writes:
             return []
-        k, now_ms = self.store.keys, int(time.time() * 1000)
+        store, now_ms = self.store, int(time.time() * 1000)
+        k = store.keys
         try:
-            results = await self.store._pipelined(self._members, 6, [
-                (k.state(st.customer_id), k.customer(st.customer_id), *k.audience_keys,
-                 head, now, version, st.customer_id, now_ms, self.store.maxlen, self.reason)
+            results = await store.pipelined(self._members, 6, [
+                (k.state(st.customer_id), k.customer(st.customer_id),
+                 *store.agg_keys(st.customer_id, *k.audience_keys), head, now, version,
+                 st.customer_id, now_ms, store.maxlen, self.reason, store.shard_arg(st.partition))
                 for st, head, now in writes])
+            await store.apply_outboxes([st.customer_id for st, _, _ in writes], results)
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing memberships: {exc}") \
                 from exc
         again = []
-        for (st, head, now), res in zip(writes, results, strict=True):
+        for (st, head, now), reply in zip(writes, results, strict=True):
+            res = script_status(reply)
             if res == -1:
                 again.append(st.customer_id)
                 continue

@@ -29,6 +29,7 @@ import orjson
 
 from models.audiences import Audience, InvalidAudience, parse_audience
 from models.windows import history
+from stream.shards import partitions, sum_hashes
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -60,7 +61,19 @@ class AudienceStore:
             pipe.hsetnx(k.audience_sizes, audience_id, 0)
             pipe.incr(k.audiences_version)
             _, created, _ = await pipe.execute()
+        await self._shards(lambda pipe, key: pipe.hsetnx(key, audience_id, 0))
         return audience, bool(created)
+
+    async def _shards(self, op: Any) -> None:
+        """Sharded layout: ``op(pipe, key)`` on every partition's audience sizes. A shard's
+        field stands for the audience's existence there (an exit moves a size only while
+        its field exists: no negative size for a deleted audience)."""
+        names = [self.keys.shard("audience-sizes", p) for p in await partitions(self.r, self.keys)]
+        if names:
+            async with self.r.pipeline(transaction=False) as pipe:
+                for key in names:
+                    op(pipe, key)
+                await pipe.execute()
 
     async def delete(self, audience_id: str) -> bool:
         """Forget an audience (its members leave it at their next write, with an ``exited``
@@ -71,6 +84,7 @@ class AudienceStore:
             pipe.hdel(k.audience_sizes, audience_id)
             pipe.incr(k.audiences_version)
             existed, *_ = await pipe.execute()
+        await self._shards(lambda pipe, key: pipe.hdel(key, audience_id))
         return bool(existed)
 
     async def version(self) -> int:
@@ -101,11 +115,10 @@ class AudienceStore:
         k = self.keys
         async with self.r.pipeline(transaction=False) as pipe:
             pipe.hgetall(k.audiences)
-            pipe.hgetall(k.audience_sizes)
             pipe.hgetall(k.audience_progress)
             pipe.get(k.audiences_version)
-            defs, sizes, progress, version = await pipe.execute()
-        sizes = {_text(a): int(n) for a, n in sizes.items()}
+            defs, progress, version = await pipe.execute()
+        sizes = await sum_hashes(self.r, k, "audience-sizes", k.audience_sizes)
         reports = {w: orjson.loads(p) for w, p in progress.items()}
         evaluation = _evaluation(list(reports.values()), int(version or 0))
         gone = [w for w, p in reports.items() if p.get("at", 0) < time.time() - 600]
@@ -131,8 +144,8 @@ class AudienceStore:
 
     async def sizes(self) -> dict[str, int]:
         """Members per audience."""
-        raw = await self.r.hgetall(self.keys.audience_sizes)
-        return {_text(a): max(0, int(n)) for a, n in raw.items()}
+        raw = await sum_hashes(self.r, self.keys, "audience-sizes", self.keys.audience_sizes)
+        return {a: max(0, n) for a, n in raw.items()}
 
     async def load_file(self, path: str) -> list[str]:
         """Store every audience of a JSON file (``SEGMENTER_AUDIENCES_FILE``: an object from
@@ -193,22 +206,32 @@ def _windows(audience_id: str, definition: Any) -> list[dict[str, Any]]:
 # Lua, prepended to the customer write scripts (stream.redis_io): the customer's memberships
 # (a JSON array in the hash field ``audiences``) replaced by those the writer evaluated, the
 # sizes moved and one ``entered``/``exited`` message per difference appended to the stream
-# (and published), in the same atomic, fenced call. A write evaluated with definitions older
-# than Redis holds (a worker that has not polled yet) leaves memberships alone: it could
-# announce exits from an audience it does not know of yet. A re-sent or replayed write finds
-# the same list and changes nothing.
+# (and published), in the same atomic, fenced call (through the ``agg_*`` functions of
+# ``stream.write_lua``: global keys, or the sharded layout's outbox). A write evaluated with
+# definitions older than Redis holds (a worker that has not polled yet) leaves memberships
+# alone: it could announce exits from an audience it does not know of yet (the sharded
+# layout checks the writer's polled version only: the global key is in another slot). A
+# re-sent or replayed write finds the same list and changes nothing.
 AUDIENCES_LUA = """
 local function audience_msg(stream, maxlen, cid, a, change, at, event_id, reason)
   local msg = cjson.encode({customer_id = cid, audience = a, change = change,
     changed_at = tonumber(at), event_id = (event_id ~= '' and event_id) or cjson.null,
     reason = reason})
-  redis.call('XADD', stream, 'MAXLEN', '~', maxlen, '*', 'change', msg)
-  redis.call('PUBLISH', stream, msg)
+  agg_xadd(stream, 'audience-changes', maxlen, 'change', msg)
+end
+-- an exit: the size goes down unless the audience was deleted (its size with it)
+local function audience_exit(sizes, defs, a)
+  if SHARDED then agg_hincr(sizes, 'audience-sizes', a, -1, 2)
+  elseif redis.call('HEXISTS', defs, a) == 1 then agg_hincr(sizes, 'audience-sizes', a, -1, 0)
+  end
 end
 local function put_audiences(h, sizes, stream, version_key, defs, new, ver, cid, at,
                              event_id, reason, maxlen)
   if new == '' then return 0 end
-  if tonumber(redis.call('GET', version_key) or '0') > tonumber(ver) then return 0 end
+  -- (sharded: the version is the writer's, polled; the global key is in another slot)
+  if not SHARDED and tonumber(redis.call('GET', version_key) or '0') > tonumber(ver) then
+    return 0
+  end
   local old = redis.call('HGET', h, 'audiences')
   if old == new then return 0 end
   redis.call('HSET', h, 'audiences', new)
@@ -220,14 +243,14 @@ local function put_audiences(h, sizes, stream, version_key, defs, new, ver, cid,
   for _, a in ipairs(was) do
     in_old[a] = true
     if not in_new[a] then
-      if redis.call('HEXISTS', defs, a) == 1 then redis.call('HINCRBY', sizes, a, -1) end
+      audience_exit(sizes, defs, a)
       audience_msg(stream, maxlen, cid, a, 'exited', at, event_id, reason)
       n = n + 1
     end
   end
   for _, a in ipairs(now) do
     if not in_old[a] then
-      redis.call('HINCRBY', sizes, a, 1)
+      agg_hincr(sizes, 'audience-sizes', a, 1, 0)
       audience_msg(stream, maxlen, cid, a, 'entered', at, event_id, reason)
       n = n + 1
     end
@@ -238,7 +261,7 @@ local function forget_audiences(h, sizes, stream, defs, cid, at, maxlen)
   local ok, old = pcall(cjson.decode, redis.call('HGET', h, 'audiences') or '[]')
   if not ok or type(old) ~= 'table' then return end
   for _, a in ipairs(old) do
-    if redis.call('HEXISTS', defs, a) == 1 then redis.call('HINCRBY', sizes, a, -1) end
+    audience_exit(sizes, defs, a)
     audience_msg(stream, maxlen, cid, a, 'exited', at, '', 'delete')
   end
 end

@@ -78,11 +78,32 @@ async def _reindex(s: Settings) -> int:
     from stream.partition_index import rebuild
     from stream.redis_io import RedisStore, connect
 
-    client = connect(s.redis_url)
+    client = connect(s.redis_url, cluster=s.redis_cluster)
     try:
         return await rebuild(RedisStore(client, s.redis_prefix, s.stream_maxlen))
     finally:
         await client.aclose()
+
+
+async def _migrate(s: Settings, source_url: str, old_prefix: str) -> str:
+    from stream.keys import Keys
+    from stream.migrate import migrate
+    from stream.redis_io import connect
+
+    if not s.redis_cluster:
+        raise SegmenterError("migrate-cluster writes to a Redis Cluster: set SEGMENTER_"
+                             "REDIS_CLUSTER=1 and SEGMENTER_REDIS_URL to one of its nodes")
+    target = connect(s.redis_url, cluster=True)
+    source = connect(source_url) if source_url else target
+    try:
+        done = await migrate(source, target, old_prefix, Keys(s.redis_prefix, cluster=True),
+                             move=not source_url)
+    finally:
+        if source is not target:
+            await source.aclose()
+        await target.aclose()
+    return (f"carried over {done.customers} customer keys and {done.other} other keys; "
+            f"{done.skipped} left out or already in place")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -152,6 +173,13 @@ def main(argv: list[str] | None = None) -> int:
                      help="events/s (default: as fast as the broker takes them)")
     sub.add_parser("reindex", help="build the per-partition index of customer states once "
                    "(upgrades from a version without it); safe while workers run")
+    mig = sub.add_parser("migrate-cluster", help="carry the single-Redis layout over to the "
+                         "sharded layout of the Redis Cluster configured (workers stopped)")
+    mig.add_argument("--from", dest="source", default="", metavar="URL",
+                     help="copy from this single Redis (default: move within the cluster)")
+    mig.add_argument("--from-prefix", default="{seg}:", metavar="PREFIX",
+                     help="the key prefix of the old layout (default: {seg}:, the one-slot "
+                     "prefix clusters used before)")
     lag = sub.add_parser("lag", help="consumer lag per partition, read from the broker")
     lag.add_argument("--max-lag", type=int, default=None,
                      help="exit 1 when the total lag exceeds this")
@@ -188,10 +216,16 @@ def main(argv: list[str] | None = None) -> int:
                 raise SegmenterError("SEGMENTER_REDIS_URL is not set")
             asyncio.run(subscribe(s.redis_url, s.redis_prefix, args.group, args.consumer,
                                   args.from_start, print_change, limit=args.limit,
-                                  audiences=args.audiences))
+                                  audiences=args.audiences, cluster=s.redis_cluster))
             return 0
         if args.command == "replay":
             return _replay(args)
+        if args.command == "migrate-cluster":
+            s = Settings.from_env()
+            if not s.redis_url:
+                raise SegmenterError("SEGMENTER_REDIS_URL is not set")
+            print(asyncio.run(_migrate(s, args.source, args.from_prefix)))
+            return 0
         if args.command == "reindex":
             s = Settings.from_env()
             if not s.redis_url:

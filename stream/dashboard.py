@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
+from stream.shards import newest, streams
+
 if TYPE_CHECKING:
     from redis.asyncio import Redis
 
@@ -60,7 +62,8 @@ class Dashboard:
         last = self.history[-1] if self.history else {}
         since = int((time.time() - FLOW_WINDOW_S) * 1000)
         flows: Counter[tuple[str, str]] = Counter()
-        entries: Any = await redis.xrevrange(keys.changes, count=5000)
+        entries: Any = await newest(redis, await streams(redis, keys, "changes", keys.changes),
+                                    5000)
         for _, fields in entries:
             change = orjson.loads(fields[b"change"])
             if change["changed_at"] < since:
@@ -68,7 +71,8 @@ class Dashboard:
             flows[change["from"] or "new", change["to"] or "erased"] += 1
         recent: Any = await redis.xrevrange(keys.lifecycle, count=10)
         moves: Counter[tuple[str, str]] = Counter()
-        moved: Any = await redis.xrevrange(keys.audience_changes, count=5000)
+        moved: Any = await newest(redis, await streams(
+            redis, keys, "audience-changes", keys.audience_changes), 5000)
         for _, fields in moved:
             change = orjson.loads(fields[b"change"])
             if change["changed_at"] < since:

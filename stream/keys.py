@@ -2,11 +2,21 @@
 how what is stored there reads back (:func:`load_profile`, :func:`decode_state`).
 
 Customer ids sit inside a hash tag, ``{…}``, as they are, so a customer's keys share a
-Redis Cluster slot (the global keys need a hash tag in the prefix for that, see the README).
+Redis Cluster slot.
+
+On Redis Cluster (``cluster=True``, setting ``SEGMENTER_REDIS_CLUSTER``) the layout is
+sharded (``stream.shards``): the customer keys keep their names; the low-rate global keys
+(model, segment profiles, audiences, leases, lifecycle) share one slot through the hash tag
+``{<prefix>}``, so their multi-key scripts and transactions still run; and what every event
+moves (segment and audience sizes and changes, the RFM population, the partition index) is
+kept per events-topic partition, in keys whose hash tag is the partition number.
 
 >>> k = Keys("seg:")
 >>> k.customer("c-42"), k.changes
 ('seg:customer:{c-42}', 'seg:changes')
+>>> c = Keys("seg:", cluster=True)
+>>> c.customer("c-42"), c.segments, c.shard("changes", 3), c.partition(3)
+('seg:customer:{c-42}', '{seg}:segments', 'seg:changes:{3}', 'seg:partition:{3}')
 >>> Keys("a*b:").state_pattern
 'a\\\\*b:state:{*}'
 """
@@ -15,9 +25,11 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import orjson
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
 
 from models.state import CustomerState, UnknownSchema
 from stream.errors import IncompatibleState
@@ -29,6 +41,42 @@ class Keys:
 
     prefix: str
     """Key prefix, ``seg:`` by default."""
+    cluster: bool = False
+    """The sharded layout for Redis Cluster (see the module's docstring)."""
+
+    def global_key(self, name: str) -> str:
+        """A global key: ``<prefix><name>``, or on a cluster ``{<prefix>}:<name>`` (every
+        global key in one slot, the slot today's ``SEGMENTER_REDIS_PREFIX={seg}:`` used)."""
+        if not self.cluster:
+            return f"{self.prefix}{name}"
+        return f"{{{self.prefix.rstrip(':')}}}:{name}"
+
+    def shard(self, name: str, partition: int | str) -> str:
+        """Cluster layout: the per-partition shard of an aggregate (``sizes``, ``changes``,
+        ``rfm``, ``rfm-grid``, ``audience-sizes``, ``audience-changes``, ``moved``); the
+        partition number is the hash tag, as in :meth:`partition`."""
+        return f"{self.prefix}{name}:{{{partition}}}"
+
+    @property
+    def shards(self) -> str:
+        """Cluster layout: set of the partitions that have shards (readers merge them)."""
+        return self.global_key("shards")
+
+    def outbox(self, cid: str) -> str:
+        """Cluster layout: the outbox stream of the slot of ``cid``'s keys, where a
+        customer write leaves what it moved in the aggregates (``stream.shards``)."""
+        return f"{self.prefix}outbox:{{{slot_tag(key_slot(self.customer(cid).encode()))}}}"
+
+    def relay_lease(self, stream: str) -> str:
+        """The relay's lease of ``stream`` (same slot: its scripts touch both)."""
+        if stream.endswith("}"):  # a shard: its lease shares its hash tag
+            head, _, tag = stream.rpartition("{")
+            return f"{head.rstrip(':')}:relay-leader:{{{tag}"
+        return f"{stream}:relay-leader" if self.cluster else {
+            self.changes: f"{self.prefix}relay-leader",
+            self.audience_changes: f"{self.prefix}relay-leader:audiences",
+            self.lifecycle: f"{self.prefix}relay-leader:lifecycle"}.get(
+                stream, f"{stream}:relay-leader")
 
     def customer(self, cid: str) -> str:
         """The contract §2 hash a website reads."""
@@ -55,54 +103,54 @@ class Keys:
     def partition_indexed(self) -> str:
         """Marker, set once every stored state is in its partition's :meth:`partition` set
         (by ``segmenter reindex``, or on a keyspace that had no state)."""
-        return f"{self.prefix}partition-index"
+        return self.global_key("partition-index")
 
     @property
     def segments(self) -> str:
         """Hash of segment id -> JSON profile."""
-        return f"{self.prefix}segments"
+        return self.global_key("segments")
 
     @property
     def sizes(self) -> str:
         """Hash of segment id -> member count."""
-        return f"{self.prefix}sizes"
+        return self.global_key("sizes")
 
     @property
     def rfm(self) -> str:
         """Hash of the population of buyers: RFM bucket -> buyers (see ``stream.rfm_io``)."""
-        return f"{self.prefix}rfm"
+        return self.global_key("rfm")
 
     @property
     def rfm_grid(self) -> str:
         """Hash of the buyers per joint recency x frequency bucket, ``<r>:<f>`` -> buyers:
         the dashboard's RFM grid (see ``stream.rfm_io``)."""
-        return f"{self.prefix}rfm-grid"
+        return self.global_key("rfm-grid")
 
     @property
     def changes(self) -> str:
         """Stream (and Pub/Sub channel) of segment changes."""
-        return f"{self.prefix}changes"
+        return self.global_key("changes")
 
     @property
     def audiences(self) -> str:
         """Hash of audience id -> its definition (JSON, contract §2.3)."""
-        return f"{self.prefix}audiences"
+        return self.global_key("audiences")
 
     @property
     def audiences_version(self) -> str:
         """Counter bumped by every change of :attr:`audiences` (workers poll this small key;
         a write made with older definitions leaves memberships alone)."""
-        return f"{self.prefix}audiences-version"
+        return self.global_key("audiences-version")
 
     @property
     def audience_sizes(self) -> str:
         """Hash of audience id -> member count (kept atomically with every membership)."""
-        return f"{self.prefix}audience-sizes"
+        return self.global_key("audience-sizes")
 
     @property
     def audience_changes(self) -> str:
         """Stream (and Pub/Sub channel) of audience entries and exits."""
-        return f"{self.prefix}audience-changes"
+        return self.global_key("audience-changes")
 
     @property
     def audience_keys(self) -> tuple[str, str, str, str]:
@@ -115,49 +163,74 @@ class Keys:
     def audience_progress(self) -> str:
         """Hash of worker -> JSON progress of its evaluation of the current definitions over
         the stored customers of its partitions."""
-        return f"{self.prefix}audience-progress"
+        return self.global_key("audience-progress")
 
     @property
     def audience_evaluated(self) -> str:
         """Hash of events-topic partition -> the audience definitions' version evaluated over
         all its stored customers (``stream.audience_pass``)."""
-        return f"{self.prefix}audience-evaluated"
+        return self.global_key("audience-evaluated")
 
     @property
     def model(self) -> str:
         """The latest model snapshot: a JSON checkpoint (see ``models.model``)."""
-        return f"{self.prefix}model"
+        return self.global_key("model")
 
     @property
     def model_version(self) -> str:
         """The version of :attr:`model` (workers poll this small key)."""
-        return f"{self.prefix}model-version"
+        return self.global_key("model-version")
 
     @property
     def training_lease(self) -> str:
         """Lease of the one worker that trains the shared model (the key keeps its first
         name, ``learner``, so running deployments keep their lease)."""
-        return f"{self.prefix}learner"
+        return self.global_key("learner")
 
     def sample(self, worker: str) -> str:
         """A worker's latest sample of current customers, for the trainer; expires a minute
         after the worker stops publishing (``stream.samples``)."""
+        if self.cluster:  # beside the index: one transaction writes both
+            return self.global_key(f"sample:{worker}")
         return f"{self.prefix}sample:{{{worker}}}"
 
     @property
     def sample_index(self) -> str:
         """Sorted set of worker -> when it last published its :meth:`sample` (epoch ms)."""
-        return f"{self.prefix}sample-index"
+        return self.global_key("sample-index")
 
     @property
     def samples(self) -> str:
         """The hash of every worker's sample that older versions kept (deleted now)."""
-        return f"{self.prefix}samples"
+        return self.global_key("samples")
 
     @property
     def lifecycle(self) -> str:
         """Stream of segment lifecycle messages (born, split, merged, retired)."""
-        return f"{self.prefix}lifecycle"
+        return self.global_key("lifecycle")
+
+
+@cache
+def _slot_tags() -> tuple[str, ...]:
+    """For every cluster slot, a short string that hashes to it (found once, ~0.2 s)."""
+    tags: list[str | None] = [None] * REDIS_CLUSTER_HASH_SLOTS
+    left, i = REDIS_CLUSTER_HASH_SLOTS, 0
+    while left:
+        tag = format(i, "x")
+        slot = key_slot(tag.encode())
+        if tags[slot] is None:
+            tags[slot], left = tag, left - 1
+        i += 1
+    return tuple(t for t in tags if t is not None)
+
+
+def slot_tag(slot: int) -> str:
+    """A hash tag that puts a key in ``slot``.
+
+    >>> key_slot(b"x{" + slot_tag(key_slot(b"{c-42}")).encode() + b"}") == key_slot(b"c-42")
+    True
+    """
+    return _slot_tags()[slot]
 
 
 _NON_FINITE = re.compile(rb"(?<=[:,\[])(\s*)-?(?:Infinity|NaN)(?=\s*[,\]}])")

@@ -2,21 +2,25 @@
 
 Every customer write is one Lua script call, atomic per customer: it fences stale writers
 by source partition/offset (the ``partition:offset:`` head of the state string), writes the
-state, its partition's index (``stream.partition_index``) and the segment hash, keeps segment sizes,
-and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+state, its partition's index (``stream.partition_index``) and the segment hash, keeps segment
+sizes, and appends a change to the stream (and Pub/Sub) only when the segment really changed.
+On a Redis Cluster (the sharded layout, ``stream.shards``) that script moves no global key:
+it leaves the moves in its slot's outbox, which :class:`~stream.shards.Shards` applies to
+the partition's shards, once, before the caller commits. The scripts: ``stream.write_lua``.
 
 Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA``); see
-:meth:`RedisStore._pipelined` for how a batch of calls stays one round trip.
+:meth:`RedisStore.pipelined` for how a batch of calls stays one round trip.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, ResponseError
@@ -25,76 +29,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.core import Assignment
 from models.features import CustomerState
 from models.traits import TRAIT_NAMES, from_fields
-from stream.audiences_io import AUDIENCES_LUA
 from stream.errors import RetriableError
 from stream.keys import Keys, decode_state, load_profile
 from stream.lease import FENCE_LUA
-from stream.rfm_io import FORGET_LUA, TRAITS_LUA
+from stream.shards import Shards, collect, sum_hashes
+from stream.write_lua import ERASE, REFRESH, UPSERT
 
-_UPSERT = TRAITS_LUA + AUDIENCES_LUA + """
-local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
-if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
-  return {-1, ''}
-end
-redis.call('SET', KEYS[1], ARGV[3])
-redis.call('SADD', KEYS[11], ARGV[11])
-put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
-put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
-              ARGV[7], ARGV[9], ARGV[10], ARGV[12])
-if ARGV[4] == '' then return {0, ''} end
-local old = redis.call('HGET', KEYS[2], 'segment')
-redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
-           'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8],
-           'explanation', ARGV[13])
-if old == ARGV[4] then return {0, ''} end
-if old then redis.call('HINCRBY', KEYS[3], old, -1) end
-redis.call('HINCRBY', KEYS[3], ARGV[4], 1)
-local msg = cjson.encode({customer_id = ARGV[11], ['from'] = old or cjson.null, to = ARGV[4],
-  segment_name = ARGV[5], model_version = tonumber(ARGV[6]), event_id = ARGV[9],
-  changed_at = tonumber(ARGV[7]), reason = ARGV[10]})
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[12], '*', 'change', msg)
-redis.call('PUBLISH', KEYS[4], msg)
-return {1, msg}
-"""
-# Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
-# The partition index entry goes too: its key is built from the partition in the state head
-# (ARGV[5] is the index key up to the partition; same slot as the other global keys).
-_ERASE = FORGET_LUA + AUDIENCES_LUA + """
-local p = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):')
-if p then redis.call('SREM', ARGV[5] .. p .. '}', ARGV[1]) end
-forget_rfm(KEYS[2], KEYS[5], KEYS[9])
-forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
-local old = redis.call('HGET', KEYS[2], 'segment')
-local existed = redis.call('DEL', KEYS[1], KEYS[2])
-if not old then return {existed, ''} end
-redis.call('HINCRBY', KEYS[3], old, -1)
-local msg = cjson.encode({customer_id = ARGV[1], ['from'] = old, to = cjson.null,
-  segment_name = cjson.null, model_version = tonumber(ARGV[4]), event_id = cjson.null,
-  changed_at = tonumber(ARGV[2]), reason = 'delete'})
-redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'change', msg)
-redis.call('PUBLISH', KEYS[4], msg)
-return {existed, msg}
-"""
-
-# The interval flush of customers whose segment did not change: state, confidence, version,
-# and the segment's current name (a renamed segment reaches its customers' hashes).
-_REFRESH = TRAITS_LUA + AUDIENCES_LUA + """
-local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
-if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
-  return -1
-end
-redis.call('SET', KEYS[1], ARGV[3])
-redis.call('SADD', KEYS[9], ARGV[14])
-put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
-put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
-              ARGV[7], ARGV[12], ARGV[13], ARGV[15])
-if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
-  redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
-             'updated_at', ARGV[7], 'segment_name', ARGV[8])
-  if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'explanation', ARGV[9]) end
-end
-return 0
-"""
 # Publish a model snapshot unless a newer one is already there, or a newer trainer took the
 # lease since the publisher's fencing token (ARGV[5], '' unfenced): the checkpoint, its
 # version, every segment profile and the lifecycle messages.
@@ -121,8 +61,15 @@ _CURRENT = ("segment", "model_version", "confidence")
 """Customer hash fields a loaded state takes its current segment from."""
 
 
-def connect(url: str, max_connections: int = 16) -> aioredis.Redis:
-    """A client on a blocking pool (waits for a free connection instead of failing)."""
+def connect(url: str, max_connections: int = 16, cluster: bool = False) -> aioredis.Redis:
+    """A client on a blocking pool (waits for a free connection instead of failing); with
+    ``cluster``, a Redis Cluster client (``url`` names any node; the client finds the
+    others and routes each command by its key's slot)."""
+    if cluster:
+        client: Any = RedisCluster.from_url(
+            url, max_connections=max_connections * 4, socket_timeout=5,
+            socket_connect_timeout=3, health_check_interval=30)
+        return cast(aioredis.Redis, client)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, socket_timeout=5,
         socket_connect_timeout=3, health_check_interval=30,
@@ -135,14 +82,16 @@ class RedisStore:
 
     def __init__(self, client: aioredis.Redis, prefix: str, stream_maxlen: int) -> None:
         self.r = client
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, cluster=isinstance(client, RedisCluster))
+        self.shards = Shards(client, self.keys, stream_maxlen) if self.keys.cluster else None
+        """The per-partition aggregates of the sharded layout (None on one Redis)."""
         self.maxlen = stream_maxlen
-        self._upsert = client.register_script(_UPSERT)
-        self._refresh = client.register_script(_REFRESH)
-        self._erase = client.register_script(_ERASE)
+        self._upsert = client.register_script(UPSERT)
+        self._refresh = client.register_script(REFRESH)
+        self._erase = client.register_script(ERASE)
         self._publish = client.register_script(_PUBLISH)
 
-    async def _pipelined(self, script: AsyncScript, nkeys: int,
+    async def pipelined(self, script: AsyncScript, nkeys: int,
                          calls: Sequence[Sequence[Any]]) -> list[Any]:
         """Run ``script`` once per call (``nkeys`` keys, then arguments) in one pipeline,
         results (or errors) in call order: plain ``EVALSHA``, as ``script(client=pipe)`` would
@@ -166,7 +115,9 @@ class RedisStore:
                        calls: Sequence[Sequence[Any]]) -> list[Any]:
         async with self.r.pipeline(transaction=False) as pipe:
             for call in calls:
-                pipe.evalsha(script.sha, nkeys, *call)
+                # not pipe.evalsha: a cluster pipeline refuses that method, though it routes
+                # the command itself by its first key's slot
+                pipe.execute_command("EVALSHA", script.sha, nkeys, *call)
             return list(await pipe.execute(raise_on_error=False))
 
     async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
@@ -221,28 +172,55 @@ class RedisStore:
         k = self.keys
         try:
             if refresh:
-                results = await self._pipelined(self._refresh, 9, [
-                    (k.state(a.customer_id), k.customer(a.customer_id), k.rfm,
-                     *k.audience_keys, k.rfm_grid, k.partition(a.partition), a.partition,
+                results = await self.pipelined(self._refresh, 9, [
+                    (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
+                        a.customer_id, k.rfm, *k.audience_keys, k.rfm_grid,
+                        k.partition(a.partition)), a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
                      a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
                      a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
-                     a.audiences, a.audiences_version)
+                     a.audiences, a.audiences_version, self.shard_arg(a.partition))
                     for a in assignments])
-                return [], sum(1 for r in results if r == -1)
-            results = await self._pipelined(self._upsert, 11, [
-                (k.state(a.customer_id), k.customer(a.customer_id), k.sizes, k.changes, k.rfm,
-                 *k.audience_keys, k.rfm_grid, k.partition(a.partition), a.partition, a.offset,
+                await self.apply_outboxes(assignments, results)
+                return [], sum(1 for r in results if script_status(r) == -1)
+            results = await self.pipelined(self._upsert, 11, [
+                (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
+                    a.customer_id, k.sizes, k.changes, k.rfm, *k.audience_keys, k.rfm_grid,
+                    k.partition(a.partition)), a.partition, a.offset,
                  b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
                  a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
-                 a.traits, a.rfm, a.audiences, a.audiences_version)
+                 a.traits, a.rfm, a.audiences, a.audiences_version,
+                 self.shard_arg(a.partition))
                 for a in assignments])
+            await self.apply_outboxes(assignments, results)
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
         changes = [r[1] for r in results if r[0] == 1]
         fenced = sum(1 for r in results if r[0] == -1)
         return changes, fenced
+
+    def agg_keys(self, cid: str, *names: str) -> tuple[str, ...]:
+        """The aggregate keys of a customer write: the global ones on one Redis; in the
+        sharded layout the customer slot's outbox in their places (``stream.write_lua``)."""
+        return tuple(names) if self.shards is None else (self.keys.outbox(cid),) * len(names)
+
+    def shard_arg(self, partition: int) -> bytes:
+        """A write script's last argument: empty on one Redis, else the partition whose
+        shards take what the write moves."""
+        return b"" if self.shards is None else b"%d" % partition
+
+    async def apply_outboxes(self, owners: Sequence[Assignment | str],
+                              results: list[Any]) -> None:
+        """Sharded layout: apply the outbox entries the write scripts returned (step 2 of
+        ``stream.shards``), before the caller commits anything."""
+        if self.shards is None:
+            return
+        outboxes: dict[str, dict[bytes, list[bytes]]] = {}
+        for owner, res in zip(owners, results, strict=True):
+            cid = owner if isinstance(owner, str) else owner.customer_id
+            collect(outboxes, self.keys.outbox(cid), res[2])
+        await self.shards.apply(outboxes)
 
     async def erase(self, ids: list[str], now_ms: int, model_version: int) -> int:
         """Forget these customers; return how many had anything stored."""
@@ -250,10 +228,12 @@ class RedisStore:
             return 0
         k = self.keys
         try:
-            results = await self._pipelined(self._erase, 9, [
-                (k.state(cid), k.customer(cid), k.sizes, k.changes, k.rfm,
-                 k.audience_sizes, k.audience_changes, k.audiences, k.rfm_grid, cid, now_ms,
-                 self.maxlen, model_version, k.partition("")[:-1]) for cid in ids])
+            results = await self.pipelined(self._erase, 9, [
+                (k.state(cid), k.customer(cid), *self.agg_keys(
+                    cid, k.sizes, k.changes, k.rfm, k.audience_sizes, k.audience_changes,
+                    k.audiences, k.rfm_grid), cid, now_ms, self.maxlen, model_version,
+                 k.partition("")[:-1], self.shard_arg(0)) for cid in ids])
+            await self.apply_outboxes(ids, results)
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
         return sum(1 for res in results if res[0])
@@ -295,9 +275,8 @@ class RedisStore:
         return [{_text(k): _text(v) for k, v in h.items()} if h else None for h in raw]
 
     async def sizes(self) -> dict[str, int]:
-        """Members per segment."""
-        raw = await self.r.hgetall(self.keys.sizes)
-        return {_text(k): int(v) for k, v in raw.items()}
+        """Members per segment (sharded layout: summed over the shards)."""
+        return await sum_hashes(self.r, self.keys, "sizes", self.keys.sizes)
 
     async def profiles(self) -> dict[str, dict[str, Any]]:
         """Segment profiles with live sizes."""
@@ -314,6 +293,11 @@ class RedisStore:
         """The contract §2 hash of a customer, or None."""
         raw = await self.r.hgetall(self.keys.customer(cid))
         return {_text(k): _text(v) for k, v in raw.items()} if raw else None
+
+
+def script_status(res: Any) -> Any:
+    """A refresh script's status: its reply, or the first item of the sharded layout's."""
+    return res[0] if isinstance(res, list) else res
 
 
 def _text(value: bytes | str) -> str:

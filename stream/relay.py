@@ -32,8 +32,10 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.exceptions import ResponseError
 
+from stream.keys import Keys
 from stream.lease import FENCE_LUA, Lease
 from stream.redis_io import RETRIABLE
+from stream.shards import change_id, streams
 
 log = logging.getLogger(__name__)
 GROUP, CONSUMER = "kafka-relay", "relay"
@@ -137,7 +139,7 @@ class ChangeRelay:
             key = str(orjson.loads(msg)[self.key_field]).encode()
             futures.append(await self.producer.send(
                 self.topic, key=key, value=msg,
-                headers=[("segmenter.change_id", entry_id)]))
+                headers=[("segmenter.change_id", change_id(self.stream, entry_id).encode())]))
         await asyncio.gather(*futures)
         await self._ack(keys=[self.stream, self.lease.fence_key],
                         args=[self.lease.token, GROUP, *[i for i, _ in entries]])
@@ -148,3 +150,67 @@ class ChangeRelay:
 def _pairs(flat: list[bytes] | None) -> dict[bytes, bytes] | None:
     """Stream entry fields from a script's flat reply (None: trimmed before it was read)."""
     return dict(zip(flat[::2], flat[1::2], strict=True)) if flat else None
+
+
+class ShardedRelay:
+    """The sharded layout's relay of one kind of change (``changes`` or
+    ``audience-changes``): a :class:`ChangeRelay` per stream (the global one kept from
+    before a migration, then each partition's), each with a lease of its own in the slot
+    of its stream, so the shards' relays spread over the workers. Streams of partitions
+    that appear later are picked up within :attr:`DISCOVER_S` seconds.
+
+    Kafka gets each stream's messages in that stream's order; one customer's changes are
+    all in one stream (``stream.shards``), so in their order.
+    """
+
+    DISCOVER_S = 5.0
+
+    def __init__(self, redis: aioredis.Redis, producer: AIOKafkaProducer, keys: Keys,
+                 name: str, legacy: str, topic: str) -> None:
+        self.r, self.producer, self.keys = redis, producer, keys
+        self.name, self.legacy, self.topic = name, legacy, topic
+        self.relays: dict[str, ChangeRelay] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stop = asyncio.Event()
+
+    @property
+    def leader(self) -> bool:
+        """This worker relays at least one stream."""
+        return any(r.leader for r in self.relays.values())
+
+    @property
+    def relayed(self) -> int:
+        """Messages this worker forwarded."""
+        return sum(r.relayed for r in self.relays.values())
+
+    @property
+    def fenced(self) -> int:
+        """Batches read but not sent (the lease was lost meanwhile)."""
+        return sum(r.fenced for r in self.relays.values())
+
+    def stop(self) -> None:
+        """Ask :meth:`run` to return."""
+        self._stop.set()
+        for relay in self.relays.values():
+            relay.stop()
+
+    async def run(self) -> None:
+        """Start a relay per stream as streams appear; return when stopped."""
+        while not self._stop.is_set():
+            try:
+                names = [n for n in await streams(self.r, self.keys, self.name, self.legacy)
+                         if n not in self.relays]
+                for name in names:
+                    # from its first entry on (its group starts at 0): no empty stream made
+                    if await self.r.exists(name):
+                        relay = ChangeRelay(self.r, self.producer, name, self.topic,
+                                            self.keys.relay_lease(name))
+                        self.relays[name] = relay
+                        self._tasks.append(asyncio.ensure_future(relay.run()))
+            except RETRIABLE as exc:
+                log.warning("change relay: Redis unavailable (%s)", exc)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stop.wait(), self.DISCOVER_S)
+        for relay in self.relays.values():
+            relay.stop()
+        await asyncio.gather(*self._tasks)

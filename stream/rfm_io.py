@@ -30,10 +30,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from redis.exceptions import NoScriptError
+
 from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
 from models.traits import from_fields
 from stream.keys import decode_state
+from stream.shards import sum_hashes
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -42,7 +45,8 @@ if TYPE_CHECKING:
     from stream.keys import Keys
 
 # Lua functions, prepended to the write scripts: the customer's RFM buckets from their
-# trait fields (as :func:`models.rfm.bucket_key`), moved in the population when they change.
+# trait fields (as :func:`models.rfm.bucket_key`), moved in the population when they change
+# (through ``agg_hincr`` of ``stream.write_lua``: global keys, or the sharded layout's outbox).
 RFM_LUA = """
 local function rfm_parts(lp, orders, rev)
   lp, orders, rev = tonumber(lp), tonumber(orders), tonumber(rev)
@@ -54,12 +58,10 @@ local function rfm_parts(lp, orders, rev)
           string.format('m%d', m)}
 end
 local function move_rfm(pop, grid, parts, n)
-  for _, part in ipairs(parts) do
-    if redis.call('HINCRBY', pop, part, n) <= 0 then redis.call('HDEL', pop, part) end
-  end
+  for _, part in ipairs(parts) do agg_hincr(pop, 'rfm', part, n, 1) end
   if #parts == 3 then  -- the joint recency x frequency cell, '<r bucket>:<f bucket>'
     local cell = string.sub(parts[1], 2) .. ':' .. string.sub(parts[2], 2)
-    if redis.call('HINCRBY', grid, cell, n) <= 0 then redis.call('HDEL', grid, cell) end
+    agg_hincr(grid, 'rfm-grid', cell, n, 1)
   end
 end
 local function rfm_of(h)
@@ -119,10 +121,8 @@ def _text(value: bytes | str) -> str:
 
 async def read_quintiles(r: aioredis.Redis, keys: Keys) -> Quintiles:
     """The quintiles of the population of buyers, as Redis holds it now."""
-    raw = await r.hgetall(keys.rfm)
-    return Population.from_fields(
-        (k.decode() if isinstance(k, bytes) else k, int(v)) for k, v in raw.items()
-    ).quintiles()
+    raw = await sum_hashes(r, keys, "rfm", keys.rfm)
+    return Population.from_fields((k, n) for k, n in raw.items() if n > 0).quintiles()
 
 
 async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
@@ -130,13 +130,20 @@ async def read_grid(r: aioredis.Redis, keys: Keys) -> dict[str, Any]:
     recency x frequency buckets read together (one round trip), so the cells are scored with
     the quintiles of the same moment. ``seg:rfm-grid`` has one field per distinct pair of
     last-purchase hour and order count among buyers (at most one per buyer)."""
-    async with r.pipeline(transaction=False) as pipe:
-        pipe.hgetall(keys.rfm)
-        pipe.hgetall(keys.rfm_grid)
-        pop_raw, grid_raw = await pipe.execute()
-    q = Population.from_fields((_text(k), int(v)) for k, v in pop_raw.items()).quintiles()
+    if keys.cluster:  # summed over the shards: two round trips, close enough in time
+        pop_raw = await sum_hashes(r, keys, "rfm", keys.rfm)
+        grid_raw = await sum_hashes(r, keys, "rfm-grid", keys.rfm_grid)
+    else:
+        async with r.pipeline(transaction=False) as pipe:
+            pipe.hgetall(keys.rfm)
+            pipe.hgetall(keys.rfm_grid)
+            pop_raw, grid_raw = await pipe.execute()
+    q = Population.from_fields(
+        (_text(k), int(v)) for k, v in pop_raw.items() if int(v) > 0).quintiles()
     cells = []
     for k, v in grid_raw.items():
+        if int(v) <= 0:  # (sharded: a bucket emptied in one shard, kept in another)
+            continue
         rb, _, fb = _text(k).partition(":")
         cells.append((int(rb), int(fb), int(v)))
     return grid(cells, q)
@@ -158,6 +165,7 @@ class RfmRefresher:
         self.quintiles = Quintiles()
         self.renamed = 0  # names brought up to date without an event, for the metrics
         self._rename = r.register_script(_RENAME)
+        self._loaded = False
 
     async def tick(self, core: Segmenter) -> None:
         """Read the quintiles into ``core``; write the names that moved with them (of the
@@ -167,15 +175,18 @@ class RfmRefresher:
         moves = core.assigner.rfm_moves(self.per_tick)
         if not moves:
             return
+        if not self._loaded:  # (a cluster pipeline cannot load it as it runs)
+            await self.r.script_load(_RENAME)
+            self._loaded = True
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, orders, last, name in moves:
-                # called on the pipeline, the script is loaded (if Redis lacks it: first use,
-                # restart) before the pipeline runs, so the names are written before the commit
-                await self._rename(keys=[self.keys.customer(cid)], args=[orders, last, name],
-                                   client=pipe)
+                pipe.execute_command("EVALSHA", self._rename.sha, 1, self.keys.customer(cid),
+                                     orders, last, name)
             try:
                 done = await pipe.execute()
-            except Exception:
+            except Exception as exc:
+                if isinstance(exc, NoScriptError):  # Redis restarted: loaded again next time
+                    self._loaded = False
                 for cid, *_ in moves:  # looked at again in the next pass
                     st = core.states.get(cid)
                     if st is not None:

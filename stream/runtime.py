@@ -19,7 +19,7 @@ from stream.kafka_io import LagReader, ensure_topics, make_producer
 from stream.metrics import Metrics
 from stream.pipeline import EventPipeline
 from stream.redis_io import RedisStore, connect
-from stream.relay import ChangeRelay
+from stream.relay import ChangeRelay, ShardedRelay
 from stream.settings import Settings
 from stream.status import WorkerStatus
 
@@ -34,14 +34,14 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health()
-        self.redis = connect(settings.redis_url)
+        self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
         self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
         self.audiences = AudienceStore(self.redis, self.store.keys)
         self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health,
                                       self.audiences)
         self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
         self.producer: AIOKafkaProducer
-        self.relays: list[ChangeRelay] = []
+        self.relays: list[ChangeRelay | ShardedRelay] = []
         self.dashboard = Dashboard()
         self.pipeline.freshness_sink = self.dashboard.freshness
         self.started = False
@@ -50,6 +50,10 @@ class Runtime:
     async def start(self) -> None:
         """Topics, producer, pipeline, lag reader, relays."""
         await ensure_topics(self.settings)
+        if self.store.shards is not None:  # what a crashed writer left in the outboxes
+            swept = await self.store.shards.sweep()
+            if swept:
+                log.info("applied %d outbox entries left by an earlier writer", swept)
         if self.settings.audiences_file:  # InvalidAudience stops the worker, naming it
             loaded = await self.audiences.load_file(self.settings.audiences_file)
             log.info("audiences loaded from %s: %s", self.settings.audiences_file, loaded)
@@ -57,17 +61,21 @@ class Runtime:
         await self.producer.start()
         await self.pipeline.start(self.producer)
         await self.lag_reader.start()
-        keys, prefix = self.store.keys, self.settings.redis_prefix
+        keys, s = self.store.keys, self.settings
         self.relays = [
-            ChangeRelay(self.redis, self.producer, keys.changes, self.settings.changes_topic,
-                        f"{prefix}relay-leader"),
+            ShardedRelay(self.redis, self.producer, keys, "changes", keys.changes,
+                         s.changes_topic),
+            ShardedRelay(self.redis, self.producer, keys, "audience-changes",
+                         keys.audience_changes, s.audience_changes_topic),
+        ] if keys.cluster else [
+            ChangeRelay(self.redis, self.producer, keys.changes, s.changes_topic,
+                        keys.relay_lease(keys.changes)),
             ChangeRelay(self.redis, self.producer, keys.audience_changes,
-                        self.settings.audience_changes_topic,
-                        f"{prefix}relay-leader:audiences"),
-            ChangeRelay(self.redis, self.producer, keys.lifecycle,
-                        self.settings.lifecycle_topic, f"{prefix}relay-leader:lifecycle",
-                        key_field="segment", field=b"lifecycle"),
+                        s.audience_changes_topic, keys.relay_lease(keys.audience_changes)),
         ]
+        self.relays.append(ChangeRelay(
+            self.redis, self.producer, keys.lifecycle, s.lifecycle_topic,
+            keys.relay_lease(keys.lifecycle), key_field="segment", field=b"lifecycle"))
         self.started_at = time.time()
         self.started = True
 

@@ -58,6 +58,11 @@ class Settings:
     """Replication factor of the topics the worker creates."""
     redis_prefix: str = "seg:"
     """Prefix of every Redis key."""
+    redis_cluster: bool = False
+    """``SEGMENTER_REDIS_URL`` is a Redis Cluster (any of its nodes): the worker uses the
+    cluster client and the sharded layout (``stream.shards``: customer keys as in the
+    contract, global keys in the slot of the tag ``{<prefix>}``, per-event aggregates and
+    change streams per events-topic partition). Off: one Redis, today's layout."""
     web_port: int = 6066
     """HTTP port of the worker (API, metrics, dashboard)."""
     web_host: str = "127.0.0.1"

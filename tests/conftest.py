@@ -3,13 +3,16 @@
 By default both are the embedded servers, started once per session on free ports. With
 ``SEGMENTER_TEST_BROKER=apache`` the broker is Apache Kafka instead (KRaft nodes started by
 tests/integration/apache_kafka.py: one, or three with ``SEGMENTER_TEST_KAFKA_BROKERS=3``;
-needs Java 17 and Maven) beside the embedded Redis. When
+needs Java 17 and Maven) beside the embedded Redis. With ``SEGMENTER_TEST_REDIS=cluster`` Redis
+is a cluster of three Valkey primaries (tests/integration/redis_cluster.py) and the worker
+runs the sharded layout (``SEGMENTER_REDIS_CLUSTER=1``). When
 ``SEGMENTER_KAFKA`` and ``SEGMENTER_REDIS_URL`` are set, the same tests run against those.
 Every test gets its own topics, consumer group and Redis key prefix.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -19,6 +22,7 @@ import pytest_asyncio
 import redis.asyncio as aioredis
 
 from stream.embedded import embedded_stack, free_port, start_redis
+from stream.redis_io import connect
 from stream.settings import Settings
 
 
@@ -31,15 +35,40 @@ def servers() -> Iterator[tuple[str, str]]:
     if broker_kind() == "apache":
         from tests.integration.apache_kafka import apache_kafka
 
-        with apache_kafka(apache_brokers()) as cluster:
-            valkey = start_redis()
-            try:
-                yield cluster.bootstrap, valkey.url
-            finally:
-                valkey.stop()
+        with apache_kafka(apache_brokers()) as cluster, redis_server() as url:
+            yield cluster.bootstrap, url
+        return
+    if redis_kind() == "cluster":
+        with embedded_stack() as (k, _), redis_server() as url:
+            yield k.url, url
         return
     with embedded_stack() as (k, r):
         yield k.url, r.url
+
+
+@contextlib.contextmanager
+def redis_server() -> Iterator[str]:
+    """The Redis the suite runs on beside a broker of its own: one embedded Valkey, or a
+    cluster of three (``SEGMENTER_TEST_REDIS=cluster``); yields its URL."""
+    if redis_kind() == "cluster":
+        from tests.integration.redis_cluster import redis_cluster
+
+        with redis_cluster(3) as url:
+            yield url
+        return
+    valkey = start_redis()
+    try:
+        yield valkey.url
+    finally:
+        valkey.stop()
+
+
+def redis_kind() -> str:
+    """``single`` (one Valkey, the default) or ``cluster`` (``SEGMENTER_TEST_REDIS``)."""
+    kind = os.environ.get("SEGMENTER_TEST_REDIS", "single")
+    if kind not in ("single", "cluster"):
+        raise pytest.UsageError(f"SEGMENTER_TEST_REDIS={kind!r}: single or cluster")
+    return kind
 
 
 def broker_kind() -> str:
@@ -70,7 +99,7 @@ def settings(servers: tuple[str, str]) -> Settings:
 @pytest_asyncio.fixture
 async def r(settings: Settings) -> AsyncIterator[aioredis.Redis]:
     """A Redis client on the test's server (its keys are under the test's own prefix)."""
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     yield client
     await client.aclose()
 
@@ -96,6 +125,8 @@ def make_settings(servers: tuple[str, str]) -> Settings:
         "SEGMENTER_API_TOKEN": "test-token-" + uid,
         "SEGMENTER_CORS_ORIGINS": "http://shop.example",
     })
+    if redis_kind() == "cluster":
+        env["SEGMENTER_REDIS_CLUSTER"] = "1"
     if broker_kind() == "apache":
         env["SEGMENTER_REPLICATION"] = str(apache_brokers())
     return Settings.from_env(env)

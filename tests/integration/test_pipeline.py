@@ -15,6 +15,7 @@ from stream.kafka_io import ensure_topics, read_lag_once
 from stream.keys import Keys, load_profile
 from stream.rfm_io import read_quintiles
 from stream.settings import Settings
+from stream.shards import partitions, streams, sum_hashes
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
 SPEC_FIELDS = {"segment", "segment_name", "model_version", "updated_at", "confidence"}
@@ -56,9 +57,10 @@ async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aiored
         # online model learns while customers evolve. Under 0.45 personas are being lost.
         assert ari >= 0.45
         # profiles and sizes are consistent with the hashes
+        keys = Keys(prefix, cluster=settings.redis_cluster)
         profiles = {k.decode(): load_profile(v) for k, v in
-                    (await r.hgetall(f"{prefix}segments")).items()}
-        sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()}
+                    (await r.hgetall(keys.segments)).items()}
+        sizes = await sum_hashes(r, keys, "sizes", keys.sizes)
         assert sum(sizes.values()) == len(ids)
         assert set(sizes) <= set(profiles)
         assert all(p["name"] and p["centre"] for p in profiles.values())
@@ -67,8 +69,11 @@ async def test_personas_end_to_end(settings: Settings, tmp_path: Path, r: aiored
         assert status == 200 and body["segment"] == labels[0]
         assert worker.get("/customers/nobody/segment")[0] == 404
         # one change message per change: the first assignment of every customer at least
-        changes = await r.xlen(f"{prefix}changes")
+        changes = sum([await r.xlen(s) for s in await streams(r, keys, "changes", keys.changes)])
         assert changes >= len(ids)
+        if settings.redis_cluster:  # no global key on the per-event path: sizes per shard
+            assert len(await partitions(r, keys)) == settings.partitions
+            assert not await r.exists(keys.sizes, keys.changes)
     finally:
         assert worker.stop() == 0, worker.log()
 
@@ -86,12 +91,16 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
     await produce(settings, msgs)
     worker = WorkerProcess(settings, tmp_path)
     prefix = settings.redis_prefix
+    keys = Keys(prefix, cluster=settings.redis_cluster)
 
     async def snapshot() -> dict[bytes, object]:
         out: dict[bytes, object] = {}
-        async for key in r.scan_iter(match=f"{prefix}*", count=1000):
+        found = [k async for k in r.scan_iter(match=f"{prefix}*", count=1000)]
+        if keys.cluster:  # the global keys: in the slot of the tag {<prefix>}
+            found += [k async for k in r.scan_iter(match=keys.segments[:-8] + "*", count=1000)]
+        for key in found:
             if b":relay-leader" in key or key.endswith((b":learner", b":fence")) \
-                    or b":sample:{" in key or key.endswith(b":sample-index"):
+                    or b":sample:" in key or key.endswith(b":sample-index"):
                 continue  # which worker relays or learns (leases, their fencing tokens,
                 # workers' samples), not customer data
             kind = (await r.type(key)).decode()
@@ -109,7 +118,7 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
         before = await snapshot()
         assert sum(1 for k in before if b"customer:" in k) == len(sim.truth)
         # what is committed is final: every buyer's RFM name is the population's of now
-        q = await read_quintiles(r, Keys(prefix))
+        q = await read_quintiles(r, keys)
         names = {k: v[b"rfm"].decode() for k, v in before.items()
                  if isinstance(v, dict) and v.get(b"last_purchase")}
         assert len(names) > 100 and len(set(names.values())) >= 5
@@ -120,7 +129,8 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
         recent = msgs[-300:]
         await produce(settings, recent)
         await wait_for(lambda: lag_is_zero(settings), 60, "re-sent events to be consumed")
-        assert await snapshot() == before
+        after = await snapshot()
+        assert after == before, _diff(before, after)
         _, health = worker.health()
         assert health["processed"] == len(msgs) + len(recent)
     finally:
@@ -134,11 +144,18 @@ async def test_duplicates_change_nothing(settings: Settings, tmp_path: Path,
     try:
         await worker.wait_healthy()
         await wait_for(lambda: lag_is_zero(settings), 90, "redelivered events to be consumed")
-        assert await snapshot() == before
+        after = await snapshot()
+        assert after == before, _diff(before, after)
         metrics = worker.metrics_text()
         assert 'outcome="duplicate"' in metrics
     finally:
         assert worker.stop() == 0, worker.log()
+
+
+def _diff(before: dict[bytes, object], after: dict[bytes, object]) -> str:
+    """The keys that differ, for the failure message."""
+    keys = sorted(k for k in before.keys() | after.keys() if before.get(k) != after.get(k))
+    return "; ".join(f"{k!r}: {before.get(k)!r} -> {after.get(k)!r}"[:300] for k in keys[:10])
 
 
 async def test_malformed_messages_go_to_dlq(settings: Settings, tmp_path: Path,

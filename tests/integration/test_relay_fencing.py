@@ -9,17 +9,22 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from stream.kafka_io import ensure_topics
+from stream.keys import Keys
 from stream.relay import GROUP, ChangeRelay
 from stream.settings import Settings
+from stream.shards import change_id
 from tests.integration.helpers import consume_all, wait_for
+from tests.integration.test_subscribe_limit import change_stream
 
 
 async def test_a_deposed_or_paused_relay_sends_nothing_and_its_successor_sends_it_once(
         settings: Settings, r: aioredis.Redis) -> None:
     await ensure_topics(settings)
-    stream, lock = f"{settings.redis_prefix}changes", f"{settings.redis_prefix}relay-leader"
+    stream = await change_stream(r, settings)  # on a cluster: a partition's shard
+    lock = Keys(settings.redis_prefix, cluster=settings.redis_cluster).relay_lease(stream)
     ids = [await r.xadd(stream, {"change": orjson.dumps({"customer_id": f"c{i % 3}", "n": i})})
            for i in range(6)]
+    change_ids = [change_id(stream, i).encode() for i in ids]  # on a cluster: "0:<id>"
     await r.xgroup_create(stream, GROUP, id="0")
     producer = AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all")
     await producer.start()
@@ -53,7 +58,7 @@ async def test_a_deposed_or_paused_relay_sends_nothing_and_its_successor_sends_i
         await producer.stop()
     sent = await consume_all(settings, settings.changes_topic, 6, 30)
     got = [dict(m.headers)["segmenter.change_id"] for m in sent]
-    assert sorted(got) == sorted(ids)  # each once
+    assert sorted(got) == sorted(change_ids)  # each once
     for k in range(3):  # per customer, in stream order
         mine = [dict(m.headers)["segmenter.change_id"] for m in sent if m.key == f"c{k}".encode()]
-        assert mine == [ids[n] for n in range(6) if n % 3 == k]
+        assert mine == [change_ids[n] for n in range(6) if n % 3 == k]

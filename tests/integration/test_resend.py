@@ -16,19 +16,26 @@ import redis.asyncio as aioredis
 
 from models.simulator import ShopSimulator
 from stream.kafka_io import read_lag_once
+from stream.keys import Keys
 from stream.settings import Settings
+from stream.shards import streams
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
-# Keys that change with the wall clock, not with events: leases and their holders.
-VOLATILE = re.compile(rb"((learner|relay-leader(:lifecycle)?)(:fence)?|samples|sample-index|"
-                      rb"sample:\{[^}]*\})$")
+# Keys that change with the wall clock, not with events: leases and their holders (on a
+# cluster a relay lease per stream shard, ``<stream>:relay-leader[:{<partition>}]``).
+VOLATILE = re.compile(rb"(learner(:fence)?|relay-leader.*|samples|sample-index|"
+                      rb"sample:\{[^}]*\}|sample:[^:]*)$")
 
 
-async def snapshot(r: aioredis.Redis, prefix: str) -> dict[bytes, object]:
+async def snapshot(r: aioredis.Redis, prefix: str, cluster: bool = False) -> dict[bytes, object]:
     """Every key of the run, serialised by Redis itself (DUMP), leases aside; streams by
-    their entries (a DUMP of a stream also holds when its readers last read)."""
-    keys = [k for k in sorted([k async for k in r.scan_iter(match=f"{prefix}*", count=1000)])
-            if not VOLATILE.search(k)]
+    their entries (a DUMP of a stream also holds when its readers last read). On a cluster
+    also the global keys, in the slot of the tag ``{<prefix>}``."""
+    found = [k async for k in r.scan_iter(match=f"{prefix}*", count=1000)]
+    if cluster:
+        found += [k async for k in r.scan_iter(match=Keys(prefix, True).model[:-5] + "*",
+                                               count=1000)]
+    keys = [k for k in sorted(found) if not VOLATILE.search(k)]
     async with r.pipeline(transaction=False) as pipe:
         for k in keys:
             pipe.type(k)
@@ -43,6 +50,11 @@ async def snapshot(r: aioredis.Redis, prefix: str) -> dict[bytes, object]:
                 pipe.dump(k)
         values = await pipe.execute()
     return dict(zip(keys, values, strict=True))
+
+
+async def change_count(r: aioredis.Redis, keys: Keys) -> int:
+    """Change messages in the stream (on a cluster: in every partition's stream)."""
+    return sum([await r.xlen(s) for s in await streams(r, keys, "changes", keys.changes)])
 
 
 async def committed_all(settings: Settings, total: int) -> bool:
@@ -83,15 +95,17 @@ async def test_a_stream_sent_twice_and_a_recent_slice_again_change_nothing(
             # nothing left to write: a model update, the re-assignments it brings and the
             # relay are done with the stream (every read agrees for three model polls)
             nonlocal before, since
-            now = await snapshot(r, prefix)
+            now = await snapshot(r, prefix, settings.redis_cluster)
             if now != before:
                 before, since = now, time.monotonic()
             return time.monotonic() - since >= 3 * settings.model_poll_s
 
         await wait_for(settled, 60, "Redis to settle after the stream")
-        version = (await r.get(f"{prefix}model-version"))
+        keys = Keys(prefix, cluster=settings.redis_cluster)
+        version = (await r.get(keys.model_version))
         assert version is not None and int(version) > 0
-        changes = await r.xlen(f"{prefix}changes")
+        changes = await change_count(r, keys)
+        assert changes >= len(sim.truth)
         applied = outcomes(worker)
 
         # 1. the whole stream again (a backfill run twice): same ids, new offsets
@@ -103,9 +117,9 @@ async def test_a_stream_sent_twice_and_a_recent_slice_again_change_nothing(
         sent += len(recent)
         await wait_for(lambda: committed_all(settings, sent), 120, "the re-sent events")
 
-        assert await snapshot(r, prefix) == before  # byte-identical, every key
-        assert await r.xlen(f"{prefix}changes") == changes  # no change message
-        assert await r.get(f"{prefix}model-version") == version  # nothing learned
+        assert await snapshot(r, prefix, keys.cluster) == before  # byte-identical, every key
+        assert await change_count(r, keys) == changes  # no change message
+        assert await r.get(keys.model_version) == version  # nothing learned
         got = outcomes(worker)
         refused = {o: got.get(o, 0.0) - applied.get(o, 0.0) for o in ("duplicate", "late")}
         assert got.get("processed") == applied.get("processed")

@@ -19,7 +19,9 @@ import redis.asyncio as aioredis
 
 from models.simulator import ShopSimulator
 from stream.kafka_io import ensure_topics
+from stream.keys import Keys
 from stream.settings import Settings
+from stream.shards import change_id, newest, streams, sum_hashes
 from tests.integration.helpers import TopicReader, WorkerProcess, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
 
@@ -99,7 +101,8 @@ async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) ->
     try:
         cid = sorted(sim.truth)[0]
         seg = (await r.hget(f"{prefix}customer:{{{cid}}}", "segment")).decode()
-        size = int(await r.hget(f"{prefix}sizes", seg))
+        keys = Keys(prefix, cluster=settings.redis_cluster)
+        size = (await sum_hashes(r, keys, "sizes", keys.sizes))[seg]
         path = f"/customers/{cid}"
         assert request(worker, "DELETE", path)[0] == 401
         assert request(worker, "DELETE", path,
@@ -108,8 +111,8 @@ async def test_erasure(settings: Settings, tmp_path: Path, r: aioredis.Redis) ->
                                   headers={"Authorization": f"Bearer {settings.api_token}"})
         assert status == 200 and body["found"] is True
         assert not await r.exists(f"{prefix}customer:{{{cid}}}", f"{prefix}state:{{{cid}}}")
-        assert int(await r.hget(f"{prefix}sizes", seg)) == size - 1
-        last = (await r.xrevrange(f"{prefix}changes", count=50))
+        assert (await sum_hashes(r, keys, "sizes", keys.sizes))[seg] == size - 1
+        last = await newest(r, await streams(r, keys, "changes", keys.changes), 50)
         deletes = [orjson.loads(f[b"change"]) for _, f in last
                    if orjson.loads(f[b"change"])["customer_id"] == cid]
         assert deletes[0]["reason"] == "delete" and deletes[0]["from"] == seg
@@ -164,8 +167,11 @@ def chains_of(changes: Iterable[dict[str, Any]]) -> dict[str, Chain]:
 
 async def stream_chains(r: aioredis.Redis, settings: Settings) -> dict[str, Chain]:
     """Each customer's changes in the order of the Redis change stream."""
-    return chains_of({"id": i.decode(), **orjson.loads(f[b"change"])}
-                     for i, f in await r.xrange(f"{settings.redis_prefix}changes"))
+    keys = Keys(settings.redis_prefix, cluster=settings.redis_cluster)
+    entries = []
+    for name in await streams(r, keys, "changes", keys.changes):  # a cluster: per partition
+        entries += [(change_id(name, i), f) for i, f in await r.xrange(name)]
+    return chains_of({"id": i, **orjson.loads(f[b"change"])} for i, f in entries)
 
 
 def assert_chain(cid: str, chain: Chain, current: str | None = None) -> None:

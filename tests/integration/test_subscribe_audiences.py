@@ -8,18 +8,30 @@ from pathlib import Path
 import orjson
 import redis.asyncio as aioredis
 
+from stream.keys import Keys
 from stream.settings import Settings
+from stream.shards import change_id, streams
 from tests.integration.helpers import produce, wait_for
 from tests.integration.test_audiences import MOBILE, REPEAT_AT, _worker, ev
 from tests.integration.test_pipeline import lag_is_zero
-from tests.integration.test_subscribe_limit import add_changes, run_cli
+from tests.integration.test_subscribe_limit import add_changes, change_stream, run_cli
 
 
 async def test_subscribe_prints_audience_changes_durably(settings: Settings, tmp_path: Path,
                                                         r: aioredis.Redis) -> None:
     settings, worker = await _worker(settings, tmp_path,
                                      {"a-repeat-at": REPEAT_AT, "a-mobile": MOBILE})
-    prefix = settings.redis_prefix
+    keys = Keys(settings.redis_prefix, cluster=settings.redis_cluster)
+
+    async def stream() -> list[tuple[str, dict[str, object]]]:
+        """Every audience change (on a cluster: of every partition's stream), by id."""
+        out = []
+        for name in await streams(r, keys, "audience-changes", keys.audience_changes):
+            out += [(i.decode(), change_id(name, i), orjson.loads(f[b"change"]))
+                    for i, f in await r.xrange(name)]
+        out.sort(key=lambda e: tuple(int(x) for x in e[0].split("-")))
+        return [(cid, change) for _, cid, change in out]
+
     try:
         await produce(settings, [
             ev("c-sub-1", 0, "page_view", country="AT", device="mobile"),
@@ -28,7 +40,7 @@ async def test_subscribe_prints_audience_changes_durably(settings: Settings, tmp
         await wait_for(lambda: lag_is_zero(settings), 60, "the first events")
 
         async def entered(n: int) -> bool:
-            return int(await r.xlen(f"{prefix}audience-changes")) >= n
+            return len(await stream()) >= n
         await wait_for(lambda: entered(2), 30, "two entries into a-mobile")
         first = await run_cli(settings, "--audiences", "--group", "crm", "--from-start",
                               "--limit", "2")
@@ -44,13 +56,18 @@ async def test_subscribe_prints_audience_changes_durably(settings: Settings, tmp
         assert sorted((m["audience"], m["change"]) for m in second) == [
             ("a-mobile", "exited"), ("a-repeat-at", "entered")]
         assert {m["customer_id"] for m in second} == {"c-sub-1"}
-        # exactly the stream's entries, in order, each once; nothing left pending
-        stream = [(i.decode(), orjson.loads(f[b"change"])) for i, f in
-                  await r.xrange(f"{prefix}audience-changes")]
-        assert [m["id"] for m in first + second] == [i for i, _ in stream]
-        assert (await r.xpending(f"{prefix}audience-changes", "crm"))["pending"] == 0
+        # exactly the stream's entries, in order, each once (on a cluster: in the order of
+        # each partition's stream); nothing left pending
+        entries = await stream()
+        printed = [m["id"] for m in first + second]
+        if keys.cluster:
+            assert sorted(printed) == sorted(i for i, _ in entries)
+        else:
+            assert printed == [i for i, _ in entries]
+        for name in await streams(r, keys, "audience-changes", keys.audience_changes):
+            assert (await r.xpending(name, "crm"))["pending"] == 0
         # the segment changes are another stream (no model yet here: one written by hand)
-        ids = await add_changes(r, f"{prefix}changes", 1)
+        ids = await add_changes(r, await change_stream(r, settings), 1)
         segs = await run_cli(settings, "--group", "crm", "--from-start", "--limit", "1")
         assert [m["id"] for m in segs] == ids and "audience" not in segs[0]
     finally:

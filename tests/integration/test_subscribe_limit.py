@@ -11,8 +11,9 @@ import sys
 
 import redis.asyncio as aioredis
 
-from stream.redis_io import Keys
+from stream.redis_io import Keys, connect
 from stream.settings import Settings
+from stream.shards import change_id
 from stream.subscribe import subscribe
 
 
@@ -21,8 +22,19 @@ async def add_changes(r: aioredis.Redis, key: str, n: int, start: int = 0) -> li
     for i in range(start, start + n):
         change = {"customer_id": f"c{i}", "from": None, "to": "s1", "segment_name": "x",
                   "model_version": 1, "event_id": f"e{i}", "changed_at": i, "reason": "event"}
-        ids.append((await r.xadd(key, {"change": json.dumps(change)})).decode())
-    return ids
+        ids.append(change_id(key, await r.xadd(key, {"change": json.dumps(change)})))
+    return ids  # as subscribers see them (on a cluster "<partition>:<entry id>")
+
+
+async def change_stream(r: aioredis.Redis, settings: Settings,
+                        name: str = "changes") -> str:
+    """The stream a worker writes changes to: on one Redis the global one; on a cluster
+    (the sharded layout) that of partition 0, registered as a worker registers it."""
+    keys = Keys(settings.redis_prefix, cluster=settings.redis_cluster)
+    if not keys.cluster:
+        return keys.changes if name == "changes" else keys.audience_changes
+    await r.sadd(keys.shards, 0)
+    return keys.shard(name, 0)
 
 
 async def run_cli(settings: Settings, *args: str) -> list[dict[str, object]]:
@@ -35,8 +47,8 @@ async def run_cli(settings: Settings, *args: str) -> list[dict[str, object]]:
 
 
 async def test_limit_prints_and_acknowledges_exactly_n(settings: Settings) -> None:
-    r = aioredis.from_url(settings.redis_url)
-    key = Keys(settings.redis_prefix).changes
+    r = connect(settings.redis_url, cluster=settings.redis_cluster)
+    key = await change_stream(r, settings)
     try:
         ids = await add_changes(r, key, 250)  # more than one read of 100
         for run in range(3):
@@ -47,19 +59,20 @@ async def test_limit_prints_and_acknowledges_exactly_n(settings: Settings) -> No
             pending = await r.xpending(key, "svc")
             assert pending["pending"] == 0  # nothing delivered beyond what was printed
             group = (await r.xinfo_groups(key))[0]
-            assert group["last-delivered-id"].decode() == ids[run * 5 + 4]
+            assert change_id(key, group["last-delivered-id"]) == ids[run * 5 + 4]
 
         # a limit above one read's COUNT, across pending and new entries
         got: list[str] = []
         handled = await subscribe(settings.redis_url, settings.redis_prefix, "svc", "me",
-                                  True, lambda entry_id, _: got.append(entry_id), limit=130)
+                                  True, lambda entry_id, _: got.append(entry_id), limit=130,
+                                  cluster=settings.redis_cluster)
         assert handled == 130 and got == ids[15:145]
         assert (await r.xpending(key, "svc"))["pending"] == 0
 
         # a limit larger than what is there: all of it, then new changes as they come
         more = asyncio.ensure_future(subscribe(
             settings.redis_url, settings.redis_prefix, "svc", "me", True,
-            lambda entry_id, _: got.append(entry_id), limit=110))
+            lambda entry_id, _: got.append(entry_id), limit=110, cluster=settings.redis_cluster))
         deadline = asyncio.get_running_loop().time() + 20
         while len(got) < 235:  # it has read the 105 left and now waits for new ones
             assert asyncio.get_running_loop().time() < deadline, len(got)

@@ -1,0 +1,148 @@
+"""The customer write scripts (Lua) of :mod:`stream.redis_io`: upsert, refresh, erase.
+
+Each is one atomic call on one customer's keys, fenced by source partition/offset (the
+``partition:offset:`` head of the state string). What a write moves in the aggregates that
+every customer shares (segment sizes and changes, the RFM population and grid, audience
+sizes and changes, the partition index) goes through the functions of :data:`AGG_LUA`:
+
+- on one Redis (the last argument empty) they write the global keys in the same call, as
+  they always did;
+- in the sharded layout (``stream.shards``; the last argument is the events-topic partition
+  the write belongs to) they only record what they would do; the script appends the record
+  as one entry to the outbox stream of the customer's own slot (same slot, same atomic
+  call) and returns the outbox's entries, which the writer then applies to the partition's
+  shards exactly once (:class:`stream.shards.Shards`). Global keys are not declared then:
+  their places in ``KEYS`` hold the outbox key, so every key is in the customer's slot.
+"""
+
+from __future__ import annotations
+
+from stream.audiences_io import AUDIENCES_LUA
+from stream.rfm_io import FORGET_LUA, TRAITS_LUA
+
+AGG_LUA = """
+local SHARDED, EFFECTS, OUT_P = false, {}, nil
+-- mode 0: add n; 1: and drop the field at zero or below; 2: only if the field exists
+local function agg_hincr(key, name, field, n, mode)
+  if SHARDED then EFFECTS[#EFFECTS + 1] = {'h', name, field, n, mode} return end
+  if redis.call('HINCRBY', key, field, n) <= 0 and mode == 1 then
+    redis.call('HDEL', key, field)
+  end
+end
+-- a message on a stream (trimmed ~maxlen) and the Pub/Sub channel of the same name
+local function agg_xadd(key, name, maxlen, field, msg)
+  if SHARDED then EFFECTS[#EFFECTS + 1] = {'x', name, field, msg} return end
+  redis.call('XADD', key, 'MAXLEN', '~', maxlen, '*', field, msg)
+  redis.call('PUBLISH', key, msg)
+end
+-- the partition index: a customer in (1) or out of (0) its partition's set
+local function agg_index(key, member, add)
+  if SHARDED then EFFECTS[#EFFECTS + 1] = {add == 1 and 's' or 'r', member} return end
+  if add == 1 then redis.call('SADD', key, member) else redis.call('SREM', key, member) end
+end
+"""
+
+# Lua run after a script's body (a function returning its reply): in the sharded layout,
+# the recorded effects become one outbox entry and the reply gets the outbox's entries.
+_TAIL = """
+SHARDED = ARGV[#ARGV] ~= ''
+OUT_P = ARGV[#ARGV]
+local res = body()
+if not SHARDED then return res end
+if type(res) ~= 'table' then res = {res, ''} end
+local outbox = KEYS[#KEYS]
+if #EFFECTS > 0 then
+  redis.call('XADD', outbox, '*', 'p', OUT_P, 'e', cjson.encode(EFFECTS))
+end
+return {res[1], res[2], redis.call('XRANGE', outbox, '-', '+', 'COUNT', 200)}
+"""
+
+
+def customer_script(prelude: str, body: str) -> str:
+    """A customer write script: ``body`` (Lua returning the reply) with the aggregate
+    functions and, in the sharded layout, the outbox around it."""
+    return AGG_LUA + prelude + "local function body()\n" + body + "\nend\n" + _TAIL
+
+
+UPSERT = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
+local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
+if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
+  return {-1, ''}
+end
+redis.call('SET', KEYS[1], ARGV[3])
+agg_index(KEYS[11], ARGV[11], 1)
+put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
+put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
+              ARGV[7], ARGV[9], ARGV[10], ARGV[12])
+if ARGV[4] == '' then return {0, ''} end
+local old = redis.call('HGET', KEYS[2], 'segment')
+redis.call('HSET', KEYS[2], 'segment', ARGV[4], 'segment_name', ARGV[5],
+           'model_version', ARGV[6], 'updated_at', ARGV[7], 'confidence', ARGV[8],
+           'explanation', ARGV[13])
+if old == ARGV[4] then return {0, ''} end
+if old then agg_hincr(KEYS[3], 'sizes', old, -1, 0) end
+agg_hincr(KEYS[3], 'sizes', ARGV[4], 1, 0)
+local msg = cjson.encode({customer_id = ARGV[11], ['from'] = old or cjson.null, to = ARGV[4],
+  segment_name = ARGV[5], model_version = tonumber(ARGV[6]), event_id = ARGV[9],
+  changed_at = tonumber(ARGV[7]), reason = ARGV[10]})
+agg_xadd(KEYS[4], 'changes', ARGV[12], 'change', msg)
+return {1, msg}
+""")
+"""Write a customer's state and segment: ``{1, change}`` when the segment changed,
+``{0, ''}`` when not, ``{-1, ''}`` when fenced (a newer write from the same partition)."""
+
+# Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
+# The partition index entry goes too: its key is built from the partition in the state head
+# (ARGV[5] is the index key up to the partition; same slot as the other global keys).
+ERASE = customer_script(FORGET_LUA + AUDIENCES_LUA, """
+local p = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):')
+if p then
+  OUT_P = p
+  if SHARDED then agg_index('', ARGV[1], 0) else agg_index(ARGV[5] .. p .. '}', ARGV[1], 0) end
+end
+forget_rfm(KEYS[2], KEYS[5], KEYS[9])
+forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
+local old = redis.call('HGET', KEYS[2], 'segment')
+local existed = redis.call('DEL', KEYS[1], KEYS[2])
+if not old then return {existed, ''} end
+agg_hincr(KEYS[3], 'sizes', old, -1, 0)
+local msg = cjson.encode({customer_id = ARGV[1], ['from'] = old, to = cjson.null,
+  segment_name = cjson.null, model_version = tonumber(ARGV[4]), event_id = cjson.null,
+  changed_at = tonumber(ARGV[2]), reason = 'delete'})
+agg_xadd(KEYS[4], 'changes', ARGV[3], 'change', msg)
+return {existed, msg}
+""")
+"""Forget a customer: ``{existed, change}`` (change empty without a segment). In the
+sharded layout the last argument is the partition whose shards take a customer without
+a stored state (its own partition otherwise, from the state's head)."""
+
+# The interval flush of customers whose segment did not change: state, confidence, version,
+# and the segment's current name (a renamed segment reaches its customers' hashes).
+REFRESH = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
+local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
+if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
+  return -1
+end
+redis.call('SET', KEYS[1], ARGV[3])
+agg_index(KEYS[9], ARGV[14], 1)
+put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
+put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
+              ARGV[7], ARGV[12], ARGV[13], ARGV[15])
+if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
+  redis.call('HSET', KEYS[2], 'confidence', ARGV[5], 'model_version', ARGV[6],
+             'updated_at', ARGV[7], 'segment_name', ARGV[8])
+  if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'explanation', ARGV[9]) end
+end
+return 0
+""")
+"""Write a customer's state whose segment did not change: 0, or -1 when fenced."""
+
+# The audience pass's write (stream.audience_pass): memberships only, if the state is still
+# the one evaluated (its head as read), with sizes and one message per change.
+MEMBERS = customer_script(AUDIENCES_LUA, """
+local head = redis.call('GETRANGE', KEYS[1], 0, 40)
+if string.sub(head, 1, #ARGV[1]) ~= ARGV[1] then return -1 end
+return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3],
+                     ARGV[4], ARGV[5], '', ARGV[7], ARGV[6])
+""")
+"""Write a customer's memberships: the number of changes, or -1 when written since."""
