@@ -11,7 +11,8 @@ each run deletes it before measuring.
 A heavy customer (1,000 events in one day of event time: the most the seen-id memory of
 ``models.state`` holds is bounded by ``SEGMENTER_DEDUP_MAX_IDS``) is measured alone.
 
-Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]``
+Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]
+[--audiences scripts/audiences_20.json]``
 """
 
 from __future__ import annotations
@@ -20,9 +21,11 @@ import argparse
 import asyncio
 import statistics
 import sys
+from pathlib import Path
 
 import orjson
 
+from models.audiences import parse_audience
 from models.config import SegmenterConfig
 from models.core import Record, Segmenter
 from models.records import Assignment
@@ -31,10 +34,14 @@ from stream.embedded import start_redis
 from stream.redis_io import RedisStore, connect
 
 
-def realistic_assignments(sample: int) -> list[Assignment]:
-    """Simulated shoppers (30 days) through the core: the writes a worker would make."""
+def realistic_assignments(sample: int, audiences: str = "") -> list[Assignment]:
+    """Simulated shoppers (30 days) through the core: the writes a worker would make (with
+    the audiences of that file defined: memberships and the windows they keep)."""
     sim = ShopSimulator(sample, seed=4, days=30)
     seg = Segmenter(SegmenterConfig(warmup=500, update_every=5000))
+    if audiences:
+        doc = orjson.loads(Path(audiences).read_bytes())
+        seg.assigner.set_audiences(1, [parse_audience(k, v) for k, v in doc.items()])
     recs = [Record("events", hash(e["customer_id"]) % 4, i, e["customer_id"].encode(),
                    orjson.dumps(e)) for i, e in enumerate(sim.history())]
     final: dict[str, Assignment] = {}
@@ -105,8 +112,12 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--customers", default="100000,1000000")
     ap.add_argument("--sample", type=int, default=3000)
+    ap.add_argument("--audiences", default="", help="a file of audiences to define "
+                    "(as SEGMENTER_AUDIENCES_FILE), e.g. scripts/audiences_20.json")
     args = ap.parse_args(argv)
-    base = realistic_assignments(args.sample)
+    base = realistic_assignments(args.sample, args.audiences)
+    members = sum(1 for a in base if a.audiences not in ("", "[]"))
+    print(f"{len(base):,} sampled customers, {members:,} in at least one audience", flush=True)
     server = start_redis()
     try:
         h = asyncio.run(measure_one(server.url, heavy_assignment()))
