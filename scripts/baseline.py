@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from typing import Any
 
 import numpy as np
 from aiokafka import AIOKafkaConsumer
@@ -41,26 +42,10 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray,
             if not first:
                 first = time.perf_counter()
             t1 = clock()
-            changed: dict[str, CustomerState] = {}
-            for msgs in batch.values():
-                for m in msgs:
-                    e = parse_event(m.value, m.key)
-                    st = states.get(e.customer_id) or states.setdefault(
-                        e.customer_id, CustomerState(e.customer_id))
-                    update(st, e, half_life)
-                    changed[e.customer_id] = st
-                    done += 1
-            x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
-            z = (x - x.mean(0)) / (x.std(0) + 1e-9)
-            labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
+            changed, labels = assign(batch, states, centres, half_life)
+            done += sum(len(msgs) for msgs in batch.values())
             t2 = clock()
-            now = str(int(time.time() * 1000))
-            async with redis.pipeline(transaction=False) as pipe:
-                for cid, k in zip(changed, labels.tolist(), strict=True):
-                    pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
-                        "segment": f"s{k}", "segment_name": "n", "model_version": "1",
-                        "updated_at": now, "confidence": "0.5"})
-                await pipe.execute()
+            await write_segments(redis, prefix, changed, labels)
             t3 = clock()
             await c.commit()
             for stage, took_s in (("fetch", t1 - t0), ("parse+features", t2 - t1),
@@ -70,3 +55,31 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray,
     finally:
         await c.stop()
         await redis.aclose()
+
+
+def assign(batch: dict[Any, list[Any]], states: dict[str, CustomerState],
+           centres: np.ndarray, half_life: int) -> tuple[list[str], list[int]]:
+    """One batch of the minimal loop: features of every customer in it, standardised within
+    the batch and assigned to the nearest of ``centres``; returns customers and labels."""
+    changed: dict[str, CustomerState] = {}
+    for msgs in batch.values():
+        for m in msgs:
+            e = parse_event(m.value, m.key)
+            st = states.get(e.customer_id) or states.setdefault(
+                e.customer_id, CustomerState(e.customer_id))
+            update(st, e, half_life)
+            changed[e.customer_id] = st
+    x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
+    z = (x - x.mean(0)) / (x.std(0) + 1e-9)
+    return list(changed), ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1).tolist()
+
+
+async def write_segments(redis: Any, prefix: str, cids: list[str], labels: list[int]) -> None:
+    """The five contract fields of each customer, one pipelined ``HSET`` each."""
+    now = str(int(time.time() * 1000))
+    async with redis.pipeline(transaction=False) as pipe:
+        for cid, k in zip(cids, labels, strict=True):
+            pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
+                "segment": f"s{k}", "segment_name": "n", "model_version": "1",
+                "updated_at": now, "confidence": "0.5"})
+        await pipe.execute()

@@ -15,9 +15,9 @@ import orjson
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer
 
-from models.events import parse_event
-from models.features import CustomerState, to_model_space, update, vector
+from models.features import CustomerState
 from models.simulator import ShopSimulator
+from scripts.baseline import assign, write_segments
 from stream.produce import BatchSender, make_replay_producer
 from stream.settings import Settings
 
@@ -76,24 +76,7 @@ async def _loop_async(kafka: str, redis_url: str, topic: str, prefix: str, wait_
             batch = await c.getmany(timeout_ms=200, max_records=5000)
             if not batch:
                 continue
-            changed: dict[str, CustomerState] = {}
-            for msgs in batch.values():
-                for m in msgs:
-                    e = parse_event(m.value, m.key)
-                    st = states.get(e.customer_id) or states.setdefault(
-                        e.customer_id, CustomerState(e.customer_id))
-                    update(st, e, half_life)
-                    changed[e.customer_id] = st
-            x = np.asarray([to_model_space(vector(s, half_life)) for s in changed.values()])
-            z = (x - x.mean(0)) / (x.std(0) + 1e-9)
-            labels = ((z[:, None, :] - centres[None]) ** 2).sum(-1).argmin(1)
-            now = str(int(time.time() * 1000))
-            async with redis.pipeline(transaction=False) as pipe:
-                for cid, k in zip(changed, labels.tolist(), strict=True):
-                    pipe.hset(f"{prefix}customer:{{{cid}}}", mapping={
-                        "segment": f"s{k}", "segment_name": "n", "model_version": "1",
-                        "updated_at": now, "confidence": "0.5"})
-                await pipe.execute()
+            await write_segments(redis, prefix, *assign(batch, states, centres, half_life))
             await c.commit()
     finally:
         await c.stop()
