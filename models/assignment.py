@@ -42,7 +42,7 @@ from models.config import BatchResult
 from models.drift import DriftMonitor
 from models.events import Event
 from models.features import to_model_matrix, vector
-from models.model import BaseModel
+from models.model import STICKY, BaseModel
 from models.profiles import customer_explanation
 from models.records import Assignment
 from models.rescoring import moves
@@ -63,11 +63,16 @@ class Assigner:
         The customers (shared with the rest of the core).
     half_life_ms
         Half-life of decayed features, event-time milliseconds.
+    sticky
+        Margin of :meth:`models.model.BaseModel.keep_current` when re-scoring customers
+        without new events (:attr:`models.config.SegmenterConfig.sticky`).
     """
 
-    def __init__(self, cache: CustomerCache, half_life_ms: float) -> None:
+    def __init__(self, cache: CustomerCache, half_life_ms: float,
+                 sticky: float = STICKY) -> None:
         self.cache = cache
         self.half_life_ms = half_life_ms
+        self.sticky = sticky
         self.drift = DriftMonitor()
         self.sweep: list[str] = []  # customers left to re-score in this pass
         self.rfm = Quintiles()  # of the buyers of every worker, set by the caller
@@ -133,7 +138,8 @@ class Assigner:
         then = model.scale(to_model_matrix([vector(s, hl) for s in sts]))
         z = model.scale(to_model_matrix([vector(s, hl, cache.watermark) for s in sts]))
         centres, out = model.centres_scaled(), []
-        for i, label, reason, conf in moves(model, then, z, [s.segment for s in sts]):
+        for i, label, reason, conf in moves(model, then, z, [s.segment for s in sts],
+                                             self.sticky):
             st = sts[i]
             st.segment, st.confidence = model.ids[label], conf
             st.model_version = model.version

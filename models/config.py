@@ -43,6 +43,10 @@ class SegmenterConfig:
     """Every this many updates, re-cluster a larger sample of current customers."""
     refresh_sample: int = 2000
     """Current customers sampled for seeding and refreshes."""
+    sticky: float = 0.3
+    """A customer without new events keeps their segment at a model update while its centre is
+    within this share (relative distance, scaled space) of the nearest centre; a segment
+    that ended (merged, retired) always lets them go. Events are never sticky."""
     step: float = 0.02
     """River KMeans step size (its ``halflife``)."""
     seed: int = 42

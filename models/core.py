@@ -83,7 +83,7 @@ class Segmenter:
         self.model = model or model_for(config)
         self.half_life_ms = config.half_life_days * DAY_MS
         self.cache = CustomerCache(config.cache_size)
-        self.assigner = Assigner(self.cache, self.half_life_ms)
+        self.assigner = Assigner(self.cache, self.half_life_ms, config.sticky)
         self.schedule = UpdateSchedule(config)
         self.changed: dict[str, Event] = {}
         """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""

@@ -52,7 +52,13 @@ class SegmentModel(BaseModel):
         k-means++ starts per candidate count when seeding and at every refresh.
     hysteresis
         Relative improvement (Davies-Bouldin index) another count needs before a refresh
-        moves to it; a restart at the same count needs a fifth of it (inertia).
+        moves to it.
+    warm_margin
+        Relative inertia a k-means++ restart must save over the current centres (after
+        Lloyd rounds) before it replaces them at a refresh that keeps the count: a restart is
+        a new partition, and every customer without new events it moves is a flip. The
+        count itself is judged at each count's best fit (a restart then wins its count when it
+        saves a fifth of ``hysteresis``).
     confirm
         Refreshes in a row that the same other count must win before the model moves to it:
         each refresh judges a new sample, and on a flat index (a real log of lapsed buyers)
@@ -64,15 +70,16 @@ class SegmentModel(BaseModel):
     def __init__(self, min_segments: int = 3, max_segments: int = 8, warmup: int = 500,
                  learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
                  step: float = 0.02, n_init: int = 6, hysteresis: float = 0.02,
-                 confirm: int = 2) -> None:
+                 confirm: int = 2, warm_margin: float = 0.02) -> None:
         super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
         self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
-        self.confirm = confirm
+        self.confirm, self.warm_margin = confirm, warm_margin
         self._pending = (0, 0)  # (count, refreshes in a row it won) while not yet taken
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "step": self.step, "n_init": self.n_init,
-                "hysteresis": self.hysteresis, "confirm": self.confirm}
+                "hysteresis": self.hysteresis, "confirm": self.confirm,
+                "warm_margin": self.warm_margin}
 
     def _state(self) -> dict[str, Any]:
         return {"pending": list(self._pending)}
@@ -132,6 +139,11 @@ class SegmentModel(BaseModel):
                 self._pending = (0, 0)
         else:
             self._pending = (0, 0)
+        if (chosen is not warm and chosen.k == warm.k
+                and warm.inertia <= chosen.inertia * (1 + self.warm_margin)):
+            # The count stays: the current partition stays too unless a restart fits clearly
+            # better (the count was judged at the best fit found, as before).
+            chosen = warm
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
         small = share < self.min_share
         if small.any() and chosen.k - int(small.sum()) >= lo:

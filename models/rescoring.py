@@ -10,8 +10,8 @@ Examples
 >>> from models.kmeans import SegmentModel
 >>> m = SegmentModel(min_segments=2, max_segments=2, warmup=2)
 >>> m.ids, m._centres, m.version = ["s0", "s1"], np.array([[0.0] * 18, [4.0] * 18]), 1
->>> then = np.array([[0.1] * 18, [3.9] * 18, [2.1] * 18])  # as of the last event
->>> now = np.array([[0.1] * 18, [0.2] * 18, [2.1] * 18])   # as of now: the second faded
+>>> then = np.array([[0.1] * 18, [3.9] * 18, [2.8] * 18])  # as of the last event
+>>> now = np.array([[0.1] * 18, [0.2] * 18, [2.8] * 18])   # as of now: the second faded
 >>> [(i, m.ids[label], reason) for i, label, reason, _ in moves(m, then, now,
 ...                                                               ["s0", "s1", "s0"])]
 [(1, 's0', 'time'), (2, 's1', 'model_update')]
@@ -25,14 +25,14 @@ from collections.abc import Iterable
 import numpy as np
 
 from models.features import to_model_matrix, vector
-from models.model import BaseModel
+from models.model import STICKY, BaseModel
 from models.state import CustomerState
 
 __all__ = ["moves", "population_sample"]
 
 
-def moves(model: BaseModel, then: np.ndarray, now: np.ndarray,
-          current: list[str]) -> list[tuple[int, int, str, float]]:
+def moves(model: BaseModel, then: np.ndarray, now: np.ndarray, current: list[str],
+          margin: float = STICKY) -> list[tuple[int, int, str, float]]:
     """``(row, new label, reason, confidence)`` for every customer who should move.
 
     The model moved a customer (reason ``model_update``) when, as of their last event
@@ -43,9 +43,9 @@ def moves(model: BaseModel, then: np.ndarray, now: np.ndarray,
     against time.
     """
     near_then, _ = model.assign_scaled(then)
-    kept_then = model.keep_current(then, near_then, current)
+    kept_then = model.keep_current(then, near_then, current, margin)
     near_now, conf = model.assign_scaled(now)
-    kept_now = model.keep_current(now, near_now, current)
+    kept_now = model.keep_current(now, near_now, current, margin)
     ids, out = model.ids, []
     for i, seg in enumerate(current):
         if ids[kept_then[i]] != seg:

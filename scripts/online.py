@@ -58,7 +58,8 @@ def flips(seg: Segmenter, quiet: list[str]) -> float:
     z = seg.model.scale(to_model_matrix([vector(seg.states[c], seg.half_life_ms)
                                          for c in quiet]))
     current = [seg.states[c].segment for c in quiet]
-    labels = seg.model.keep_current(z, seg.model.assign_scaled(z)[0], current)
+    labels = seg.model.keep_current(z, seg.model.assign_scaled(z)[0], current,
+                                    seg.config.sticky)
     new = [seg.model.ids[i] for i in labels]
     for c, sid in zip(quiet, new, strict=True):  # as the re-scoring pass would
         seg.states[c].segment = sid

@@ -107,6 +107,9 @@ class Settings:
     refresh_every: int = 4
     """Every this many model updates, re-cluster a sample of current customers (and choose
     the number of segments again)."""
+    sticky: float = 0.3
+    """A customer without new events keeps their segment at a model update while its centre
+    is within this share (relative distance) of the nearest one."""
     parse_process: bool = True
     """Validate the next batch in a helper process while the worker applies the current one
     (same results; ``false``: in the worker, one process less, e.g. on a one-core host)."""
@@ -152,7 +155,7 @@ class Settings:
             allowed_lateness_ms=int(self.allowed_lateness_s * 1000),
             dedup_max_ids=self.dedup_max_ids, update_every=self.model_update_every,
             update_every_days=self.model_update_days, warmup=self.warmup,
-            refresh_every=max(1, self.refresh_every),
+            refresh_every=max(1, self.refresh_every), sticky=self.sticky,
             cache_size=self.state_cache, trains=False,
         )
 
