@@ -121,8 +121,10 @@ async def check_redis(s: Settings, timeout: float = 10.0) -> None:
             raise FatalError(
                 f"TLS to Redis at {where} failed: {tls}; check the rediss:// URL's host name, "
                 "SEGMENTER_REDIS_CA_FILE, _CERT_FILE and _KEY_FILE") from None
-        log.warning("Redis at %s not reachable yet (%s); the worker will retry", where,
-                    type(exc).__name__)
+        hint = " (a TLS server that wants a client certificate, SEGMENTER_REDIS_CERT_FILE, " \
+            "closes the connection like this)" if where.startswith("rediss:") else ""
+        log.warning("Redis at %s not reachable yet: %s%s; the worker will retry", where,
+                    exc or type(exc).__name__, hint)
     finally:
         await client.aclose()
 
@@ -154,7 +156,7 @@ async def check_kafka(s: Settings, timeout: float = 10.0) -> None:
             log.warning("Kafka at %s not reachable yet (%s)", server, exc)
             continue
         try:
-            await conn.send(MetadataRequest[0]([]))
+            await conn.send(MetadataRequest([]))
         except KafkaError as exc:
             # A SASL or TLS listener drops a client that skipped the handshake right here.
             raise FatalError(
