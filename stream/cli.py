@@ -16,9 +16,10 @@ from stream.settings import Settings
 def _settings(redis: bool = False) -> Settings:
     """The settings, with Kafka (and Redis) set, and their credentials and TLS accepted by
     the servers (a clear error here, not a client retrying for ever)."""
-    from stream.credentials import check_servers
+    from stream.credentials import check_servers, hide_in_logs
 
     s = Settings.from_env()
+    hide_in_logs(s)
     if not s.kafka:
         raise SegmenterError(
             "SEGMENTER_KAFKA is not set: point it at a Kafka cluster, "

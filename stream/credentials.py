@@ -86,6 +86,43 @@ def redis_options(s: Settings, url: str | None = None) -> dict[str, Any]:
     return out
 
 
+_HIDDEN: set[str] = set()
+"""Secrets :func:`hide_in_logs` takes out of every log record."""
+
+
+def hide_in_logs(s: Settings) -> None:
+    """Take the settings' passwords and tokens out of every log record of this process, from
+    any library: aiokafka's DEBUG log prints each request, SASL/PLAIN's (user and password
+    in clear) included. Installed once; the records of a process that logs at INFO are few."""
+    from stream.settings import SECRETS
+
+    new = {v for name in SECRETS for value in [getattr(s, name)]
+           for v in value.split(",") if len(v.strip()) >= 4}
+    new |= {urlsplit(s.redis_url).password or ""} - {""}
+    new |= {repr(v.encode())[2:-1] for v in new}  # as in a logged request's bytes
+    if not new - _HIDDEN:
+        return
+    first = not _HIDDEN
+    _HIDDEN.update(new)
+    if not first:
+        return
+    make = logging.getLogRecordFactory()
+
+    def redacting(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = make(*args, **kwargs)
+        try:
+            text = record.getMessage()
+        except Exception:  # a bad format: the handler reports it as it always did
+            return record
+        if any(secret in text for secret in _HIDDEN):
+            for secret in _HIDDEN:
+                text = text.replace(secret, "***")
+            record.msg, record.args = text, ()
+        return record
+
+    logging.setLogRecordFactory(redacting)
+
+
 def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
     """The TLS error behind ``exc`` (redis-py wraps it in its ConnectionError), if any."""
     seen: BaseException | None = exc

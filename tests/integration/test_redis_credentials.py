@@ -15,14 +15,18 @@ from pathlib import Path
 
 import orjson
 import pytest
+from redis.exceptions import AuthenticationError
 
 from stream.credentials import check_redis, redis_options
-from stream.embedded import EmbeddedServer, start_redis
+from stream.embedded import start_redis
 from stream.errors import FatalError
 from stream.keys import Keys
 from stream.redis_io import connect
 from stream.settings import Settings
+from stream.shards import streams
+from tests.conftest import redis_kind
 from tests.integration.helpers import produce, wait_for
+from tests.integration.redis_cluster import redis_cluster
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import event, seeded_worker
 from tests.integration.tls import Certs, make_certs, tls_proxy
@@ -30,11 +34,12 @@ from tests.integration.tls import Certs, make_certs, tls_proxy
 USER = "segmenter-worker"
 
 
-def acl_rules(prefix: str, password: str) -> tuple[str, ...]:
-    """The worker's ACL as the README gives it: its own keys and channels, no dangerous
-    commands; and the default user switched off."""
-    return ("--user", USER, "on", f">{password}", f"~{prefix}*", f"&{prefix}*", "+@all",
-            "-@dangerous", "--user", "default", "off")
+def acl_rule(prefix: str, password: str) -> str:
+    """The worker's ACL as the README gives it: its own keys and channels (on a cluster also
+    the global keys' ``{<prefix>}:`` slot), no dangerous commands."""
+    tagged = f"{{{prefix.rstrip(':')}}}:*"
+    return (f"{USER} on >{password} ~{prefix}* ~{tagged} &{prefix}* &{tagged} "
+            "+@all -@dangerous")
 
 
 @pytest.fixture
@@ -42,10 +47,24 @@ def password() -> str:
     return secrets.token_urlsafe(18)
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class AclRedis:
+    """A Redis (or cluster, with ``SEGMENTER_TEST_REDIS=cluster``) with only the ACL user."""
+
+    url: str
+    port: int
+    cluster: bool
+
+
 @pytest.fixture
-def acl_redis(settings: Settings, password: str) -> Iterator[EmbeddedServer]:
-    server = start_redis(args=acl_rules(settings.redis_prefix, password))
-    yield server
+def acl_redis(settings: Settings, password: str) -> Iterator[AclRedis]:
+    rule = acl_rule(settings.redis_prefix, password)
+    if redis_kind() == "cluster":
+        with redis_cluster(3, acl=(rule, "default off")) as url:
+            yield AclRedis(url, int(url.rsplit(":", 1)[1]), True)
+        return
+    server = start_redis(args=("--user", *rule.split(), "--user", "default", "off"))
+    yield AclRedis(server.url, server.port, False)
     server.stop()
 
 
@@ -54,9 +73,9 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Certs:
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-def on(settings: Settings, url: str, **credentials: str) -> Settings:
-    """These settings on another (single) Redis."""
-    return dataclasses.replace(settings, redis_url=url, redis_cluster=False, **credentials)
+def on(settings: Settings, url: str, cluster: bool = False, **credentials: str) -> Settings:
+    """These settings on another Redis."""
+    return dataclasses.replace(settings, redis_url=url, redis_cluster=cluster, **credentials)
 
 
 def run_worker_briefly(settings: Settings, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -67,27 +86,36 @@ def run_worker_briefly(settings: Settings, timeout: float = 60) -> subprocess.Co
 
 
 @pytest.mark.parametrize("tls", [False, True], ids=["redis", "rediss"])
-async def test_worker_runs_as_an_acl_user(settings: Settings, acl_redis: EmbeddedServer,
+async def test_worker_runs_as_an_acl_user(settings: Settings, acl_redis: AclRedis,
                                          password: str, certs: Certs, tmp_path: Path,
                                          tls: bool) -> None:
+    if tls and acl_redis.cluster:
+        pytest.skip("the TLS proxy fronts one node; a cluster client is sent to the others")
     with tls_proxy(acl_redis.port, certs) if tls else _plain(acl_redis.port) as port:
         url = f"{'rediss' if tls else 'redis'}://127.0.0.1:{port}/0"
         tls_files = {"redis_ca_file": str(certs.ca), "redis_cert_file": str(certs.client_cert),
                      "redis_key_file": str(certs.client_key)} if tls else {}
-        s = on(dataclasses.replace(settings, debug=True), url, redis_username=USER,
-               redis_password=password, **tls_files)
+        s = on(dataclasses.replace(settings, debug=True), url, acl_redis.cluster,
+               redis_username=USER, redis_password=password, **tls_files)
         worker, sim = await seeded_worker(s, tmp_path, customers=320)
-        client = connect(url, **redis_options(s))
+        client = connect(url, cluster=acl_redis.cluster, **redis_options(s))
         try:
             await produce(s, [event("acl-c1", n, "purchase", amount=20 + n) for n in range(3)])
             await wait_for(lambda: lag_is_zero(s), 60, "the events to be processed")
-            keys = Keys(s.redis_prefix)
-            assert await client.acl_whoami() == USER
+            keys = Keys(s.redis_prefix, cluster=acl_redis.cluster)
             got = await client.hgetall(keys.customer("acl-c1"))
             assert got[b"segment"].startswith(b"s"), got
             assert len(await client.hgetall(keys.segments)) >= 2
-            changes = await client.xrange(keys.changes, count=1)
-            assert orjson.loads(changes[0][1][b"change"])["to"]
+            changes = await streams(client, keys, "changes", keys.changes)
+            first = await client.xrange(changes[0], count=1)
+            assert orjson.loads(first[0][1][b"change"])["to"]
+            tls_only = {k: v for k, v in redis_options(s).items() if k.startswith("ssl_")}
+            anonymous = connect(url, cluster=acl_redis.cluster, **tls_only)
+            try:
+                with pytest.raises(AuthenticationError):  # the default user is off
+                    await anonymous.ping()
+            finally:
+                await anonymous.aclose()
         finally:
             await client.aclose()
             assert worker.stop() == 0, worker.log()
@@ -110,12 +138,14 @@ class _plain:
 
 @pytest.mark.parametrize("where", ["settings", "url"])
 def test_wrong_password_stops_the_worker_with_one_clear_line(
-        settings: Settings, acl_redis: EmbeddedServer, where: str) -> None:
+        settings: Settings, acl_redis: AclRedis, where: str) -> None:
     wrong = "wrong-" + secrets.token_urlsafe(8)
     if where == "settings":
-        s = on(settings, acl_redis.url, redis_username=USER, redis_password=wrong)
+        s = on(settings, acl_redis.url, acl_redis.cluster, redis_username=USER,
+               redis_password=wrong)
     else:
-        s = on(settings, f"redis://{USER}:{wrong}@127.0.0.1:{acl_redis.port}/0")
+        s = on(settings, f"redis://{USER}:{wrong}@127.0.0.1:{acl_redis.port}/0",
+               acl_redis.cluster)
     done = run_worker_briefly(s)
     out = done.stdout + done.stderr
     assert done.returncode == 2, out
@@ -124,8 +154,10 @@ def test_wrong_password_stops_the_worker_with_one_clear_line(
     assert "Traceback" not in out and wrong not in out, out
 
 
-async def test_rediss_checks_the_server_certificate(settings: Settings, acl_redis: EmbeddedServer,
+async def test_rediss_checks_the_server_certificate(settings: Settings, acl_redis: AclRedis,
                                                     password: str, certs: Certs) -> None:
+    if acl_redis.cluster:
+        pytest.skip("the TLS proxy fronts one node; a cluster client is sent to the others")
     with tls_proxy(acl_redis.port, certs, client_certs=False) as port:
         good = on(settings, f"rediss://127.0.0.1:{port}/0", redis_username=USER,
                   redis_password=password, redis_ca_file=str(certs.ca))
