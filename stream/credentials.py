@@ -11,18 +11,24 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from aiokafka.conn import create_conn
 from aiokafka.errors import KafkaConnectionError, KafkaError
 from aiokafka.protocol.metadata import MetadataRequest
-from redis.exceptions import AuthenticationError, NoPermissionError, RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    NoPermissionError,
+    RedisClusterException,
+    RedisError,
+)
 
 from stream.errors import FatalError, SettingsError
-from stream.settings import Settings, redact_url
+from stream.settings import SECRETS, Settings, redact_url
 
 log = logging.getLogger(__name__)
+E = TypeVar("E", bound=BaseException)
 
 
 def _tls_context(ca: str, cert: str, key: str, what: str) -> ssl.SSLContext:
@@ -94,8 +100,6 @@ def hide_in_logs(s: Settings) -> None:
     """Take the settings' passwords and tokens out of every log record of this process, from
     any library: aiokafka's DEBUG log prints each request, SASL/PLAIN's (user and password
     in clear) included. Installed once; the records of a process that logs at INFO are few."""
-    from stream.settings import SECRETS
-
     new = {v for name in SECRETS for value in [getattr(s, name)]
            for v in value.split(",") if len(v.strip()) >= 4}
     new |= {urlsplit(s.redis_url).password or ""} - {""}
@@ -123,14 +127,19 @@ def hide_in_logs(s: Settings) -> None:
     logging.setLogRecordFactory(redacting)
 
 
-def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
-    """The TLS error behind ``exc`` (redis-py wraps it in its ConnectionError), if any."""
+def _behind(exc: BaseException, kind: type[E]) -> E | None:
+    """The ``kind`` of error behind ``exc``, if any: redis-py wraps a TLS error in its
+    ConnectionError, the cluster client an AuthenticationError in RedisClusterException."""
     seen: BaseException | None = exc
     while seen is not None:
-        if isinstance(seen, ssl.SSLError):
+        if isinstance(seen, kind):
             return seen
         seen = seen.__cause__ or seen.__context__
     return None
+
+
+def _tls_failure(exc: BaseException) -> ssl.SSLError | None:
+    return _behind(exc, ssl.SSLError)
 
 
 async def check_redis(s: Settings, timeout: float = 10.0) -> None:
@@ -145,14 +154,18 @@ async def check_redis(s: Settings, timeout: float = 10.0) -> None:
                      **redis_options(s))
     try:
         await asyncio.wait_for(client.ping(), timeout)
-    except AuthenticationError as exc:
-        raise FatalError(
-            f"Redis at {where} refused the credentials of user {user!r} ({exc}): check "
-            "SEGMENTER_REDIS_URL, SEGMENTER_REDIS_USERNAME and SEGMENTER_REDIS_PASSWORD") from None
-    except NoPermissionError as exc:
-        raise FatalError(f"Redis at {where}: user {user!r} lacks a permission ({exc}); see the "
-                         "README's Security section for the ACL the worker needs") from None
-    except (RedisError, OSError, TimeoutError) as exc:
+    except (RedisError, RedisClusterException, OSError, TimeoutError) as exc:
+        refused = _behind(exc, AuthenticationError)
+        if refused is not None:
+            raise FatalError(
+                f"Redis at {where} refused the credentials of user {user!r} ({refused}): check "
+                "SEGMENTER_REDIS_URL, SEGMENTER_REDIS_USERNAME and SEGMENTER_REDIS_PASSWORD"
+            ) from None
+        forbidden = _behind(exc, NoPermissionError)
+        if forbidden is not None:
+            raise FatalError(
+                f"Redis at {where}: user {user!r} lacks a permission ({forbidden}); see the "
+                "README's Security section for the ACL the worker needs") from None
         tls = _tls_failure(exc)
         if tls is not None:
             raise FatalError(
