@@ -61,9 +61,15 @@ def sasl(settings: Settings, cluster: KafkaCluster, mechanism: str = "PLAIN",
         kafka_username=USER, kafka_password=password)
 
 
-async def test_worker_consumes_and_writes_over_sasl_plain(
-        settings: Settings, sasl_cluster: tuple[KafkaCluster, Path], tmp_path: Path) -> None:
-    s = sasl(dataclasses.replace(settings, debug=True), sasl_cluster[0])
+@pytest.mark.parametrize("protocol", ["SASL_PLAINTEXT", "SASL_SSL"])
+async def test_worker_consumes_and_writes_over_sasl(
+        settings: Settings, sasl_cluster: tuple[KafkaCluster, Path], tmp_path: Path,
+        protocol: str) -> None:
+    cluster, ca = sasl_cluster
+    s = sasl(dataclasses.replace(settings, debug=True), cluster)
+    if protocol == "SASL_SSL":  # Faust's and aiokafka's clients over TLS too
+        s = dataclasses.replace(s, kafka=cluster.sasl_ssl_bootstrap, kafka_ca_file=str(ca),
+                                kafka_security_protocol="SASL_SSL")
     worker, _ = await seeded_worker(s, tmp_path, customers=320)
     try:
         await produce(s, [event("sasl-c1", n, "purchase", amount=30 + n) for n in range(3)]
