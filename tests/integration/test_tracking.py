@@ -67,3 +67,50 @@ async def test_segment_funnel_through_a_worker(settings: Settings, tmp_path: Pat
         assert status == 200 and seg["segment"] == h["segment"]
     finally:
         assert worker.stop() == 0, worker.log()
+
+
+T0 = 1767225600000 + 7 * 86_400_000  # after the seeded shoppers' six days
+
+
+async def test_anonymous_visitor_from_the_first_page_view(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    """A visitor known only by a cookie id gets a segment and traits from one page view, read
+    at page load with one HMGET on the key of that id (contract §1.2, §2)."""
+    worker, _ = await seeded_worker(settings, tmp_path)
+    prefix, cookie, other = settings.redis_prefix, "ck-7f3a/ü{x}", "ck-posted"
+    fields = ("segment", "segment_name", "model_version", "events", "first_seen", "device",
+              "channel", "country")
+
+    async def visible(anon: str) -> bool:
+        return await r.hget(f"{prefix}customer:{{{anon}}}", "segment") is not None
+
+    page = {"event_id": "pv-1", "anonymous_id": cookie, "type": "page_view",
+            "timestamp": T0, "properties": {"device": "mobile", "channel": "paid",
+                                            "country": "DE", "category": "shoes"}}
+    wrong_key = dict(page, event_id="pv-2", anonymous_id="ck-other")
+    try:
+        await produce(settings, [(cookie.encode(), orjson.dumps(page)),
+                                 (b"somebody", orjson.dumps(wrong_key))])
+        await wait_for(lambda: visible(cookie), 30, "the visitor's first segment")
+        got = dict(zip(fields, map(_text, await r.hmget(f"{prefix}customer:{{{cookie}}}",
+                                                         fields)), strict=True))
+        assert got["segment"].startswith("s") and got["segment_name"], got
+        assert (got["events"], got["first_seen"], got["device"], got["channel"],
+                got["country"]) == ("1", str(T0), "mobile", "paid", "DE")
+        status, _, seg = request(worker, "GET",
+                                 f"/customers/{urllib.parse.quote(cookie, safe='')}/segment")
+        assert status == 200 and seg["segment"] == got["segment"], seg
+
+        # from a web page, through the HTTP API: produced keyed by the anonymous id
+        status, _, body = request(worker, "POST", "/events", body=dict(
+            page, event_id="pv-3", anonymous_id=other))
+        assert status == 202, body
+        await wait_for(lambda: visible(other), 30, "the posted visitor's segment")
+        assert _text(await r.hget(f"{prefix}customer:{{{other}}}", "events")) == "1"
+
+        dead = await consume_all(settings, settings.dlq_topic, expect=1, timeout=20)
+        assert [dict(m.headers)["segmenter.error.reason"].decode() for m in dead] == [
+            "message key does not equal anonymous_id (no customer_id)"]
+        assert not await r.exists(f"{prefix}customer:{{ck-other}}")
+    finally:
+        assert worker.stop() == 0, worker.log()
