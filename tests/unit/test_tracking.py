@@ -14,7 +14,7 @@ import pytest
 
 from models.events import InvalidEvent, parse_event
 from models.records import DeadLetter, Record, parse_records
-from stream.parsing import decode, validate
+from stream.parsing import Validator, decode, validate
 
 ANON, USER = "507f191e810c19729de860ea", "97980cfea0067"
 
@@ -262,3 +262,12 @@ def test_native_anonymous_events() -> None:
         parse_event(native(anonymous_id=7, customer_id="c"), None)
     with pytest.raises(InvalidEvent, match="key does not equal anonymous_id"):
         parse_event(native(anonymous_id="cookie-1"), b"c-9")
+
+
+async def test_replay_keys_segment_lines_by_user_else_anonymous_id() -> None:
+    """``segmenter replay`` of an export of Segment events: each line keyed as the worker
+    expects (userId, else anonymousId)."""
+    lines = [orjson.dumps(m) for m in funnel()] + [native(anonymous_id="ck-9"), b"{}"]
+    ids, reasons = await Validator(enabled=False).customer_ids(list(lines))
+    assert ids == [ANON] * 6 + [USER, "ck-9", ""]
+    assert reasons == {8: "missing field 'event_id'"}
