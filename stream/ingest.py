@@ -67,7 +67,8 @@ class Ingest:
             value = orjson.dumps(item)
             if len(value) > MAX_EVENT_BYTES:
                 return guard.error(413, f"event {n}: {len(value)} bytes, over the "
-                                        f"{MAX_EVENT_BYTES} of one event (contract §1)")
+                                        f"{MAX_EVENT_BYTES // 1024} KiB of one event "
+                                        "(contract §1)")
             try:
                 ev = parse_event(value, None, max_ts_ms=latest)
             except InvalidEvent as exc:

@@ -79,7 +79,8 @@ def register(app: faust.App, rt: Runtime) -> None:
             return error(400, f"customer id must have 1 to {MAX_ID_CHARS} characters")
         return None
 
-    @app.page("/customers/{customer_id:.+}/segment")
+    # [\s\S]: an id may hold any character, a line break too ("." would not match one)
+    @app.page(r"/customers/{customer_id:[\s\S]+}/segment")
     class CustomerSegment(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             """Every segment field with a read token; the public fields without one (a
@@ -133,7 +134,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             ids = body.get("ids") if isinstance(body, dict) else None
             return await self._answer(ids if isinstance(ids, list) else [])
 
-    @app.page("/customers/{customer_id:.+}")
+    @app.page(r"/customers/{customer_id:[\s\S]+}")
     class Customer(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             """Segment fields, live traits, RFM scores and audiences (contract §4)."""
