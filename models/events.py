@@ -258,8 +258,10 @@ def parse_event(value: bytes | None, key: bytes | None, *, max_ts_ms: int | None
         # A wrong key puts the customer on another partition and breaks per-customer order.
         raise InvalidEvent("message key does not equal customer_id")
 
-    props = obj.get("properties") or {}
-    if not isinstance(props, dict):
+    props = obj.get("properties")
+    if props is None:
+        props = {}
+    elif not isinstance(props, dict):  # false, 0, "" or [] too: not an object
         raise InvalidEvent("field 'properties' must be an object")
     for name, v in props.items():
         if name in _STR_PROPS and v is not None and not isinstance(v, str):

@@ -28,23 +28,42 @@ SEGMENT = {"type": "object", "required": ["segment"],
 CUSTOMER = {"type": "object", "required": ["customer_id", "traits", "rfm", "audiences"],
             "properties": {**_FIELDS, "traits": {"type": "object"},
                            "rfm": {"type": ["object", "null"]}}}
+_OPT_STR = {"type": ["string", "null"]}
+_OPT_NUM = {"type": ["number", "null"], "minimum": 0}
 EVENT = {
-    "type": "object", "required": ["event_id", "type", "timestamp"],
-    "anyOf": [{"required": ["customer_id"]}, {"required": ["anonymous_id"]}],
+    "type": "object", "required": ["event_id", "customer_id", "type", "timestamp"],
+    "description": "contract §1 as validated today (anonymous_id is not read yet); at most "
+                   "64 KiB as JSON",
     "properties": {
-        "event_id": ID, "customer_id": ID, "anonymous_id": ID,
+        "event_id": ID, "customer_id": ID,
         "type": {"type": "string", "minLength": 1, "maxLength": 64},
         "timestamp": {
-            "description": "ISO-8601 with an offset, or epoch milliseconds; from the Unix "
+            "description": "ISO-8601 with a UTC offset, or epoch milliseconds; from the Unix "
                            "epoch to SEGMENTER_MAX_FUTURE_S (default a day) ahead of the "
                            "worker's clock",
-            "oneOf": [{"type": "string", "format": "date-time"},
+            "oneOf": [{"type": "string", "minLength": 1, "maxLength": 64},
                       {"type": "integer", "minimum": 0}]},
-        "properties": {"type": "object"}, "traits": {"type": "object"}},
-    "description": "contract §1; at most 64 KiB as JSON",
+        "properties": {"type": ["object", "null"], "properties": {
+            "amount": _OPT_NUM, "country": {"type": ["string", "null"],
+                                            "pattern": "^[A-Za-z]{2}$"},
+            **{k: _OPT_STR for k in ("currency", "category", "product_id", "device",
+                                     "channel", "region")}}},
+        "traits": {"type": ["object", "null"], "properties": {
+            "age": {"type": ["number", "null"], "minimum": 0, "maximum": 130},
+            "income": _OPT_NUM, "gender": _OPT_STR,
+            "household_size": {"type": ["number", "null"], "minimum": 1, "maximum": 50},
+            "interests": {"type": "array", "items": {"type": "string"}}}}},
+    "if": {"properties": {"type": {"const": "purchase"}}},
+    "then": {"properties": {"properties": {"type": "object", "required": ["amount"],
+                                           "properties": {"amount": {"type": "number"}}}},
+             "required": ["properties"]},
 }
-AUDIENCE = {"type": "object", "required": ["name", "where"],
-            "properties": {"name": {"type": "string"}, "where": {"type": "object"}}}
+AUDIENCE = {"type": "object", "required": ["name", "where"], "additionalProperties": False,
+            "description": "contract §2.3; the condition is checked beyond its shape (known "
+                           "traits, event types, operators), 400 naming the problem",
+            "properties": {"name": {"type": "string", "minLength": 1, "maxLength": 200},
+                           "where": {"type": "object"}}}
+AUDIENCE_ID = {"type": "string", "pattern": "^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$"}
 
 
 def _ref(name: str) -> Doc:
@@ -83,6 +102,12 @@ def _op(summary: str, ok: Doc, *errors: int, security: list[Doc] | None = None,
     return op
 
 
+def _long_line(op: Doc) -> Doc:
+    """The HTTP server's own 400 (plain text) for a request line over 8190 bytes."""
+    op["responses"]["400"]["content"]["text/plain"] = {"schema": TEXT}
+    return op
+
+
 READ: list[Doc] = [{"readToken": []}, {"apiToken": []}]
 ADMIN: list[Doc] = [{"apiToken": []}]
 SHOP: list[Doc] = [{"shopSession": []}]
@@ -107,12 +132,15 @@ def paths() -> Doc:
                           {"200": _json({"type": "object", "required": ["erased"]}, "erased")},
                           400, 401, 403, security=ADMIN, params=CID)},
         "/customers/segments": {
-            "get": _op("Batch lookup of up to 100 ids (?id=a&id=b); unknown ids map to null.",
-                       {"200": _json(_ref("Batch"), "segments by id")}, 400, 401,
-                       security=READ, params=[{
-                           "name": "id", "in": "query", "required": True, "explode": True,
-                           "schema": {"type": "array", "items": ID, "minItems": 1,
-                                      "maxItems": 100}}]),
+            "get": _long_line(_op(
+                "Batch lookup of up to 100 ids (?id=a&id=b); unknown ids map to null. The "
+                "request line is at most 8190 bytes (the HTTP server's limit; beyond it a "
+                "text/plain 400): POST for long ids.",
+                {"200": _json(_ref("Batch"), "segments by id")}, 400, 401,
+                security=READ, params=[{
+                    "name": "id", "in": "query", "required": True, "explode": True,
+                    "schema": {"type": "array", "items": ID, "minItems": 1,
+                               "maxItems": 100}}])),
             "post": _op("Batch lookup of up to 100 ids.",
                         {"200": _json(_ref("Batch"), "segments by id")}, 400, 401, 413,
                         security=READ, body={
@@ -149,7 +177,7 @@ def paths() -> Doc:
                        {"200": _json({"type": "object"}, "replaced"),
                         "201": _json({"type": "object"}, "created")}, 400, 401, 403, 413,
                        security=ADMIN, body=_ref("Audience"),
-                       params=[_path("audience_id", {"type": "string", "minLength": 1})]),
+                       params=[_path("audience_id", AUDIENCE_ID)]),
             "delete": _op("Delete an audience.", {"200": _json({"type": "object"}, "deleted")},
                           401, 403, 404, security=ADMIN,
                           params=[_path("audience_id", {"type": "string", "minLength": 1})])},

@@ -79,8 +79,10 @@ def register(app: faust.App, rt: Runtime) -> None:
             return error(400, f"customer id must have 1 to {MAX_ID_CHARS} characters")
         return None
 
-    # [\s\S]: an id may hold any character, a line break too ("." would not match one)
-    @app.page(r"/customers/{customer_id:[\s\S]+}/segment")
+    # An id is one path segment, its slashes encoded (%2F): aiohttp matches the path with
+    # %2F still encoded, then decodes the id; [^/] matches line breaks too ("." would not).
+    # So DELETE /customers/x/segment is a wrong method, never an erasure of "x/segment".
+    @app.page("/customers/{customer_id:[^/]+}/segment")
     class CustomerSegment(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             """Every segment field with a read token; the public fields without one (a
@@ -134,7 +136,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             ids = body.get("ids") if isinstance(body, dict) else None
             return await self._answer(ids if isinstance(ids, list) else [])
 
-    @app.page(r"/customers/{customer_id:[\s\S]+}")
+    @app.page("/customers/{customer_id:[^/]+}")
     class Customer(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             """Segment fields, live traits, RFM scores and audiences (contract §4)."""
