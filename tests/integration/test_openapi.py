@@ -53,7 +53,7 @@ schema = schemathesis.openapi.from_dict(orjson.loads(DOC.read_bytes()))
 
 
 @schema.parametrize()
-@hypothesis.settings(max_examples=25, deadline=None, derandomize=True,
+@hypothesis.settings(max_examples=50, deadline=None, derandomize=True,
                      suppress_health_check=list(hypothesis.HealthCheck))
 def test_every_route_keeps_its_description(case: Any,
                                            live: tuple[Settings, WorkerProcess]) -> None:
