@@ -115,7 +115,8 @@ class Assigner:
             if segment != st.segment:
                 st.segment = segment
                 why = customer_explanation(z[i].tolist(), centres[label].tolist(),
-                                           model.names.get(segment, ""))
+                                           model.names.get(segment, ""),
+                                           buyer=st.orders_total > 0)
                 res.assignments.append(self.assignment(
                     model, st, "event" if ev is not None else "model_update", why))
                 dirty.pop(cid, None)
@@ -144,7 +145,8 @@ class Assigner:
             st.segment, st.confidence = model.ids[label], conf
             st.model_version = model.version
             why = customer_explanation(z[i].tolist(), centres[label].tolist(),
-                                       model.names.get(st.segment, ""))
+                                       model.names.get(st.segment, ""),
+                                       buyer=st.orders_total > 0)
             out.append(self.assignment(model, st, reason, why))
         return out
 
@@ -180,7 +182,8 @@ class Assigner:
         centres = model.centres_scaled()
         return {st.customer_id: customer_explanation(
                     z[i].tolist(), centres[model.ids.index(st.segment)].tolist(),
-                    model.names.get(st.segment, "")) for i, st in enumerate(known)}
+                    model.names.get(st.segment, ""), buyer=st.orders_total > 0)
+                for i, st in enumerate(known)}
 
     def assignment(self, model: BaseModel, st: CustomerState, reason: str,
                    explanation: str) -> Assignment:

@@ -14,6 +14,8 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,24 +137,31 @@ def davies_bouldin(z: np.ndarray, c: np.ndarray, labels: np.ndarray) -> float:
     return float(ratio.max(1).mean())
 
 
-def solve(z: np.ndarray, c: np.ndarray, rounds: int = 30) -> tuple[Solution, np.ndarray]:
-    """Lloyd from ``c`` and score the result; also returns which input centres survived."""
+def _fit(z: np.ndarray, c: np.ndarray, rounds: int) -> tuple[Solution, np.ndarray]:
+    # Lloyd and inertia; the score is left NaN for the caller (see best_of)
     c, kept = lloyd(z, c, rounds)
     d2 = sq_distances(z, c)
     labels = d2.argmin(1)
     inertia = float(d2[np.arange(len(z)), labels].sum())
-    return Solution(c, labels, inertia, davies_bouldin(z, c, labels)), kept
+    return Solution(c, labels, inertia, math.nan), kept
+
+
+def solve(z: np.ndarray, c: np.ndarray, rounds: int = 30) -> tuple[Solution, np.ndarray]:
+    """Lloyd from ``c`` and score the result; also returns which input centres survived."""
+    sol, kept = _fit(z, c, rounds)
+    return dataclasses.replace(sol, score=davies_bouldin(z, sol.centres, sol.labels)), kept
 
 
 def best_of(z: np.ndarray, k: int, n_init: int, rng: np.random.Generator) -> Solution:
-    """The lowest-inertia k-means solution of ``n_init`` k-means++ starts."""
+    """The lowest-inertia k-means solution of ``n_init`` k-means++ starts (scored)."""
     best: Solution | None = None
     for _ in range(n_init):
-        sol, _ = solve(z, kmeans_pp(z, k, rng))
+        sol, _ = _fit(z, kmeans_pp(z, k, rng), 30)
         if best is None or sol.inertia < best.inertia:
             best = sol
     assert best is not None
-    return best
+    # only the winner is scored: the index of the others is never read (a tenth of a refresh)
+    return dataclasses.replace(best, score=davies_bouldin(z, best.centres, best.labels))
 
 
 def choose_k(

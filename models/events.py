@@ -25,6 +25,8 @@ from typing import NamedTuple
 
 import orjson
 
+from models.tracking import from_tracking
+
 MAX_EVENT_BYTES = 64 * 1024
 """Largest accepted message value (SPEC §1)."""
 
@@ -103,6 +105,8 @@ class Event(NamedTuple):
     id_hash: int = 0
     """:func:`event_id_hash` of ``event_id`` (set by :func:`parse_event`, which may run in
     a helper process; 0: not computed, the consumer hashes the id itself)."""
+    anonymous_id: str | None = None
+    """The visitor's anonymous id, if given (§1.2); without a customer id, also ``customer_id``."""
 
 
 def event_id_hash(event_id: str) -> int:
@@ -248,15 +252,26 @@ def parse_event(value: bytes | None, key: bytes | None, *, max_ts_ms: int | None
         raise InvalidEvent(f"value is not valid UTF-8 JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise InvalidEvent(f"value must be a JSON object, got {type(obj).__name__}")
+    if "event_id" not in obj and "messageId" in obj:  # one lookup for our own format
+        try:  # Segment / RudderStack: mapped, then validated as ours
+            obj = from_tracking(obj)
+        except ValueError as exc:
+            raise InvalidEvent(str(exc)) from None
     event_id = _str_field(obj, "event_id")
-    customer_id = _str_field(obj, "customer_id")
+    anonymous_id = obj.get("anonymous_id")
+    if anonymous_id is not None:
+        anonymous_id = _str_field(obj, "anonymous_id")
+    # Without a customer id the profile is keyed by the anonymous id (contract §1.2).
+    customer_id = anonymous_id if anonymous_id is not None and obj.get(
+        "customer_id") is None else _str_field(obj, "customer_id")
     etype = _str_field(obj, "type", 64)
     if "timestamp" not in obj:
         raise InvalidEvent("missing field 'timestamp'")
     ts_ms, local_hour = parse_timestamp(obj["timestamp"], max_ts_ms)
     if key is not None and key != customer_id.encode():
         # A wrong key puts the customer on another partition and breaks per-customer order.
-        raise InvalidEvent("message key does not equal customer_id")
+        raise InvalidEvent("message key does not equal " + (
+            "customer_id" if customer_id is not anonymous_id else "anonymous_id (no customer_id)"))
 
     props = obj.get("properties")
     if props is None:
@@ -303,4 +318,5 @@ def parse_event(value: bytes | None, key: bytes | None, *, max_ts_ms: int | None
         region[:64] if isinstance(region, str) and region else None,
         traits,
         event_id_hash(event_id),
+        anonymous_id,
     )

@@ -78,10 +78,14 @@ class Feature:
     """Human-readable description with its unit."""
     log: bool
     """True when the model sees ``log1p(value)`` (heavy-tailed counts and money)."""
+    high: float = math.inf
+    """The largest value the feature takes (every feature is at least 0): a centre is shown
+    within its feature's range, even where averaging in model space leaves it a hair out."""
 
 
 FEATURES: tuple[Feature, ...] = (
-    Feature("days_since_purchase", "days since last purchase (90 = never or long ago)", False),
+    Feature("days_since_purchase", "days since last purchase (90 = never or long ago)", False,
+            90.0),
     Feature("orders", "purchases in the recent window (decayed)", True),
     Feature("spend", "spend in the recent window (decayed, currency units)", True),
     Feature("lifetime_orders", "purchases since first seen", True),
@@ -89,15 +93,15 @@ FEATURES: tuple[Feature, ...] = (
     Feature("views", "page and product views in the recent window (decayed)", True),
     Feature("searches", "searches in the recent window (decayed)", True),
     Feature("carts", "add-to-carts in the recent window (decayed)", True),
-    Feature("cart_abandonment", "share of carts not followed by a purchase", False),
+    Feature("cart_abandonment", "share of carts not followed by a purchase", False, 1.0),
     Feature("sessions", "sessions in the recent window (decayed)", True),
-    Feature("mobile_share", "share of activity on mobile (unknown without a device)", False),
-    Feature("evening_share", "share of activity 18:00-24:00 local time", False),
+    Feature("mobile_share", "share of activity on mobile (unknown without a device)", False, 1.0),
+    Feature("evening_share", "share of activity 18:00-24:00 local time", False, 1.0),
     Feature("paid_social_share", "share of activity from paid or social channels (unknown "
-            "without a channel)", False),
+            "without a channel)", False, 1.0),
     Feature("email_direct_share", "share of activity from email or direct visits (unknown "
-            "without a channel)", False),
-    Feature("tenure_days", "days since first seen (capped at 180)", False),
+            "without a channel)", False, 1.0),
+    Feature("tenure_days", "days since first seen (capped at 180)", False, 180.0),
     Feature("age", "age in years", False),
     Feature("income", "yearly income", True),
     Feature("household_size", "household size", False),
@@ -256,5 +260,11 @@ def to_model_matrix(rows: list[list[float]]) -> np.ndarray:
 
 
 def from_model_space(values: list[float]) -> list[float]:
-    """Inverse of :func:`to_model_space`, for showing centres in the features' own units."""
-    return [math.expm1(v) if lg else v for v, lg in zip(values, LOG_MASK, strict=True)]
+    """Inverse of :func:`to_model_space`, for showing centres in the features' own units
+    (within each feature's range).
+
+    >>> from_model_space([91.0, -0.01] + [0.0] * (len(FEATURES) - 2))[:2]
+    [90.0, 0.0]
+    """
+    return [min(max(math.expm1(v) if f.log else v, 0.0), f.high)
+            for v, f in zip(values, FEATURES, strict=True)]

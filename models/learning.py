@@ -41,7 +41,7 @@ from itertools import islice
 from models.cache import CustomerCache
 from models.config import SegmenterConfig
 from models.events import Event
-from models.features import DAY_MS
+from models.features import DAY_MS, FEATURE_NAMES, from_model_space
 from models.model import BaseModel
 from models.profiles import name_segment, stable_names
 from models.rescoring import population_sample
@@ -84,12 +84,18 @@ def learn(model: BaseModel, job: LearnJob) -> Learned:
     return Learned(model, model.learn(job.sample, refresh=job.refresh))
 
 
+LIFETIME_ORDERS = FEATURE_NAMES.index("lifetime_orders")
+
+
 def fresh_names(model: BaseModel) -> dict[str, str]:
     """Segment names after an update: from the centres, each segment keeping its old name
     while that still fits (:func:`models.profiles.stable_names`)."""
     centres = dict(zip(model.ids, model.centres_scaled().tolist(), strict=True))
-    return stable_names(model.names, {sid: name_segment(z) for sid, z in centres.items()},
-                        centres)
+    # a segment "has bought" when its typical customer made at least half an order
+    buyers = {sid: from_model_space(m)[LIFETIME_ORDERS] >= 0.5
+              for sid, m in zip(model.ids, model.centres_model_space().tolist(), strict=True)}
+    return stable_names(model.names, {sid: name_segment(z, buyers=buyers[sid])
+                                      for sid, z in centres.items()}, centres, buyers)
 
 
 @dataclass(frozen=True, slots=True)

@@ -52,6 +52,16 @@ _PHRASES: dict[tuple[str, int], str] = {
 }
 MIN_Z = 0.5
 """A trait sets a segment apart when its centre is this many standard deviations off."""
+NO_PURCHASE = "no purchase yet"
+"""Said instead of "lapsing" of those who never bought: their days since purchase are high
+because there was none (the feature reads 90 for never), and "We miss you" would greet a
+brand-new visitor."""
+_DAYS = FEATURE_NAMES.index("days_since_purchase")
+
+
+def _phrase(i: int, direction: int, buyers: bool) -> str | None:
+    phrase = _PHRASES.get((FEATURE_NAMES[i], direction))
+    return NO_PURCHASE if phrase == "lapsing" and not buyers else phrase
 
 
 def distinguishing_traits(z: list[float], most: int = 5) -> list[dict[str, Any]]:
@@ -70,13 +80,19 @@ def distinguishing_traits(z: list[float], most: int = 5) -> list[dict[str, Any]]
     return out
 
 
-def name_segment(z: list[float], words: int = 3) -> str:
-    """A short name from the strongest traits that have a phrase."""
+def name_segment(z: list[float], words: int = 3, buyers: bool = True) -> str:
+    """A short name from the strongest traits that have a phrase; ``buyers``: whether the
+    segment's typical customer has bought (else "no purchase yet" for "lapsing").
+
+    >>> z = [0.0] * len(FEATURE_NAMES); z[_DAYS] = 1.2
+    >>> name_segment(z), name_segment(z, buyers=False)
+    ('Lapsing', 'No purchase yet')
+    """
     phrases: list[str] = []
     for i in sorted(range(len(z)), key=lambda i: -abs(z[i])):
         if abs(z[i]) < MIN_Z or len(phrases) == words:
             break
-        phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if z[i] > 0 else -1))
+        phrase = _phrase(i, 1 if z[i] > 0 else -1, buyers)
         if phrase and phrase not in phrases:
             phrases.append(phrase)
     if not phrases:
@@ -86,14 +102,16 @@ def name_segment(z: list[float], words: int = 3) -> str:
 
 
 _TRAIT_OF = {phrase: (FEATURE_NAMES.index(f), d) for (f, d), phrase in _PHRASES.items()}
+_TRAIT_OF[NO_PURCHASE] = (_DAYS, 1)
 KEEP_Z = MIN_Z / 2
 """A name's trait still holds while the centre is this many standard deviations off in its
 direction (a trait enters a name at :data:`MIN_Z`): names do not flip at the threshold."""
 
 
-def name_holds(name: str, z: list[float]) -> bool:
+def name_holds(name: str, z: list[float], buyers: bool = True) -> bool:
     """True while every trait ``name`` states still describes the centre ``z`` (by at least
-    :data:`KEEP_Z`); "Typical customers" holds while no trait reaches twice :data:`MIN_Z`.
+    :data:`KEEP_Z`) and the segment still has (``buyers``) or lacks purchases as the name
+    says; "Typical customers" holds while no trait reaches twice :data:`MIN_Z`.
 
     >>> z = [0.0] * len(FEATURE_NAMES); z[FEATURE_NAMES.index("orders")] = 0.3
     >>> name_holds("Frequent buyers", z), name_holds("Frequent buyers, lapsing", z)
@@ -108,11 +126,14 @@ def name_holds(name: str, z: list[float]) -> bool:
         trait = _TRAIT_OF.get(phrase)
         if trait is None or z[trait[0]] * trait[1] < KEEP_Z:
             return False
+        if phrase == ("lapsing" if not buyers else NO_PURCHASE):
+            return False
     return True
 
 
 def stable_names(old: dict[str, str], fresh: dict[str, str],
-                 centres: dict[str, list[float]]) -> dict[str, str]:
+                 centres: dict[str, list[float]],
+                 buyers: dict[str, bool] | None = None) -> dict[str, str]:
     """Names by segment id: a segment keeps its old name while the name still describes its
     centre (:func:`name_holds`), so a name changes only when the segment's profile
     materially changes; active segments never share a name (:func:`unique_names`).
@@ -130,13 +151,13 @@ def stable_names(old: dict[str, str], fresh: dict[str, str],
     out = []
     for sid, name in fresh.items():
         prev = old.get(sid, "")
-        keep = bool(prev) and name_holds(prev, centres[sid])
+        keep = bool(prev) and name_holds(prev, centres[sid], (buyers or {}).get(sid, True))
         out.append(prev.split(" (")[0] if keep else name.split(" (")[0])
     return dict(zip(fresh, unique_names(out), strict=True))
 
 
 def customer_explanation(z: list[float], centre: list[float], name: str = "",
-                         most: int = 3) -> str:
+                         most: int = 3, buyer: bool = True) -> str:
     """The customer's own traits that put them in the segment: first those its ``name``
     states, then the others that set the segment apart, in the order of the segment's
     profile (strongest first), each only when the customer shares it.
@@ -147,13 +168,13 @@ def customer_explanation(z: list[float], centre: list[float], name: str = "",
     >>> customer_explanation(z, c, "Big spenders")
     'big spenders, frequent buyers'
     """
-    phrases = [p for p in name.split(" (")[0].lower().split(", ")
+    phrases = [_phrase(t[0], t[1], buyer) or p for p in name.split(" (")[0].lower().split(", ")
                if (t := _TRAIT_OF.get(p)) and z[t[0]] * t[1] >= KEEP_Z]
     for i in sorted(range(len(centre)), key=lambda i: -abs(centre[i])):
         ci, zi = centre[i], z[i]
         if abs(ci) < MIN_Z:
             break
-        phrase = _PHRASES.get((FEATURE_NAMES[i], 1 if ci > 0 else -1))
+        phrase = _phrase(i, 1 if ci > 0 else -1, buyer)
         if phrase and zi * ci > 0 and abs(zi) >= MIN_Z and phrase not in phrases:
             phrases.append(phrase)
     phrases = phrases[:most]

@@ -13,6 +13,7 @@ from aiokafka import AIOKafkaConsumer
 
 from models.events import parse_event
 from models.features import CustomerState, to_model_space, update, vector
+from stream.credentials import kafka_options, redis_options
 from stream.redis_io import connect
 from stream.settings import Settings
 
@@ -23,11 +24,11 @@ async def baseline(settings: Settings, total: int, centres: np.ndarray,
     steps to ``stages``, by the worker's stage names)."""
     took = stages if stages is not None else {}
     clock = time.perf_counter
-    redis = connect(settings.redis_url)
+    redis = connect(settings.redis_url, **redis_options(settings))
     c = AIOKafkaConsumer(settings.events_topic, bootstrap_servers=settings.kafka,
                          group_id=f"baseline-{uuid.uuid4().hex[:6]}", enable_auto_commit=False,
                          auto_offset_reset="earliest", session_timeout_ms=6000,
-                         max_partition_fetch_bytes=4 * 1024 * 1024)
+                         max_partition_fetch_bytes=4 * 1024 * 1024, **kafka_options(settings))
     await c.start()
     states: dict[str, CustomerState] = {}
     half_life = 30 * 86_400_000

@@ -85,6 +85,18 @@ def cpu_seconds(pid: int) -> dict[str, float]:
             "all": used(f"/proc/{pid}/stat") + sum(used(f"/proc/{c}/stat") for c in children)}
 
 
+def redis_cpu(url: str) -> float:
+    """CPU seconds (user + system) the Redis server has used, from ``INFO cpu``."""
+    import redis  # the synchronous client: read between runs, not on an event loop
+
+    client = redis.Redis.from_url(url)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
 def worker_run(settings: Settings, total: int, workers: int = 1,
                stages: dict[str, float] | None = None,
                cpu: dict[str, float] | None = None, code: str | None = None) -> float:
@@ -115,13 +127,15 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
             if n and not first_t:
                 first_t, first_n = now, n
                 before = stage_seconds(ports[0])  # not the idle wait for the first events
-                cpu_before = cpu_seconds(procs[0].pid)
+                cpu_before = {**cpu_seconds(procs[0].pid),
+                              "redis": redis_cpu(settings.redis_url)}
             if n >= total:
                 if stages is not None:
                     for stage, took_s in stage_seconds(ports[0]).items():
                         stages[stage] = stages.get(stage, 0.0) + took_s - before.get(stage, 0)
                 if cpu is not None:
-                    for k, v in cpu_seconds(procs[0].pid).items():
+                    used = {**cpu_seconds(procs[0].pid), "redis": redis_cpu(settings.redis_url)}
+                    for k, v in used.items():
                         cpu[k] = cpu.get(k, 0.0) + v - cpu_before.get(k, 0.0)
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
@@ -182,6 +196,8 @@ def main(argv: list[str] | None = None) -> int:
         i_cpu: dict[str, float] = {}
         v_cpu: dict[str, float] = {}
         v_stages: dict[str, float] = {}
+        c_cpu: dict[str, float] = {}
+        c_stages: dict[str, float] = {}
         b_stages: dict[str, float] = {}
         for i in range(args.runs):
             uid = uuid.uuid4().hex[:6]
@@ -207,7 +223,8 @@ def main(argv: list[str] | None = None) -> int:
             if args.checkout:
                 other = Settings.from_env({**s.with_env(), "SEGMENTER_GROUP": f"benchc-{uid}",
                                            "SEGMENTER_REDIS_PREFIX": f"bc{uid}:"})
-                c_rates.append(worker_run(other, total, code=args.checkout))
+                c_rates.append(worker_run(other, total, stages=c_stages, cpu=c_cpu,
+                                          code=args.checkout))
             print(f"run {i + 1}: worker {w_rates[-1]:,.0f} ev/s  baseline {b_rates[-1]:,.0f} "
                   f"ev/s ({w_rates[-1] / b_rates[-1]:.2f}x)"
                   + (f"  2 workers {two_rates[-1]:,.0f} ev/s" if two_rates else "")
@@ -225,16 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  ratio worker/baseline: {w / b:.2f}x")
     per_event = args.runs * total / 1e6
     print("  main-thread time per event, µs (all runs; fetch includes waiting):")
-    for name, st in (("worker", w_stages), ("baseline", b_stages), ("variant", v_stages)):
+    for name, st in (("worker", w_stages), ("baseline", b_stages), ("variant", v_stages),
+                     ("checkout", c_stages)):
         if not st:
             continue
         print(f"    {name:<8} " + "  ".join(f"{k} {v / per_event:.1f}" for k, v in st.items())
               + f"  | total {sum(st.values()) / per_event:.1f}")
+    # CPU time per event is steadier than events/s on a shared machine: compare it too
     for name, used in (("worker", w_cpu), ("worker without helpers", i_cpu),
-                       ("variant", v_cpu)):
+                       ("variant", v_cpu), ("checkout", c_cpu)):
         if used:
             print(f"  {name} CPU per event: main thread {used['main'] / per_event:.1f} µs, "
-                  f"with helper processes {used['all'] / per_event:.1f} µs")
+                  f"with helper processes {used['all'] / per_event:.1f} µs, Redis server "
+                  f"{used['redis'] / per_event:.1f} µs")
     if inline_rates:
         n = statistics.median(inline_rates)
         print(f"  worker without helper processes: {n:>10,.0f} events/s ({n / b:.2f}x baseline)")

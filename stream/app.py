@@ -16,6 +16,7 @@ import faust
 from aiohttp_cors import ResourceOptions
 
 from stream import guard, native_memory, web
+from stream.credentials import faust_credentials
 from stream.runtime import Runtime
 from stream.settings import Settings
 
@@ -30,6 +31,7 @@ def create_app(settings: Settings) -> faust.App:
     app = faust.App(
         f"{settings.group}-app",  # Faust's own group; the events group is settings.group
         broker=f"kafka://{settings.kafka}",
+        broker_credentials=faust_credentials(settings),
         web_port=settings.web_port,
         web_bind=settings.web_host,
         web_host=settings.web_host,

@@ -14,7 +14,12 @@ from stream.settings import Settings
 
 
 def _settings(redis: bool = False) -> Settings:
+    """The settings, with Kafka (and Redis) set, and their credentials and TLS accepted by
+    the servers (a clear error here, not a client retrying for ever)."""
+    from stream.credentials import check_servers, hide_in_logs
+
     s = Settings.from_env()
+    hide_in_logs(s)
     if not s.kafka:
         raise SegmenterError(
             "SEGMENTER_KAFKA is not set: point it at a Kafka cluster, "
@@ -23,17 +28,20 @@ def _settings(redis: bool = False) -> Settings:
         raise SegmenterError(
             "SEGMENTER_REDIS_URL is not set: point it at Redis (redis://host:6379/0), "
             "or run `segmenter demo` for the embedded stack")
+    asyncio.run(check_servers(s, redis=redis))
     return s
 
 
 def _lag(args: argparse.Namespace) -> int:
+    from stream.credentials import kafka_options
     from stream.kafka_io import partition_owners, read_lag_once
 
     s = _settings()
 
     async def table() -> tuple[str, int]:
-        rows = await read_lag_once(s.kafka, s.group, s.events_topic)
-        owners = await partition_owners(s.kafka, s.group, s.events_topic)
+        options = kafka_options(s)
+        rows = await read_lag_once(s.kafka, s.group, s.events_topic, options)
+        owners = await partition_owners(s.kafka, s.group, s.events_topic, options)
         now_ms = int(time.time() * 1000)
         out = [f"GROUP {s.group}  TOPIC {s.events_topic}  ({time.strftime('%H:%M:%S')})",
                f"{'PARTITION':>9} {'CURRENT-OFFSET':>15} {'LOG-END-OFFSET':>15} {'LAG':>10} "
@@ -75,10 +83,11 @@ def _replay(args: argparse.Namespace) -> int:
 
 
 async def _reindex(s: Settings) -> int:
+    from stream.credentials import redis_options
     from stream.partition_index import rebuild
     from stream.redis_io import RedisStore, connect
 
-    client = connect(s.redis_url, cluster=s.redis_cluster)
+    client = connect(s.redis_url, cluster=s.redis_cluster, **redis_options(s))
     try:
         return await rebuild(RedisStore(client, s.redis_prefix, s.stream_maxlen))
     finally:
@@ -86,6 +95,7 @@ async def _reindex(s: Settings) -> int:
 
 
 async def _migrate(s: Settings, source_url: str, old_prefix: str) -> str:
+    from stream.credentials import redis_options
     from stream.keys import Keys
     from stream.migrate import migrate
     from stream.redis_io import connect
@@ -93,8 +103,8 @@ async def _migrate(s: Settings, source_url: str, old_prefix: str) -> str:
     if not s.redis_cluster:
         raise SegmenterError("migrate-cluster writes to a Redis Cluster: set SEGMENTER_"
                              "REDIS_CLUSTER=1 and SEGMENTER_REDIS_URL to one of its nodes")
-    target = connect(s.redis_url, cluster=True)
-    source = connect(source_url) if source_url else target
+    target = connect(s.redis_url, cluster=True, **redis_options(s))
+    source = connect(source_url, **redis_options(s, source_url)) if source_url else target
     try:
         done = await migrate(source, target, old_prefix, Keys(s.redis_prefix, cluster=True),
                              move=not source_url)
@@ -209,6 +219,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"produced {n} events")
             return 0
         if args.command == "subscribe":
+            from stream.credentials import redis_options
             from stream.subscribe import print_change, subscribe
 
             s = Settings.from_env()
@@ -216,7 +227,8 @@ def main(argv: list[str] | None = None) -> int:
                 raise SegmenterError("SEGMENTER_REDIS_URL is not set")
             asyncio.run(subscribe(s.redis_url, s.redis_prefix, args.group, args.consumer,
                                   args.from_start, print_change, limit=args.limit,
-                                  audiences=args.audiences, cluster=s.redis_cluster))
+                                  audiences=args.audiences, cluster=s.redis_cluster,
+                                  options=redis_options(s)))
             return 0
         if args.command == "replay":
             return _replay(args)

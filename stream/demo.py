@@ -16,11 +16,12 @@ from typing import Any
 
 import orjson
 
+from stream.credentials import kafka_options, redis_options
 from stream.embedded import embedded_stack, free_port, require_demo_extra, stop_process
 from stream.guard import first_token
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.redis_io import RedisStore, connect
-from stream.settings import Settings
+from stream.settings import Settings, redact_url
 
 
 def _spawn(args: list[str], env: dict[str, str], log_path: str) -> subprocess.Popen[bytes]:
@@ -56,7 +57,8 @@ async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> 
     seen[:] = [now, processed]
     try:
         lag = sum(p.lag for p in await read_lag_once(settings.kafka, settings.group,
-                                                     settings.events_topic))
+                                                     settings.events_topic,
+                                                     kafka_options(settings)))
     except Exception:
         lag = -1
     profiles = {sid: p for sid, p in (await store.profiles()).items()
@@ -99,7 +101,7 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         logdir = os.path.join(os.getcwd(), "segmenter-demo-logs")
         os.makedirs(logdir, exist_ok=True)
         asyncio.run(ensure_topics(settings))
-        print(f"Kafka  {settings.kafka}   Redis {settings.redis_url}   "
+        print(f"Kafka  {settings.kafka}   Redis {redact_url(settings.redis_url)}   "
               f"(embedded: {kafka is not None})")
         print(f"Worker http://127.0.0.1:{port}/  (shop: /demo/shop) - try:")
         print(f"  curl http://127.0.0.1:{port}/customers/c000001/segment")
@@ -163,7 +165,7 @@ def _port_or_free(port: int) -> int:
 
 async def _watch(settings: Settings, procs: list[subprocess.Popen[bytes]],
                  seconds: float) -> None:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, **redis_options(settings))
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     seen = [0.0, 0.0]
     started = time.monotonic()

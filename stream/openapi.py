@@ -30,12 +30,14 @@ CUSTOMER = {"type": "object", "required": ["customer_id", "traits", "rfm", "audi
                            "rfm": {"type": ["object", "null"]}}}
 _OPT_STR = {"type": ["string", "null"]}
 _OPT_NUM = {"type": ["number", "null"], "minimum": 0}
+_OPT_ID = {"type": ["string", "null"], "minLength": 1, "maxLength": 128}
 EVENT = {
-    "type": "object", "required": ["event_id", "customer_id", "type", "timestamp"],
-    "description": "contract §1 as validated today (anonymous_id is not read yet); at most "
-                   "64 KiB as JSON",
+    "type": "object", "required": ["event_id", "type", "timestamp"],
+    "anyOf": [{"required": ["customer_id"]}, {"required": ["anonymous_id"]}],
+    "description": "contract §1: customer_id, or anonymous_id without one; at most 64 KiB "
+                   "as JSON",
     "properties": {
-        "event_id": ID, "customer_id": ID,
+        "event_id": ID, "customer_id": _OPT_ID, "anonymous_id": _OPT_ID,
         "type": {"type": "string", "minLength": 1, "maxLength": 64},
         "timestamp": {
             "description": "ISO-8601 with a UTC offset, or epoch milliseconds; from the Unix "
@@ -58,6 +60,11 @@ EVENT = {
                                            "properties": {"amount": {"type": "number"}}}},
              "required": ["properties"]},
 }
+TRACKING = {
+    "type": "object", "required": ["messageId", "type"],
+    "description": "a Segment / RudderStack message (contract §1.3), mapped to an event",
+    "properties": {"messageId": {"type": "string"},
+                   "type": {"enum": ["track", "page", "screen", "identify", "alias"]}}}
 AUDIENCE = {"type": "object", "required": ["name", "where"], "additionalProperties": False,
             "description": "contract §2.3; the condition is checked beyond its shape (known "
                            "traits, event types, operators), 400 naming the problem",
@@ -154,9 +161,9 @@ def paths() -> Doc:
             {"202": _json({"type": "object", "required": ["accepted"], "properties": {
                 "accepted": {"type": "integer", "minimum": 1}}}, "produced")},
             400, 401, 413, 429, security=[{"writeKey": []}],
-            body={"oneOf": [_ref("Event"), {"type": "array", "items": _ref("Event"),
-                                            "minItems": 1,
-                                            "maxItems": MAX_EVENTS_PER_REQUEST}]})},
+            body={"anyOf": [_ref("Event"), _ref("Tracking"), {
+                "type": "array", "items": {"anyOf": [_ref("Event"), _ref("Tracking")]},
+                "minItems": 1, "maxItems": MAX_EVENTS_PER_REQUEST}]})},
         "/segments": {"get": _op(
             "Segment profiles with live sizes.",
             {"200": _json({"type": "object", "additionalProperties": {"type": "object"}},
@@ -224,7 +231,7 @@ def document() -> Doc:
         "paths": paths(),
         "components": {
             "schemas": {"Error": ERROR, "Segment": SEGMENT, "Customer": CUSTOMER,
-                        "Event": EVENT, "Audience": AUDIENCE,
+                        "Event": EVENT, "Tracking": TRACKING, "Audience": AUDIENCE,
                         "Batch": {"type": "object", "required": ["customers"], "properties": {
                             "customers": {"type": "object", "additionalProperties": {
                                 "anyOf": [_ref("Segment"), {"type": "null"}]}}}}},

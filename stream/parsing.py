@@ -68,10 +68,11 @@ def validate(blob: bytes) -> bytes:
             fix.append((i, str(exc)))
             continue
         (event_id, cid, etype, ts, hour, amount, category, device, channel, country, region,
-         traits, id_hash) = e
+         traits, id_hash, anonymous_id) = e
         rows.append((event_id, one(cid, cid), one(etype, etype), ts, hour, amount,
                      one(category, category), one(device, device), one(channel, channel),
-                     one(country, country), one(region, region), None, id_hash))
+                     one(country, country), one(region, region), None, id_hash,
+                     one(anonymous_id, anonymous_id)))
         if traits is not None:  # rare (identify events): Traits rebuilt in decode
             fix.append((i, tuple(traits)))
     return marshal.dumps((rows, fix))

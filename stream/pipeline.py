@@ -29,6 +29,7 @@ from models.core import Parsed, Segmenter
 from stream.audience_pass import AudiencePass
 from stream.audiences_io import AudienceStore
 from stream.consume import BatchReader, Fetched
+from stream.credentials import kafka_options
 from stream.health import Health
 from stream.metrics import Metrics
 from stream.modelsync import ModelSync, Snapshot
@@ -110,14 +111,13 @@ class EventPipeline:
         await self.updates.start()
         s = self.settings
         self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.kafka, group_id=s.group,
+            bootstrap_servers=s.kafka, group_id=s.group, **kafka_options(s),
             enable_auto_commit=False, auto_offset_reset="earliest",
             session_timeout_ms=int(s.session_timeout_s * 1000),
             heartbeat_interval_ms=max(300, int(s.session_timeout_s * 1000 / 4)),
             max_poll_records=s.batch_max, max_partition_fetch_bytes=4 * 1024 * 1024,
             fetch_max_wait_ms=s.fetch_wait_ms, fetch_min_bytes=1,  # latency: settings.py
-            client_id=f"segmenter-{s.group}",
-        )
+            client_id=f"segmenter-{s.group}")
         self.reader = BatchReader(self.consumer, self.validator, self.metrics, s.batch_max,
                                   live_max=s.live_batch_max)
         self.writer = BatchWriter(self.store, self.sync, self.metrics, self.health,

@@ -15,6 +15,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.partitioner import murmur2
 
 from models.simulator import DAY_MS, ShopSimulator
+from stream.credentials import kafka_options
 from stream.kafka_io import ensure_topics, make_producer
 from stream.settings import Settings
 
@@ -86,7 +87,8 @@ def make_replay_producer(settings: Settings) -> AIOKafkaProducer:
     requests), acknowledged by all replicas; no compression (lz4 is not a dependency, and
     gzip would cost more CPU than the broker link saves on a local network)."""
     return AIOKafkaProducer(bootstrap_servers=settings.kafka, acks="all",
-                            max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024)
+                            max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024,
+                            **kafka_options(settings))
 
 
 class BatchSender:

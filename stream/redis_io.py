@@ -61,18 +61,20 @@ _CURRENT = ("segment", "model_version", "confidence")
 """Customer hash fields a loaded state takes its current segment from."""
 
 
-def connect(url: str, max_connections: int = 16, cluster: bool = False) -> aioredis.Redis:
+def connect(url: str, max_connections: int = 16, cluster: bool = False,
+            **options: Any) -> aioredis.Redis:
     """A client on a blocking pool (waits for a free connection instead of failing); with
     ``cluster``, a Redis Cluster client (``url`` names any node; the client finds the
-    others and routes each command by its key's slot)."""
+    others and routes each command by its key's slot). ``options``: credentials and TLS
+    files (``stream.credentials.redis_options``), for every node of a cluster too."""
     if cluster:
         client: Any = RedisCluster.from_url(
             url, max_connections=max_connections * 4, socket_timeout=5,
-            socket_connect_timeout=3, health_check_interval=30)
+            socket_connect_timeout=3, health_check_interval=30, **options)
         return cast(aioredis.Redis, client)
     pool = aioredis.BlockingConnectionPool.from_url(
         url, max_connections=max_connections, timeout=10, socket_timeout=5,
-        socket_connect_timeout=3, health_check_interval=30,
+        socket_connect_timeout=3, health_check_interval=30, **options,
     )
     return aioredis.Redis(connection_pool=pool)
 

@@ -21,6 +21,7 @@ from typing import IO, Any
 import orjson
 from aiokafka.errors import KafkaError
 
+from stream.credentials import kafka_options
 from stream.errors import SegmenterError
 from stream.kafka_io import LagReader, ensure_topics
 from stream.parsing import Validator
@@ -257,7 +258,8 @@ async def wait_caught_up(settings: Settings, ends: Mapping[int, int], timeout: f
     """Wait until the group has committed, on every partition, past the end offsets read
     when the replay finished and past ``ends`` (the offsets after the events it sent);
     False when ``timeout`` (> 0) passed first."""
-    reader = LagReader(settings.kafka, settings.group, settings.events_topic)
+    reader = LagReader(settings.kafka, settings.group, settings.events_topic,
+                       kafka_options(settings))
     await reader.start()
     started = time.monotonic()
     try:

@@ -13,6 +13,7 @@ import time
 from aiokafka import AIOKafkaProducer
 
 from stream.audiences_io import AudienceStore
+from stream.credentials import kafka_options, redis_options
 from stream.dashboard import Dashboard
 from stream.health import Health
 from stream.kafka_io import LagReader, ensure_topics, make_producer
@@ -34,12 +35,14 @@ class Runtime:
         self.settings = settings
         self.metrics = Metrics()
         self.health = Health()
-        self.redis = connect(settings.redis_url, cluster=settings.redis_cluster)
+        self.redis = connect(settings.redis_url, cluster=settings.redis_cluster,
+                             **redis_options(settings))
         self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
         self.audiences = AudienceStore(self.redis, self.store.keys)
         self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health,
                                       self.audiences)
-        self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic)
+        self.lag_reader = LagReader(settings.kafka, settings.group, settings.events_topic,
+                                    kafka_options(settings))
         self.producer: AIOKafkaProducer
         self.relays: list[ChangeRelay | ShardedRelay] = []
         self.dashboard = Dashboard()

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from stream.errors import SettingsError
 
 if TYPE_CHECKING:  # imported when used: a parse helper process imports settings, not NumPy
     from models.config import SegmenterConfig
 
+SECRETS = frozenset({"api_token", "read_token", "write_key", "redis_password",
+                     "kafka_password"})
+"""Settings never shown: in the repr, only ``<hidden>`` when set."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 SEGMENT_FIELDS = ("segment", "segment_name", "model_version", "updated_at", "confidence",
@@ -70,21 +74,49 @@ class Settings:
     cluster client and the sharded layout (``stream.shards``: customer keys as in the
     contract, global keys in the slot of the tag ``{<prefix>}``, per-event aggregates and
     change streams per events-topic partition). Off: one Redis, today's layout."""
+    redis_username: str = ""
+    """Redis ACL user, when not in ``SEGMENTER_REDIS_URL`` (``redis://user:pass@host:6379/0``,
+    percent-encoded). Empty: the URL's, else Redis's ``default`` user."""
+    redis_password: str = ""
+    """Password of that user (or ``requirepass``), when not in the URL; never logged, hidden
+    in the settings' repr. Not both in the URL and here."""
+    redis_ca_file: str = ""
+    """CA certificate(s), PEM, that signed the Redis server's certificate (``rediss://`` URLs
+    only). Empty: the system's trusted CAs. The host name is checked against the certificate."""
+    redis_cert_file: str = ""
+    """Client certificate, PEM, for a Redis that asks for one (``tls-auth-clients``)."""
+    redis_key_file: str = ""
+    """Private key, PEM, of ``redis_cert_file`` (empty: in the certificate file)."""
+    kafka_security_protocol: str = "PLAINTEXT"
+    """``PLAINTEXT``, ``SSL`` (TLS), ``SASL_PLAINTEXT`` or ``SASL_SSL`` (SASL over TLS), for
+    every Kafka client Segmenter makes (worker, Faust, lag, replay, simulate, scripts)."""
+    kafka_sasl_mechanism: str = "PLAIN"
+    """``PLAIN``, ``SCRAM-SHA-256`` or ``SCRAM-SHA-512``, with a ``SASL_*`` protocol."""
+    kafka_username: str = ""
+    """SASL user name (``SASL_*`` protocols need it)."""
+    kafka_password: str = ""
+    """SASL password; never logged, hidden in the settings' repr."""
+    kafka_ca_file: str = ""
+    """CA certificate(s), PEM, of the brokers' certificates (``SSL``, ``SASL_SSL``). Empty:
+    the system's trusted CAs. Host names are checked against the certificates."""
+    kafka_cert_file: str = ""
+    """Client certificate, PEM, for brokers that ask for one (``ssl.client.auth``)."""
+    kafka_key_file: str = ""
+    """Private key, PEM, of ``kafka_cert_file`` (empty: in the certificate file)."""
     web_port: int = 6066
     """HTTP port of the worker (API, metrics, dashboard)."""
     web_host: str = "127.0.0.1"
     """Address the HTTP server binds."""
     cors_origins: str = ""
     """Origins allowed to call the HTTP API from a browser, comma-separated (``*``: any)."""
-    # Tokens: never in a repr (so never in a log line or a traceback's locals).
-    api_token: str = field(default="", repr=False)
+    api_token: str = ""
     """Bearer token(s), comma-separated, for admin routes (erasure, audience changes); empty
     disables them. Several values let a token rotate without downtime."""
-    read_token: str = field(default="", repr=False)
+    read_token: str = ""
     """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``: traits,
     RFM, audiences; the batch lookup; every segment field of ``GET /customers/<id>/segment``);
     ``SEGMENTER_API_TOKEN`` is accepted too. Empty: only the API token."""
-    write_key: str = field(default="", repr=False)
+    write_key: str = ""
     """Write key(s), comma-separated: when set, ``POST /events`` needs one as a bearer token
     (``Authorization: Bearer <key>``), as analytics collectors take a source's write key.
     Empty: the route is open (still rate-limited)."""
@@ -243,7 +275,56 @@ class Settings:
         if s.algorithm not in ("kmeans", "dbstream"):
             raise SettingsError(f"SEGMENTER_ALGORITHM must be kmeans or dbstream, "
                                 f"got {s.algorithm!r}")
+        s._check_credentials()
         return s
+
+    def _check_credentials(self) -> None:
+        """Credentials and TLS files that would be silently unused, or cannot be read."""
+        url = urlsplit(self.redis_url)
+        if self.redis_password and url.password is not None or (
+                self.redis_username and url.username):
+            raise SettingsError("the Redis user or password is both in SEGMENTER_REDIS_URL and "
+                                "in SEGMENTER_REDIS_USERNAME/_PASSWORD: give it once")
+        tls = {"SEGMENTER_REDIS_CA_FILE": self.redis_ca_file,
+               "SEGMENTER_REDIS_CERT_FILE": self.redis_cert_file,
+               "SEGMENTER_REDIS_KEY_FILE": self.redis_key_file}
+        if any(tls.values()) and url.scheme != "rediss":
+            raise SettingsError(f"{', '.join(k for k, v in tls.items() if v)} set, but "
+                                "SEGMENTER_REDIS_URL is not a rediss:// (TLS) URL")
+        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
+        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
+            raise SettingsError("SEGMENTER_KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, "
+                                f"SASL_PLAINTEXT or SASL_SSL, got {protocol!r}")
+        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+            raise SettingsError("SEGMENTER_KAFKA_SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 "
+                                f"or SCRAM-SHA-512, got {mechanism!r}")
+        sasl = protocol.startswith("SASL_")
+        if sasl != bool(self.kafka_username) or sasl != bool(self.kafka_password):
+            raise SettingsError(
+                f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={protocol} needs SEGMENTER_KAFKA_USERNAME "
+                "and _PASSWORD" if sasl else "SEGMENTER_KAFKA_USERNAME/_PASSWORD are only "
+                "used with SEGMENTER_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL")
+        tls = {"SEGMENTER_KAFKA_CA_FILE": self.kafka_ca_file,
+               "SEGMENTER_KAFKA_CERT_FILE": self.kafka_cert_file,
+               "SEGMENTER_KAFKA_KEY_FILE": self.kafka_key_file}
+        if any(tls.values()) and not protocol.endswith("SSL"):
+            raise SettingsError(f"{', '.join(k for k, v in tls.items() if v)} set, but "
+                                f"SEGMENTER_KAFKA_SECURITY_PROTOCOL is {protocol}, not TLS")
+        tls.update({"SEGMENTER_REDIS_CA_FILE": self.redis_ca_file,
+                    "SEGMENTER_REDIS_CERT_FILE": self.redis_cert_file,
+                    "SEGMENTER_REDIS_KEY_FILE": self.redis_key_file})
+        for name, path in tls.items():
+            if path and not os.access(path, os.R_OK):
+                raise SettingsError(f"{name}: cannot read {path!r}")
+
+    def __repr__(self) -> str:
+        # Secrets show only whether they are set; the Redis URL without its password.
+        def show(name: str, value: Any) -> str:
+            if name in SECRETS and value:
+                return "<hidden>"
+            return repr(redact_url(value) if name == "redis_url" else value)
+        shown = (f"{f.name}={show(f.name, getattr(self, f.name))}" for f in fields(self))
+        return f"Settings({', '.join(shown)})"
 
     def with_env(self, **overrides: Any) -> dict[str, str]:
         """Environment variables that reproduce these settings (for child processes)."""
@@ -253,3 +334,16 @@ class Settings:
             out[f"SEGMENTER_{f.name.upper()}"] = str(value).lower() if isinstance(
                 value, bool) else str(value)
         return out
+
+
+def redact_url(url: str) -> str:
+    """``url`` with its password (if any) replaced by ``***``, for logs and messages.
+
+    >>> redact_url("rediss://app:s3cret@redis.internal:6380/0")
+    'rediss://app:***@redis.internal:6380/0'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = f"{parts.username}:" if parts.username else ":"
+    return parts._replace(netloc=f"{user}***@{parts.netloc.rpartition('@')[2]}").geturl()

@@ -29,7 +29,8 @@ from stream.shards import change_id, streams
 async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start: bool,
                     handle: Callable[[str, dict[str, Any]], None],
                     stop: asyncio.Event | None = None, limit: int | None = None,
-                    audiences: bool = False, cluster: bool = False) -> int:
+                    audiences: bool = False, cluster: bool = False,
+                    options: dict[str, Any] | None = None) -> int:
     """Deliver each change to ``handle(stream_id, change)``; return how many were handled.
     With ``audiences``, the audience membership changes (``entered``/``exited``, contract
     §3) instead of the segment changes; a group's position is kept per stream.
@@ -41,8 +42,9 @@ async def subscribe(url: str, prefix: str, group: str, consumer: str, from_start
     With ``cluster`` (Redis Cluster, the sharded layout of ``stream.shards``) the changes
     are in one stream per partition (and the global one kept from before a migration): the
     group reads each, one customer's changes in their order (they are all in one stream).
+    ``options``: credentials and TLS files (``stream.credentials.redis_options``).
     """
-    r: aioredis.Redis = connect(url, max_connections=4, cluster=cluster)
+    r: aioredis.Redis = connect(url, max_connections=4, cluster=cluster, **(options or {}))
     keys = Keys(prefix, cluster=cluster)
     name, legacy = ("audience-changes", keys.audience_changes) if audiences else (
         "changes", keys.changes)

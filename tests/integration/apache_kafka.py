@@ -105,6 +105,10 @@ class KafkaNode:
     """The broker's jars."""
     proc: subprocess.Popen[bytes] | None = None
     """The running JVM (None while stopped)."""
+    sasl_port: int = 0
+    """SASL_PLAINTEXT port (a cluster with ``sasl_users``; 0: none)."""
+    sasl_ssl_port: int = 0
+    """SASL_SSL port (a cluster with ``sasl_users`` and ``tls``; 0: none)."""
 
     @property
     def address(self) -> str:
@@ -161,6 +165,23 @@ class KafkaCluster:
     """Parent of the nodes' directories."""
     nodes: list[KafkaNode] = field(default_factory=list)
     """The nodes, ``node.id`` 1..size."""
+    sasl_users: dict[str, str] = field(default_factory=dict)
+    """User -> password: each node gets a SASL_PLAINTEXT listener besides PLAINTEXT, with
+    PLAIN (users in the JAAS config), SCRAM-SHA-256 and SCRAM-SHA-512 (credentials stored at
+    format time, ``kafka-storage format --add-scram``). Brokers talk to each other in
+    PLAINTEXT; no authorizer (any authenticated user may do anything)."""
+    tls: tuple[Path, Path, Path] | None = None
+    """With ``sasl_users``: (certificate, key, CA) PEM files for a SASL_SSL listener too."""
+
+    @property
+    def sasl_bootstrap(self) -> str:
+        """Bootstrap servers of the SASL_PLAINTEXT listeners."""
+        return ",".join(f"127.0.0.1:{n.sasl_port}" for n in self.nodes)
+
+    @property
+    def sasl_ssl_bootstrap(self) -> str:
+        """Bootstrap servers of the SASL_SSL listeners."""
+        return ",".join(f"127.0.0.1:{n.sasl_ssl_port}" for n in self.nodes)
 
     @property
     def bootstrap(self) -> str:
@@ -181,6 +202,9 @@ class KafkaCluster:
         classpath = str(kafka_libs() / "*")
         self.nodes = [KafkaNode(i, free_port(), free_port(), self.workdir / f"node{i}",
                                 classpath) for i in range(1, self.size + 1)]
+        for n in self.nodes if self.sasl_users else ():
+            n.sasl_port = free_port()
+            n.sasl_ssl_port = free_port() if self.tls else 0
         voters = ",".join(f"{n.node_id}@127.0.0.1:{n.controller_port}" for n in self.nodes)
         rf, min_isr = min(3, self.size), min(2, self.size)
         cid = cluster_id()
@@ -211,17 +235,53 @@ class KafkaCluster:
                 "num.network.threads": 2,
                 "num.io.threads": 2,
             }
+            props.update(self._sasl_props(n))
             (n.workdir / "server.properties").write_text(
                 "".join(f"{k}={v}\n" for k, v in props.items()))
         # formatted side by side: each is a JVM start of a few seconds
+        scram = [arg for user, password in self.sasl_users.items()
+                 for mechanism in ("SCRAM-SHA-256", "SCRAM-SHA-512")
+                 for arg in ("--add-scram", f"{mechanism}=[name={user},password={password}]")]
         formats = [subprocess.Popen(
             ["java", "-Xmx256m", "-cp", classpath, "kafka.tools.StorageTool", "format",
-             "-t", cid, "-c", str(n.workdir / "server.properties")],
+             "-t", cid, "-c", str(n.workdir / "server.properties"), *scram],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for n in self.nodes]
         for n, proc in zip(self.nodes, formats, strict=True):
             out, _ = proc.communicate(timeout=120)
             if proc.returncode != 0:
                 raise RuntimeError(f"formatting node {n.node_id} failed:\n{out.decode()}")
+
+    def _sasl_props(self, n: KafkaNode) -> dict[str, object]:
+        """The SASL listeners' part of a node's ``server.properties`` (none without users)."""
+        if not self.sasl_users:
+            return {}
+        names = ["SASL_PLAINTEXT"] + (["SASL_SSL"] if self.tls else [])
+        ports = {"SASL_PLAINTEXT": n.sasl_port, "SASL_SSL": n.sasl_ssl_port}
+        extra = "".join(f",{name}://127.0.0.1:{ports[name]}" for name in names)
+        plain = "org.apache.kafka.common.security.plain.PlainLoginModule required " + " ".join(
+            f'user_{u}="{p}"' for u, p in self.sasl_users.items()) + ";"
+        scram = "org.apache.kafka.common.security.scram.ScramLoginModule required;"
+        props: dict[str, object] = {
+            "listeners": f"PLAINTEXT://127.0.0.1:{n.port},"
+                         f"CONTROLLER://127.0.0.1:{n.controller_port}{extra}",
+            "advertised.listeners": f"PLAINTEXT://127.0.0.1:{n.port}{extra}",
+            "listener.security.protocol.map": "CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT" + "".join(
+                f",{name}:{name}" for name in names),
+            "sasl.enabled.mechanisms": "PLAIN,SCRAM-SHA-256,SCRAM-SHA-512",
+        }
+        for name in names:
+            prefix = f"listener.name.{name.lower()}"
+            props[f"{prefix}.plain.sasl.jaas.config"] = plain
+            props[f"{prefix}.scram-sha-256.sasl.jaas.config"] = scram
+            props[f"{prefix}.scram-sha-512.sasl.jaas.config"] = scram
+        if self.tls:
+            cert, key, _ = self.tls
+            # Kafka reads a PEM keystore (key + chain in one file, the key unencrypted PKCS#8)
+            pem = n.workdir / "keystore.pem"
+            pem.write_text(key.read_text() + cert.read_text())
+            props.update({"listener.name.sasl_ssl.ssl.keystore.type": "PEM",
+                          "listener.name.sasl_ssl.ssl.keystore.location": pem})
+        return props
 
     def start(self, timeout: float = 120) -> None:
         """Configure (first time), start every node, wait until all are brokers of the

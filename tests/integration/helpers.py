@@ -15,6 +15,7 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
+from stream.credentials import kafka_options
 from stream.demo import fetch_json
 from stream.embedded import stop_process
 from stream.settings import Settings
@@ -79,7 +80,8 @@ async def produce(settings: Settings, messages: list[tuple[bytes | None, bytes |
     failure)."""
     safety: dict[str, Any] = {"acks": "all", "enable_idempotence": True} if durable else {}
     p = AIOKafkaProducer(bootstrap_servers=settings.kafka, linger_ms=20,
-                         max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024, **safety)
+                         max_batch_size=512 * 1024, max_request_size=4 * 1024 * 1024, **safety,
+                         **kafka_options(settings))
     await p.start()
     try:
         futures = [await p.send(topic or settings.events_topic, key=k, value=v)
@@ -93,7 +95,8 @@ async def consume_all(settings: Settings, topic: str, expect: int,
                       timeout: float = 30) -> list[Any]:
     """Read ``expect`` messages of a topic from the beginning (no group)."""
     c = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka, group_id=None,
-                         auto_offset_reset="earliest", enable_auto_commit=False)
+                         auto_offset_reset="earliest", enable_auto_commit=False,
+                         **kafka_options(settings))
     await c.start()
     out: list[Any] = []
     try:
@@ -113,7 +116,8 @@ class TopicReader:
 
     def __init__(self, settings: Settings, topic: str) -> None:
         self.consumer = AIOKafkaConsumer(topic, bootstrap_servers=settings.kafka, group_id=None,
-                                         auto_offset_reset="earliest", enable_auto_commit=False)
+                                         auto_offset_reset="earliest", enable_auto_commit=False,
+                                         **kafka_options(settings))
         self.messages: list[Any] = []
         """What was read so far, each partition's messages in offset order."""
 

@@ -69,14 +69,20 @@ def _form(ports: list[int], buses: list[int], timeout: float = 30.0) -> None:
 
 
 @contextlib.contextmanager
-def redis_cluster(nodes: int = 3) -> Iterator[str]:
-    """A formed cluster of ``nodes`` primaries; yields the URL of its first node."""
+def redis_cluster(nodes: int = 3, acl: tuple[str, ...] = ()) -> Iterator[str]:
+    """A formed cluster of ``nodes`` primaries; yields the URL of its first node. ``acl``:
+    ``ACL SETUSER`` rules (each a user and its rules, e.g. ``"default off"``) applied on
+    every node once the cluster formed."""
     servers: list[EmbeddedServer] = []
     buses = [free_port() for _ in range(nodes)]
     try:
         for bus in buses:
             servers.append(_start_node(free_port(), bus))
         _form([s.port for s in servers], buses)
+        for s in servers:
+            with redis.Redis(host="127.0.0.1", port=s.port) as client:
+                for rule in acl:  # the default user's last: it is the one connected
+                    client.execute_command("ACL", "SETUSER", *rule.split())
         yield f"redis://127.0.0.1:{servers[0].port}"
     finally:
         for s in servers:

@@ -11,6 +11,7 @@ import redis.asyncio as aioredis
 from models.evaluation import adjusted_rand_index
 from models.rfm import bucket_key
 from models.simulator import ShopSimulator
+from stream.credentials import kafka_options
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.keys import Keys, load_profile
 from stream.rfm_io import read_quintiles
@@ -22,7 +23,8 @@ SPEC_FIELDS = {"segment", "segment_name", "model_version", "updated_at", "confid
 
 
 async def lag_is_zero(settings: Settings) -> bool:
-    rows = await read_lag_once(settings.kafka, settings.group, settings.events_topic)
+    rows = await read_lag_once(settings.kafka, settings.group, settings.events_topic,
+                               kafka_options(settings))
     return bool(rows) and sum(r.lag for r in rows) == 0 and all(
         r.committed is not None or r.end == 0 for r in rows)
 

@@ -10,8 +10,8 @@ from collections import Counter
 import orjson
 
 from models.core import Record, Segmenter, SegmenterConfig
-from models.features import FEATURE_NAMES
-from models.profiles import _PHRASES, KEEP_Z
+from models.features import FEATURE_NAMES, from_model_space
+from models.profiles import _PHRASES, KEEP_Z, NO_PURCHASE, name_segment, stable_names
 from models.simulator import ShopSimulator
 
 
@@ -64,10 +64,12 @@ def test_explanations_are_consistent_with_the_segment() -> None:
     for cid, (sid, text) in explained.items():
         if sid not in centres or text == "close to the segment's typical customer":
             continue
-        name = seg.model.names[sid].split(" (")[0].lower().split(", ")
+        # "no purchase yet" is the days-since-purchase trait of those who never bought
+        same = {NO_PURCHASE: "lapsing"}
+        name = [same.get(p, p) for p in seg.model.names[sid].split(" (")[0].lower().split(", ")]
         holds = {_PHRASES.get((FEATURE_NAMES[i], 1 if c > 0 else -1))
                  for i, c in enumerate(centres[sid]) if abs(c) >= KEEP_Z}
-        phrases = text.split(", ")
+        phrases = [same.get(p, p) for p in text.split(", ")]
         # never the opposite of what the segment's name says
         assert not {opposite[p] for p in phrases} & set(name), (seg.model.names[sid], text)
         # the name's traits first; the others set the segment apart (as of the assignment:
@@ -75,6 +77,30 @@ def test_explanations_are_consistent_with_the_segment() -> None:
         loose += [cid] if any(p not in name and p not in holds for p in phrases) else []
         checked += 1
     assert checked > 100 and len(loose) <= 0.05 * checked, (len(loose), checked)
+
+
+def test_never_buyers_are_not_called_lapsing() -> None:
+    # the demo greeted a brand-new visitor with "We miss you": its segment (tenure 1.9 days,
+    # 0.001 orders) was named "New visitors, light visitors, lapsing"
+    z = [0.0] * len(FEATURE_NAMES)
+    z[FEATURE_NAMES.index("days_since_purchase")] = 1.4
+    z[FEATURE_NAMES.index("tenure_days")] = -1.1
+    assert name_segment(z, buyers=False) == "No purchase yet, new visitors"
+    assert name_segment(z) == "Lapsing, new visitors"
+    # a held name follows when the segment starts or stops buying
+    assert stable_names({"s1": "Lapsing, new visitors"}, {"s1": "No purchase yet, new visitors"},
+                        {"s1": z}, {"s1": False}) == {"s1": "No purchase yet, new visitors"}
+    assert stable_names({"s1": "No purchase yet, new visitors"}, {"s1": "Lapsing, new visitors"},
+                        {"s1": z}, {"s1": True}) == {"s1": "Lapsing, new visitors"}
+    seg = Segmenter(SegmenterConfig(update_every=2000))
+    recs = stream(800, 20, seed=5)
+    for i in range(0, len(recs), 4000):
+        seg.apply(seg.parse(recs[i:i + 4000]), {})
+        seg.drain()
+    orders = FEATURE_NAMES.index("lifetime_orders")
+    for sid, m in zip(seg.model.ids, seg.model.centres_model_space().tolist(), strict=True):
+        if from_model_space(m)[orders] < 0.5:
+            assert "lapsing" not in seg.model.names[sid].lower(), seg.model.names[sid]
 
 
 def test_a_small_shop_gets_segments_and_says_why_before() -> None:
