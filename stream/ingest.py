@@ -20,7 +20,7 @@ from faust.web import Request, Response
 
 from models.events import MAX_EVENT_BYTES, InvalidEvent, latest_allowed_ms, parse_event
 from stream import guard
-from stream.settings import MAX_EVENTS_PER_REQUEST
+from stream.http_limits import MAX_EVENTS_PER_REQUEST
 
 if TYPE_CHECKING:
     from stream.runtime import Runtime

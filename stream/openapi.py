@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from stream.settings import MAX_EVENTS_PER_REQUEST, SEGMENT_FIELDS
+from stream.http_limits import MAX_EVENTS_PER_REQUEST, SEGMENT_FIELDS
 
 JSON = "application/json"
 Doc = dict[str, Any]

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from stream.errors import SettingsError
+from stream.http_limits import check_http
 
 if TYPE_CHECKING:  # imported when used: a parse helper process imports settings, not NumPy
     from models.config import SegmenterConfig
@@ -29,13 +30,6 @@ SECRETS = frozenset({"api_token", "read_token", "write_key", "redis_password",
 """Settings never shown: in the repr, only ``<hidden>`` when set."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
-SEGMENT_FIELDS = ("segment", "segment_name", "model_version", "updated_at", "confidence",
-                  "explanation", "rfm", "audiences")
-"""The segment fields of a customer hash (contract §2) that ``SEGMENTER_PUBLIC_FIELDS`` may
-list; the first five are public by default. Traits are never public (``GET /customers/<id>``
-with a read token serves them)."""
-MAX_EVENTS_PER_REQUEST = 500
-"""Most events one ``POST /events`` may carry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,33 +104,27 @@ class Settings:
     cors_origins: str = ""
     """Origins allowed to call the HTTP API from a browser, comma-separated (``*``: any)."""
     api_token: str = ""
-    """Bearer token(s), comma-separated, for admin routes (erasure, audience changes); empty
-    disables them. Several values let a token rotate without downtime."""
+    """Bearer token(s), comma-separated (rotation), for admin routes (erasure, audience
+    changes); empty disables them."""
     read_token: str = ""
-    """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``: traits,
-    RFM, audiences; the batch lookup; every segment field of ``GET /customers/<id>/segment``);
-    ``SEGMENTER_API_TOKEN`` is accepted too. Empty: only the API token."""
+    """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``, the batch
+    lookup, non-public segment fields); ``SEGMENTER_API_TOKEN`` is accepted too."""
     write_key: str = ""
     """Write key(s), comma-separated: when set, ``POST /events`` needs one as a bearer token
-    (``Authorization: Bearer <key>``), as analytics collectors take a source's write key.
-    Empty: the route is open (still rate-limited)."""
+    (a collector's source key). Empty: the route is open (still rate-limited)."""
     public_fields: str = "segment,segment_name,model_version,updated_at,confidence"
-    """Fields of ``GET /customers/<id>/segment`` served without a read token, comma-separated,
-    from the segment fields of contract §2 (``explanation``, ``rfm`` and ``audiences`` may be
-    added; traits never). Empty: the route needs a read token too (401 without)."""
+    """Fields of ``GET /customers/<id>/segment`` without a read token, comma-separated, from
+    ``http_limits.SEGMENT_FIELDS`` (traits never). Empty: the route needs the token too."""
     events_rate: float = 100.0
     """Events per second each client may send to ``POST /events`` (a token bucket per
     client; over it: 429 with ``Retry-After``). ``0``: no limit."""
     events_burst: int = 1000
-    """Events a client may send at once before ``SEGMENTER_EVENTS_RATE`` applies (the
-    bucket's size); at least 500, the most events in one request."""
+    """Events a client may send at once (the bucket's size; at least 500, one request's)."""
     forwarded_hops: int = 0
-    """Proxies in front of the workers that append the client's address to
-    ``X-Forwarded-For``: the client (for rate limits) is that many entries from its right end.
-    ``0``: the connection's peer address (the header, which anyone can send, is ignored)."""
+    """Proxies in front that append to ``X-Forwarded-For``: the client (for rate limits) is
+    that many entries from its right end. ``0``: the peer address (the header is ignored)."""
     max_body_bytes: int = 1_048_576
-    """Largest request body any route accepts (413 beyond it). One event is at most 64 KiB
-    (contract §1) whatever this says."""
+    """Largest request body of any route (413 beyond it); one event is at most 64 KiB."""
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout. Short, so a group forms fast on the embedded broker."""
     algorithm: str = "kmeans"
@@ -208,14 +196,6 @@ class Settings:
         """True when no external Kafka or Redis is configured."""
         return not self.kafka or not self.redis_url
 
-    def public_field_names(self) -> tuple[str, ...]:
-        """``SEGMENTER_PUBLIC_FIELDS`` as a tuple.
-
-        >>> Settings().public_field_names()[:2], Settings(public_fields=" ").public_field_names()
-        (('segment', 'segment_name'), ())
-        """
-        return tuple(f.strip() for f in self.public_fields.split(",") if f.strip())
-
     def segmenter_config(self) -> SegmenterConfig:
         """The pure core's configuration."""
         from models.config import SegmenterConfig
@@ -262,16 +242,7 @@ class Settings:
             raise SettingsError("SEGMENTER_MAX_SEGMENTS must be at least SEGMENTER_MIN_SEGMENTS")
         if s.warmup < s.max_segments:
             raise SettingsError("SEGMENTER_WARMUP must be at least SEGMENTER_MAX_SEGMENTS")
-        unknown = set(s.public_field_names()) - set(SEGMENT_FIELDS)
-        if unknown:
-            allowed = ", ".join(SEGMENT_FIELDS)
-            raise SettingsError(f"SEGMENTER_PUBLIC_FIELDS may list only {allowed}; not "
-                                f"{', '.join(sorted(unknown))} (traits need a read token)")
-        if s.events_rate and s.events_burst < MAX_EVENTS_PER_REQUEST:
-            raise SettingsError(f"SEGMENTER_EVENTS_BURST must be at least "
-                                f"{MAX_EVENTS_PER_REQUEST} (the most events in one request)")
-        if s.max_body_bytes < 1024:
-            raise SettingsError("SEGMENTER_MAX_BODY_BYTES must be at least 1024")
+        check_http(s.public_fields, s.events_rate, s.events_burst, s.max_body_bytes)
         if s.algorithm not in ("kmeans", "dbstream"):
             raise SettingsError(f"SEGMENTER_ALGORITHM must be kmeans or dbstream, "
                                 f"got {s.algorithm!r}")

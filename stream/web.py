@@ -18,6 +18,7 @@ from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
 from stream import audience_web, openapi, shop
 from stream.guard import any_token, error, token_matches, unauthorized
+from stream.http_limits import public_field_names
 from stream.ingest import Ingest
 from stream.rfm_io import read_customer, read_grid
 
@@ -66,7 +67,7 @@ def register(app: faust.App, rt: Runtime) -> None:
     """Add every route to the Faust app."""
     settings = rt.settings
 
-    public = settings.public_field_names()
+    public = public_field_names(settings.public_fields)
     reader_tokens = f"{settings.read_token},{settings.api_token}"
     readers = "SEGMENTER_READ_TOKEN or SEGMENTER_API_TOKEN"
 

@@ -12,6 +12,7 @@ import pytest
 from stream import openapi
 from stream.errors import SettingsError
 from stream.guard import RateLimiter, token_matches
+from stream.http_limits import public_field_names
 from stream.settings import Settings
 
 DOC = Path(__file__).resolve().parents[2] / "docs" / "openapi.json"
@@ -63,11 +64,11 @@ def test_settings_that_cannot_work_are_refused(env: dict[str, str], message: str
 
 
 def test_public_fields() -> None:
-    assert Settings().public_field_names() == (
+    assert public_field_names(Settings().public_fields) == (
         "segment", "segment_name", "model_version", "updated_at", "confidence")
     s = Settings.from_env({"SEGMENTER_PUBLIC_FIELDS": "segment, explanation"})
-    assert s.public_field_names() == ("segment", "explanation")
-    assert Settings.from_env({"SEGMENTER_PUBLIC_FIELDS": ""}).public_field_names() == ()
+    assert public_field_names(s.public_fields) == ("segment", "explanation")
+    assert Settings.from_env({"SEGMENTER_PUBLIC_FIELDS": ""}).public_fields == ""
     # no limit needs no burst
     assert Settings.from_env({"SEGMENTER_EVENTS_RATE": "0",
                               "SEGMENTER_EVENTS_BURST": "0"}).events_rate == 0
