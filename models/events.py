@@ -273,8 +273,8 @@ def parse_event(value: bytes | None, key: bytes | None, *, max_ts_ms: int | None
         raise InvalidEvent("message key does not equal " + (
             "customer_id" if customer_id is not anonymous_id else "anonymous_id (no customer_id)"))
 
-    props = obj.get("properties") or {}
-    if not isinstance(props, dict):
+    props = {} if obj.get("properties") is None else obj["properties"]
+    if not isinstance(props, dict):  # false, 0, "" or [] too: not an object
         raise InvalidEvent("field 'properties' must be an object")
     for name, v in props.items():
         if name in _STR_PROPS and v is not None and not isinstance(v, str):

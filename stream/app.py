@@ -15,7 +15,7 @@ from typing import Any
 import faust
 from aiohttp_cors import ResourceOptions
 
-from stream import native_memory, web
+from stream import guard, native_memory, web
 from stream.credentials import faust_credentials
 from stream.runtime import Runtime
 from stream.settings import Settings
@@ -36,6 +36,9 @@ def create_app(settings: Settings) -> faust.App:
         web_bind=settings.web_host,
         web_host=settings.web_host,
         web_cors_options=cors or None,
+        # every body is bounded (413 past it), every refusal is JSON naming the problem
+        web_application_options={"client_max_size": settings.max_body_bytes,
+                                 "middlewares": [guard.middleware(settings.max_body_bytes)]},
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.3, settings.session_timeout_s / 4),
         topic_partitions=settings.partitions,

@@ -100,8 +100,8 @@ def hide_in_logs(s: Settings) -> None:
     """Take the settings' passwords and tokens out of every log record of this process, from
     any library: aiokafka's DEBUG log prints each request, SASL/PLAIN's (user and password
     in clear) included. Installed once; the records of a process that logs at INFO are few."""
-    new = {v for name in SECRETS for value in [getattr(s, name)]
-           for v in value.split(",") if len(v.strip()) >= 4}
+    new = {v.strip() for name in SECRETS for value in [getattr(s, name)]
+           for v in value.split(",") if len(v.strip()) >= 4}  # "a, b": "b" is the token
     new |= {urlsplit(s.redis_url).password or ""} - {""}
     new |= {repr(v.encode())[2:-1] for v in new}  # as in a logged request's bytes
     if not new - _HIDDEN:

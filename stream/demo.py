@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import secrets
 import signal
 import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Mapping
 from typing import Any
 
 import orjson
 
 from stream.credentials import kafka_options, redis_options
 from stream.embedded import embedded_stack, free_port, require_demo_extra, stop_process
+from stream.guard import first_token
 from stream.kafka_io import ensure_topics, read_lag_once
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings, redact_url
@@ -89,7 +92,7 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         base = Settings.from_env()
         port = base.web_port if base.web_port != 6066 else _port_or_free(6066)
         settings = Settings.from_env({
-            **os.environ,
+            **demo_keys(os.environ),
             "SEGMENTER_KAFKA": kafka.url if kafka else env_kafka,
             "SEGMENTER_REDIS_URL": redis.url if redis else env_redis,
             "SEGMENTER_WEB_PORT": str(port),
@@ -100,9 +103,16 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         asyncio.run(ensure_topics(settings))
         print(f"Kafka  {settings.kafka}   Redis {redact_url(settings.redis_url)}   "
               f"(embedded: {kafka is not None})")
-        print(f"Worker http://127.0.0.1:{port}/  - try:")
+        print(f"Worker http://127.0.0.1:{port}/  (shop: /demo/shop) - try:")
         print(f"  curl http://127.0.0.1:{port}/customers/c000001/segment")
+        print(f"  curl -H 'Authorization: Bearer {first_token(settings.read_token)}' "
+              f"http://127.0.0.1:{port}/customers/c000001")
         print(f"  curl http://127.0.0.1:{port}/segments")
+        made = {k: v for k, v in settings.with_env().items() if k in DEMO_KEYS
+                and not os.environ.get(k, "").strip()}
+        if made:  # the demo's own keys, for trying the API (never in a log)
+            print("  demo keys (random; set them to choose): " +
+                  "  ".join(f"{k}={v}" for k, v in made.items()))
         print(f"  redis-cli -p {redis.port if redis else '<port>'} "
               f"HGETALL '{settings.redis_prefix}customer:{{c000001}}'")
         print(f"Logs in {logdir}. Ctrl-C stops everything.\n", flush=True)
@@ -121,6 +131,25 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
             stop_process(worker, 60)
         print("stopped worker, simulator, broker and Redis.")
     return 0
+
+
+DEMO_KEYS = ("SEGMENTER_READ_TOKEN", "SEGMENTER_API_TOKEN", "SEGMENTER_WRITE_KEY")
+
+
+def demo_keys(env: Mapping[str, str]) -> dict[str, str]:
+    """``env`` with a random read token, admin token and write key for each not set: the
+    demo's HTTP API is protected as a production one is, and still works out of the box (its
+    shop sends events through its own server, so it needs no key in the browser).
+
+    >>> keys = demo_keys({"SEGMENTER_API_TOKEN": "mine"})
+    >>> keys["SEGMENTER_API_TOKEN"], len(keys["SEGMENTER_WRITE_KEY"]) > 20
+    ('mine', True)
+    """
+    out = dict(env)
+    for name in DEMO_KEYS:
+        if not out.get(name, "").strip():
+            out[name] = secrets.token_urlsafe(24)
+    return out
 
 
 def _port_or_free(port: int) -> int:

@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from stream.errors import SettingsError
+from stream.http_limits import check_http
 
 if TYPE_CHECKING:  # imported when used: a parse helper process imports settings, not NumPy
     from models.config import SegmenterConfig
 
-SECRETS = frozenset({"api_token", "read_token", "redis_password", "kafka_password"})
+SECRETS = frozenset({"api_token", "read_token", "write_key", "redis_password",
+                     "kafka_password"})
 """Settings never shown: in the repr, only ``<hidden>`` when set."""
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
@@ -102,10 +104,27 @@ class Settings:
     cors_origins: str = ""
     """Origins allowed to call the HTTP API from a browser, comma-separated (``*``: any)."""
     api_token: str = ""
-    """Bearer token for admin routes (``DELETE /customers/...``); empty disables them."""
+    """Bearer token(s), comma-separated (rotation), for admin routes (erasure, audience
+    changes); empty disables them."""
     read_token: str = ""
-    """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``: traits,
-    RFM, audiences); ``SEGMENTER_API_TOKEN`` is accepted too. Empty: only the API token."""
+    """Bearer token(s), comma-separated, for personal data (``GET /customers/<id>``, the batch
+    lookup, non-public segment fields); ``SEGMENTER_API_TOKEN`` is accepted too."""
+    write_key: str = ""
+    """Write key(s), comma-separated: when set, ``POST /events`` needs one as a bearer token
+    (a collector's source key). Empty: the route is open (still rate-limited)."""
+    public_fields: str = "segment,segment_name,model_version,updated_at,confidence"
+    """Fields of ``GET /customers/<id>/segment`` without a read token, comma-separated, from
+    ``http_limits.SEGMENT_FIELDS`` (traits never). Empty: the route needs the token too."""
+    events_rate: float = 100.0
+    """Events per second each client may send to ``POST /events`` (a token bucket per
+    client; over it: 429 with ``Retry-After``). ``0``: no limit."""
+    events_burst: int = 1000
+    """Events a client may send at once (the bucket's size; at least 500, one request's)."""
+    forwarded_hops: int = 0
+    """Proxies in front that append to ``X-Forwarded-For``: the client (for rate limits) is
+    that many entries from its right end. ``0``: the peer address (the header is ignored)."""
+    max_body_bytes: int = 1_048_576
+    """Largest request body of any route (413 beyond it); one event is at most 64 KiB."""
     session_timeout_s: float = 6.0
     """Kafka consumer session timeout. Short, so a group forms fast on the embedded broker."""
     algorithm: str = "kmeans"
@@ -223,6 +242,7 @@ class Settings:
             raise SettingsError("SEGMENTER_MAX_SEGMENTS must be at least SEGMENTER_MIN_SEGMENTS")
         if s.warmup < s.max_segments:
             raise SettingsError("SEGMENTER_WARMUP must be at least SEGMENTER_MAX_SEGMENTS")
+        check_http(s.public_fields, s.events_rate, s.events_burst, s.max_body_bytes)
         if s.algorithm not in ("kmeans", "dbstream"):
             raise SettingsError(f"SEGMENTER_ALGORITHM must be kmeans or dbstream, "
                                 f"got {s.algorithm!r}")

@@ -15,7 +15,11 @@ within one worker:
   cannot read anyone's traits;
 - ``GET /demo/shop/me`` is the shop's server-side read for the session's own visitor: one
   round trip (``HMGET`` of the customer hash and the audience definitions for their names),
-  answering only what the page shows that visitor (401 without a session).
+  answering only what the page shows that visitor (401 without a session);
+- ``POST /demo/shop/events`` is the shop's server-side collector: the page's clicks, for the
+  session's own visitor only (401 without a session, 403 for another id), rate-limited and
+  validated as ``POST /events`` is, without a write key in the browser (a key in a page is
+  anyone's); so ``SEGMENTER_WRITE_KEY`` can be set and the shop keeps working.
 """
 
 from __future__ import annotations
@@ -31,9 +35,12 @@ from typing import TYPE_CHECKING, Any
 import orjson
 from faust.web import Request, Response, View
 
+from stream.guard import aio
+
 if TYPE_CHECKING:
     import faust
 
+    from stream.ingest import Ingest
     from stream.runtime import Runtime
 
 COOKIE = "segmenter_shop"
@@ -101,8 +108,8 @@ def _cookie(request: Request) -> str:
     return jar[COOKIE].value if COOKIE in jar else ""
 
 
-def register(app: faust.App, rt: Runtime) -> None:
-    """Add ``/demo/shop`` and ``/demo/shop/me`` to the Faust app."""
+def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
+    """Add ``/demo/shop``, ``/demo/shop/me`` and ``/demo/shop/events`` to the Faust app."""
     sessions = Sessions.for_token(rt.settings.api_token)
     keys = rt.store.keys
 
@@ -145,3 +152,17 @@ def register(app: faust.App, rt: Runtime) -> None:
                      or "" for a, d in defs.items()}
             return self.json({"customer_id": visitor, **personal(fields, names)},
                              headers={"Cache-Control": "no-store"})
+
+    @app.page("/demo/shop/events")
+    class ShopEvents(View):
+        async def post(self, request: Request) -> Response:
+            limited = ingest.limited(request)
+            if limited is not None:
+                return limited
+            visitor = sessions.visitor(_cookie(request))
+            if visitor is None:
+                return self.json({"error": "no shop session"}, status=401)
+            if aio(request).content_type != "application/json":  # no cross-site form posts
+                return self.json({"error": "send application/json"}, status=415)
+            return await ingest.post(request, lambda ev: None if ev.customer_id == visitor
+                                     else "the shop sends events of its own visitor only")

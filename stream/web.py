@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import time
 from importlib import resources
 from typing import TYPE_CHECKING, Any
@@ -14,11 +13,13 @@ from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from models.core import CONTROL_HEADER
-from models.events import InvalidEvent, latest_allowed_ms, parse_event
 from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
-from stream import audience_web, shop
+from stream import audience_web, openapi, shop
+from stream.guard import any_token, error, token_matches, unauthorized
+from stream.http_limits import public_field_names
+from stream.ingest import Ingest
 from stream.rfm_io import read_customer, read_grid
 
 if TYPE_CHECKING:
@@ -27,6 +28,7 @@ if TYPE_CHECKING:
     from stream.runtime import Runtime
 
 MAX_BATCH_IDS = 100
+MAX_ID_CHARS = 128
 PRIVATE_FIELDS = frozenset(TRAIT_NAMES)
 """Customer hash fields only ``GET /customers/<id>`` gives (personal data, internals)."""
 
@@ -43,20 +45,6 @@ def segment_fields(doc: dict[str, str] | None) -> dict[str, Any] | None:
     if not doc or "segment" not in doc:
         return None
     return typed({k: v for k, v in doc.items() if k not in PRIVATE_FIELDS})
-
-
-def token_matches(given: str, tokens: str) -> bool:
-    """``given`` (an ``Authorization`` header) is ``Bearer <t>`` for one of the
-    comma-separated ``tokens``; compared in constant time.
-
-    >>> token_matches("Bearer b", "a, b"), token_matches("Bearer ", ""), token_matches("", "a")
-    (True, False, False)
-    """
-    ok = False
-    for token in (t.strip() for t in tokens.split(",")):
-        if token and hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            ok = True
-    return ok
 
 
 def typed(doc: dict[str, str]) -> dict[str, Any]:
@@ -79,15 +67,32 @@ def register(app: faust.App, rt: Runtime) -> None:
     """Add every route to the Faust app."""
     settings = rt.settings
 
-    def authorized(request: Request) -> bool:
-        token = settings.api_token
-        given = request.headers.get("Authorization", "")
-        # constant time, and never logged
-        return bool(token) and hmac.compare_digest(given.encode(), f"Bearer {token}".encode())
+    public = public_field_names(settings.public_fields)
+    reader_tokens = f"{settings.read_token},{settings.api_token}"
+    readers = "SEGMENTER_READ_TOKEN or SEGMENTER_API_TOKEN"
 
-    @app.page("/customers/{customer_id:.+}/segment")
+    def reader(request: Request) -> bool:
+        """The request carries a read token (or the admin token)."""
+        return token_matches(request.headers.get("Authorization", ""), reader_tokens)
+
+    def bad_id(customer_id: str) -> Response | None:
+        if len(customer_id) > MAX_ID_CHARS:
+            return error(400, f"customer id must have 1 to {MAX_ID_CHARS} characters")
+        return None
+
+    # An id is one path segment, its slashes encoded (%2F): aiohttp matches the path with
+    # %2F still encoded, then decodes the id; [^/] matches line breaks too ("." would not).
+    # So DELETE /customers/x/segment is a wrong method, never an erasure of "x/segment".
+    @app.page("/customers/{customer_id:[^/]+}/segment")
     class CustomerSegment(View):
         async def get(self, request: Request, customer_id: str) -> Response:
+            """Every segment field with a read token; the public fields without one (a
+            browser's call), or 401 when none are public."""
+            full = reader(request)
+            if not full and not public:
+                return unauthorized(readers)
+            if (bad := bad_id(customer_id)) is not None:
+                return bad
             doc = segment_fields(await rt.store.customer(customer_id))
             if doc is None:
                 body = {"error": "unknown customer", "customer_id": customer_id}
@@ -95,7 +100,11 @@ def register(app: faust.App, rt: Runtime) -> None:
                 if waiting:  # known or not, nobody has a segment before the first model
                     body["model"] = waiting
                 return self.json(body, status=404)
-            return self.json({"customer_id": customer_id, **doc})
+            if not full:
+                return self.json({"customer_id": customer_id,
+                                  **{k: doc[k] for k in public if k in doc}})
+            return self.json({"customer_id": customer_id, **doc},
+                             headers={"Cache-Control": "no-store"})
 
     @app.page("/customers/segments")
     class CustomerSegments(View):
@@ -109,13 +118,18 @@ def register(app: faust.App, rt: Runtime) -> None:
                                            "string of 1 to 128 characters"}, status=400)
             docs = await rt.store.customers(ids)
             return self.json({"customers": {
-                cid: segment_fields(d) for cid, d in zip(ids, docs, strict=True)}})
+                cid: segment_fields(d) for cid, d in zip(ids, docs, strict=True)}},
+                headers={"Cache-Control": "no-store"})
 
         async def get(self, request: Request) -> Response:
+            if not reader(request):
+                return unauthorized(readers)
             query: Any = request.query  # a MultiDict: repeated ?id= parameters
             return await self._answer(list(query.getall("id", [])))
 
         async def post(self, request: Request) -> Response:
+            if not reader(request):
+                return unauthorized(readers)
             try:
                 body = await request.json()
             except ValueError:
@@ -123,15 +137,14 @@ def register(app: faust.App, rt: Runtime) -> None:
             ids = body.get("ids") if isinstance(body, dict) else None
             return await self._answer(ids if isinstance(ids, list) else [])
 
-    @app.page("/customers/{customer_id:.+}")
+    @app.page("/customers/{customer_id:[^/]+}")
     class Customer(View):
         async def get(self, request: Request, customer_id: str) -> Response:
             """Segment fields, live traits, RFM scores and audiences (contract §4)."""
-            if not token_matches(request.headers.get("Authorization", ""),
-                                 f"{settings.read_token},{settings.api_token}"):
-                return self.json({"error": "missing or wrong bearer token (SEGMENTER_READ_"
-                                           "TOKEN or SEGMENTER_API_TOKEN)"}, status=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
+            if not reader(request):
+                return unauthorized(readers)
+            if (bad := bad_id(customer_id)) is not None:
+                return bad
             found = await read_customer(rt.redis, rt.store.keys, customer_id)
             if found is None:
                 return self.json({"error": "unknown customer", "customer_id": customer_id},
@@ -144,18 +157,16 @@ def register(app: faust.App, rt: Runtime) -> None:
                                      rt.pipeline.core.watermark)
             body["rfm"] = rt.pipeline.rfm.quintiles.of(key_of(stored))
             body["audiences"] = orjson.loads(doc.get("audiences") or "[]")
-            return self.json(body)
+            return self.json(body, headers={"Cache-Control": "no-store"})
 
         async def delete(self, request: Request, customer_id: str) -> Response:
-            if not settings.api_token:
+            if not any_token(settings.api_token):
                 return self.json({"error": "erasure is disabled: set SEGMENTER_API_TOKEN"},
                                  status=403)
-            if not authorized(request):
-                return self.json({"error": "missing or wrong bearer token"}, status=401,
-                                 headers={"WWW-Authenticate": "Bearer"})
-            if not 0 < len(customer_id) <= 128:
-                return self.json({"error": "customer id must have 1 to 128 characters"},
-                                 status=400)
+            if not token_matches(request.headers.get("Authorization", ""), settings.api_token):
+                return unauthorized("SEGMENTER_API_TOKEN")
+            if (bad := bad_id(customer_id)) is not None:
+                return bad
             # In order with the customer's events: the worker owning the partition forgets
             # its copy too; the Redis deletion below makes the erasure visible at once.
             await rt.producer.send_and_wait(
@@ -165,33 +176,22 @@ def register(app: faust.App, rt: Runtime) -> None:
                                          rt.status().model_version)
             return self.json({"customer_id": customer_id, "erased": True, "found": bool(found)})
 
+    ingest = Ingest(rt)
+
     @app.page("/events")
     class Events(View):
-        """Ingest one event or a JSON list of events (e.g. from a web page); each is validated
-        as the worker would, then produced keyed by its customer id."""
+        """Ingest one event or a JSON list of events (``stream.ingest``)."""
 
         async def post(self, request: Request) -> Response:
-            raw = await request.read()
-            try:
-                body = orjson.loads(raw)
-            except orjson.JSONDecodeError as exc:
-                return self.json({"error": f"body is not JSON: {exc}"}, status=400)
-            items = body if isinstance(body, list) else [body]
-            if not 0 < len(items) <= 500:
-                return self.json({"error": "send 1 to 500 events"}, status=400)
-            encoded = []
-            latest = latest_allowed_ms(int(time.time() * 1000), settings.max_future_s)
-            for n, item in enumerate(items):
-                value = orjson.dumps(item)
-                try:
-                    ev = parse_event(value, None, max_ts_ms=latest)
-                except InvalidEvent as exc:
-                    return self.json({"error": f"event {n}: {exc}"}, status=400)
-                encoded.append((ev.customer_id.encode(), value))
-            futures = [await rt.producer.send(settings.events_topic, key=k, value=v)
-                       for k, v in encoded]
-            await asyncio.gather(*futures)
-            return self.json({"accepted": len(encoded)}, status=202)
+            return await ingest.handle(request)
+
+    document = orjson.dumps(openapi.document())
+
+    @app.page("/openapi.json")
+    class OpenAPI(View):
+        async def get(self, request: Request) -> Response:
+            """The OpenAPI description of every route (docs/openapi.json)."""
+            return self.bytes(document, content_type="application/json")
 
     @app.page("/segments")
     class Segments(View):
@@ -254,4 +254,4 @@ def register(app: faust.App, rt: Runtime) -> None:
             return self.html(resources.files("stream").joinpath("static/dashboard.html")
                              .read_text())
 
-    shop.register(app, rt)
+    shop.register(app, rt, ingest)

@@ -272,7 +272,7 @@ async def test_a_segment_audience_follows_the_learned_segments(
             return bool(a["evaluation"] and a["evaluation"]["finished"]
                         and a["size"] == seg > 0)
         await wait_for(settled, 60, "the audience to hold the segment's customers")
-        looked = {cid: request(worker, "GET", f"/customers/{cid}/segment")[2]
+        looked = {cid: request(worker, "GET", f"/customers/{cid}/segment", headers=ADMIN)[2]
                   for cid in sorted(sim.truth)[:60]}
         for cid, doc in looked.items():
             assert ("a-seg" in doc["audiences"]) == (doc["segment"] == sid), (cid, doc)

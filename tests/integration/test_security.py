@@ -21,8 +21,11 @@ HOSTILE = ["zz*}{evil", "zz\r\nFLUSHALL\r\n", "zz') or 1=1 --", "zz{seg:model}",
 
 async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels(
         settings: Settings, tmp_path: Path) -> None:
-    settings = dataclasses.replace(settings, debug=True)  # the most verbose logs
+    # the most verbose logs; every kind of token set (each with two values: rotation)
+    settings = dataclasses.replace(settings, debug=True, read_token="read-tok-1,read-tok-2",
+                                   write_key="write-key-1,write-key-2")
     token = settings.api_token
+    secrets_ = [token, "read-tok-1", "read-tok-2", "write-key-1", "write-key-2"]
     worker, sim = await seeded_worker(settings, tmp_path, customers=350)
     r = aioredis.from_url(settings.redis_url)
     try:
@@ -34,10 +37,18 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
         assert request(worker, "DELETE", f"/customers/{victim}",
                        headers={"Authorization": f"Bearer {token}x"})[0] == 401
         assert request(worker, "DELETE", f"/customers/{victim}", headers=auth)[0] == 200
-        for path in ("/health", "/api/dashboard", "/metrics", "/customers/nobody/segment"):
+        # every token used once (right and wrong), so the debug log sees each request
+        assert request(worker, "GET", f"/customers/{victim}",
+                       headers={"Authorization": "Bearer read-tok-2"})[0] == 404
+        assert request(worker, "GET", "/customers/nobody",
+                       headers={"Authorization": "Bearer read-tok-3"})[0] == 401
+        assert request(worker, "POST", "/events", [], headers={
+            "Authorization": "Bearer write-key-1"})[0] == 400
+        for path in ("/health", "/api/dashboard", "/metrics", "/customers/nobody/segment",
+                     "/openapi.json"):
             request_text = worker.metrics_text() if path == "/metrics" else str(
                 request(worker, "GET", path))
-            assert token not in request_text, path
+            assert not [t for t in secrets_ if t in request_text], path
         # every key is either a known global one or a customer's own, id inside {…}
         prefix = settings.redis_prefix.encode()
         ids = {c.encode() for c in [*sim.truth, *HOSTILE]}
@@ -71,4 +82,4 @@ async def test_token_never_logged_ids_only_in_their_own_keys_and_never_in_labels
         await r.aclose()
         assert worker.stop() == 0, worker.log()
     log = (tmp_path / "worker.log").read_text(errors="replace")
-    assert "DEBUG" in log and token not in log
+    assert "DEBUG" in log and not [t for t in secrets_ if t in log]

@@ -64,20 +64,29 @@ async def test_lookups_any_id_batch_and_cors(settings: Settings, tmp_path: Path)
         await produce(settings, [event(c, n, "purchase", amount=10 + n)
                                  for c in odd for n in range(3)])
         await wait_for(lambda: lag_is_zero(settings), 60, "odd ids to be processed")
+        auth = {"Authorization": f"Bearer {settings.api_token}"}
+        public = {"customer_id", "segment", "segment_name", "model_version", "updated_at",
+                  "confidence"}
         for cid in odd:
-            status, _, body = request(
-                worker, "GET", f"/customers/{urllib.parse.quote(cid, safe='')}/segment")
+            path = f"/customers/{urllib.parse.quote(cid, safe='')}/segment"
+            status, _, body = request(worker, "GET", path)  # a browser: public fields only
             assert status == 200, (cid, body)
             assert body["customer_id"] == cid and body["segment"].startswith("s")
-            assert body["explanation"]
+            assert set(body) == public, body
+            status, _, full = request(worker, "GET", path, headers=auth)
+            assert status == 200 and full["explanation"] and full["rfm"]  # not public
+            assert {k: full[k] for k in public} == body
         some = sorted(sim.truth)[:3]
         status, _, body = request(worker, "POST", "/customers/segments",
-                                  {"ids": [*some, odd[0], "nobody"]})
+                                  {"ids": [*some, odd[0], "nobody"]}, headers=auth)
         assert status == 200 and body["customers"]["nobody"] is None
         assert all(body["customers"][c]["segment"] for c in [*some, odd[0]])
         q = "&".join(f"id={urllib.parse.quote(c)}" for c in some)
-        assert request(worker, "GET", f"/customers/segments?{q}")[0] == 200
-        assert request(worker, "POST", "/customers/segments", {"ids": []})[0] == 400
+        assert request(worker, "GET", f"/customers/segments?{q}", headers=auth)[0] == 200
+        assert request(worker, "GET", f"/customers/segments?{q}")[0] == 401
+        assert request(worker, "POST", "/customers/segments", {"ids": some})[0] == 401
+        assert request(worker, "POST", "/customers/segments", {"ids": []},
+                       headers=auth)[0] == 400
         status, _, body = request(worker, "GET", "/customers/nobody/segment")
         assert status == 404 and body["error"] == "unknown customer"
         _, headers, _ = request(worker, "GET", f"/customers/{some[0]}/segment",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,9 @@ async def shown_segment(page: Any) -> str:
 
 async def test_shop_page_shows_and_follows_the_segment(
         settings: Settings, tmp_path: Path, browser: Any) -> None:  # noqa: F811
+    # a write key is set, as in `segmenter demo`: the page's clicks go through the shop's
+    # server (its session), so the page needs no key and keeps working
+    settings = dataclasses.replace(settings, write_key="shop-e2e-write-key")
     worker, _ = await seeded_worker(settings, tmp_path, customers=600)
     try:
         page = await browser.new_page()
@@ -51,6 +55,7 @@ async def test_shop_page_shows_and_follows_the_segment(
         second = await shown_segment(page)
         assert second != first, f"segment did not change after {clicks} purchases"
         assert second == redis_segment(settings, cid)
+        assert "shop-e2e-write-key" not in await page.content()
         ARTIFACTS.mkdir(exist_ok=True)
         await page.screenshot(path=str(ARTIFACTS / "shop.png"), full_page=True)
         await page.close()

@@ -96,8 +96,13 @@ async def test_traits_rfm_and_the_population_of_buyers(
         assert h["segment"] == body["segment"] and "traits" not in h
         await wait_for(lambda: _rfm_field_is(r, prefix, cid, rfm["segment"]), 30,
                        "the hash's rfm name to match the API's")
-        # the lookup a browser may make does not give personal data
+        # the lookup a browser may make gives the public segment fields only; with the
+        # read token (either of its two values) every segment field, never a trait
         seg = request(worker, "GET", f"{path}/segment")[2]
+        assert set(seg) == {"customer_id", "segment", "segment_name", "model_version",
+                            "updated_at", "confidence"}, seg
+        seg = request(worker, "GET", f"{path}/segment",
+                      headers={"Authorization": "Bearer read-b"})[2]
         assert not {"orders", "age", "last_purchase"} & set(seg) and seg["rfm"] in NAMES
 
         # the population holds every buyer once
