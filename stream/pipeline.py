@@ -169,8 +169,8 @@ class EventPipeline:
                     async with self.lock:
                         await self._apply_batch(batch, parsed)
                 if time.monotonic() >= next_flush:
-                    async with self.lock:  # its writes overlap the next batch's features
-                        await self.flush_and_commit(wait=False)
+                    async with self.lock:
+                        await self.flush_and_commit()
                     next_flush = time.monotonic() + interval
         finally:
             await self.reader.close()
@@ -258,14 +258,13 @@ class EventPipeline:
                                           self.core.model.version, time.perf_counter())
         await self.writer.written()
 
-    async def flush_and_commit(self, wait: bool = True) -> None:
-        """Write every changed state, then commit what was applied (``wait=False``: in the
-        background, before the next batch's writes). Call under :attr:`lock`."""
+    async def flush_and_commit(self) -> None:
+        """Write every changed state, then commit what was applied. Call under :attr:`lock`."""
         if self.writer is None:
             return
         await self.settle()
         await self.writer.flush_and_commit(self.core.drain(),
-                                           functools.partial(self.rfm.tick, self.core), wait)
+                                           functools.partial(self.rfm.tick, self.core))
 
     async def maintain(self, rescore: int) -> None:
         """Keep the shared model and audiences in sync, then re-score up to ``rescore``
@@ -296,6 +295,8 @@ class EventPipeline:
             await self.writer.retry(functools.partial(
                 self.audiences.report_progress, self.worker_id, *progress))
 
+    async def _written(self) -> None:
+        await (self.writer.written() if self.writer is not None else asyncio.sleep(0))
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \
             if self.consumer is not None else set()

@@ -92,23 +92,10 @@ class BatchWriter:
         self._observe(result, len(changes), fenced, started)
 
     async def flush_and_commit(self, drained: list[Assignment],
-                               then: Callable[[], Awaitable[Any]] | None = None,
-                               wait: bool = True) -> None:
+                               then: Callable[[], Awaitable[Any]] | None = None) -> None:
         """Write ``drained`` (every other changed state), run ``then`` (what must follow
         the writes before the commit: RFM names that moved with them), then commit what was
-        applied. The caller has settled the core and waited for :meth:`written`.
-
-        ``wait=False`` returns at once: the work runs as the last batch's Redis work does
-        (:meth:`written` waits for it, the next batch's writes start after it), so the next
-        batch is read and applied while Redis runs the flush's scripts; the offsets it commits
-        are those applied before it, all written by then."""
-        await self.written()
-        self._writing = asyncio.create_task(self._flush(drained, then))
-        if wait:
-            await self.written()
-
-    async def _flush(self, drained: list[Assignment],
-                     then: Callable[[], Awaitable[Any]] | None) -> None:
+        applied. The caller has settled the core and waited for :meth:`written`."""
         started = time.perf_counter()
         if drained:
             _, fenced = await self.retry(functools.partial(
