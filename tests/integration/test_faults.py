@@ -33,6 +33,7 @@ from stream.settings import Settings
 from tests.conftest import broker_kind, make_settings
 from tests.integration.apache_kafka import KafkaCluster
 from tests.integration.helpers import WorkerProcess, produce, running, wait_for
+from tests.integration.layout import counts, entries, layout
 
 CHUNKS = 12
 
@@ -88,8 +89,9 @@ async def run_settings(s: Stream, name: str) -> Settings:
 
 
 async def install_model(r: aioredis.Redis, settings: Settings, checkpoint: dict) -> None:
-    await r.set(f"{settings.redis_prefix}model", orjson.dumps(checkpoint))
-    await r.set(f"{settings.redis_prefix}model-version", checkpoint["version"])
+    keys = layout(r, settings.redis_prefix)
+    await r.set(keys.model, orjson.dumps(checkpoint))
+    await r.set(keys.model_version, checkpoint["version"])
 
 
 async def committed(settings: Settings) -> dict[int, int]:
@@ -115,10 +117,9 @@ async def final_state(r: aioredis.Redis, settings: Settings, ids: list[str]) -> 
         hash_.pop("updated_at", None)  # a wall-clock time
         hash_.pop("explanation", None)  # from the features when last assigned
         customers[cid] = (raw[2 * i], hash_)
-    sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()
-             if int(v)}
+    sizes = {k: v for k, v in (await counts(r, prefix, "sizes")).items() if v}
     chains: dict[str, list[tuple[str | None, str, str]]] = {}
-    for _, fields in await r.xrange(f"{prefix}changes"):
+    for _, fields in await entries(r, prefix, "changes"):
         c = orjson.loads(fields[b"change"])
         chains.setdefault(c["customer_id"], []).append((c["from"], c["to"], c["event_id"]))
     return {"customers": customers, "sizes": sizes, "changes": chains}

@@ -21,6 +21,7 @@ from stream.partition_index import indexed, mark_if_empty, partition_states, pru
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.layout import layout
 from tests.integration.test_model_lifecycle import caught_up, metric
 from tests.integration.test_store import NOW, assignment
 
@@ -121,7 +122,8 @@ async def test_a_worker_taking_over_partitions_reads_only_their_customers(
                 pipe.getrange(f"{prefix}state:{{{cid}}}", 0, 40)
             heads = await pipe.execute()
         partition_of = {c: int(h.split(b":")[0]) for c, h in zip(ids, heads, strict=True)}
-        assert await r.get(f"{prefix}partition-index") == b"1"  # set by the first warm start
+        # set by the first warm start
+        assert await r.get(layout(r, prefix).partition_indexed) == b"1"
         await r.config_resetstat()
         workers.append(WorkerProcess(second, tmp_path, "w2"))
         await workers[1].wait_healthy()
