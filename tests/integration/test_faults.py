@@ -29,6 +29,7 @@ from models.core import Record, Segmenter
 from models.simulator import ShopSimulator
 from stream.embedded import free_port, start_kafka, start_redis
 from stream.kafka_io import ensure_topics, read_lag_once
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.conftest import broker_kind, make_settings
 from tests.integration.apache_kafka import KafkaCluster
@@ -202,7 +203,7 @@ async def midway(settings: Settings, s: Stream, producing: asyncio.Task[None]) -
 
 @pytest.fixture
 async def r(stream: Stream) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(stream.settings.redis_url)
+    client = connect(stream.settings.redis_url, cluster=stream.settings.redis_cluster)
     yield client
     await client.aclose()
 
@@ -342,7 +343,9 @@ async def test_redis_down_15_s_mid_stream_backs_off_reports_it_and_loses_nothing
     data = tmp_path / "redis"
     data.mkdir()
     own = start_redis(persist_dir=str(data))  # this test's Redis, stopped and started again
-    settings = dataclasses.replace(await run_settings(stream, "redis"), redis_url=own.url)
+    # (one Redis of its own, whichever the suite runs on: its outage is that one's)
+    settings = dataclasses.replace(await run_settings(stream, "redis"), redis_url=own.url,
+                                   redis_cluster=False)
     client = aioredis.from_url(own.url)
     await install_model(client, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "redis-outage")
