@@ -37,7 +37,7 @@ from models.state import CustomerState
 from models.windows import DAY_MS, moves_with_time
 from stream.errors import FatalError, RetriableError
 from stream.health import Health, retry
-from stream.partition_index import indexed, scan_states
+from stream.partition_index import Cursor, indexed, scan_states
 from stream.redis_io import RETRIABLE, RedisStore, script_status
 from stream.write_lua import MEMBERS
 
@@ -176,7 +176,7 @@ class AudiencePass:
     async def _scan(self, partitions: set[int], version: int) -> None:
         """No index (an older deployment): every state, keeping these partitions'; the
         total grows as they are found."""
-        cursor = 0
+        cursor: Cursor = 0
         while True:
             cursor, states, _ = await self._retry(functools.partial(
                 scan_states, self.store, cursor, partitions, PAGE))

@@ -21,6 +21,8 @@ from collections import defaultdict
 from collections.abc import AsyncIterator
 from typing import Any
 
+from redis.asyncio.cluster import RedisCluster
+
 from models.features import CustomerState
 from stream.errors import RetriableError
 from stream.redis_io import RETRIABLE, RedisStore
@@ -28,6 +30,32 @@ from stream.redis_io import RETRIABLE, RedisStore
 log = logging.getLogger(__name__)
 INDEX_FORMAT = b"1"
 """Value of the marker: the index format (a future format rebuilds under a new value)."""
+
+Cursor = int | dict[str, int]
+"""A ``SCAN`` cursor: 0 to start and at the end; on a Redis Cluster, between steps, the
+cursor of each primary not scanned to its end (by node name)."""
+
+
+async def scan_step(r: Any, cursor: Cursor, match: str, count: int) -> tuple[Cursor, list[Any]]:
+    """One ``SCAN`` step over the whole keyspace: on one Redis, ``SCAN``; on a Redis Cluster
+    (whose keys are spread over the primaries, each with its own cursor) a first step
+    on every primary, then one primary at a time until each is at its end. Returns the
+    next cursor (0 at the end) and the keys found."""
+    if not isinstance(r, RedisCluster):
+        nxt, keys = await r.scan(cursor, match=match, count=count)
+        return int(nxt), list(keys)
+    got: Any
+    if not cursor:  # redis-py's cluster SCAN: every primary, from their starts
+        got = await r.scan(match=match, count=count)
+    else:
+        assert isinstance(cursor, dict)
+        name, at = next(iter(cursor.items()))
+        got = await r.scan(cursor=at, match=match, count=count,
+                           target_nodes=r.get_node(node_name=name))
+    cursors: dict[str, int] = {**(cursor or {}), **got[0]}
+    keys = got[1]
+    left = {name: int(c) for name, c in cursors.items() if int(c) != 0}
+    return left or 0, list(keys)
 
 
 async def partition_states(store: RedisStore, partition: int, cursor: int,
@@ -44,16 +72,16 @@ async def partition_states(store: RedisStore, partition: int, cursor: int,
         raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
 
 
-async def scan_states(store: RedisStore, cursor: int, partitions: set[int],
-                      count: int = 1000) -> tuple[int, list[CustomerState], int]:
+async def scan_states(store: RedisStore, cursor: Cursor, partitions: set[int],
+                      count: int = 1000) -> tuple[Cursor, list[CustomerState], int]:
     """One ``SCAN`` step over every customer state (a keyspace without the index): the
     next cursor (0 at the end), the states of these partitions among the keys it returned,
     and how many keys it returned."""
     head = len(store.keys.state(""))
     try:
-        cursor, keys = await store.r.scan(cursor, match=store.keys.state_pattern, count=count)
+        cursor, keys = await scan_step(store.r, cursor, store.keys.state_pattern, count)
         cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
-        return int(cursor), await store.read_states(cids, partitions), len(cids)
+        return cursor, await store.read_states(cids, partitions), len(cids)
     except RETRIABLE as exc:
         raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
 
@@ -81,9 +109,10 @@ async def rebuild(store: RedisStore, count: int = 1000) -> int:
     One ``SCAN`` of the keyspace, one pipelined round trip of ``GETRANGE`` and one of
     ``SADD`` per page.
     """
-    keys, r, head, total, cursor = store.keys, store.r, len(store.keys.state("")), 0, 0
+    keys, r, head, total = store.keys, store.r, len(store.keys.state("")), 0
+    cursor: Cursor = 0
     while True:
-        cursor, found = await r.scan(cursor, match=keys.state_pattern, count=count)
+        cursor, found = await scan_step(r, cursor, keys.state_pattern, count)
         names = [k.decode() if isinstance(k, bytes) else k for k in found]
         if names:
             async with r.pipeline(transaction=False) as pipe:
@@ -100,7 +129,7 @@ async def rebuild(store: RedisStore, count: int = 1000) -> int:
                     pipe.sadd(keys.partition(partition.decode()), *cids)
                     total += len(cids)
                 await pipe.execute()
-        if int(cursor) == 0:
+        if cursor == 0:
             break
     await r.set(keys.partition_indexed, INDEX_FORMAT)
     log.info("indexed %d customer states by partition; %d stale entries removed", total,

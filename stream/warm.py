@@ -23,7 +23,7 @@ from models.core import Segmenter
 from models.features import CustomerState
 from stream.errors import FatalError
 from stream.health import Health, retry
-from stream.partition_index import indexed, mark_if_empty, partition_states, scan_states
+from stream.partition_index import Cursor, indexed, mark_if_empty, partition_states, scan_states
 from stream.redis_io import RedisStore
 
 log = logging.getLogger(__name__)
@@ -99,7 +99,8 @@ class Warmer:
         """Every state in Redis, keeping these partitions' (no index yet)."""
         log.warning("no partition index in Redis: warming up by a SCAN of every customer "
                     "state; run `segmenter reindex` once to read only this worker's")
-        cursor, added, seen = 0, 0, 0
+        added, seen = 0, 0
+        cursor: Cursor = 0
         while True:
             cursor, states, n = await retry(functools.partial(
                 scan_states, self.store, cursor, partitions), self.health, self.errors)

@@ -25,7 +25,7 @@ from stream.kafka_io import ensure_topics
 from stream.redis_io import RedisStore
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
-from tests.integration.test_audiences import ADMIN, T0, _size, _stream, _worker, ev
+from tests.integration.test_audiences import ADMIN, T0, _keys, _size, _stream, _worker, ev
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import request
 
@@ -60,7 +60,7 @@ async def test_a_new_audience_reaches_stored_customers_not_only_cached_ones(
         await wait_for(evicted, 20, "the cache to shrink to its bound")
 
         status, _, body = request(b, "PUT", "/audiences/a-at", AT, headers=ADMIN)
-        version = int(await r.get(f"{prefix}audiences-version"))
+        version = int(await r.get(_keys(r, prefix).audiences_version))
         assert status == 201 and body["evaluation"]["version"] == version  # not an older one
         assert body["windows"] == []  # no event condition
         await wait_for(lambda: _size(r, prefix, "a-at", len(austria)), 60,
@@ -97,7 +97,7 @@ async def test_a_membership_write_loses_to_a_newer_write_of_the_customer(
         "event_id": f"f-{i}", "customer_id": "c-f", "type": "page_view", "timestamp": T0 + i,
         "properties": {"country": "AT"}})) for i in range(2)]), {})
     await store.write(core.drain(), 0)  # stored at offset 1
-    await r.set(f"{prefix}audiences-version", 1)
+    await r.set(store.keys.audiences_version, 1)
     core.assigner.set_audiences(1, [parse_audience("a-at", AT)])
     (st,) = await store.read_states(["c-f"])
     stale = (await store.read_states(["c-f"]))[0]

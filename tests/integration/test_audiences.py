@@ -12,10 +12,13 @@ from typing import Any
 
 import orjson
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
+from stream.keys import Keys
 from stream.settings import Settings
+from stream.shards import streams, sum_hashes
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 from tests.integration.test_pipeline import lag_is_zero
@@ -42,9 +45,25 @@ def _text(x: bytes | str) -> str:
     return x.decode() if isinstance(x, bytes) else x
 
 
+def _keys(r: aioredis.Redis, prefix: str) -> Keys:
+    """The layout the worker uses on this Redis (sharded on a cluster)."""
+    return Keys(prefix, cluster=isinstance(r, RedisCluster))
+
+
 async def _stream(r: aioredis.Redis, prefix: str) -> list[dict[str, Any]]:
-    return [orjson.loads(f[b"change"]) for _, f in
-            await r.xrange(f"{prefix}audience-changes")]
+    """Every audience change, oldest first (on a cluster: every partition's stream, merged
+    by entry id; one customer's are all in one stream, in order)."""
+    keys = _keys(r, prefix)
+    entries = [e for s in await streams(r, keys, "audience-changes", keys.audience_changes)
+               for e in await r.xrange(s)]
+    entries.sort(key=lambda e: tuple(int(x) for x in _text(e[0]).split("-")))
+    return [orjson.loads(f[b"change"]) for _, f in entries]
+
+
+async def _sizes(r: aioredis.Redis, prefix: str, name: str = "audience-sizes") -> dict[str, int]:
+    """A counting hash (``sizes``, ``audience-sizes``), summed over the shards on a cluster."""
+    keys = _keys(r, prefix)
+    return await sum_hashes(r, keys, name, keys.global_key(name))
 
 
 async def _worker(settings: Settings, tmp_path: Path, audiences: dict[str, Any]) -> \
@@ -86,7 +105,7 @@ async def test_definitions_over_http_and_from_a_file(
         assert status == 200 and body["name"] == REPEAT_AT["name"]
         assert {a["id"] for a in request(worker, "GET", "/audiences")[2]["audiences"]} == {
             "a-mobile", "a-repeat-at"}
-        assert await r.hexists(f"{settings.redis_prefix}audiences", "a-repeat-at")
+        assert await r.hexists(_keys(r, settings.redis_prefix).audiences, "a-repeat-at")
         assert request(worker, "DELETE", path)[0] == 401
         assert request(worker, "DELETE", path, headers=ADMIN)[0] == 200
         assert request(worker, "GET", path)[0] == 404
@@ -118,6 +137,7 @@ async def test_memberships_and_their_changes(
     prefix, cid = settings.redis_prefix, "ü-aud/1"
     key = f"{prefix}customer:{{{cid}}}"
     path = f"/customers/{urllib.parse.quote(cid, safe='')}"
+    await r.ping()  # a cluster client learns the slots' nodes on its first command
     pubsub = r.pubsub()
     await pubsub.subscribe(f"{prefix}audience-changes")
     try:
@@ -143,8 +163,8 @@ async def test_memberships_and_their_changes(
         assert changes == [("a-mobile", "entered", f"{cid}-1", "event"),
                            ("a-mobile", "exited", f"{cid}-2", "event"),
                            ("a-repeat-at", "entered", f"{cid}-2", "event")]
-        sizes = await r.hgetall(f"{prefix}audience-sizes")
-        assert (sizes[b"a-repeat-at"], sizes[b"a-mobile"]) == (b"1", b"0")
+        sizes = await _sizes(r, prefix)
+        assert (sizes["a-repeat-at"], sizes["a-mobile"]) == (1, 0)
         status, _, body = request(worker, "GET", "/audiences/a-repeat-at")
         assert body["size"] == 1
         await wait_for(lambda: _gauge(worker, "a-repeat-at", 1.0), 20, "the size gauge")
@@ -191,7 +211,7 @@ async def test_memberships_and_their_changes(
         last = (await _stream(r, prefix))[-1]
         assert (last["audience"], last["change"], last["reason"]) == (
             "a-repeat-at", "exited", "delete")
-        assert (await r.hgetall(f"{prefix}audience-sizes"))[b"a-repeat-at"] == b"0"
+        assert (await _sizes(r, prefix))["a-repeat-at"] == 0
     finally:
         await pubsub.aclose()
         worker.stop()
@@ -227,7 +247,7 @@ async def test_time_based_exits_and_new_audiences_over_existing_customers(
         last = [m for m in await _stream(r, prefix) if m["customer_id"] == cid][-1]
         assert (last["audience"], last["change"], last["reason"], last["event_id"]) == (
             "a-repeat-at", "exited", "time", None)
-        assert (await r.hgetall(f"{prefix}audience-sizes"))[b"a-repeat-at"] == b"0"
+        assert (await _sizes(r, prefix))["a-repeat-at"] == 0
 
         # a new audience is evaluated over the customers there are, in the background
         at = {"name": "In Austria", "where": {"trait": "country", "op": "=", "value": "AT"}}
@@ -260,7 +280,7 @@ async def test_a_segment_audience_follows_the_learned_segments(
     worker, sim = await seeded_worker(settings, tmp_path)
     prefix = settings.redis_prefix
     try:
-        sizes = {_text(k): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()}
+        sizes = await _sizes(r, prefix, "sizes")
         sid = max(sizes, key=lambda s: sizes[s])
         body = {"name": "Largest segment", "where": {"segment": sid}}
         assert request(worker, "PUT", "/audiences/a-seg", body, headers=ADMIN)[0] == 201
@@ -268,7 +288,7 @@ async def test_a_segment_audience_follows_the_learned_segments(
         # evaluated over the customers there are; its members are the segment's members
         async def settled() -> bool:
             a = request(worker, "GET", "/audiences/a-seg")[2]
-            seg = int(await r.hget(f"{prefix}sizes", sid) or 0)
+            seg = (await _sizes(r, prefix, "sizes")).get(sid, 0)
             return bool(a["evaluation"] and a["evaluation"]["finished"]
                         and a["size"] == seg > 0)
         await wait_for(settled, 60, "the audience to hold the segment's customers")
@@ -321,4 +341,4 @@ async def test_two_workers_share_definitions_and_customers(
 
 
 async def _size(r: aioredis.Redis, prefix: str, audience: str, n: int) -> bool:
-    return await r.hget(f"{prefix}audience-sizes", audience) == str(n).encode()
+    return (await _sizes(r, prefix)).get(audience) == n

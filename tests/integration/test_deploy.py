@@ -2,11 +2,11 @@
 the compose file against the Compose specification's JSON schema (kept in tests/data, so
 nothing is downloaded at test time), the Prometheus config and rules with promtool, and the
 Grafana dashboard's queries with promtool and against the metrics the worker really exports.
-Validators come from PyPI and Debian's packages."""
+Validators come from PyPI and Debian's packages. The compose file's structure (three Kafka
+nodes, the Redis Cluster profile) is checked in tests/integration/test_compose.py."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import re
@@ -21,7 +21,6 @@ import yaml
 from prometheus_client import generate_latest
 
 from stream.metrics import Metrics
-from stream.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 COMPOSE_SCHEMA = ROOT / "tests/data/compose-spec.json"
@@ -62,75 +61,13 @@ def test_compose_file_matches_the_compose_schema() -> None:
     assert not errors, errors
     # the schema does reject what Compose rejects (a check that it is not vacuous here)
     broken = compose()
-    broken["services"]["worker"]["depends_on"]["kafka"]["condition"] = "service_ready"
+    broken["services"]["worker"]["depends_on"]["kafka-1"]["condition"] = "service_ready"
     broken["services"]["redis"]["healthcheck"]["intervall"] = "5s"
-    broken["services"]["kafka"]["volumez"] = []
+    broken["services"]["kafka-2"]["volumez"] = []
+    broken["services"]["redis-cluster-init"]["profiles"] = "cluster"  # a list, not a string
     bad = {"/".join(map(str, e.path)) for e in validator.iter_errors(broken)}
     assert bad == {"services/worker/depends_on", "services/redis/healthcheck",
-                   "services/kafka"}, bad
-
-
-def test_kafka_runs_kraft_in_one_node() -> None:
-    """Kafka in KRaft mode, one node being broker and controller: the settings Kafka checks
-    at start, and that the workers reach the listener it advertises."""
-    c = compose()
-    assert "zookeeper" not in c["services"]
-    env = {k: str(v) for k, v in c["services"]["kafka"]["environment"].items()}
-    assert not any("ZOOKEEPER" in k for k in env), "KRaft mode has no ZooKeeper settings"
-    assert sorted(env["KAFKA_PROCESS_ROLES"].split(",")) == ["broker", "controller"]
-    node = int(env["KAFKA_NODE_ID"])
-    listeners = dict(_listener(x) for x in env["KAFKA_LISTENERS"].split(","))
-    protocols = dict(x.split(":") for x in env["KAFKA_LISTENER_SECURITY_PROTOCOL_MAP"].split(","))
-    controllers = env["KAFKA_CONTROLLER_LISTENER_NAMES"].split(",")
-    assert set(listeners) <= set(protocols), (listeners, protocols)
-    assert controllers and set(controllers) <= set(listeners)
-    # the one voter of the controller quorum is this node, on its controller listener
-    voters = env["KAFKA_CONTROLLER_QUORUM_VOTERS"].split(",")
-    assert voters == [f"{node}@kafka:{listeners[controllers[0]][1]}"], voters
-    # brokers advertise only broker listeners, and the workers use the advertised one
-    advertised = dict(_listener(x) for x in env["KAFKA_ADVERTISED_LISTENERS"].split(","))
-    assert advertised and not set(advertised) & set(controllers), advertised
-    for name, (host, port) in advertised.items():
-        assert host == "kafka" and listeners[name][1] == port, (name, host, port)
-    assert c["x-segmenter-env"]["SEGMENTER_KAFKA"] in {f"{h}:{p}" for h, p in advertised.values()}
-    probe = " ".join(c["services"]["kafka"]["healthcheck"]["test"])
-    assert any(f"localhost:{p}" in probe for _, p in advertised.values()), probe
-    # one broker: internal topics cannot ask for more replicas than that
-    for key in ("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_REPLICATION_FACTOR",
-                "KAFKA_TRANSACTION_STATE_LOG_MIN_ISR"):
-        assert int(env[key]) == 1, key
-    # the log directory outlives the container (KRaft's metadata log lives there too)
-    assert any(v.startswith("kafka-data:") for v in c["services"]["kafka"]["volumes"])
-    assert "kafka-data" in c["volumes"]
-
-
-def _listener(spec: str) -> tuple[str, tuple[str, int]]:
-    """``NAME://host:port`` (host may be empty) as ``(NAME, (host, port))``."""
-    name, _, address = spec.partition("://")
-    host, _, port = address.rpartition(":")
-    return name, (host, int(port))
-
-
-def test_compose_is_production_like() -> None:
-    c = compose()
-    services = c["services"]
-    assert {"kafka", "redis", "worker", "simulator", "prometheus", "grafana"} <= set(services)
-    for name, svc in services.items():
-        if "image" in svc:  # every image tag can be overridden: ${VAR:-default}
-            assert re.fullmatch(r"\$\{[A-Z_]+:-[^}]+\}", svc["image"]), (name, svc["image"])
-        text = json.dumps(svc)
-        assert "sleep" not in text and "wait-for" not in text, name
-    for name in ("kafka", "redis", "worker", "prometheus", "grafana"):
-        assert "healthcheck" in services[name], name
-    assert "--appendonly" in services["redis"]["command"]
-    assert "ports" not in services["worker"]  # so --scale worker=N does not clash
-    assert services["simulator"]["profiles"] == ["simulator"]
-    for dep in services["worker"]["depends_on"].values():
-        assert dep["condition"] == "service_healthy"
-    known = {f"SEGMENTER_{f.name.upper()}" for f in dataclasses.fields(Settings)}
-    used = set(re.findall(r"\bSEGMENTER_[A-Z_]+\b", (ROOT / "docker-compose.yml").read_text()))
-    assert used - {"SEGMENTER_IMAGE"} <= known, used - known
+                   "services/kafka-2", "services/redis-cluster-init/profiles"}, bad
 
 
 def test_dockerfile_runs_the_worker() -> None:

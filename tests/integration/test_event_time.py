@@ -10,9 +10,9 @@ from pathlib import Path
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
 from stream.kafka_io import ensure_topics, read_lag_once
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
 
@@ -40,7 +40,7 @@ async def test_old_history_applied_far_future_dead_lettered(
         for cid, ts in times.items()]
     await produce(settings, msgs)
     worker = WorkerProcess(settings, tmp_path)
-    client = aioredis.from_url(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         await worker.wait_healthy()
         await wait_for(lambda: caught_up(settings, len(msgs)), 90, "the worker to catch up")

@@ -29,10 +29,12 @@ from models.core import Record, Segmenter
 from models.simulator import ShopSimulator
 from stream.embedded import free_port, start_kafka, start_redis
 from stream.kafka_io import ensure_topics, read_lag_once
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.conftest import broker_kind, make_settings
 from tests.integration.apache_kafka import KafkaCluster
 from tests.integration.helpers import WorkerProcess, produce, running, wait_for
+from tests.integration.layout import counts, entries, layout
 
 CHUNKS = 12
 
@@ -88,8 +90,9 @@ async def run_settings(s: Stream, name: str) -> Settings:
 
 
 async def install_model(r: aioredis.Redis, settings: Settings, checkpoint: dict) -> None:
-    await r.set(f"{settings.redis_prefix}model", orjson.dumps(checkpoint))
-    await r.set(f"{settings.redis_prefix}model-version", checkpoint["version"])
+    keys = layout(r, settings.redis_prefix)
+    await r.set(keys.model, orjson.dumps(checkpoint))
+    await r.set(keys.model_version, checkpoint["version"])
 
 
 async def committed(settings: Settings) -> dict[int, int]:
@@ -115,10 +118,9 @@ async def final_state(r: aioredis.Redis, settings: Settings, ids: list[str]) -> 
         hash_.pop("updated_at", None)  # a wall-clock time
         hash_.pop("explanation", None)  # from the features when last assigned
         customers[cid] = (raw[2 * i], hash_)
-    sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()
-             if int(v)}
+    sizes = {k: v for k, v in (await counts(r, prefix, "sizes")).items() if v}
     chains: dict[str, list[tuple[str | None, str, str]]] = {}
-    for _, fields in await r.xrange(f"{prefix}changes"):
+    for _, fields in await entries(r, prefix, "changes"):
         c = orjson.loads(fields[b"change"])
         chains.setdefault(c["customer_id"], []).append((c["from"], c["to"], c["event_id"]))
     return {"customers": customers, "sizes": sizes, "changes": chains}
@@ -201,7 +203,7 @@ async def midway(settings: Settings, s: Stream, producing: asyncio.Task[None]) -
 
 @pytest.fixture
 async def r(stream: Stream) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.from_url(stream.settings.redis_url)
+    client = connect(stream.settings.redis_url, cluster=stream.settings.redis_cluster)
     yield client
     await client.aclose()
 
@@ -341,7 +343,9 @@ async def test_redis_down_15_s_mid_stream_backs_off_reports_it_and_loses_nothing
     data = tmp_path / "redis"
     data.mkdir()
     own = start_redis(persist_dir=str(data))  # this test's Redis, stopped and started again
-    settings = dataclasses.replace(await run_settings(stream, "redis"), redis_url=own.url)
+    # (one Redis of its own, whichever the suite runs on: its outage is that one's)
+    settings = dataclasses.replace(await run_settings(stream, "redis"), redis_url=own.url,
+                                   redis_cluster=False)
     client = aioredis.from_url(own.url)
     await install_model(client, settings, stream.checkpoint)
     worker = WorkerProcess(settings, tmp_path, "redis-outage")

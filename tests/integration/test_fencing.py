@@ -21,14 +21,22 @@ from models.simulator import ShopSimulator
 from stream.embedded import free_port
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
+from stream.shards import streams
 from tests.integration.helpers import TopicReader, WorkerProcess, produce, wait_for
+from tests.integration.layout import entries, layout
 from tests.integration.test_model_lifecycle import caught_up, metric
 
 
 async def holds(r: aioredis.Redis, prefix: str, worker: WorkerProcess) -> bool:
-    """The worker holds the training and the relay lease (a lease's value is
-    ``host-pid-object``)."""
-    values = await r.mget([f"{prefix}learner", f"{prefix}relay-leader"])
+    """The worker holds the training and the changes relay's leases (a lease's value is
+    ``host-pid-object``; on a cluster a relay lease per partition's stream)."""
+    keys = layout(r, prefix)
+    names = [keys.training_lease, *(keys.relay_lease(s) for s in
+                                    await streams(r, keys, "changes", keys.changes))]
+    async with r.pipeline(transaction=False) as pipe:  # (keys of several slots)
+        for name in names:
+            pipe.get(name)
+        values = await pipe.execute()
     return all(v and int(v.decode().rsplit("-", 2)[1]) == worker.proc.pid for v in values)
 
 
@@ -37,8 +45,8 @@ async def watch_models(r: aioredis.Redis, prefix: str,
     """Record every published (version, checkpoint digest), read atomically, until cancelled."""
     while True:
         async with r.pipeline(transaction=True) as pipe:
-            pipe.get(f"{prefix}model-version")
-            pipe.get(f"{prefix}model")
+            pipe.get(layout(r, prefix).model_version)
+            pipe.get(layout(r, prefix).model)
             version, model = await pipe.execute()
         if version is not None:
             entry = (int(version), hashlib.sha1(model).hexdigest())
@@ -66,7 +74,7 @@ async def test_a_frozen_lease_holder_never_publishes_after_its_successor(
 
         async def holds_both() -> bool:
             return await holds(r, prefix, first) and int(
-                await r.get(f"{prefix}model-version") or 0) > 0
+                await r.get(layout(r, prefix).model_version) or 0) > 0
         await wait_for(holds_both, 60, "the first worker to train and relay")
         workers.append(WorkerProcess(dataclasses.replace(settings, web_port=free_port()),
                                      tmp_path, "w2"))
@@ -78,7 +86,7 @@ async def test_a_frozen_lease_holder_never_publishes_after_its_successor(
         await wait_for(shared, 60, "each worker to own two partitions")
 
         # freeze the holder; once the other holds both leases, events keep coming
-        before = int(await r.get(f"{prefix}model-version") or 0)
+        before = int(await r.get(layout(r, prefix).model_version) or 0)
         os.kill(first.proc.pid, signal.SIGSTOP)
         frozen = True
         await wait_for(lambda: holds(r, prefix, second), 60,
@@ -86,7 +94,7 @@ async def test_a_frozen_lease_holder_never_publishes_after_its_successor(
         await produce(settings, events[third:2 * third])
 
         async def published() -> bool:  # the new trainer learns from them
-            return int(await r.get(f"{prefix}model-version") or 0) > before
+            return int(await r.get(layout(r, prefix).model_version) or 0) > before
         await wait_for(published, 60, "the second worker to publish a newer model")
         await wait_for(lambda: caught_up(settings), 120, "the second worker to catch up")
 
@@ -99,8 +107,8 @@ async def test_a_frozen_lease_holder_never_publishes_after_its_successor(
         assert await holds(r, prefix, second)  # the successor keeps both
 
         # every change in the stream reaches the topic; read until all are there
-        entries = await r.xrange(f"{prefix}changes")
-        want = {i for i, _ in entries}
+        stream = [(i.encode(), f) for i, f in await entries(r, prefix, "changes")]
+        want = {i for i, _ in stream}
         async with TopicReader(settings, settings.changes_topic) as reader:
             async def relayed() -> bool:
                 got = {dict(m.headers)["segmenter.change_id"] for m in await reader.read()}
@@ -121,11 +129,11 @@ async def test_a_frozen_lease_holder_never_publishes_after_its_successor(
     assert versions[-1] > before
 
     # changes: per customer, in stream order; copies only as re-sends of the same entry
-    def order(change_id: bytes) -> tuple[int, int]:
-        ms, seq = change_id.split(b"-")
+    def order(change_id: bytes) -> tuple[int, int]:  # (on a cluster: <partition>:<entry id>)
+        ms, seq = change_id.rsplit(b":", 1)[-1].split(b"-")
         return int(ms), int(seq)
     stream_chain: dict[bytes, list[bytes]] = {}
-    for entry_id, fields in entries:
+    for entry_id, fields in stream:
         cid = orjson.loads(fields[b"change"])["customer_id"].encode()
         stream_chain.setdefault(cid, []).append(entry_id)
     topic_chain: dict[bytes, list[bytes]] = {}

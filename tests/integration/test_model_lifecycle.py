@@ -17,6 +17,7 @@ from stream.kafka_io import ensure_topics, read_lag_once
 from stream.keys import load_profile
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
+from tests.integration.layout import layout
 
 START = 1_767_225_600_000
 BY_NAME = {p.name: p for p in PERSONAS}
@@ -42,8 +43,8 @@ def encode(events: list[dict]) -> list[tuple[bytes | None, bytes | None]]:
 async def published_model(r: aioredis.Redis, prefix: str) -> tuple[dict, dict[str, dict]]:
     """The published model and its profiles, read atomically (one MULTI)."""
     async with r.pipeline(transaction=True) as pipe:
-        pipe.get(f"{prefix}model")
-        pipe.hgetall(f"{prefix}segments")
+        pipe.get(layout(r, prefix).model)
+        pipe.hgetall(layout(r, prefix).segments)
         model, profiles = await pipe.execute()
     return orjson.loads(model or b"{}"), {k.decode(): load_profile(v) for k, v in profiles.items()}
 
@@ -75,13 +76,13 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         await wait_for(shared, 30, "each worker to own two partitions")
         learners = [metric(w, "segmenter_model_learner") for w in workers]
         assert sorted(learners) == [0.0, 1.0], learners
-        published = int(await r.get(f"{prefix}model-version") or 0)
+        published = int(await r.get(layout(r, prefix).model_version) or 0)
 
         async def same_version() -> bool:  # the non-learner loads each snapshot
             v = {metric(w, "segmenter_model_version") for w in workers}
-            return v == {float(int(await r.get(f"{prefix}model-version") or 0))}
+            return v == {float(int(await r.get(layout(r, prefix).model_version) or 0))}
         await wait_for(same_version, 15, "both workers on the published model version")
-        snapshot = orjson.loads(await r.get(f"{prefix}model") or b"{}")
+        snapshot = orjson.loads(await r.get(layout(r, prefix).model) or b"{}")
         assert snapshot["version"] >= published and snapshot["algorithm"] == "kmeans"
         # every customer (whichever worker owns their partition) has a segment of that model;
         # the non-learner assigns its customers once the first snapshot reaches it
@@ -99,7 +100,7 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         names = {sid: p["name"] for sid, p in profiles.items()}
         assert all(d["segment"] in names for d in docs.values())
         # lifecycle: the first segments were born, and Kafka got the same messages
-        entries = await r.xrange(f"{prefix}lifecycle")
+        entries = await r.xrange(layout(r, prefix).lifecycle)
         lifecycle = [orjson.loads(f[b"lifecycle"]) for _, f in entries]
         assert {e["segment"] for e in lifecycle if e["event"] == "born"} >= set(
             snapshot["ids"]) - {e["segment"] for e in lifecycle if e["event"] == "split"}
@@ -129,9 +130,9 @@ async def test_two_workers_assign_with_one_model(settings: Settings, tmp_path: P
         await wait_for(lambda: caught_up(settings), 120, "the survivor to catch up")
 
         async def moved_on() -> bool:
-            return int(await r.get(f"{prefix}model-version") or 0) > before
+            return int(await r.get(layout(r, prefix).model_version) or 0) > before
         await wait_for(moved_on, 30, "new model versions from the new learner")
-        after = orjson.loads(await r.get(f"{prefix}model") or b"{}")
+        after = orjson.loads(await r.get(layout(r, prefix).model) or b"{}")
         # It continued the lineage: the same personas, so most segments keep their ids, and
         # new ones are numbered on (its sample holds the taken-over customers too; without
         # that, only one id survived here). Learning goes on over the whole population now:
@@ -162,7 +163,7 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
         await worker.wait_healthy()
         await produce(cfg, encode(first))
         await wait_for(lambda: caught_up(cfg), 120, "phase 1")
-        ids_before = set(orjson.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
+        ids_before = set(orjson.loads(await r.get(layout(r, prefix).model) or b"{}")["ids"])
         newcomers = ShopSimulator(450, seed=2, start_ms=START + 20 * DAY_MS, days=20,
                                   prefix="n", personas=(BY_NAME["mobile_evening_browser"],))
         await produce(cfg, encode(rest + list(newcomers.history())))
@@ -172,11 +173,12 @@ async def test_a_new_persona_is_born_through_kafka_and_redis(
         home = max(set(homes), key=homes.count)
         assert homes.count(home) >= 0.9 * len(homes) and home not in ids_before
         lifecycle = [orjson.loads(f[b"lifecycle"])
-                     for _, f in await r.xrange(f"{prefix}lifecycle")]
+                     for _, f in await r.xrange(layout(r, prefix).lifecycle)]
         birth = [e for e in lifecycle if e["segment"] == home]
         assert birth and birth[0]["event"] in ("born", "split"), lifecycle
-        assert ids_before <= set(orjson.loads(await r.get(f"{prefix}model") or b"{}")["ids"])
-        profile = load_profile(await r.hget(f"{prefix}segments", home) or b"{}")
+        model = await r.get(layout(r, prefix).model)
+        assert ids_before <= set(orjson.loads(model or b"{}")["ids"])
+        profile = load_profile(await r.hget(layout(r, prefix).segments, home) or b"{}")
         assert profile["lifecycle"][0]["event"] == birth[0]["event"]
         assert profile["criterion"]["name"] == "davies_bouldin"
         copies = await consume_all(cfg, cfg.lifecycle_topic, len(lifecycle), 30)
@@ -191,7 +193,8 @@ async def test_a_mismatched_snapshot_is_refused(settings: Settings, tmp_path: Pa
     from models.kmeans import SegmentModel
 
     cp = SegmentModel().checkpoint()
-    await r.set(f"{settings.redis_prefix}model", orjson.dumps({**cp, "feature_schema": "old"}))
+    await r.set(layout(r, settings.redis_prefix).model,
+                orjson.dumps({**cp, "feature_schema": "old"}))
     worker = WorkerProcess(settings, tmp_path)
     try:
         assert worker.proc.wait(60) != 0

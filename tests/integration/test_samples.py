@@ -15,7 +15,7 @@ from tests.integration.helpers import wait_for
 
 async def test_samples_expire_with_their_worker_and_are_read_when_new(
         settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    keys = Keys(settings.redis_prefix)
+    keys = Keys(settings.redis_prefix, cluster=settings.redis_cluster)
     await r.hset(keys.samples, "w-old", b"{}")  # an older version's hash of every sample
     a, b, trainer = (SampleBoard(r, keys, me) for me in ("w-a", "w-b", "w-t"))
     await a.publish(100, 10, [[1.0, 2.0]])
@@ -41,6 +41,6 @@ async def test_samples_expire_with_their_worker_and_are_read_when_new(
         return not await r.exists(keys.sample("w-b"), keys.sample_index)
     await wait_for(expired, 10, "the samples and their index to expire", every=0.1)
     assert await trainer.take() == ({}, {"w-a", "w-b"})
-    left = [k async for k in r.scan_iter(match=f"{settings.redis_prefix}*sample*")]
+    left = [k async for k in r.scan_iter(match=keys.sample("*"))]  # (the layout's names)
     assert left == [keys.sample("w-a").encode()]  # published with the minute's expiry
     assert 0 < await r.pttl(left[0]) <= 60_000

@@ -14,6 +14,7 @@ import redis.asyncio as aioredis
 from models.rfm import GRID
 from stream.settings import Settings
 from tests.integration.helpers import produce, wait_for
+from tests.integration.layout import counts
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import request, seeded_worker
 
@@ -47,7 +48,7 @@ def _text(x: bytes | str) -> str:
 
 
 async def _population(r: aioredis.Redis, prefix: str) -> dict[str, int]:
-    return {_text(k): int(v) for k, v in (await r.hgetall(f"{prefix}rfm")).items()}
+    return await counts(r, prefix, "rfm")
 
 
 async def _buyers_with_key(r: aioredis.Redis, prefix: str) -> int:

@@ -8,10 +8,12 @@ import asyncio
 import dataclasses
 import re
 from pathlib import Path
+from typing import Any
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 
 from models.simulator import ShopSimulator
 from stream.cli import main
@@ -21,6 +23,7 @@ from stream.partition_index import indexed, mark_if_empty, partition_states, pru
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.layout import layout
 from tests.integration.test_model_lifecycle import caught_up, metric
 from tests.integration.test_store import NOW, assignment
 
@@ -31,7 +34,7 @@ async def members(r: aioredis.Redis, key: str) -> set[str]:
 
 async def test_writes_keep_each_partition_index_and_pages_read_only_it(
         settings: Settings, r: aioredis.Redis) -> None:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     k = store.keys
     try:
@@ -71,7 +74,7 @@ async def test_writes_keep_each_partition_index_and_pages_read_only_it(
 async def test_reindex_rebuilds_the_index_of_states_written_without_it(
         settings: Settings, r: aioredis.Redis, monkeypatch: pytest.MonkeyPatch,
         capsys: pytest.CaptureFixture[str]) -> None:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     k = store.keys
     try:
@@ -87,6 +90,7 @@ async def test_reindex_rebuilds_the_index_of_states_written_without_it(
         # the command line, as an operator runs it (a second time: idempotent)
         monkeypatch.setenv("SEGMENTER_REDIS_URL", settings.redis_url)
         monkeypatch.setenv("SEGMENTER_REDIS_PREFIX", settings.redis_prefix)
+        monkeypatch.setenv("SEGMENTER_REDIS_CLUSTER", str(settings.redis_cluster).lower())
         assert await asyncio.to_thread(main, ["reindex"]) == 0
         assert "indexed 2500 customer states" in capsys.readouterr().out
         assert await members(r, k.partition(1)) == {
@@ -99,6 +103,22 @@ def assigned(worker: WorkerProcess) -> list[int]:
     """The partitions of the worker's latest assignment (from its log)."""
     found = re.findall(r"partitions assigned: \[([\d, ]*)\]", worker.log())
     return [int(p) for p in found[-1].split(",") if p.strip()] if found else []
+
+
+def _everywhere(r: aioredis.Redis) -> dict[str, Any]:
+    """On a cluster, a server command for every primary (redis-py sends it to one node)."""
+    return {"target_nodes": RedisCluster.PRIMARIES} if isinstance(r, RedisCluster) else {}
+
+
+async def _calls(r: aioredis.Redis) -> dict[str, int]:
+    """Calls per command since the last ``CONFIG RESETSTAT`` (on a cluster: all primaries)."""
+    got = await r.info("commandstats", **_everywhere(r))
+    per_node = got.values() if isinstance(r, RedisCluster) else [got]
+    out: dict[str, int] = {}
+    for stats in per_node:
+        for name, s in stats.items():
+            out[name] = out.get(name, 0) + int(s["calls"])
+    return out
 
 
 async def test_a_worker_taking_over_partitions_reads_only_their_customers(
@@ -121,8 +141,9 @@ async def test_a_worker_taking_over_partitions_reads_only_their_customers(
                 pipe.getrange(f"{prefix}state:{{{cid}}}", 0, 40)
             heads = await pipe.execute()
         partition_of = {c: int(h.split(b":")[0]) for c, h in zip(ids, heads, strict=True)}
-        assert await r.get(f"{prefix}partition-index") == b"1"  # set by the first warm start
-        await r.config_resetstat()
+        # set by the first warm start
+        assert await r.get(layout(r, prefix).partition_indexed) == b"1"
+        await r.config_resetstat(**_everywhere(r))
         workers.append(WorkerProcess(second, tmp_path, "w2"))
         await workers[1].wait_healthy()
 
@@ -137,9 +158,9 @@ async def test_a_worker_taking_over_partitions_reads_only_their_customers(
                 return metric(w, "segmenter_cached_customers") == expected
             await wait_for(warmed, 30, f"{w.log_path.stem} to hold its partitions' customers")
         # the rebalance read the index, never the whole keyspace
-        stats = await r.info("commandstats")
+        stats = await _calls(r)
         assert "cmdstat_scan" not in stats, stats.get("cmdstat_scan")
-        assert stats["cmdstat_sscan"]["calls"] >= 4
+        assert stats["cmdstat_sscan"] >= 4
     finally:
         for w in workers:
             w.stop()
