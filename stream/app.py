@@ -42,6 +42,7 @@ def create_app(settings: Settings) -> faust.App:
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=max(0.3, settings.session_timeout_s / 4),
         topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,  # its own topics, as durable as ours
         store="memory://",
         datadir=f"/tmp/segmenter-faust-{settings.group}-{settings.web_port}",
     )
