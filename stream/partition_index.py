@@ -22,7 +22,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from models.features import CustomerState
-from stream.errors import RetriableError
+from stream.errors import RetriableError, reason
 from stream.redis_io import RETRIABLE, RedisStore
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ async def partition_states(store: RedisStore, partition: int, cursor: int,
         cids = [m.decode() if isinstance(m, bytes) else m for m in members]
         return int(cursor), await store.read_states(cids, {partition})
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
+        raise RetriableError(f"Redis unavailable while reading states: {reason(exc)}") from exc
 
 
 async def scan_states(store: RedisStore, cursor: int, partitions: set[int],
@@ -55,7 +55,7 @@ async def scan_states(store: RedisStore, cursor: int, partitions: set[int],
         cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
         return int(cursor), await store.read_states(cids, partitions), len(cids)
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
+        raise RetriableError(f"Redis unavailable while scanning states: {reason(exc)}") from exc
 
 
 async def indexed(store: RedisStore) -> bool:
