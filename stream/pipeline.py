@@ -29,7 +29,6 @@ from models.core import Parsed, Segmenter
 from stream.audience_pass import AudiencePass
 from stream.audiences_io import AudienceStore
 from stream.consume import BatchReader, Fetched
-from stream.errors import reason
 from stream.health import Health
 from stream.metrics import Metrics
 from stream.modelsync import ModelSync, Snapshot
@@ -160,8 +159,8 @@ class EventPipeline:
                 try:
                     batch, parsed = await self._next_batch()
                 except KafkaError as exc:
-                    self.health.report("kafka", f"Kafka: {reason(exc)}")
-                    log.warning("fetch failed: %s", reason(exc))
+                    self.health.report("kafka", f"Kafka: {exc}")
+                    log.warning("fetch failed: %s", exc)
                     await asyncio.sleep(1)
                     continue
                 self.health.clear("kafka")
