@@ -31,10 +31,14 @@ log = logging.getLogger(__name__)
 
 async def every(interval: float, round_: Callable[[], Awaitable[None]]) -> None:
     """``await round_()`` forever, each ``interval`` seconds after the previous one ended
-    (never two at once, never a burst to catch up); ``round_`` handles its own errors."""
+    (never two at once, never a burst to catch up); a round that raises is logged and the
+    next one runs all the same."""
     while True:
         await asyncio.sleep(interval)
-        await round_()
+        try:
+            await round_()
+        except Exception as exc:  # never the end of the rounds (nor of the others gathered)
+            log.warning("%s failed: %r", getattr(round_, "__name__", "a round"), exc)
 
 
 class LagWatch:
