@@ -17,6 +17,8 @@ from aiohttp_cors import ResourceOptions
 
 from stream import guard, native_memory, web
 from stream.credentials import faust_credentials
+from stream.errors import reason
+from stream.monitor import LagWatch, every
 from stream.runtime import Runtime
 from stream.settings import Settings
 
@@ -66,13 +68,12 @@ def create_app(settings: Settings) -> faust.App:
                 relay.stop()
             await asyncio.gather(*relays)
 
-    @app.timer(interval=settings.model_poll_s)
     async def maintain_model() -> None:
         if not rt.started or rt.stopping:
             return
         try:
             await rt.pipeline.maintain(int(settings.rescore_per_s * settings.model_poll_s))
-        except Exception as exc:  # a failed round is retried at the next tick
+        except Exception as exc:  # a failed round is retried at the next one
             log.warning("model sync / re-scoring failed: %r", exc)
 
     @app.timer(interval=60.0)
@@ -88,7 +89,14 @@ def create_app(settings: Settings) -> faust.App:
         log.debug("full GC: %d objects freed in %.0f ms", freed,
                   (time.perf_counter() - started) * 1000)
 
-    @app.timer(interval=2.0)
+    def fetched() -> float:
+        return rt.pipeline.reader.last_records if rt.pipeline.reader is not None else 0.0
+    lag = LagWatch(rt.lag_reader, rt.health, rt.metrics, fetched)
+
+    async def read_lag() -> None:
+        if rt.started and not rt.stopping:
+            await lag.read()
+
     async def observe() -> None:
         if not rt.started:
             return
@@ -97,28 +105,18 @@ def create_app(settings: Settings) -> faust.App:
             rt.metrics.assigned.set(rt.pipeline.assigned())
             rt.metrics.cached.set(len(rt.pipeline.core.cache))
             rt.metrics.health_ok.set(0 if rt.problems() else 1)
-            try:
-                # aiokafka's fetch loop just returns nothing while the broker is away; this
-                # read from the broker is what notices.
-                rows = await asyncio.wait_for(rt.lag_reader.read(), 5.0)
-                rt.health.clear("lag")
-                if rt.lag_reader.offline:  # its events wait: not healthy
-                    rt.health.report("replication", "; ".join(rt.lag_reader.offline))
-                else:
-                    rt.health.clear("replication")
-                rt.health.degrade("kafka", rt.lag_reader.degraded)
-            except Exception as exc:
-                rt.health.report("lag", f"Kafka unreachable: {exc!r}")
-                raise
-            for p in rows:
-                rt.metrics.lag.labels(p.topic, str(p.partition)).set(p.lag)
-                rt.metrics.lag_seconds.labels(p.topic, str(p.partition)).set(
-                    p.seconds_behind(now_ms))
             sizes = await rt.pipeline.refresh_sizes()
-            rt.dashboard.sample(rt.status(), sizes, sum(p.lag for p in rows),
-                                max((p.seconds_behind(now_ms) for p in rows), default=0.0))
+            totals = lag.totals(now_ms)
+            if totals is not None:  # the last lag read's: never waits for the broker
+                rt.dashboard.sample(rt.status(), sizes, *totals)
         except Exception as exc:  # monitoring must never stop the worker
-            log.warning("lag/size refresh failed: %s", exc)
+            log.warning("size refresh failed: %s", reason(exc))
+
+    @app.task
+    async def rounds() -> None:
+        # paced from their end, not Faust timers (stream.monitor says why)
+        await asyncio.gather(every(settings.model_poll_s, maintain_model),
+                             every(2.0, read_lag), every(2.0, observe))
 
     # mode types receivers with a positional-only first parameter, which def cannot spell
     @app.on_before_shutdown.connect  # type: ignore[arg-type]

@@ -35,7 +35,7 @@ from prometheus_client import Counter
 from models.core import Segmenter
 from models.state import CustomerState
 from models.windows import DAY_MS, moves_with_time
-from stream.errors import FatalError, RetriableError
+from stream.errors import FatalError, RetriableError, reason
 from stream.health import Health, retry
 from stream.partition_index import Cursor, indexed, scan_states
 from stream.redis_io import RETRIABLE, RedisStore, script_status
@@ -158,7 +158,7 @@ class AudiencePass:
                      time.monotonic() - started, self.changed)
         except FatalError as exc:  # a newer worker's state: this one must be replaced
             self.fatal = True
-            log.critical("audience evaluation stopped: %s", exc)
+            log.critical("audience evaluation stopped: %s", reason(exc))
         except Exception:  # noqa: BLE001 - started again on the model timer (ensure)
             log.exception("audience evaluation of version %d failed; starting again", version)
 
@@ -249,7 +249,7 @@ class AudiencePass:
                 for st, head, now in writes])
             await store.apply_outboxes([st.customer_id for st, _, _ in writes], results)
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while writing memberships: {exc}") \
+            raise RetriableError(f"Redis unavailable while writing memberships: {reason(exc)}") \
                 from exc
         again = []
         for (st, head, now), reply in zip(writes, results, strict=True):
@@ -267,7 +267,8 @@ class AudiencePass:
             cursor, members = await self.store.r.sscan(self.store.keys.partition(partition),
                                                        cursor, count=PAGE)
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while reading an index: {exc}") from exc
+            raise RetriableError(
+                f"Redis unavailable while reading an index: {reason(exc)}") from exc
         return int(cursor), [m.decode() if isinstance(m, bytes) else m for m in members]
 
     async def _mark_done(self, partition: int, version: int) -> None:
@@ -276,7 +277,7 @@ class AudiencePass:
                 await self._done_script(keys=[self.store.keys.audience_evaluated],
                                         args=[partition, version])
             except RETRIABLE as exc:
-                raise RetriableError(f"Redis unavailable: {exc}") from exc
+                raise RetriableError(f"Redis unavailable: {reason(exc)}") from exc
 
 
 _Evaluated = tuple[CustomerState, bytes, str]
@@ -296,14 +297,14 @@ async def _read(store: RedisStore, cids: list[str], partition: int) -> list[Cust
     try:
         return await store.read_states(cids, {partition})
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
+        raise RetriableError(f"Redis unavailable while reading states: {reason(exc)}") from exc
 
 
 async def _hmget(r: Any, key: str, fields: list[int]) -> list[Any]:
     try:
         return list(await r.hmget(key, fields))
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable: {exc}") from exc
+        raise RetriableError(f"Redis unavailable: {reason(exc)}") from exc
 
 
 async def _scards(r: Any, names: list[str]) -> list[int]:
@@ -313,4 +314,4 @@ async def _scards(r: Any, names: list[str]) -> list[int]:
                 pipe.scard(name)
             return [int(n) for n in await pipe.execute()]
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable: {exc}") from exc
+        raise RetriableError(f"Redis unavailable: {reason(exc)}") from exc

@@ -32,9 +32,14 @@ def _settings(redis: bool = False) -> Settings:
     return s
 
 
+def _secs(value: float | None) -> str:
+    return "?" if value is None else f"{value:.1f}"  # ?: lagging, age not read in time
+
+
 def _lag(args: argparse.Namespace) -> int:
     from stream.credentials import kafka_options
     from stream.kafka_io import partition_owners, read_lag_once
+    from stream.lag import most_behind
 
     s = _settings()
 
@@ -49,10 +54,10 @@ def _lag(args: argparse.Namespace) -> int:
         for r in rows:
             committed = "-" if r.committed is None else str(r.committed)
             out.append(f"{r.partition:>9} {committed:>15} {r.end:>15} {r.lag:>10} "
-                       f"{r.seconds_behind(now_ms):>15.1f}  {owners.get(r.partition, '-')}")
+                       f"{_secs(r.seconds_behind(now_ms)):>15}  {owners.get(r.partition, '-')}")
         total = sum(r.lag for r in rows)
-        behind = max((r.seconds_behind(now_ms) for r in rows), default=0.0)
-        out.append(f"{'TOTAL':>9} {'':>15} {'':>15} {total:>10} {behind:>15.1f}")
+        out.append(f"{'TOTAL':>9} {'':>15} {'':>15} {total:>10} "
+                   f"{_secs(most_behind(rows, now_ms)):>15}")
         return "\n".join(out), total
 
     while True:

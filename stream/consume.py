@@ -66,6 +66,8 @@ class BatchReader:
         self._next: dict[TopicPartition, int] = {}  # offset after the last record fetched
         self.last_poll = 0.0
         """When the broker was last polled (wall clock), for the health check."""
+        self.last_records = 0.0
+        """When a poll last returned records (wall clock): the consumer is fetching."""
         self._queue: collections.deque[asyncio.Task[Fetched]] = collections.deque()
         self._reading = asyncio.Lock()
 
@@ -106,6 +108,8 @@ class BatchReader:
             self.metrics.busy.labels("fetch").inc(time.perf_counter() - fetching)
             self.last_poll = time.time()
             records = [m for msgs in batch.values() for m in msgs]
+            if records:
+                self.last_records = self.last_poll
             for tp, msgs in batch.items():
                 if msgs:
                     self._next[tp] = msgs[-1].offset + 1

@@ -31,7 +31,7 @@ class Dashboard:
         self._last: tuple[float, float, float] | None = None  # time, processed, dead
 
     def sample(self, status: WorkerStatus, sizes: dict[str, int], lag: int,
-               behind: float) -> None:
+               behind: float | None) -> None:
         """Called by the worker's timer."""
         now = time.time()
         processed = float(status.processed)

@@ -49,12 +49,49 @@ def worker_health(port: int) -> dict[str, Any]:
     return dict(body) if status else {"status": "starting", "processed": 0}
 
 
-async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> str:
-    health = worker_health(settings.web_port)
-    processed = int(health.get("processed", 0))
-    now = time.monotonic()
-    rate = (processed - seen[1]) / (now - seen[0]) if seen[0] else 0.0
-    seen[:] = [now, processed]
+class LastKnown:
+    """What the summary last heard from the worker. A ``/health`` poll that gets no answer
+    (the worker busy with a backfill answers late, or it is starting) keeps the last figures
+    and says so; a rate is only computed between two answered polls, never across a failed
+    one (the fallback of 0 events processed once gave negative, then inflated, rates)."""
+
+    def __init__(self) -> None:
+        self.health: dict[str, Any] | None = None
+        self.at = 0.0  # monotonic time of the last answer
+        self.answered = False  # the previous poll got an answer
+
+    def head(self, health: dict[str, Any] | None, now: float, customers: int, lag: int) -> str:
+        """The summary's first line after a poll: ``health`` is the ``/health`` body, or None
+        when nothing answered; ``now`` the poll's monotonic time."""
+        rate: float | None = None
+        if health is not None:
+            processed = int(health.get("processed", 0))
+            before = self.health
+            if self.answered and before is not None and now > self.at and \
+                    processed >= int(before.get("processed", 0)):  # not a restarted worker
+                rate = (processed - int(before.get("processed", 0))) / (now - self.at)
+            self.health, self.at, self.answered = health, now, True
+        else:
+            self.answered = False
+        shown = self.health or {}
+        if health is not None:
+            status = str(shown.get("status"))
+            if shown.get("reasons"):
+                status += f" ({'; '.join(map(str, shown['reasons']))})"
+            if shown.get("degraded"):
+                status += f" (degraded: {'; '.join(map(str, shown['degraded']))})"
+        elif self.health is None:
+            status = "starting"
+        else:
+            status = f"{shown.get('status')} (no answer, last known)"
+        return (f"{'-' if rate is None else f'{rate:.0f}':>8} events/s  processed "
+                f"{int(shown.get('processed', 0))}  customers {customers}  lag {lag}  "
+                f"model v{shown.get('model_version', 0)}  worker {status}")
+
+
+async def _summary(settings: Settings, store: RedisStore, seen: LastKnown) -> str:
+    status, body = fetch_json(f"http://127.0.0.1:{settings.web_port}/health")
+    polled = time.monotonic()
     try:
         lag = sum(p.lag for p in await read_lag_once(settings.kafka, settings.group,
                                                      settings.events_topic,
@@ -63,10 +100,11 @@ async def _summary(settings: Settings, store: RedisStore, seen: list[float]) -> 
         lag = -1
     profiles = {sid: p for sid, p in (await store.profiles()).items()
                 if p.get("status", "active") == "active"}
+    # customers with a segment now (seg:sizes, kept by every write): it holds while the
+    # backfill replays days in which no new customer arrives
     customers = sum(max(0, p["size"]) for p in profiles.values())
-    lines = [f"[{time.strftime('%H:%M:%S')}] {rate:8.0f} events/s  processed {processed}  "
-             f"customers {customers}  lag {lag}  model v{health.get('model_version', 0)}  "
-             f"worker {health.get('status')}"]
+    lines = [f"[{time.strftime('%H:%M:%S')}] "
+             + seen.head(dict(body) if status else None, polled, customers, lag)]
     for sid, p in sorted(profiles.items(), key=lambda kv: -kv[1]["size"]):
         lines.append(f"    {sid:>4} {p['size']:>7}  {p['name']}")
     return "\n".join(lines)
@@ -167,7 +205,7 @@ async def _watch(settings: Settings, procs: list[subprocess.Popen[bytes]],
                  seconds: float) -> None:
     client = connect(settings.redis_url, **redis_options(settings))
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
-    seen = [0.0, 0.0]
+    seen = LastKnown()
     started = time.monotonic()
     try:
         while not seconds or time.monotonic() - started < seconds:

@@ -3,6 +3,17 @@
 from __future__ import annotations
 
 
+def reason(exc: BaseException) -> str:
+    """What to log or report about ``exc``: its message, or its ``repr`` when the message is
+    empty (``TimeoutError()`` from ``asyncio.wait_for``, a bare ``ConnectionError()``), so a
+    warning or a ``/health`` reason never ends in nothing.
+
+    >>> reason(TimeoutError()), reason(ValueError("bad value"))
+    ('TimeoutError()', 'bad value')
+    """
+    return str(exc) or repr(exc)
+
+
 class SegmenterError(Exception):
     """Base of every Segmenter error."""
 

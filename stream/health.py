@@ -24,7 +24,7 @@ from typing import TypeVar
 
 from prometheus_client import Counter
 
-from stream.errors import RetriableError
+from stream.errors import RetriableError, reason
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -69,8 +69,8 @@ async def retry(call: Callable[[], Awaitable[T]], health: Health, errors: Counte
             health.clear("redis")
             return result
         except RetriableError as exc:
-            health.report("redis", str(exc))
+            health.report("redis", reason(exc))
             errors.inc()
-            log.warning("%s; retrying in %.1f s", exc, delay)
+            log.warning("%s; retrying in %.1f s", reason(exc), delay)
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)

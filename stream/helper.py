@@ -24,6 +24,8 @@ from collections.abc import Callable
 from multiprocessing.connection import Connection
 from typing import Any
 
+from stream.errors import reason
+
 log = logging.getLogger(__name__)
 
 
@@ -89,7 +91,7 @@ class Helper:
                                      name=f"segmenter-{type(self).__name__.lower()}")
             self._proc.start()
         except OSError as exc:
-            log.warning("%s in the worker: no helper process (%s)", self.fallback, exc)
+            log.warning("%s in the worker: no helper process (%s)", self.fallback, reason(exc))
             return
         finally:
             theirs.close()
@@ -98,7 +100,8 @@ class Helper:
         try:
             await self.call(_import, type(self).__module__)
         except HelperGone as exc:
-            log.warning("%s in the worker: the helper did not start (%s)", self.fallback, exc)
+            log.warning("%s in the worker: the helper did not start (%s)", self.fallback,
+                        reason(exc))
 
     def call(self, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
         """Send ``fn(*args)`` to the helper now; the future gets its result, or

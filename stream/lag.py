@@ -50,11 +50,29 @@ class PartitionLag:
         """End minus committed (everything, when nothing is committed)."""
         return max(0, self.end - (self.committed or 0))
 
-    def seconds_behind(self, now_ms: int) -> float:
-        """Age of the oldest unprocessed record (0 when caught up)."""
-        if not self.lag or self.oldest_unprocessed_ms is None:
+    def seconds_behind(self, now_ms: int) -> float | None:
+        """Age of the oldest unprocessed record: 0 when caught up, None (unknown) when the
+        group lags but that record's timestamp was not read (its fetch timed out on a busy
+        worker): never 0 while events wait."""
+        if not self.lag:
             return 0.0
+        if self.oldest_unprocessed_ms is None:
+            return None
         return max(0.0, (now_ms - self.oldest_unprocessed_ms) / 1000)
+
+
+def most_behind(rows: list[PartitionLag], now_ms: int) -> float | None:
+    """The largest :meth:`PartitionLag.seconds_behind` of ``rows`` known; None when the group
+    lags and no lagging partition's age is known (0 only when caught up).
+
+    >>> rows = [PartitionLag("e", 0, 5, 9, 1_000), PartitionLag("e", 1, 5, 9, None)]
+    >>> most_behind(rows, 41_000), most_behind(rows[1:], 41_000), most_behind([], 0)
+    (40.0, None, 0.0)
+    """
+    known = [s for s in (r.seconds_behind(now_ms) for r in rows) if s is not None]
+    if known:
+        return max(known)
+    return None if any(r.lag for r in rows) else 0.0
 
 
 class _QuietLagReads(logging.Filter):
@@ -92,6 +110,9 @@ class LagReader:
         """Partitions without a leader at the last read (nothing moves there), for people."""
         self.degraded: list[str] = []
         """Under-replicated partitions at the last read (they work, with less margin)."""
+        self._oldest: dict[TopicPartition, tuple[int, int]] = {}
+        """Per lagging partition, the committed offset and oldest unprocessed record's
+        timestamp last read: stands in when a read gets no record in time."""
 
     async def start(self) -> None:
         """Connect, and tell the embedded broker from standard ones."""
@@ -156,6 +177,16 @@ class LagReader:
         # the embedded one: everywhere, since only the Fetch tells its true end offset.
         fetch = [tp for tp in tps if listed[tp] > committed.get(tp, 0) or not self.standard]
         seen, oldest = await self._fetch_first(fetch, committed, listed, timeout)
+        for tp in tps:
+            at = committed.get(tp, 0)
+            if tp in oldest:
+                self._oldest[tp] = (at, oldest[tp])
+            elif max(listed[tp], seen.get(tp, 0)) <= at:
+                self._oldest.pop(tp, None)  # caught up
+            elif tp in self._oldest and self._oldest[tp][0] <= at:
+                # no record in time (a busy worker): the last one read is at most as new as
+                # the true oldest, so the age shown is the last known, an upper bound
+                oldest[tp] = self._oldest[tp][1]
         return [PartitionLag(self.topic, tp.partition, committed.get(tp),
                              max(listed[tp], seen.get(tp, 0)), oldest.get(tp)) for tp in tps]
 

@@ -27,7 +27,7 @@ from models.algorithms import from_checkpoint
 from models.core import BatchResult, Segmenter
 from models.model import BaseModel
 from models.profiles import build_profiles
-from stream.errors import RetriableError
+from stream.errors import RetriableError, reason
 from stream.keys import load_json
 from stream.lease import Lease
 from stream.metrics import Metrics
@@ -93,7 +93,8 @@ class ModelSync:
         try:
             return await self._tick(core)
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while syncing the model: {exc}") from exc
+            raise RetriableError(
+                f"Redis unavailable while syncing the model: {reason(exc)}") from exc
 
     async def _tick(self, core: Segmenter) -> list[BatchResult]:
         schedule, out = core.schedule, []

@@ -24,7 +24,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from models.features import CustomerState
-from stream.errors import RetriableError
+from stream.errors import RetriableError, reason
 from stream.redis_io import RETRIABLE, RedisStore
 
 log = logging.getLogger(__name__)
@@ -69,7 +69,7 @@ async def partition_states(store: RedisStore, partition: int, cursor: int,
         cids = [m.decode() if isinstance(m, bytes) else m for m in members]
         return int(cursor), await store.read_states(cids, {partition})
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable while reading states: {exc}") from exc
+        raise RetriableError(f"Redis unavailable while reading states: {reason(exc)}") from exc
 
 
 async def scan_states(store: RedisStore, cursor: Cursor, partitions: set[int],
@@ -83,7 +83,7 @@ async def scan_states(store: RedisStore, cursor: Cursor, partitions: set[int],
         cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
         return cursor, await store.read_states(cids, partitions), len(cids)
     except RETRIABLE as exc:
-        raise RetriableError(f"Redis unavailable while scanning states: {exc}") from exc
+        raise RetriableError(f"Redis unavailable while scanning states: {reason(exc)}") from exc
 
 
 async def indexed(store: RedisStore) -> bool:

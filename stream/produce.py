@@ -7,7 +7,7 @@ import collections
 import logging
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import orjson
@@ -22,11 +22,31 @@ from stream.settings import Settings
 log = logging.getLogger(__name__)
 
 
+class Progress:
+    """Logs, every ``every_s`` seconds, how many events a producer sent and how fast."""
+
+    def __init__(self, what: str, customers: Callable[[], int], every_s: float = 10.0) -> None:
+        self.what, self.customers, self.every_s = what, customers, every_s
+        self.started = self._last_at = time.monotonic()
+        self._last_sent = 0
+
+    def tick(self, sent: int, done: bool = False) -> None:
+        """``sent`` so far; ``done``: the last call (always logs)."""
+        now = time.monotonic()
+        if not done and now - self._last_at < self.every_s:
+            return
+        rate = (sent - self._last_sent) / max(now - self._last_at, 1e-9)
+        log.info("%s: %d events sent%s, %.0f events/s, %d customers", self.what, sent,
+                 f" in {now - self.started:.1f} s" if done else "", rate, self.customers())
+        self._last_at, self._last_sent = now, sent
+
+
 async def produce(
     producer: AIOKafkaProducer, topic: str, messages: Iterable[tuple[bytes | None, bytes]],
-    rate: float = 0.0, limit: int | None = None,
+    rate: float = 0.0, limit: int | None = None, progress: Progress | None = None,
 ) -> int:
-    """Send ``(key, value)`` pairs, at most ``rate`` per second (0: as fast as possible)."""
+    """Send ``(key, value)`` pairs, at most ``rate`` per second (0: as fast as possible);
+    ``progress`` is told every 1000."""
     sent = 0
     started = time.monotonic()
     pending: list[asyncio.Future[Any]] = []
@@ -38,11 +58,15 @@ async def produce(
         if len(pending) >= 2000:
             await asyncio.gather(*pending)
             pending = []
+        if progress is not None and sent % 1000 == 0:
+            progress.tick(sent)
         if rate > 0 and sent % max(1, int(rate / 20)) == 0:
             ahead = sent / rate - (time.monotonic() - started)
             if ahead > 0:
                 await asyncio.sleep(ahead)
     await asyncio.gather(*pending)
+    if progress is not None:
+        progress.tick(sent, done=True)
     return sent
 
 
@@ -71,12 +95,22 @@ async def simulate(settings: Settings, customers: int, events: int | None, rate:
                         drift=drift)
     producer = make_producer(settings)
     await producer.start()
+    back = rate if history_rate is None else history_rate
+    log.info("simulating %d customers into %r: %g days of history %s%s", customers,
+             settings.events_topic, days,
+             f"at {back:g} events/s" if back else "as a backfill (as fast as the broker takes it)",
+             f", then live shoppers at {rate:g} events/s" if live else "")
+
+    def known() -> int:
+        return len(sim.truth)
     try:
-        sent = await produce(producer, settings.events_topic, _history(sim),
-                             rate=rate if history_rate is None else history_rate, limit=events)
+        sent = await produce(producer, settings.events_topic, _history(sim), rate=back,
+                             limit=events, progress=Progress("history", known))
         if live and (events is None or sent < events):
+            log.info("history sent; live shoppers now, stamped with the wall clock")
             sent += await produce(producer, settings.events_topic, _live(sim), rate=rate,
-                                  limit=None if events is None else events - sent)
+                                  limit=None if events is None else events - sent,
+                                  progress=Progress("live", known, every_s=60.0))
         return sent
     finally:
         await producer.stop()

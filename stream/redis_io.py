@@ -29,7 +29,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from models.core import Assignment
 from models.features import CustomerState
 from models.traits import TRAIT_NAMES, from_fields
-from stream.errors import RetriableError
+from stream.errors import RetriableError, reason
 from stream.keys import Keys, decode_state, load_profile
 from stream.lease import FENCE_LUA
 from stream.shards import Shards, collect, sum_hashes
@@ -130,7 +130,7 @@ class RedisStore:
         try:
             return {s.customer_id: s for s in await self.read_states(list(ids))}
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while loading states: {exc}") from exc
+            raise RetriableError(f"Redis unavailable while loading states: {reason(exc)}") from exc
 
     async def read_states(self, cids: list[str],
                           partitions: set[int] | None = None) -> list[CustomerState]:
@@ -197,7 +197,7 @@ class RedisStore:
                 for a in assignments])
             await self.apply_outboxes(assignments, results)
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while writing: {exc}") from exc
+            raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
         changes = [r[1] for r in results if r[0] == 1]
         fenced = sum(1 for r in results if r[0] == -1)
         return changes, fenced
@@ -237,7 +237,7 @@ class RedisStore:
                  k.partition("")[:-1], self.shard_arg(0)) for cid in ids])
             await self.apply_outboxes(ids, results)
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while erasing: {exc}") from exc
+            raise RetriableError(f"Redis unavailable while erasing: {reason(exc)}") from exc
         return sum(1 for res in results if res[0])
 
     async def publish_model(self, version: int, checkpoint: str | bytes,
@@ -266,7 +266,8 @@ class RedisStore:
                             version)
             return done == 1
         except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while publishing the model: {exc}") from exc
+            raise RetriableError(
+                f"Redis unavailable while publishing the model: {reason(exc)}") from exc
 
     async def customers(self, ids: list[str]) -> list[dict[str, str] | None]:
         """contract §2 hashes of several customers in one round trip."""

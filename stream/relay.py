@@ -32,6 +32,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 from redis.exceptions import ResponseError
 
+from stream.errors import reason
 from stream.keys import Keys
 from stream.lease import FENCE_LUA, Lease
 from stream.redis_io import RETRIABLE
@@ -99,7 +100,7 @@ class ChangeRelay:
                         await self.r.xread({self.stream: newest}, count=1, block=1000)
             except RETRIABLE as exc:
                 self._group_ready = False  # a restarted Redis may have lost the group
-                log.warning("change relay: Redis unavailable (%s)", exc)
+                log.warning("change relay: Redis unavailable (%s)", reason(exc))
                 await self._sleep(1.0)
             except Exception as exc:  # Kafka down, NOGROUP, anything else: retry, never die
                 self._group_ready = False
@@ -208,7 +209,7 @@ class ShardedRelay:
                         self.relays[name] = relay
                         self._tasks.append(asyncio.ensure_future(relay.run()))
             except RETRIABLE as exc:
-                log.warning("change relay: Redis unavailable (%s)", exc)
+                log.warning("change relay: Redis unavailable (%s)", reason(exc))
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.DISCOVER_S)
         for relay in self.relays.values():

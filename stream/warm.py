@@ -21,7 +21,7 @@ from prometheus_client import Counter
 
 from models.core import Segmenter
 from models.features import CustomerState
-from stream.errors import FatalError
+from stream.errors import FatalError, reason
 from stream.health import Health, retry
 from stream.partition_index import Cursor, indexed, mark_if_empty, partition_states, scan_states
 from stream.redis_io import RedisStore
@@ -75,7 +75,7 @@ class Warmer:
             log.info("read %d customer states of partitions %s from Redis in %.1f s",
                      added, sorted(partitions), time.monotonic() - started)
         except FatalError as exc:  # a newer worker's state: the hot path stops at its event
-            log.critical("warm start stopped: %s", exc)
+            log.critical("warm start stopped: %s", reason(exc))
         finally:
             if self._task is asyncio.current_task():  # not replaced by a newer assignment
                 self.core.schedule.warming = False
@@ -97,13 +97,15 @@ class Warmer:
 
     async def _scan(self, partitions: set[int]) -> int:
         """Every state in Redis, keeping these partitions' (no index yet)."""
-        log.warning("no partition index in Redis: warming up by a SCAN of every customer "
-                    "state; run `segmenter reindex` once to read only this worker's")
         added, seen = 0, 0
         cursor: Cursor = 0
         while True:
             cursor, states, n = await retry(functools.partial(
                 scan_states, self.store, cursor, partitions), self.health, self.errors)
+            if n and not seen:  # an empty store (a new deployment) needs no index
+                log.warning("no partition index in Redis: warming up by a SCAN of every "
+                            "customer state; run `segmenter reindex` once to read only this "
+                            "worker's")
             added, seen = added + await self._add(states), seen + n
             if cursor == 0 or len(self.core.cache) >= self.limit:
                 break

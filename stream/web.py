@@ -17,6 +17,7 @@ from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
 from stream import audience_web, openapi, shop
+from stream.errors import reason
 from stream.guard import any_token, error, token_matches, unauthorized
 from stream.http_limits import public_field_names
 from stream.ingest import Ingest
@@ -225,7 +226,7 @@ def register(app: faust.App, rt: Runtime) -> None:
             try:
                 await asyncio.wait_for(rt.redis.ping(), 2)
             except Exception as exc:
-                reasons.append(f"Redis unreachable: {exc}")
+                reasons.append(f"Redis unreachable: {reason(exc)}")
             body = {"status": "ok" if not reasons else "unavailable", "reasons": reasons,
                     "processed": status.processed, "model_version": status.model_version,
                     "relay_leader": status.relay_leader, "degraded": rt.health.degraded()}

@@ -21,6 +21,7 @@ from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from models.config import BatchResult
 from models.records import Assignment
+from stream.errors import reason
 from stream.health import Health, retry
 from stream.kafka_io import send_dead_letters
 from stream.metrics import Metrics
@@ -161,7 +162,7 @@ class BatchWriter:
             # Partitions moved during the batch: the new owner re-reads from the last commit
             # and the offset fence in Redis makes the repeat harmless.
             log.warning("commit failed (%s); the batch will be re-delivered and deduplicated",
-                        exc)
+                        reason(exc))
             return True
         except IllegalStateError as exc:
             # Offsets of partitions handed over since they were taken (aiokafka refuses them
@@ -169,10 +170,10 @@ class BatchWriter:
             # from the last commit, fenced. Retrying them would stall every commit for good.
             owned = self.consumer.assignment()
             kept = {tp: o for tp, o in offsets.items() if tp in owned}
-            log.warning("commit: %s; committing the %d partitions still assigned", exc,
+            log.warning("commit: %s; committing the %d partitions still assigned", reason(exc),
                         len(kept))
             return await self._commit(kept) if kept else True
         except KafkaError as exc:  # broker unreachable: keep the offsets, commit later
-            self.health.report("commit", f"Kafka: commit failed: {exc}")
-            log.warning("commit failed (%s); will retry", exc)
+            self.health.report("commit", f"Kafka: commit failed: {reason(exc)}")
+            log.warning("commit failed (%s); will retry", reason(exc))
             return False

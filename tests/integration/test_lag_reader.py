@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 
 import orjson
 import pytest
@@ -57,3 +58,31 @@ async def test_a_start_cut_short_leaves_no_consumer_open(settings: Settings) -> 
         else:
             await reader.close()  # it had finished starting: closed the normal way
     assert cut_short  # at least the first one (cancelled before it ran) was cut short
+
+
+async def test_a_read_without_the_oldest_record_in_time_keeps_its_last_known_age(
+        settings: Settings) -> None:
+    # Under load the Fetch of a lagging partition's oldest record can time out; that once
+    # showed "seconds behind 0 ms" with a lag of 102,921 on the dashboard.
+    await ensure_topics(settings)
+    await produce(settings, [(f"c{i % 7}".encode(), orjson.dumps({"i": i}))
+                             for i in range(500)])
+    reader = LagReader(settings.kafka, settings.group, settings.events_topic)
+    await reader.start()
+    fresh = LagReader(settings.kafka, settings.group, settings.events_topic)
+    await fresh.start()
+    try:
+        now_ms = int(time.time() * 1000) + 5000
+        first = {r.partition: r for r in await reader.read()}
+        assert all(r.seconds_behind(now_ms) for r in first.values() if r.lag)
+        again = await reader.read(timeout=0)  # no time to fetch a record this time
+        for r in again:
+            if r.lag:
+                assert r.oldest_unprocessed_ms == first[r.partition].oldest_unprocessed_ms
+                assert (r.seconds_behind(now_ms) or 0) >= 5
+        # a reader that never read the record: unknown, never 0
+        lagging = [r for r in await fresh.read(timeout=0) if r.lag]
+        assert lagging and all(r.seconds_behind(now_ms) is None for r in lagging)
+    finally:
+        await reader.close()
+        await fresh.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -15,13 +16,17 @@ import pytest
 import redis.asyncio as aioredis
 from redis.asyncio.cluster import RedisCluster
 
+from models.core import Segmenter
 from models.simulator import ShopSimulator
 from stream.cli import main
 from stream.embedded import free_port
+from stream.health import Health
 from stream.kafka_io import ensure_topics
+from stream.metrics import Metrics
 from stream.partition_index import indexed, mark_if_empty, partition_states, prune, rebuild
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
+from stream.warm import Warmer
 from tests.integration.helpers import WorkerProcess, produce, wait_for
 from tests.integration.layout import layout
 from tests.integration.test_model_lifecycle import caught_up, metric
@@ -95,6 +100,39 @@ async def test_reindex_rebuilds_the_index_of_states_written_without_it(
         assert "indexed 2500 customer states" in capsys.readouterr().out
         assert await members(r, k.partition(1)) == {
             a.customer_id for a in writes if a.partition == 1}
+    finally:
+        await client.aclose()
+
+
+async def test_only_a_store_with_states_and_no_index_warns_of_the_scan(
+        settings: Settings, r: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
+    client = connect(settings.redis_url)
+    store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
+    everything = {0, 1, 2, 3}
+
+    async def warm_start() -> int:
+        core = Segmenter(settings.segmenter_config())
+        warmer = Warmer(store, core, asyncio.Lock(), lambda: everything, 10_000, Health(),
+                        Metrics().redis_errors)
+        warmer.start(everything)
+        assert warmer._task is not None
+        await warmer._task
+        return len(core.cache)
+
+    caplog.set_level(logging.INFO, logger="stream.warm")
+    try:
+        assert await warm_start() == 0  # a brand-new, empty store: nothing to warn about
+        assert "no partition index" not in caplog.text
+        assert "read 0 customer states" in caplog.text
+        assert await indexed(store)  # and from now on the index is what is read
+        # states but no index: an older deployment, which `segmenter reindex` is for
+        await store.write([assignment(f"c{i}", i % 4, "s0") for i in range(30)], NOW)
+        await r.delete(store.keys.partition_indexed, *[store.keys.partition(p) for p in
+                                                       everything])
+        caplog.clear()
+        assert await warm_start() == 30
+        assert "no partition index in Redis" in caplog.text
+        assert "segmenter reindex" in caplog.text
     finally:
         await client.aclose()
 
