@@ -12,7 +12,7 @@ A heavy customer (1,000 events in one day of event time: the most the seen-id me
 ``models.state`` holds is bounded by ``SEGMENTER_DEDUP_MAX_IDS``) is measured alone.
 
 Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]
-[--audiences scripts/audiences_20.json]``
+[--audiences scripts/audiences_20.json] [--listpack-value 128]``
 """
 
 from __future__ import annotations
@@ -114,11 +114,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=3000)
     ap.add_argument("--audiences", default="", help="a file of audiences to define "
                     "(as SEGMENTER_AUDIENCES_FILE), e.g. scripts/audiences_20.json")
+    ap.add_argument("--listpack-value", type=int, default=0, help="the Redis server's "
+                    "hash-max-listpack-value (default: Redis' own, 64)")
     args = ap.parse_args(argv)
     base = realistic_assignments(args.sample, args.audiences)
     members = sum(1 for a in base if a.audiences not in ("", "[]"))
     print(f"{len(base):,} sampled customers, {members:,} in at least one audience", flush=True)
-    server = start_redis()
+    server = start_redis(args=("--hash-max-listpack-value", str(args.listpack_value))
+                         if args.listpack_value else ())
     try:
         h = asyncio.run(measure_one(server.url, heavy_assignment()))
         print(f"a heavy customer (1,000 events in a day): state key {h['state_key']:,.0f} B, "
