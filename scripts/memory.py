@@ -5,8 +5,8 @@ worker stores (full dedup windows, category mixes, traits, segment, name and exp
 They are cloned under new customer ids up to the target count and written with the worker's
 own write path (``RedisStore.write``: the same Lua script, keys and fields), on a fresh
 Redis. Reported: ``used_memory`` growth per customer, and ``MEMORY USAGE`` of each key.
-The change stream is trimmed to its ``MAXLEN`` and the same for any count, so it is left out:
-each run deletes it before measuring.
+The change streams (segments, audiences) are trimmed to their ``MAXLEN`` and the same for any
+count, so they are left out: each run deletes them before measuring.
 
 A heavy customer (1,000 events in one day of event time: the most the seen-id memory of
 ``models.state`` holds is bounded by ``SEGMENTER_DEDUP_MAX_IDS``) is measured alone.
@@ -96,7 +96,7 @@ async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:
         batch = [base[(start + j) % len(base)]._replace(customer_id=f"c{start + j:07d}")
                  for j in range(min(5000, n - start))]
         await store.write(batch, 1_767_225_600_000)
-    await r.delete(store.keys.changes)
+    await r.delete(store.keys.changes, store.keys.audience_changes)
     after = int((await r.info("memory"))["used_memory"])
     keys = [f"c{i:07d}" for i in range(0, n, max(1, n // 500))]
     state = [await r.memory_usage(store.keys.state(c)) or 0 for c in keys]
