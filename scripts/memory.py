@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import orjson
+from redis.asyncio import Redis
 
 from models.audiences import parse_audience
 from models.config import SegmenterConfig
@@ -87,17 +88,25 @@ async def measure_one(url: str, a: Assignment) -> dict[str, int]:
     return out
 
 
+async def used_memory(r: Redis) -> int:
+    """``used_memory`` once what was deleted is freed: Valkey frees deleted keys and flushed
+    databases in the background (``lazyfree-lazy-user-del``, ``-user-flush``)."""
+    while int((await r.info("memory")).get("lazyfree_pending_objects", 0)):
+        await asyncio.sleep(0.05)
+    return int((await r.info("memory"))["used_memory"])
+
+
 async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:
     r = connect(url)
     store = RedisStore(r, "seg:", 100_000)
     await r.flushall()
-    before = int((await r.info("memory"))["used_memory"])
+    before = await used_memory(r)
     for start in range(0, n, 5000):
         batch = [base[(start + j) % len(base)]._replace(customer_id=f"c{start + j:07d}")
                  for j in range(min(5000, n - start))]
         await store.write(batch, 1_767_225_600_000)
     await r.delete(store.keys.changes, store.keys.audience_changes)
-    after = int((await r.info("memory"))["used_memory"])
+    after = await used_memory(r)
     keys = [f"c{i:07d}" for i in range(0, n, max(1, n // 500))]
     state = [await r.memory_usage(store.keys.state(c)) or 0 for c in keys]
     hash_ = [await r.memory_usage(store.keys.customer(c)) or 0 for c in keys]
