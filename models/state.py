@@ -41,27 +41,22 @@ from typing import Any
 
 import orjson
 
+from models.state_codec import (
+    LEAN_FRAME,
+    LEAN_SCHEMA,
+    N_COUNTERS,
+    pack_lean,
+    unpack_lean,
+    unpack_lean5,
+)
+
 __all__ = ["N_COUNTERS", "STATE_SCHEMA", "CustomerState", "UnknownSchema"]
 
-N_COUNTERS = 16
 STATE_SCHEMA = 4
 """Version of :meth:`CustomerState.to_bytes` (1: all JSON; 2: JSON head + packed numbers;
 3: with event times of the seen ids and the lateness floor; 4: with the lifetime event count,
-the last device and channel, for live traits)."""
-LEAN_SCHEMA = 5
-"""Version of ``to_bytes(lean=True)``, what Redis stores: schema 4 without what the customer
-hash holds as live traits (read back from there: ``from_bytes(..., traits)``), so Redis
-keeps it once; only the counters that are not 0 (a bit mask says which) and the category
-weights packed as float64."""
-TRAIT_FIELDS: tuple[tuple[str, str, Any], ...] = (
-    ("first_seen", "first_ts", 0), ("last_seen", "last_ts", 0),
-    ("last_purchase", "last_purchase_ts", 0), ("orders", "orders_total", 0),
-    ("events", "events_total", 0), ("country", "country", None), ("region", "region", None),
-    ("age", "age", None), ("income", "income", None), ("household_size", "household", None),
-    ("gender", "gender", None), ("device", "device", None), ("channel", "channel", None),
-)
-"""Trait name in the customer hash, attribute, value when absent: what a lean state leaves
-to the hash (``models.traits`` writes them exactly: integers, floats in full, strings)."""
+the last device and channel, for live traits). What Redis stores is the lean form
+(schemas 5 and 6, :mod:`models.state_codec`)."""
 _COUNTERS = struct.Struct(f"<{N_COUNTERS}d")
 _BIG_ENDIAN = sys.byteorder == "big"  # packed numbers are little-endian everywhere
 _ID = struct.Struct("=Q")  # one seen id as CustomerState.seen_ids holds it in memory
@@ -177,12 +172,12 @@ class CustomerState:
         self.seen_ms = array("q", [self.seen_ms[i] for i in keep])
 
     def to_bytes(self, lean: bool = False, top: Sequence[str] = ()) -> bytes:
-        """Serialize compactly for Redis: a positional JSON head, a NUL, then the counters
-        (float64), the seen ids (uint64) and their times (uint32 ms after the oldest, or
-        int64 ms), packed little-endian. About half the size of all-JSON, and exact.
-        ``lean``: without the fields of :data:`TRAIT_FIELDS` (stored beside it as traits),
-        event times as offsets before the last event, and a category named in ``top`` (the
-        favourite categories stored beside it) by its place there.
+        """Serialize exactly: a positional JSON head, a NUL, then the counters (float64),
+        the seen ids (uint64) and their times (uint32 ms after the oldest, or int64 ms),
+        packed little-endian (schema 4: in memory and in snapshots). ``lean``: the form
+        Redis stores (:mod:`models.state_codec`), without what the customer hash holds
+        beside it as traits, a category named in ``top`` (the favourite categories stored
+        beside it) by its place there.
 
         >>> s = CustomerState("c1")
         >>> s.counters[0], s.seen_ids, s.seen_ms = 2.5, array("Q", [2**64 - 1]), array("q", [9])
@@ -193,42 +188,28 @@ class CustomerState:
         >>> CustomerState.from_bytes("c1", s.to_bytes()).seen_ms == s.seen_ms
         True
         """
+        if lean:
+            return pack_lean(self, top)
         times = self.seen_ms
         base = min(times) if times else 0
         # times as uint32 ms after the oldest (4 bytes less per id; exact) when they span
         # less than ~49 days, as they do with any sensible allowed lateness; else int64
         narrow = not times or max(times) - base < 1 << 32
-        numbers, mask = b"", 0
-        if lean:  # counters that are not 0 and the category weights, as float64: exact and
-            # 8 bytes each (their JSON text takes ~18)
-            mask = sum(1 << i for i, v in enumerate(self.counters) if v)
-            weights = [v for v in self.counters if v] + list(self.categories.values())
-            numbers = struct.pack(f"<{len(weights)}d", *weights)
-        if lean:
-            last, at = self.last_ts, {name: i for i, name in enumerate(top)}
-            head = orjson.dumps([
-                LEAN_SCHEMA, self.partition, self.offset, self.spend_total,
-                [at.get(name, name) for name in self.categories],
-                last - self.floor_ms if self.floor_ms else None,
-                (last - base if times else 0) if narrow else None, mask,
-                *self._windows_json(),
-            ])
-        else:
-            head = orjson.dumps([
-                STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
-                self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
-                self.country, self.region, self.age, self.income, self.household, self.gender,
-                self.floor_ms, base if narrow else None, self.events_total, self.device,
-                self.channel, *self._windows_json(),
-            ])
+        head = orjson.dumps([
+            STATE_SCHEMA, self.partition, self.offset, self.first_ts, self.last_ts,
+            self.last_purchase_ts, self.orders_total, self.spend_total, self.categories,
+            self.country, self.region, self.age, self.income, self.household, self.gender,
+            self.floor_ms, base if narrow else None, self.events_total, self.device,
+            self.channel, *self._windows_json(),
+        ])
         ids = self.seen_ids
         packed = array("I", [t - base for t in times]) if narrow else array("q", times)
         if _BIG_ENDIAN:
             ids = array("Q", ids)
             ids.byteswap()
             packed.byteswap()
-        return b"%s\x00%s%s%s" % (head, numbers or _COUNTERS.pack(*self.counters),
-                                  ids.tobytes(), packed.tobytes())
+        return b"%s\x00%s%s%s" % (head, _COUNTERS.pack(*self.counters), ids.tobytes(),
+                                  packed.tobytes())
 
     def _windows_json(self) -> list[dict[str, list[list[float]]]]:
         """:attr:`windows` as one optional head element (none when empty)."""
@@ -245,9 +226,9 @@ class CustomerState:
     def from_bytes(cls, customer_id: str, blob: bytes,
                    traits: Mapping[str, Any] | None = None) -> CustomerState:
         """Inverse of :meth:`to_bytes`; ``traits``: those stored beside a lean state (typed,
-        by their trait names). Also reads schemas 1 and 2 (whose ids carry no times: they
-        are taken as of the customer's newest event); raises :class:`UnknownSchema` for a
-        newer schema.
+        by their trait names). Reads every schema: the lean ones (5, 6) and schemas 1 and 2
+        (whose ids carry no times: they are taken as of the customer's newest event);
+        raises :class:`UnknownSchema` for a newer schema.
 
         >>> s = CustomerState("c1")
         >>> s.last_ts, s.orders_total, s.spend_total, s.device = 9, 2, 1.5, "tv"
@@ -259,6 +240,9 @@ class CustomerState:
         (True, True)
         """
         s = cls(customer_id)
+        if blob[:4] == LEAN_FRAME:
+            unpack_lean(s, blob, traits)
+            return s
         if blob[:3] == b"[1,":
             data = orjson.loads(blob)
             (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.counters,
@@ -268,31 +252,17 @@ class CustomerState:
             s.seen_ms = array("q", [s.last_ts] * len(ids))
             return s
         cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
+        head: Any
         try:  # a newer schema may frame its head otherwise: refused below, not a crash
             head = orjson.loads(blob[:cut]) if cut > 0 else None
         except orjson.JSONDecodeError:
             head = None
-        if not head or head[0] not in (2, 3, STATE_SCHEMA, LEAN_SCHEMA):
+        if not head or head[0] not in (2, 3, STATE_SCHEMA, 5):
             raise UnknownSchema(customer_id, head[0] if head else None)
         start = cut + 1 + _COUNTERS.size
-        if head[0] == LEAN_SCHEMA:
-            _, s.partition, s.offset, s.spend_total, names, floor, base, mask = head[:8]
-            if len(head) > 8:
-                s._read_windows(head[8])
-            known = traits or {}
-            for name, attr, absent in TRAIT_FIELDS:
-                setattr(s, attr, known.get(name, absent))
-            top = known.get("categories") or []
-            names = [top[n] if isinstance(n, int) else n for n in names]
-            floor = s.last_ts - floor if floor is not None else 0
-            base = s.last_ts - base if base is not None else None
-            nonzero = [i for i in range(N_COUNTERS) if mask >> i & 1]
-            weights = struct.unpack_from(f"<{len(nonzero) + len(names)}d", blob, cut + 1)
-            for i, v in zip(nonzero, weights, strict=False):
-                s.counters[i] = v
-            s.categories = dict(zip(names, weights[len(nonzero):], strict=True))
-            start = cut + 1 + 8 * len(weights)
-            head = [LEAN_SCHEMA] + [None] * 14 + [floor, base]  # the packed part as schema 4
+        if head[0] == 5:  # the lean form before schema 6
+            start, floor, base = unpack_lean5(s, head, blob, cut, traits)
+            head = [5, *[None] * 14, floor, base]  # the packed part as schema 4
         else:
             (s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts,
              s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age,

@@ -5,14 +5,14 @@ worker stores (full dedup windows, category mixes, traits, segment, name and exp
 They are cloned under new customer ids up to the target count and written with the worker's
 own write path (``RedisStore.write``: the same Lua script, keys and fields), on a fresh
 Redis. Reported: ``used_memory`` growth per customer, and ``MEMORY USAGE`` of each key.
-The change stream is trimmed to its ``MAXLEN`` and the same for any count, so it is left out:
-each run deletes it before measuring.
+The change streams (segments, audiences) are trimmed to their ``MAXLEN`` and the same for any
+count, so they are left out: each run deletes them before measuring.
 
 A heavy customer (1,000 events in one day of event time: the most the seen-id memory of
 ``models.state`` holds is bounded by ``SEGMENTER_DEDUP_MAX_IDS``) is measured alone.
 
 Usage: ``python -m scripts.memory [--customers 100000,1000000] [--sample 3000]
-[--audiences scripts/audiences_20.json]``
+[--audiences scripts/audiences_20.json] [--listpack-value 128]``
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import sys
 from pathlib import Path
 
 import orjson
+from redis.asyncio import Redis
 
 from models.audiences import parse_audience
 from models.config import SegmenterConfig
@@ -87,17 +88,25 @@ async def measure_one(url: str, a: Assignment) -> dict[str, int]:
     return out
 
 
+async def used_memory(r: Redis) -> int:
+    """``used_memory`` once what was deleted is freed: Valkey frees deleted keys and flushed
+    databases in the background (``lazyfree-lazy-user-del``, ``-user-flush``)."""
+    while int((await r.info("memory")).get("lazyfree_pending_objects", 0)):
+        await asyncio.sleep(0.05)
+    return int((await r.info("memory"))["used_memory"])
+
+
 async def measure(url: str, base: list[Assignment], n: int) -> dict[str, float]:
     r = connect(url)
     store = RedisStore(r, "seg:", 100_000)
     await r.flushall()
-    before = int((await r.info("memory"))["used_memory"])
+    before = await used_memory(r)
     for start in range(0, n, 5000):
         batch = [base[(start + j) % len(base)]._replace(customer_id=f"c{start + j:07d}")
                  for j in range(min(5000, n - start))]
         await store.write(batch, 1_767_225_600_000)
-    await r.delete(store.keys.changes)
-    after = int((await r.info("memory"))["used_memory"])
+    await r.delete(store.keys.changes, store.keys.audience_changes)
+    after = await used_memory(r)
     keys = [f"c{i:07d}" for i in range(0, n, max(1, n // 500))]
     state = [await r.memory_usage(store.keys.state(c)) or 0 for c in keys]
     hash_ = [await r.memory_usage(store.keys.customer(c)) or 0 for c in keys]
@@ -114,11 +123,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--sample", type=int, default=3000)
     ap.add_argument("--audiences", default="", help="a file of audiences to define "
                     "(as SEGMENTER_AUDIENCES_FILE), e.g. scripts/audiences_20.json")
+    ap.add_argument("--listpack-value", type=int, default=0, help="the Redis server's "
+                    "hash-max-listpack-value (default: Redis' own, 64)")
     args = ap.parse_args(argv)
     base = realistic_assignments(args.sample, args.audiences)
     members = sum(1 for a in base if a.audiences not in ("", "[]"))
     print(f"{len(base):,} sampled customers, {members:,} in at least one audience", flush=True)
-    server = start_redis()
+    server = start_redis(args=("--hash-max-listpack-value", str(args.listpack_value))
+                         if args.listpack_value else ())
     try:
         h = asyncio.run(measure_one(server.url, heavy_assignment()))
         print(f"a heavy customer (1,000 events in a day): state key {h['state_key']:,.0f} B, "

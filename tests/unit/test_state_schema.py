@@ -4,10 +4,16 @@ crashing on the parse or guessing."""
 
 from __future__ import annotations
 
+import math
+from array import array
+from typing import Any
+
 import orjson
 import pytest
 
 from models.state import LEAN_SCHEMA, CustomerState, UnknownSchema
+from models.state_codec import TRAIT_FIELDS
+from models.traits import decode, encode, traits
 from stream.errors import FatalError, IncompatibleState, RetriableError
 from stream.keys import decode_state
 
@@ -68,3 +74,73 @@ def test_window_sums_round_trip_whatever_their_size() -> None:
     for lean in (False, True):
         back = decode_state("c1", s.to_bytes(lean=lean), {"last_seen": s.last_ts, "orders": 1})
         assert back.windows == s.windows
+
+
+# A schema-5 state (the lean form before schema 6) exactly as version 869c250 wrote it for
+# the customer of ``_rich()``, with the favourite categories ["books", "shoes"] in the hash.
+LEAN5 = bytes.fromhex(
+    "5b352c332c3132333435362c34302e332c5b312c2268617473222c305d2c38363430303030302c33363030"
+    "3030302c3537372c7b227075726368617365223a5b5b32303435342c312c302e333030303030303030303030"
+    "30303030345d2c5b32303435362c312c34305d5d2c22736561726368223a5b5b32303435392c332c305d5d"
+    "7d5d00555555555555d53f00000000000000400000000000001a40000000000000e83f922449922449c23f00"
+    "00000000000040ffffffffffffffff3930000000000000070000000001000000000000f8da360080ee3600")
+
+
+def _rich() -> CustomerState:
+    s, day, t0 = CustomerState("c1"), 86_400_000, 1_767_225_600_000
+    s.partition, s.offset, s.first_ts = 3, 123456, t0
+    s.last_ts, s.last_purchase_ts = t0 + 5 * day + 1234, t0 + 2 * day
+    s.orders_total, s.spend_total, s.events_total = 2, 0.1 + 0.2 + 40, 7
+    s.counters[0], s.counters[6], s.counters[9] = 1 / 3, 2.0, 6.5
+    s.categories = {"shoes": 0.75, "hats": 1 / 7, "books": 2.0}
+    s.country, s.device, s.channel = "DE", "mobile", "email"
+    s.seen_ids = array("Q", [2**64 - 1, 12345, 2**40 + 7])
+    s.seen_ms = array("q", [s.last_ts - 3_600_000, s.last_ts - 5000, s.last_ts])
+    s.floor_ms = s.last_ts - day
+    s.windows = {"purchase": {20454: [1.0, 0.30000000000000004], 20456: [1.0, 40.0]},
+                 "search": {20459: [3.0, 0.0]}}
+    return s
+
+
+def _hash_traits(s: CustomerState) -> dict[str, Any]:
+    return decode(encode(traits(s)) + b"\x1fcategories\x1f" + orjson.dumps(["books", "shoes"]))
+
+
+def test_the_previous_lean_schema_reads_back_exactly() -> None:
+    s = _rich()
+    back = decode_state("c1", LEAN5, _hash_traits(s))
+    assert back.to_bytes() == s.to_bytes()  # every field, exactly (schema 4 holds them all)
+    assert back.to_bytes(lean=True, top=["books", "shoes"]) == \
+        s.to_bytes(lean=True, top=["books", "shoes"])  # rewritten as schema 6
+
+
+def _lean_round_trip(s: CustomerState, top: list[str]) -> CustomerState:
+    blob = s.to_bytes(lean=True, top=top)
+    t = {name: getattr(s, attr) for name, attr, _ in TRAIT_FIELDS} | {"categories": top}
+    back = CustomerState.from_bytes(s.customer_id, blob, t)
+    assert back.to_bytes() == s.to_bytes() and back.to_bytes(lean=True, top=top) == blob
+    return back
+
+
+def test_the_lean_schema_is_exact_for_any_values() -> None:
+    s = _rich()
+    assert len(s.to_bytes(lean=True, top=["books"])) < len(LEAN5)
+    _lean_round_trip(s, ["books", "shoes"])
+    _lean_round_trip(CustomerState("empty"), [])
+    # numbers of every kind: whole, cents, neither, huge, negative, -0.0, infinite
+    for x in (0.0, -0.0, 3.0, 19.99, -4.25, 0.1 + 0.2, 1e300, 2.0**60, -(2.0**53), math.inf,
+              1 / 3, 123456789.01):
+        s.spend_total = x
+        s.windows = {"purchase": {20000: [2.0, x], 20001: [0.5, -x]}}
+        back = _lean_round_trip(s, [])
+        assert repr(back.spend_total) == repr(x)
+        assert repr(back.windows["purchase"][20000][1]) == repr(float(x))
+    # times out of order and years apart, floors above the last event, big positions,
+    # categories and event types by name (not among the favourites or known types)
+    s.seen_ms = array("q", [s.last_ts, s.last_ts - 10**11, s.last_ts + 5])
+    s.floor_ms, s.partition, s.offset = s.last_ts + 1, 0, 2**62
+    s.categories = {"ünïcödé " * 20: 1e-300, "books": 5.0}
+    s.windows = {"a_new_type": {s.last_ts // 86_400_000 + 3: [1.0, 0.0]},
+                 "page_view": {1: [1e6, 0.0]}}
+    back = _lean_round_trip(s, ["books"])
+    assert back.categories == s.categories and back.windows == s.windows
