@@ -61,6 +61,8 @@ _DAYS = FEATURE_NAMES.index("days_since_purchase")
 
 def _phrase(i: int, direction: int, buyers: bool) -> str | None:
     phrase = _PHRASES.get((FEATURE_NAMES[i], direction))
+    if not buyers and phrase == "small baskets":
+        return None  # no basket at all: the average order value of no order reads 0
     return NO_PURCHASE if phrase == "lapsing" and not buyers else phrase
 
 
@@ -87,6 +89,9 @@ def name_segment(z: list[float], words: int = 3, buyers: bool = True) -> str:
     >>> z = [0.0] * len(FEATURE_NAMES); z[_DAYS] = 1.2
     >>> name_segment(z), name_segment(z, buyers=False)
     ('Lapsing', 'No purchase yet')
+    >>> z[FEATURE_NAMES.index("avg_order_value")] = -0.9
+    >>> name_segment(z), name_segment(z, buyers=False)
+    ('Lapsing, small baskets', 'No purchase yet')
     """
     phrases: list[str] = []
     for i in sorted(range(len(z)), key=lambda i: -abs(z[i])):
@@ -126,7 +131,8 @@ def name_holds(name: str, z: list[float], buyers: bool = True) -> bool:
         trait = _TRAIT_OF.get(phrase)
         if trait is None or z[trait[0]] * trait[1] < KEEP_Z:
             return False
-        if phrase == ("lapsing" if not buyers else NO_PURCHASE):
+        if phrase == ("lapsing" if not buyers else NO_PURCHASE) or (
+                phrase == "small baskets" and not buyers):
             return False
     return True
 
