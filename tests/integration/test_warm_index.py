@@ -106,7 +106,7 @@ async def test_reindex_rebuilds_the_index_of_states_written_without_it(
 
 async def test_only_a_store_with_states_and_no_index_warns_of_the_scan(
         settings: Settings, r: aioredis.Redis, caplog: pytest.LogCaptureFixture) -> None:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     everything = {0, 1, 2, 3}
 
