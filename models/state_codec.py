@@ -135,6 +135,17 @@ def _unvarints(raw: bytes) -> list[int]:
     return out
 
 
+def _put_name(out: list[int], name: str, places: Mapping[str, int]) -> None:
+    # a name by its place in a table both sides know, or inline (what ``name`` in
+    # :func:`unpack_lean` reads back)
+    place = places.get(name)
+    if place is None:
+        raw = name.encode()
+        out += (len(raw) << 1 | 1, *raw)
+    else:
+        out.append(place << 1)
+
+
 def pack_lean(s: Any, top: Sequence[str] = ()) -> bytes:
     """The lean form of the state ``s`` (a :class:`models.state.CustomerState`); ``top``:
     the favourite categories the customer hash holds beside it."""
@@ -153,22 +164,12 @@ def pack_lean(s: Any, top: Sequence[str] = ()) -> bytes:
     at = {name: i for i, name in enumerate(top)}
     ints.append(len(s.categories))
     for name, weight in s.categories.items():
-        place = at.get(name)
-        if place is None:
-            raw = name.encode()
-            ints += (len(raw) << 1 | 1, *raw)
-        else:
-            ints.append(place << 1)
+        _put_name(ints, name, at)
         floats.append(weight)
     windows = [(t, days) for t, days in s.windows.items() if days]
     ints.append(len(windows))
     for etype, days in windows:
-        code = _TYPE_AT.get(etype)
-        if code is None:
-            raw = etype.encode()
-            ints += (len(raw) << 1 | 1, *raw)
-        else:
-            ints.append(code << 1)
+        _put_name(ints, etype, _TYPE_AT)
         ints.append(len(days))
         prev = last // DAY_MS
         for day in sorted(days):
