@@ -114,9 +114,7 @@ class Assigner:
             st.model_version = version
             if segment != st.segment:
                 st.segment = segment
-                why = customer_explanation(z[i].tolist(), centres[label].tolist(),
-                                           model.names.get(segment, ""),
-                                           buyer=st.orders_total > 0)
+                why = _explain(model, st, z[i], centres[label])
                 res.assignments.append(self.assignment(
                     model, st, "event" if ev is not None else "model_update", why))
                 dirty.pop(cid, None)
@@ -144,9 +142,7 @@ class Assigner:
             st = sts[i]
             st.segment, st.confidence = model.ids[label], conf
             st.model_version = model.version
-            why = customer_explanation(z[i].tolist(), centres[label].tolist(),
-                                       model.names.get(st.segment, ""),
-                                       buyer=st.orders_total > 0)
+            why = _explain(model, st, z[i], centres[label])
             out.append(self.assignment(model, st, reason, why))
         return out
 
@@ -180,9 +176,7 @@ class Assigner:
             return {}
         z = model.scale(to_model_matrix([vector(st, self.half_life_ms) for st in known]))
         centres = model.centres_scaled()
-        return {st.customer_id: customer_explanation(
-                    z[i].tolist(), centres[model.ids.index(st.segment)].tolist(),
-                    model.names.get(st.segment, ""), buyer=st.orders_total > 0)
+        return {st.customer_id: _explain(model, st, z[i], centres[model.ids.index(st.segment)])
                 for i, st in enumerate(known)}
 
     def assignment(self, model: BaseModel, st: CustomerState, reason: str,
@@ -266,3 +260,9 @@ class Assigner:
     def audience_pass_left(self) -> int:
         """Customers left in the current pass over memberships."""
         return len(self._audience_pass)
+
+
+def _explain(model: BaseModel, st: CustomerState, z: Any, centre: Any) -> str:
+    """``st``'s explanation of its segment (already set), from its scaled row ``z``."""
+    return customer_explanation(z.tolist(), centre.tolist(), model.names.get(st.segment, ""),
+                                buyer=st.orders_total > 0)
