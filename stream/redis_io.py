@@ -292,6 +292,11 @@ class RedisStore:
             out[_text(k)] = p
         return out
 
+    async def stored(self, cid: str) -> bool:
+        """Whether Redis holds anything of this customer (its hash or its state)."""
+        k = self.keys
+        return bool(await self.r.exists(k.customer(cid), k.state(cid)))
+
     async def customer(self, cid: str) -> dict[str, str] | None:
         """The contract §2 hash of a customer, or None."""
         raw = await self.r.hgetall(self.keys.customer(cid))

@@ -168,14 +168,16 @@ def register(app: faust.App, rt: Runtime) -> None:
                 return unauthorized("SEGMENTER_API_TOKEN")
             if (bad := bad_id(customer_id)) is not None:
                 return bad
+            # Asked before the control message: the owning worker may erase first.
+            found = await rt.store.stored(customer_id)
             # In order with the customer's events: the worker owning the partition forgets
             # its copy too; the Redis deletion below makes the erasure visible at once.
             await rt.producer.send_and_wait(
                 settings.events_topic, key=customer_id.encode(), value=None,
                 headers=[(CONTROL_HEADER, b"erase")])
-            found = await rt.store.erase([customer_id], int(time.time() * 1000),
-                                         rt.status().model_version)
-            return self.json({"customer_id": customer_id, "erased": True, "found": bool(found)})
+            found |= bool(await rt.store.erase([customer_id], int(time.time() * 1000),
+                                               rt.status().model_version))
+            return self.json({"customer_id": customer_id, "erased": True, "found": found})
 
     ingest = Ingest(rt)
 
