@@ -34,6 +34,7 @@ import itertools
 import multiprocessing as mp
 import os
 import random
+import re
 import subprocess
 import sys
 import tempfile
@@ -142,6 +143,8 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
                 random.randrange(1 << 30)))  # noqa: S311
             load.start()
             time.sleep(3)  # the load reaches its rate
+        if port and not rate:
+            quiet(port)
         before = scrape(port) if port else ""
         st_before = stage_seconds(port) if port else {}
         t0 = time.monotonic()
@@ -180,6 +183,21 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
             f"(n={len(got['change'])}, not changed {got['unchanged']}, lost {got['lost']})"
             + extra)
         print(rows[-1], flush=True)
+
+
+def quiet(port: int, timeout: float = 30) -> None:
+    """Wait until the worker's freshness histogram stops growing: the warm-up's last batches
+    are written (and observed) after the worker counts them processed, and must not be
+    counted with the idle level's probes."""
+    count = re.compile(r"^segmenter_event_to_segment_seconds_count (\S+)$", re.M)
+    last, deadline = None, time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = count.search(scrape(port))
+        now = found.group(1) if found else None
+        if now is not None and now == last:
+            return
+        last = now
+        time.sleep(0.5)  # the interval over which "no new observation" is judged
 
 
 def wait_caught_up(port: int, total: int, timeout: float = 300) -> float:

@@ -85,8 +85,14 @@ def kafka_libs() -> Path:
 
 
 def cluster_id() -> str:
-    """A fresh KRaft cluster id (a Kafka ``Uuid``: 16 random bytes, URL-safe base64)."""
-    return base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    """A fresh KRaft cluster id (a Kafka ``Uuid``: 16 random bytes, URL-safe base64).
+
+    Like Kafka's own ``Uuid.randomUuid``, never one that starts with ``-``: the storage tool
+    would read it as an option (``--cluster-id: expected one argument``, 1 id in 64).
+    """
+    while (cid := base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("="))[0] == "-":
+        pass
+    return cid
 
 
 @dataclass(slots=True)
