@@ -99,11 +99,15 @@ def redis_cpu(url: str) -> float:
 
 def worker_run(settings: Settings, total: int, workers: int = 1,
                stages: dict[str, float] | None = None,
-               cpu: dict[str, float] | None = None, code: str | None = None) -> float:
+               cpu: dict[str, float] | None = None, code: str | None = None,
+               cpu_of: dict[str, float] | None = None, joined: bool = False) -> float:
     """Real worker processes in one group; events/s from the first to the last processed
     event (summed over the workers); adds the first worker's time by stage to ``stages``
-    and its CPU time (:func:`cpu_seconds`) to ``cpu``. ``code``: another checkout of this
-    repository to run the workers from (same Python environment)."""
+    and its CPU time (:func:`cpu_seconds`) to ``cpu``, and every worker's CPU time summed to
+    ``cpu_of`` (with the timed events, ``events``). ``code``: another checkout of this
+    repository to run the workers from (same Python environment). ``joined``: time from
+    when every worker has processed events (the group's first rebalances done), not from
+    the first event."""
     env = {**os.environ, **settings.with_env()}
     if code is not None:  # its modules come first on the path, before the installed ones
         env["PYTHONPATH"] = os.path.abspath(code)
@@ -119,16 +123,18 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
     first_t, first_n = 0.0, 0
     before: dict[str, float] = {}
     cpu_before: dict[str, float] = {}
+    group_before: list[dict[str, float]] = []
     deadline = time.monotonic() + 600
     try:
         while time.monotonic() < deadline:
-            n = sum(worker_health(p).get("processed", 0) for p in ports)
-            now = time.perf_counter()
-            if n and not first_t:
+            each = [worker_health(p).get("processed", 0) for p in ports]
+            n, now = sum(each), time.perf_counter()
+            if (all(each) if joined else n) and not first_t:
                 first_t, first_n = now, n
                 before = stage_seconds(ports[0])  # not the idle wait for the first events
                 cpu_before = {**cpu_seconds(procs[0].pid),
-                              "redis": redis_cpu(settings.redis_url)}
+                              "redis": redis_cpu(settings.redis_url)} if cpu is not None else {}
+                group_before = [cpu_seconds(p.pid) for p in procs]
             if n >= total:
                 if stages is not None:
                     for stage, took_s in stage_seconds(ports[0]).items():
@@ -137,6 +143,14 @@ def worker_run(settings: Settings, total: int, workers: int = 1,
                     used = {**cpu_seconds(procs[0].pid), "redis": redis_cpu(settings.redis_url)}
                     for k, v in used.items():
                         cpu[k] = cpu.get(k, 0.0) + v - cpu_before.get(k, 0.0)
+                if cpu_of is not None:
+                    for proc, was in zip(procs, group_before, strict=True):
+                        for k, v in cpu_seconds(proc.pid).items():
+                            cpu_of[k] = cpu_of.get(k, 0.0) + v - was.get(k, 0.0)
+                    cpu_of["events"] = cpu_of.get("events", 0.0) + n - first_n
+                if n == first_n:
+                    raise RuntimeError(f"all {n:,} events were processed before the first "
+                                       "poll: too few to time, produce more (--events)")
                 return (n - first_n) / (now - first_t)
             time.sleep(0.05)
         raise RuntimeError(f"workers did not finish; see {tempfile.gettempdir()}")
