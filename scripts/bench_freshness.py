@@ -19,7 +19,8 @@ On the embedded stack (or ``SEGMENTER_KAFKA`` / ``SEGMENTER_REDIS_URL``):
 
 Printed per system and level: probe latency p50/p95/p99 (ms), the load achieved, the
 worker's own freshness histogram over the level (bucket bounds, from the records' Kafka
-timestamps), and the worker's main-thread time per stage over the level.
+timestamps), the worker's main-thread time per stage over the level, and how busy the
+machine's cores were (``/proc/stat``: on a shared 2-core machine a queue forms near 100%).
 
 Usage: ``python -m scripts.bench_freshness [--probes 60] [--levels 25,50,75]
 [--capacity N] [--warm 150000]``
@@ -147,7 +148,7 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
             quiet(port)
         before = scrape(port) if port else ""
         st_before = stage_seconds(port) if port else {}
-        t0 = time.monotonic()
+        t0, cpu0 = time.monotonic(), machine_cpu()
         n0 = worker_health(port).get("processed", 0) if port else 0
 
         async def go() -> dict[str, Any]:
@@ -160,19 +161,20 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
             finally:
                 await prober.close()
         got = asyncio.run(go())
-        took = time.monotonic() - t0
+        took, cpu1 = time.monotonic() - t0, machine_cpu()
         stop.set()
         if load is not None:
             load.join(10)
         both = got["new"] + got["change"]
-        extra = ""
+        # on 2 shared cores a queue forms once they are busy: say how busy they were
+        extra = f" | machine CPU busy {(cpu1[0] - cpu0[0]) / max(1, cpu1[1] - cpu0[1]):.0%}"
         if port:
             after = scrape(port)
             done = worker_health(port).get("processed", 0) - n0
             q50, q99 = (quantile(buckets(before), buckets(after), q) for q in (0.5, 0.99))
             stages = stage_seconds(port)
             busy = {k: v - st_before.get(k, 0.0) for k, v in stages.items()}
-            extra = (f" | worker {done / took:,.0f} ev/s; own histogram p50 ≤ {q50} s, "
+            extra += (f" | worker {done / took:,.0f} ev/s; own histogram p50 ≤ {q50} s, "
                      f"p99 ≤ {q99} s; main thread s/s: " + " ".join(
                          f"{k} {v / took:.2f}" for k, v in busy.items() if v / took >= 0.01))
         rows.append(
@@ -183,6 +185,14 @@ def run_levels(name: str, settings: Settings, prefix: str, loop: bool, rates: li
             f"(n={len(got['change'])}, not changed {got['unchanged']}, lost {got['lost']})"
             + extra)
         print(rows[-1], flush=True)
+
+
+def machine_cpu() -> tuple[int, int]:
+    """Busy and total jiffies of all cores since boot (Linux ``/proc/stat``)."""
+    with open("/proc/stat") as f:
+        ticks = [int(x) for x in f.readline().split()[1:]]
+    idle = ticks[3] + ticks[4]  # idle and iowait
+    return sum(ticks) - idle, sum(ticks)
 
 
 def quiet(port: int, timeout: float = 30) -> None:
