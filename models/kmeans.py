@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from models.clustering import best_of, choose_k, kmeans_pp_next, online_step, solve
+from models.clustering import Sample, best_of, choose_k, kmeans_pp_next, online_step, solve
 from models.model import BaseModel
 
 __all__ = ["SegmentModel"]
@@ -113,14 +113,17 @@ class SegmentModel(BaseModel):
         # current count (and one more) the current centres after Lloyd rounds, which keep
         # their ids. They win their count unless a restart fits clearly better: the segments
         # do not churn for a lucky start, but a stuck local optimum is left.
-        lo, hi = self.min_segments, min(self.max_segments, len(z))
-        best = {k: best_of(z, k, self.n_init, self._rng) for k in range(lo, hi + 1)}
-        warm, _ = solve(z, self._centres)
+        # The rows' norms once for all ~40 Lloyd runs and ~200 k-means++ draws (same numbers).
+        lo, hi, s = self.min_segments, min(self.max_segments, len(z)), Sample.of(z)
+        best = {k: best_of(s, k, self.n_init, self._rng) for k in range(lo, hi + 1)}
+        warm, _ = solve(s, self._centres)
         candidates = [warm]
         if warm.k < hi:
+            far = s.sq_distances(warm.centres).min(1)  # the same for every draw
             candidates.append(min(
-                (solve(z, np.vstack([warm.centres, kmeans_pp_next(z, warm.centres, self._rng)]))[0]
-                 for _ in range(self.n_init)), key=lambda s: s.inertia))
+                (solve(s, np.vstack([warm.centres,
+                                     kmeans_pp_next(s, warm.centres, self._rng, far)]))[0]
+                 for _ in range(self.n_init)), key=lambda sol: sol.inertia))
         for sol in candidates:
             if lo <= sol.k <= hi and sol.inertia <= best[sol.k].inertia * (1 + self.hysteresis / 5):
                 best[sol.k] = sol
@@ -147,7 +150,7 @@ class SegmentModel(BaseModel):
         share = np.bincount(chosen.labels, minlength=chosen.k) / len(z)
         small = share < self.min_share
         if small.any() and chosen.k - int(small.sum()) >= lo:
-            pruned, _ = solve(z, chosen.centres[~small])
+            pruned, _ = solve(s, chosen.centres[~small])
             if pruned.k >= lo:  # Lloyd rounds can empty more centres
                 chosen = pruned
         self._relabel(chosen.centres, z)
