@@ -30,6 +30,8 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+import orjson
+
 from models.events import Event
 from models.identity import MAX_ANONYMOUS_IDS, Link, Merge, add_link, merge, rekeyed
 from models.state import MAX_IDS, CustomerState
@@ -102,3 +104,28 @@ def forward(value: bytes, record: LinkRecord | None) -> tuple[bytes, bytes] | No
     if record is None:
         return None
     return record.customer_id.encode(), rekeyed(value, record.customer_id)
+
+
+RECORD_FRAME = b"\x01LNK"
+"""How a stored link record begins (a state never does: see :meth:`CustomerState.to_bytes`)."""
+
+
+def encode_record(record: LinkRecord) -> bytes:
+    """A link record as stored in place of the anonymous id's state (after the
+    ``partition:offset:`` head): the frame, its fields as JSON, a NUL, the snapshot.
+
+    >>> rec = LinkRecord("c1", "e9", 5, b"\x00s")
+    >>> decode_record(encode_record(rec)) == rec, decode_record(b"[4,...]")
+    (True, None)
+    """
+    return (RECORD_FRAME + orjson.dumps([record.customer_id, record.event_id, record.ts_ms])
+            + b"\x00" + record.snapshot)
+
+
+def decode_record(blob: bytes) -> LinkRecord | None:
+    """The link record ``blob`` holds, or None when it is a state."""
+    if not blob.startswith(RECORD_FRAME):
+        return None
+    head, _, snapshot = blob[len(RECORD_FRAME):].partition(b"\x00")
+    cid, event_id, ts_ms = orjson.loads(head)
+    return LinkRecord(str(cid), str(event_id), int(ts_ms), snapshot)
