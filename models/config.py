@@ -89,9 +89,9 @@ class BatchResult:
     linked: list[tuple[str, int, int, bytes]] = field(default_factory=list)
     """Link records to write in place of anonymous ids' states: id, partition, offset (of
     the link message: the fence), the record's bytes."""
-    merged: list[tuple[str, str, str]] = field(default_factory=list)
-    """Anonymous ids merged into customers: anonymous id, customer id, link event id (the
-    mirror and the ``merge`` change message follow the customer's write)."""
+    merged: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """Anonymous ids merged into customers: anonymous id, customer id, link event id and
+    time (the mirror and the ``merge`` change message follow the customer's write)."""
     centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     """Centre (scaled, model space) of every segment a lifecycle event names, as it was at
     that update: a segment born and merged within one batch still gets a full profile."""

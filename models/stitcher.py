@@ -128,4 +128,4 @@ class Stitcher:
             self.cache.watermark = max(self.cache.watermark, st.last_ts)
         # also for a duplicate: the mirror and its change message are idempotent, and a
         # crash may have come between the customer's write and them
-        res.merged.append((link.anonymous_id, cid, link.event_id))
+        res.merged.append((link.anonymous_id, cid, link.event_id, link.ts_ms))

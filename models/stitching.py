@@ -129,3 +129,27 @@ def decode_record(blob: bytes) -> LinkRecord | None:
     head, _, snapshot = blob[len(RECORD_FRAME):].partition(b"\x00")
     cid, event_id, ts_ms = orjson.loads(head)
     return LinkRecord(str(cid), str(event_id), int(ts_ms), snapshot)
+
+
+Links = dict[str, tuple[int, LinkRecord]]
+"""Link records read from Redis, by anonymous id: the partition written from, the record."""
+
+
+def take_links(stored: list[tuple[str, bytes]], links: Links) -> list[tuple[str, bytes]]:
+    """Of stored ``(id, b"partition:offset:" + blob)`` pairs, the states; the link records
+    go to ``links``.
+
+    >>> links: Links = {}
+    >>> rec = b"3:9:" + encode_record(LinkRecord("c1", "e9", 5, b""))
+    >>> take_links([("a1", rec), ("c2", b"3:7:[4,...]")], links), links["a1"][0]
+    ([('c2', b'3:7:[4,...]')], 3)
+    """
+    states = []
+    for cid, raw in stored:
+        p, _, blob = raw.split(b":", 2)
+        record = decode_record(blob)
+        if record is None:
+            states.append((cid, raw))
+        else:
+            links[cid] = (int(p), record)
+    return states
