@@ -1,0 +1,162 @@
+"""Identity stitching on the real broker and Redis (README "Identity stitching"): an anonymous
+visitor's events, then an ``identify`` with both ids. The visitor's profile is merged into
+the customer's once (counters combined, not doubled, also when the identify is re-sent), one
+change message with reason ``merge`` says so, a lookup by either id reads the customer's
+segment and traits in one ``HGETALL``, and later events sent with only the anonymous id
+count for the customer."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import redis.asyncio as aioredis
+
+from models.events import parse_event
+from models.features import DAY_MS, update
+from models.identity import merge_id
+from models.simulator import ShopSimulator
+from models.state import CustomerState
+from models.traits import TRAIT_NAMES
+from stream.kafka_io import ensure_topics
+from stream.keys import Keys
+from stream.rfm_io import read_customer
+from stream.settings import Settings
+from tests.integration.helpers import WorkerProcess, produce, wait_for
+
+START = 1_767_225_600_000
+ANON, CUST = "ck-7f3a", "cust-stitched"
+
+
+def _ev(event_id: str, etype: str, ts: int, amount: float = 0.0, **ids: str) -> dict[str, Any]:
+    ev: dict[str, Any] = {"event_id": event_id, "type": etype, "timestamp": ts, **ids}
+    if amount:
+        ev["properties"] = {"amount": amount}
+    return ev
+
+
+def journey() -> tuple[list[dict[str, Any]], dict[str, Any], list[dict[str, Any]]]:
+    """A visitor's anonymous events and a customer's own, the identify, and later events
+    with only the anonymous id."""
+    t = START + 4 * DAY_MS
+    before = [_ev("a-1", "page_view", t, anonymous_id=ANON),
+              _ev("a-2", "product_view", t + 60_000, anonymous_id=ANON),
+              _ev("a-3", "purchase", t + 120_000, 30.0, anonymous_id=ANON),
+              _ev("c-1", "purchase", t - DAY_MS, 50.0, customer_id=CUST),
+              _ev("c-2", "purchase", t + 30_000, 50.0, customer_id=CUST)]
+    identify = _ev("id-1", "identify", t + 180_000, customer_id=CUST, anonymous_id=ANON)
+    after = [_ev("a-4", "purchase", t + 240_000, 20.0, anonymous_id=ANON),
+             _ev("a-5", "page_view", t + 300_000, anonymous_id=ANON)]
+    return before, identify, after
+
+
+def message(ev: dict[str, Any]) -> tuple[bytes, bytes]:
+    return (ev.get("customer_id") or ev["anonymous_id"]).encode(), orjson.dumps(ev)
+
+
+def reference(settings: Settings, events: list[dict[str, Any]]) -> CustomerState:
+    """The customer as if every event had been sent with its customer id."""
+    st = CustomerState(CUST)
+    for ev in sorted(events, key=lambda e: e["timestamp"]):
+        mine = {**ev, "customer_id": CUST}
+        update(st, parse_event(orjson.dumps(mine), CUST.encode()),
+               settings.half_life_days * DAY_MS, int(settings.allowed_lateness_s * 1000))
+    return st
+
+
+async def stored(r: aioredis.Redis, keys: Keys, cid: str) -> tuple[dict[str, str],
+                                                                  CustomerState | None]:
+    found = await read_customer(r, keys, cid)
+    assert found is not None, f"nothing stored for {cid}"
+    return found
+
+
+async def merge_changes(r: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    entries = await r.xrange(keys.changes)
+    docs = [orjson.loads(fields[b"change"]) for _, fields in entries]
+    return [d for d in docs if d.get("reason") == "merge"]
+
+
+async def test_an_identify_merges_the_anonymous_profile_once(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    if settings.redis_cluster:
+        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
+    settings = dataclasses.replace(settings, warmup=40, min_segments=2, max_segments=3,
+                                   rescore_per_s=0)
+    keys = Keys(settings.redis_prefix)
+    await ensure_topics(settings)
+    sim = ShopSimulator(60, seed=5, start_ms=START, days=5)
+    background = [(e["customer_id"].encode(), orjson.dumps(e)) for e in sim.history()]
+    before, identify, after = journey()
+    await produce(settings, background + [message(e) for e in before])
+    worker = WorkerProcess(settings, tmp_path)
+    try:
+        await worker.wait_healthy()
+
+        async def segmented() -> bool:
+            hashes = [await r.hgetall(keys.customer(c)) for c in (ANON, CUST)]
+            return all(b"segment" in h for h in hashes)
+        await wait_for(segmented, 90, "both profiles to have a segment")
+        anon_doc, _ = await stored(r, keys, ANON)
+
+        await produce(settings, [message(identify)])
+
+        async def orders(n: int) -> bool:
+            found = await read_customer(r, keys, CUST)
+            return found is not None and found[1] is not None and found[1].orders_total == n
+
+        async def merged() -> bool:
+            return await r.hget(keys.customer(ANON), "customer_id") == CUST.encode() and (
+                await orders(3))
+        await wait_for(merged, 60, "the merge, and the anonymous id's mirror")
+        doc, st = await stored(r, keys, CUST)
+        assert st is not None
+        ref = reference(settings, [*before, identify])
+        assert (st.orders_total, st.spend_total) == (3, 130.0)
+        assert (st.orders_total, st.spend_total, st.events_total) == (
+            ref.orders_total, ref.spend_total, ref.events_total)
+        assert st.counters == pytest.approx(ref.counters)
+        # one change message for the anonymous id, from its own segment to the customer's
+        merges = await merge_changes(r, keys)
+        assert len(merges) == 1, merges
+        assert merges[0]["customer_id"] == ANON and merges[0]["merged_into"] == CUST
+        assert merges[0]["from"] == anon_doc["segment"]
+        # a lookup by either id: the customer's segment and traits, one HGETALL
+        mirror = {k.decode(): v.decode() for k, v in
+                  (await r.hgetall(keys.customer(ANON))).items()}
+        assert mirror.pop("customer_id") == CUST
+        shown = ("segment", "segment_name", "model_version", *TRAIT_NAMES)
+        assert {k: mirror.get(k) for k in shown} == {k: doc.get(k) for k in shown}
+        status, body = worker.get(f"/customers/{ANON}/segment")
+        assert status == 200 and body["segment"] == doc["segment"]
+        assert await r.hexists(keys.ids(CUST), ANON)
+
+        # later events with only the anonymous id count for the customer; the identify
+        # re-sent changes nothing (its link, the merge again: duplicates)
+        await produce(settings, [message(identify)] + [message(e) for e in after])
+
+        await wait_for(lambda: orders(4), 60, "the anonymous id's later purchase to count")
+
+        async def mirror_current() -> bool:
+            c, a = await r.hget(keys.customer(CUST), "orders"), await r.hget(
+                keys.customer(ANON), "orders")
+            return c is not None and c == a
+        await wait_for(mirror_current, 30, "the mirror to follow the customer's write")
+        doc, st = await stored(r, keys, CUST)
+        assert st is not None
+        ref = reference(settings, [*before, identify, *after])
+        assert (st.orders_total, st.spend_total, st.events_total) == (
+            ref.orders_total, ref.spend_total, ref.events_total)
+        assert (st.orders_total, st.spend_total) == (4, 150.0)
+        assert st.counters == pytest.approx(ref.counters)
+        assert len(await merge_changes(r, keys)) == 1
+        assert st.admit(merge_id(ANON, "id-1"), identify["timestamp"],
+                        int(settings.allowed_lateness_s * 1000)) == "duplicate"
+        # the anonymous id holds a link record, not a profile of its own
+        raw = await r.get(keys.state(ANON))
+        assert raw is not None and b"\x01LNK" in raw[:40]
+    finally:
+        assert worker.stop() == 0, worker.log()
