@@ -7,7 +7,9 @@ count for the customer."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
+import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,13 +17,16 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
+from models.core import Record, Segmenter
 from models.events import parse_event
 from models.features import DAY_MS, update
 from models.identity import merge_id
 from models.simulator import ShopSimulator
 from models.state import CustomerState
-from models.traits import TRAIT_NAMES
-from stream.kafka_io import ensure_topics
+from models.stitching import decode_record
+from models.traits import TRAIT_NAMES, from_fields
+from stream.embedded import free_port
+from stream.kafka_io import ensure_topics, read_lag_once
 from stream.keys import Keys
 from stream.rfm_io import read_customer
 from stream.settings import Settings
@@ -160,3 +165,142 @@ async def test_an_identify_merges_the_anonymous_profile_once(
         assert raw is not None and b"\x01LNK" in raw[:40]
     finally:
         assert worker.stop() == 0, worker.log()
+
+
+# -- kill -9 during merges, compared with an uninterrupted run ----------------------------------
+
+PAIRS = 150
+
+
+def visitors() -> tuple[list[tuple[bytes, bytes]], list[tuple[bytes, bytes]],
+                        list[tuple[bytes, bytes]]]:
+    """Anonymous visitors and customers' own events; the identifies linking each pair (on
+    the customers' partitions, the visitors' on others as keys fall); later anonymous-only
+    events."""
+    t = START + 4 * DAY_MS
+    before, links, after = [], [], []
+    for i in range(PAIRS):
+        anon, cust = f"ck-{i}", f"cust-{i}"
+        before += [_ev(f"a{i}-1", "page_view", t + i, anonymous_id=anon),
+                   _ev(f"a{i}-2", "purchase", t + 60_000 + i, 10.0 + i % 7, anonymous_id=anon),
+                   _ev(f"c{i}-1", "purchase", t - DAY_MS + i, 40.0 + i % 5, customer_id=cust)]
+        links.append(_ev(f"id{i}", "identify", t + 120_000 + i, customer_id=cust,
+                         anonymous_id=anon))
+        after.append(_ev(f"a{i}-3", "purchase", t + 180_000 + i, 5.0, anonymous_id=anon))
+    return ([message(e) for e in before], [message(e) for e in links],
+            [message(e) for e in after])
+
+
+def learned_model(settings: Settings) -> dict[str, Any]:
+    """A model learned in-process from a simulated shop (every run starts from it)."""
+    sim = ShopSimulator(customers=300, seed=8, start_ms=START, days=5)
+    seg = Segmenter(dataclasses.replace(settings.segmenter_config(), trains=True))
+    seg.apply(seg.parse([Record("events", 0, i, e["customer_id"].encode(), orjson.dumps(e))
+                         for i, e in enumerate(sim.history())]), {})
+    assert seg.model.ready
+    return seg.model.checkpoint()
+
+
+async def quiet(settings: Settings) -> bool:
+    """Everything in the events topic committed (what a worker produces is acknowledged
+    before the commit of what made it: nothing more will come)."""
+    rows = await read_lag_once(settings.kafka, settings.group, settings.events_topic)
+    return bool(rows) and all(p.lag == 0 and p.committed is not None for p in rows
+                              if p.end > 0)
+
+
+async def outcome(r: aioredis.Redis, settings: Settings) -> dict[str, Any]:
+    """What must not depend on crashes: customers' features and hashes, the anonymous ids'
+    link records and mirrors, sizes, merge change messages (write times and the offsets of
+    produced messages apart: those interleave as they were produced)."""
+    keys = Keys(settings.redis_prefix)
+    out: dict[str, Any] = {}
+    for i in range(PAIRS):
+        doc, st = await stored(r, keys, f"cust-{i}")
+        assert st is not None
+        st.partition = st.offset = 0
+        mirror = {k.decode(): v.decode() for k, v in
+                  (await r.hgetall(keys.customer(f"ck-{i}"))).items()}
+        record = decode_record((await r.get(keys.state(f"ck-{i}")) or b"::").split(b":", 2)[2])
+        for h in (doc, mirror):
+            h.pop("updated_at", None)
+            h.pop("explanation", None)
+        out[f"cust-{i}"] = (st.to_bytes(), doc, mirror, record)
+    merges: dict[str, int] = {}
+    for _, fields in await r.xrange(keys.changes):
+        c = orjson.loads(fields[b"change"])
+        if c["reason"] == "merge":
+            merges[c["customer_id"]] = merges.get(c["customer_id"], 0) + 1
+    out["merges"] = merges
+    out["sizes"] = {k.decode(): int(v) for k, v in (await r.hgetall(keys.sizes)).items()
+                    if int(v)}
+    return out
+
+
+async def stitched_run(settings: Settings, tmp_path: Path, r: aioredis.Redis,
+                       checkpoint: dict[str, Any], kill: bool) -> dict[str, Any]:
+    """The visitors' events, then the identifies (with ``kill``: the worker killed -9 while
+    they are merged, then restarted), then the later anonymous events."""
+    await ensure_topics(settings)
+    await r.set(Keys(settings.redis_prefix).model, orjson.dumps(checkpoint))
+    await r.set(Keys(settings.redis_prefix).model_version, checkpoint["version"])
+    before, links, after = visitors()
+    await produce(settings, before)
+    worker = WorkerProcess(settings, tmp_path, "killed" if kill else "reference")
+    try:
+        await wait_for(lambda: quiet(settings), 90, "the visitors' events")
+        step = PAIRS // 10
+        for n, start in enumerate(range(0, PAIRS, step)):
+            await produce(settings, links[start:start + step])
+            if kill and n == 3:
+                merged = 0
+
+                async def merging() -> bool:
+                    nonlocal merged
+                    merged = sum(1 for _, f in await r.xrange(Keys(settings.redis_prefix)
+                                                              .changes)
+                                 if b'"merge"' in f[b"change"])
+                    return merged >= step
+                await wait_for(merging, 30, "merges under way")
+                worker.proc.send_signal(signal.SIGKILL)
+                assert worker.proc.wait(10) == -signal.SIGKILL
+                print(f"killed with {merged} of {start + step} identifies merged")
+                worker = WorkerProcess(settings, tmp_path, "restarted")
+            await asyncio.sleep(0.2)
+        await wait_for(lambda: quiet(settings), 90, "the merges")
+        await produce(settings, after)
+        await wait_for(lambda: quiet(settings), 90, "the later anonymous events")
+        print(kill, [line for line in worker.metrics_text().splitlines() if
+                            line.startswith("segmenter_events_total") and (
+                                "merge" in line or "link" in line or "forwarded" in line)])
+    finally:
+        assert worker.stop() == 0, worker.log()
+    return await outcome(r, settings)
+
+
+async def test_kill_9_during_merges_equals_an_uninterrupted_run(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    if settings.redis_cluster:
+        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
+    base = dataclasses.replace(settings, warmup=100, model_update_every=10**9,
+                               model_update_days=0.0,
+                               rescore_per_s=0)
+    checkpoint = learned_model(dataclasses.replace(settings, warmup=100))
+    runs = []
+    for name in ("ref", "kill"):
+        run = dataclasses.replace(
+            base, events_topic=f"{base.events_topic}-{name}", group=f"{base.group}-{name}",
+            dlq_topic=f"{base.dlq_topic}-{name}", redis_prefix=f"{base.redis_prefix}{name}:",
+            changes_topic=f"{base.changes_topic}-{name}", web_port=free_port())
+        runs.append(await stitched_run(run, tmp_path, r, checkpoint, kill=name == "kill"))
+    want, got = runs
+    assert want["merges"] == {f"ck-{i}": 1 for i in range(PAIRS)}
+    assert got["merges"] == want["merges"]
+    assert got["sizes"] == want["sizes"]
+    differ = [c for c in want if c.startswith("cust-") and got[c] != want[c]]
+    assert not differ, f"{len(differ)} differ; {differ[0]}: {got[differ[0]]} != {want[differ[0]]}"
+    for i in range(PAIRS):  # every merge counted: the customer's orders, the mirror's
+        st = CustomerState.from_bytes(f"cust-{i}", want[f"cust-{i}"][0],
+                                      from_fields(want[f"cust-{i}"][1]))
+        assert st.orders_total == 3
+        assert want[f"cust-{i}"][2]["customer_id"] == f"cust-{i}"
