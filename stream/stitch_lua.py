@@ -83,7 +83,7 @@ while redis.call('HLEN', KEYS[3]) > bound do
   local all, oldest, at = redis.call('HGETALL', KEYS[3]), nil, nil
   for i = 1, #all, 2 do
     local t = tonumber(all[i + 1])
-    if all[i] ~= ARGV[1] and (at == nil or t < at or (t == at and all[i] < oldest)) then
+    if at == nil or t < at or (t == at and all[i] < oldest) then
       oldest, at = all[i], t
     end
   end

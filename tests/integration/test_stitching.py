@@ -31,6 +31,7 @@ from stream.keys import Keys
 from stream.rfm_io import read_customer
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.test_serving import request
 
 START = 1_767_225_600_000
 ANON, CUST = "ck-7f3a", "cust-stitched"
@@ -304,3 +305,49 @@ async def test_kill_9_during_merges_equals_an_uninterrupted_run(
                                       from_fields(want[f"cust-{i}"][1]))
         assert st.orders_total == 3
         assert want[f"cust-{i}"][2]["customer_id"] == f"cust-{i}"
+
+
+async def test_linked_ids_are_bounded_and_erased_with_their_customer(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    if settings.redis_cluster:
+        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
+    settings = dataclasses.replace(settings, max_anonymous_ids=2)
+    keys = Keys(settings.redis_prefix)
+    await ensure_topics(settings)
+    t, cust = START + 4 * DAY_MS, "cust-b"
+    anons = [f"ck-b{i}" for i in range(3)]
+    events = [_ev(f"{a}-1", "page_view", t + i, anonymous_id=a) for i, a in enumerate(anons)]
+    events.append(_ev("cb-1", "purchase", t, 25.0, customer_id=cust))
+    events += [_ev(f"idb{i}", "identify", t + 60_000 * (i + 1), customer_id=cust,
+                   anonymous_id=a) for i, a in enumerate(anons)]
+    await produce(settings, [message(e) for e in events])
+    worker = WorkerProcess(settings, tmp_path)
+    try:
+        await worker.wait_healthy()
+
+        async def linked() -> bool:  # the oldest link went past the bound: no mirror
+            ids = {k.decode() for k in await r.hkeys(keys.ids(cust))}
+            mirrors = [await r.hget(keys.customer(a), "customer_id") for a in anons]
+            return ids == set(anons[1:]) and mirrors == [None, cust.encode(), cust.encode()]
+        await wait_for(linked, 60, "two linked ids with mirrors, the oldest dropped")
+        await wait_for(lambda: quiet(settings), 60, "the merges to be committed")
+
+        status, _, body = request(worker, "DELETE", f"/customers/{cust}",
+                                  headers={"Authorization": f"Bearer {settings.api_token}"})
+        assert status == 200 and body["erased"], body
+        # at once: the customer, its linked ids' mirrors and link records
+        for a in anons[1:]:
+            assert not await r.exists(keys.customer(a), keys.state(a))
+        assert not await r.exists(keys.customer(cust), keys.state(cust), keys.ids(cust))
+        # the linked ids' workers forgot them too: a later event of one starts afresh
+        await produce(settings, [message(_ev("b1-late", "page_view", t + 600_000,
+                                             anonymous_id=anons[1]))])
+
+        async def afresh() -> bool:
+            found = await read_customer(r, keys, anons[1])
+            return found is not None and found[1] is not None
+        await wait_for(afresh, 60, "the erased anonymous id's new event to count for itself")
+        assert await r.hget(keys.customer(anons[1]), "customer_id") is None
+        assert not await r.exists(keys.customer(cust), keys.state(cust))
+    finally:
+        assert worker.stop() == 0, worker.log()
