@@ -238,48 +238,66 @@ async def outcome(r: aioredis.Redis, settings: Settings) -> dict[str, Any]:
     return out
 
 
+async def merge_messages(r: aioredis.Redis, settings: Settings) -> int:
+    entries = await r.xrange(Keys(settings.redis_prefix).changes)
+    return sum(1 for _, f in entries if b'"merge"' in f[b"change"])
+
+
 async def stitched_run(settings: Settings, tmp_path: Path, r: aioredis.Redis,
-                       checkpoint: dict[str, Any], kill: bool) -> dict[str, Any]:
-    """The visitors' events, then the identifies (with ``kill``: the worker killed -9 while
-    they are merged, then restarted), then the later anonymous events."""
+                       checkpoint: dict[str, Any], mode: str) -> dict[str, Any]:
+    """The visitors' events, then the identifies, then the later anonymous events. ``mode``
+    ``ref``: one worker, uninterrupted; ``kill``: the worker killed -9 while the identifies
+    are merged, then restarted; ``pair``: two workers (a visitor and its customer often on
+    different ones), one killed -9 while they are merged, the survivor takes over."""
     await ensure_topics(settings)
     await r.set(Keys(settings.redis_prefix).model, orjson.dumps(checkpoint))
     await r.set(Keys(settings.redis_prefix).model_version, checkpoint["version"])
     before, links, after = visitors()
     await produce(settings, before)
-    worker = WorkerProcess(settings, tmp_path, "killed" if kill else "reference")
+    workers = [WorkerProcess(settings, tmp_path, mode)]
+    if mode == "pair":
+        workers.append(WorkerProcess(dataclasses.replace(settings, web_port=free_port()),
+                                     tmp_path, "pair-b"))
+
+        async def shared() -> bool:
+            return all("segmenter_assigned_partitions 2.0" in w.metrics_text()
+                       for w in workers)
+        for w in workers:
+            await w.wait_healthy()
+        await wait_for(shared, 60, "both workers to own two partitions")
     try:
         await wait_for(lambda: quiet(settings), 90, "the visitors' events")
         step = PAIRS // 10
         for n, start in enumerate(range(0, PAIRS, step)):
             await produce(settings, links[start:start + step])
-            if kill and n == 3:
-                merged = 0
-
-                async def merging() -> bool:
-                    nonlocal merged
-                    merged = sum(1 for _, f in await r.xrange(Keys(settings.redis_prefix)
-                                                              .changes)
-                                 if b'"merge"' in f[b"change"])
-                    return merged >= step
-                await wait_for(merging, 30, "merges under way")
-                worker.proc.send_signal(signal.SIGKILL)
-                assert worker.proc.wait(10) == -signal.SIGKILL
-                print(f"killed with {merged} of {start + step} identifies merged")
-                worker = WorkerProcess(settings, tmp_path, "restarted")
+            if mode != "ref" and n == 3:
+                await wait_for(lambda: _at_least(r, settings, step), 30, "merges under way")
+                victim = workers.pop(0)
+                victim.proc.send_signal(signal.SIGKILL)
+                assert victim.proc.wait(10) == -signal.SIGKILL
+                print(f"{mode}: killed with {await merge_messages(r, settings)} of "
+                      f"{start + step} identifies merged")
+                if mode == "kill":
+                    workers.append(WorkerProcess(settings, tmp_path, "restarted"))
             await asyncio.sleep(0.2)
-        await wait_for(lambda: quiet(settings), 90, "the merges")
+        await wait_for(lambda: quiet(settings), 120, "the merges")
         await produce(settings, after)
         await wait_for(lambda: quiet(settings), 90, "the later anonymous events")
-        print(kill, [line for line in worker.metrics_text().splitlines() if
-                            line.startswith("segmenter_events_total") and (
-                                "merge" in line or "link" in line or "forwarded" in line)])
+        for w in workers:
+            print(mode, [line for line in w.metrics_text().splitlines() if
+                         line.startswith("segmenter_events_total") and (
+                             "merge" in line or "link" in line or "forwarded" in line)])
     finally:
-        assert worker.stop() == 0, worker.log()
+        for w in workers:
+            assert w.stop() == 0, w.log()
     return await outcome(r, settings)
 
 
-async def test_kill_9_during_merges_equals_an_uninterrupted_run(
+async def _at_least(r: aioredis.Redis, settings: Settings, n: int) -> bool:
+    return await merge_messages(r, settings) >= n
+
+
+async def test_kill_9_during_merges_alone_or_one_of_two_equals_an_uninterrupted_run(
         settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
     if settings.redis_cluster:
         pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
@@ -288,18 +306,20 @@ async def test_kill_9_during_merges_equals_an_uninterrupted_run(
                                rescore_per_s=0)
     checkpoint = learned_model(dataclasses.replace(settings, warmup=100))
     runs = []
-    for name in ("ref", "kill"):
+    for name in ("ref", "kill", "pair"):
         run = dataclasses.replace(
             base, events_topic=f"{base.events_topic}-{name}", group=f"{base.group}-{name}",
             dlq_topic=f"{base.dlq_topic}-{name}", redis_prefix=f"{base.redis_prefix}{name}:",
             changes_topic=f"{base.changes_topic}-{name}", web_port=free_port())
-        runs.append(await stitched_run(run, tmp_path, r, checkpoint, kill=name == "kill"))
-    want, got = runs
+        runs.append(await stitched_run(run, tmp_path, r, checkpoint, name))
+    want = runs[0]
     assert want["merges"] == {f"ck-{i}": 1 for i in range(PAIRS)}
-    assert got["merges"] == want["merges"]
-    assert got["sizes"] == want["sizes"]
-    differ = [c for c in want if c.startswith("cust-") and got[c] != want[c]]
-    assert not differ, f"{len(differ)} differ; {differ[0]}: {got[differ[0]]} != {want[differ[0]]}"
+    for got in runs[1:]:
+        assert got["merges"] == want["merges"]
+        assert got["sizes"] == want["sizes"]
+        differ = [c for c in want if c.startswith("cust-") and got[c] != want[c]]
+        assert not differ, (f"{len(differ)} differ; {differ[0]}: {got[differ[0]]} != "
+                            f"{want[differ[0]]}")
     for i in range(PAIRS):  # every merge counted: the customer's orders, the mirror's
         st = CustomerState.from_bytes(f"cust-{i}", want[f"cust-{i}"][0],
                                       from_fields(want[f"cust-{i}"][1]))
