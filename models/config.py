@@ -89,6 +89,9 @@ class BatchResult:
     linked: list[tuple[str, int, int, bytes]] = field(default_factory=list)
     """Link records to write in place of anonymous ids' states: id, partition, offset (of
     the link message: the fence), the record's bytes."""
+    unlinked: list[tuple[str, str]] = field(default_factory=list)
+    """Link records to delete (the id was dropped past its customer's bound): anonymous id,
+    the customer it must still be linked to."""
     merged: list[tuple[str, str, str, int]] = field(default_factory=list)
     """Anonymous ids merged into customers: anonymous id, customer id, link event id and
     time (the mirror and the ``merge`` change message follow the customer's write)."""

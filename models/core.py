@@ -47,7 +47,7 @@ from models.config import BatchResult, SegmenterConfig
 from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event
 from models.features import DAY_MS, update
-from models.identity import Link, Merge
+from models.identity import Link, Merge, Unlink
 from models.learning import Learned, LearnJob, UpdateSchedule, fresh_names, learn
 from models.model import BaseModel
 from models.records import (
@@ -118,7 +118,7 @@ class Segmenter:
         states, stitch = self.cache.states, self.stitch
         ids = {e.customer_id for _, e in parsed
                if type(e) is Event and e.customer_id not in states}
-        ids.update(stitch.target(e) for _, e in parsed if isinstance(e, (Link, Merge)))
+        ids.update(stitch.target(e) for _, e in parsed if isinstance(e, (Link, Merge, Unlink)))
         return ids - states.keys() - stitch.links.keys() if stitch.links else ids
 
     # -- one batch ------------------------------------------------------------------------------
@@ -158,7 +158,7 @@ class Segmenter:
                     counts["invalid", "dead_lettered"] += 1
                 elif isinstance(ev, Erase):
                     self._erase(ev.customer_id, res)
-                elif isinstance(ev, (Link, Merge)):  # identity stitching
+                elif isinstance(ev, (Link, Merge, Unlink)):  # identity stitching
                     self.stitch.control(rec, ev, res, changed, half_life, lateness, max_ids)
                 continue
             if ev.anonymous_id is not None and self.stitch.event(rec, ev, res):

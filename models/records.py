@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from models.events import Event, InvalidEvent, parse_event
-from models.identity import LINK, MERGE, Link, Merge, decode
+from models.identity import LINK, MERGE, UNLINK, Link, Merge, Unlink, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,7 +42,7 @@ class Erase(NamedTuple):
 CONTROL_HEADER = "segmenter.control"
 """Header of control messages; with the value ``erase`` and no message value, the message
 (keyed by the customer id) erases the customer, in order with that customer's events; with
-``link`` or ``merge``, identity stitching's steps (:mod:`models.stitching`)."""
+``link``, ``merge`` or ``unlink``, identity stitching's steps (:mod:`models.stitching`)."""
 
 
 class RecordLike(Protocol):
@@ -116,19 +116,19 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     ones than Redis holds leaves memberships alone)."""
 
 
-Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase | Link | Merge"]]
+Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase | Link | Merge | Unlink"]]
 """A batch of records, each with its event, why it is invalid, or its control message."""
 
 
-def _control(r: RecordLike) -> Erase | Link | Merge | DeadLetter | None:
-    """The control message ``r`` carries (erase, or identity stitching's link and merge:
+def _control(r: RecordLike) -> Erase | Link | Merge | Unlink | DeadLetter | None:
+    """The control message ``r`` carries (erase, or identity stitching's link, merge and unlink:
     :mod:`models.identity`), a dead letter for a malformed one, or None for an event."""
     for name, value in r.headers:
         if name != CONTROL_HEADER:
             continue
         if value == b"erase" and r.value is None and r.key:
             return Erase(r.key.decode("utf-8", "replace"))
-        if value in (LINK, MERGE) and r.value is not None:
+        if value in (LINK, MERGE, UNLINK) and r.value is not None:
             try:
                 return decode(value, r.value)
             except ValueError as exc:

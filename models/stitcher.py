@@ -11,7 +11,8 @@ Redis, where they replace the ids' states), and is called by :meth:`Segmenter.co
   linked anonymous id);
 - :meth:`Stitcher.control` for a ``link`` (freeze the snapshot, write the link record in
   place of the state, produce the merge) or a ``merge`` (fold the snapshot into the
-  customer once; the customer is then assigned with reason ``merge``).
+  customer once; the customer is then assigned with reason ``merge``) or an ``unlink``
+  (an id dropped past its customer's bound forgets its link).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from __future__ import annotations
 from models.cache import CustomerCache
 from models.config import BatchResult
 from models.events import Event
-from models.identity import LINK, MERGE, Link, Merge, encode_link, encode_merge
+from models.identity import LINK, MERGE, Link, Merge, Unlink, encode_link, encode_merge
 from models.records import RecordLike
 from models.state import CustomerState
 from models.stitching import LinkRecord, encode_record, forward, on_event, on_link, on_merge
@@ -76,17 +77,24 @@ class Stitcher:
             res.produce.append((link.anonymous_id.encode(), encode_link(link), LINK))
         return False
 
-    def target(self, msg: Link | Merge) -> str:
+    def target(self, msg: Link | Merge | Unlink) -> str:
         """Whose state a control message needs loaded."""
-        return msg.anonymous_id if isinstance(msg, Link) else msg.link.customer_id
+        return msg.link.customer_id if isinstance(msg, Merge) else msg.anonymous_id
 
-    def control(self, rec: RecordLike, msg: Link | Merge, res: BatchResult,
+    def control(self, rec: RecordLike, msg: Link | Merge | Unlink, res: BatchResult,
                 changed: dict[str, Event], half_life_ms: float, lateness_ms: int,
                 max_ids: int) -> None:
         """Step 2 (a link, on the anonymous id's worker) or 3 (a merge, on the
-        customer's); ``changed``: the core's customers changed but not assigned yet."""
+        customer's), or step 6's unlink; ``changed``: the core's customers changed but not
+        assigned yet."""
         if isinstance(msg, Link):
             self._link(rec, msg, res, changed)
+        elif isinstance(msg, Unlink):
+            record = self.links.get(msg.anonymous_id)
+            if record is not None and record.customer_id == msg.customer_id:
+                self.forget(msg.anonymous_id)  # later events: a profile of its own
+                res.unlinked.append((msg.anonymous_id, msg.customer_id))
+            res.counts["unlink", "processed"] += 1
         else:
             self._merge(rec, msg, res, changed, half_life_ms, lateness_ms, max_ids)
 

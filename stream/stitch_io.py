@@ -3,12 +3,12 @@
 events topic before the batch is committed (:meth:`stream.writes.BatchWriter._write`).
 
 In a batch's write, in this order: link records (in place of anonymous ids' states,
-fenced by the link message's offset), then the customers' writes (by the writer), then the
-mirrors and ``merge`` change messages of the anonymous ids merged, then every message to
-produce (links, merges, forwarded events, erasures of linked ids) in the order the core
-decided them, acknowledged by the broker. A crash anywhere in between redelivers the batch,
-and every step is idempotent (``tests/unit/test_stitching.py``,
-``tests/integration/test_stitching.py``).
+fenced by the link message's offset) and the deletions of those unlinked, then the
+customers' writes (by the writer), then the mirrors and ``merge`` change messages of the
+anonymous ids merged, then every message to produce (links, merges, forwarded events,
+erasures of linked ids, unlinks) in the order decided, acknowledged by the broker. A crash
+anywhere in between redelivers the batch, and every step is idempotent
+(``tests/unit/test_stitching.py``, ``tests/integration/test_stitching.py``).
 """
 
 from __future__ import annotations
@@ -18,11 +18,15 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+import orjson
 from aiokafka import AIOKafkaProducer
 
+from models.identity import UNLINK, Unlink, encode_unlink
 from models.records import CONTROL_HEADER
+from models.stitching import RECORD_FRAME
 from stream.errors import RetriableError, reason
 from stream.redis_io import RETRIABLE, RedisStore
+from stream.stitch_lua import UNLINK_BODY
 from stream.write_lua import LINK, MERGE
 
 log = logging.getLogger(__name__)
@@ -49,6 +53,7 @@ class Stitching:
         self.store, self.producer, self.topic, self.bound = store, producer, topic, bound
         self._link = store.r.register_script(LINK)
         self._merge = store.r.register_script(MERGE)
+        self._unlink = store.r.register_script(UNLINK_BODY)
         self._warned = False
 
     async def write_links(self, linked: list[tuple[str, int, int, bytes]]) -> int:
@@ -67,9 +72,24 @@ class Stitching:
             raise RetriableError(f"Redis unavailable while linking: {reason(exc)}") from exc
         return sum(1 for r in results if r[0] == -1)
 
-    async def mirror(self, merged: list[tuple[str, str, str, int]], now_ms: int) -> list[bytes]:
+    async def unlink(self, unlinked: list[tuple[str, str]]) -> None:
+        """Delete these anonymous ids' link records, each if it still links to the customer
+        given (before the batch's writes: the ids' later events are profiles of their own)."""
+        if not unlinked:
+            return
+        k = self.store.keys
+        try:
+            await self.store.pipelined(self._unlink, 1, [
+                (k.state(anon), RECORD_FRAME + orjson.dumps([cid])[:-1] + b",")
+                for anon, cid in unlinked])
+        except RETRIABLE as exc:
+            raise RetriableError(f"Redis unavailable while unlinking: {reason(exc)}") from exc
+
+    async def mirror(self, merged: list[tuple[str, str, str, int]], now_ms: int,
+                     produce: list[tuple[bytes, bytes | None, bytes | None]]) -> list[bytes]:
         """Mirrors and ``merge`` change messages of anonymous ids merged into customers
-        (after the customers' writes); returns the change messages."""
+        (after the customers' writes); returns the change messages. An id dropped past
+        its customer's bound gets an unlink control message (appended to ``produce``)."""
         if not merged:
             return []
         store, k = self.store, self.store.keys
@@ -89,6 +109,9 @@ class Stitching:
                 for anon, cid, event_id, ts in merged])
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while merging: {reason(exc)}") from exc
+        for (_, cid, _, _), res in zip(merged, results, strict=True):
+            produce.extend((_text(a).encode(), encode_unlink(Unlink(cid, _text(a))), UNLINK)
+                           for a in res[2:])
         return [r[1] for r in results if r[0] == 1]
 
     async def linked(self, cids: list[str]) -> list[str]:
@@ -105,6 +128,10 @@ class Stitching:
         """Produce ``messages`` to the events topic in order and wait for the broker's
         acknowledgements (before the batch that decided them is committed)."""
         await produce(self.producer, self.topic, messages)
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 async def produce(producer: AIOKafkaProducer, topic: str, messages: Outgoing) -> None:

@@ -65,6 +65,16 @@ return {0, ''}
 KEYS: state, partition index; ARGV: partition, offset, ``partition:offset:record``, id,
 shard."""
 
+UNLINK_BODY = """
+local v = redis.call('GET', KEYS[1])
+local head = v and string.match(v, '^%d+:%d+:')
+if not head or string.sub(v, #head + 1, #head + #ARGV[1]) ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+return 1
+"""
+"""Delete a link record if it still links to the customer named (ARGV[1]: the head of such
+a record, ``\\x01LNK["<customer>",``); 1 when deleted. KEYS: the anonymous id's state."""
+
 MERGE_BODY = """
 if redis.call('HEXISTS', KEYS[3], ARGV[1]) == 1 then return {0, ''} end
 local old = redis.call('HGET', KEYS[1], 'segment')
@@ -78,7 +88,7 @@ else
 end
 redis.call('DEL', KEYS[1])
 redis.call('HSET', KEYS[3], ARGV[1], ARGV[6])
-local bound = tonumber(ARGV[7])
+local bound, dropped = tonumber(ARGV[7]), {}
 while redis.call('HLEN', KEYS[3]) > bound do
   local all, oldest, at = redis.call('HGETALL', KEYS[3]), nil, nil
   for i = 1, #all, 2 do
@@ -89,6 +99,7 @@ while redis.call('HLEN', KEYS[3]) > bound do
   end
   redis.call('HDEL', KEYS[3], oldest)
   redis.call('DEL', stitch_prefix(KEYS[2], ARGV[2]) .. 'customer:{' .. oldest .. '}')
+  dropped[#dropped + 1] = oldest
 end
 mirror_links(KEYS[2], ARGV[2])
 local h = redis.call('HMGET', KEYS[2], 'segment', 'segment_name', 'model_version')
@@ -97,11 +108,12 @@ local msg = cjson.encode({customer_id = ARGV[1], ['from'] = old or cjson.null,
   model_version = tonumber(h[3] or '0'), event_id = ARGV[3],
   changed_at = tonumber(ARGV[4]), reason = 'merge', merged_into = ARGV[2]})
 agg_xadd(KEYS[5], 'changes', ARGV[5], 'change', msg)
-return {1, msg}
+return {1, msg, unpack(dropped)}
 """
 """After a merge into customer C was written: anonymous id A leaves the aggregates (its
 segment's size, RFM, audiences), joins ``seg:ids:{C}`` (the oldest beyond the bound loses
-its mirror), gets its mirror, and one change message with reason ``merge`` says so; once
-only (A already in the list: nothing). KEYS: A's hash, C's hash, C's ids, sizes, changes,
-rfm, audience sizes, audience changes, audiences, rfm grid; ARGV: A, C, link event id, now,
-stream maxlen, link event time, bound, shard (empty: one Redis only)."""
+its mirror: ``{1, change, <dropped ids>...}``), gets its mirror, and one change message
+with reason ``merge`` says so; once only (A already in the list: ``{0, ''}``). KEYS: A's
+hash, C's hash, C's ids, sizes, changes, rfm, audience sizes, audience changes, audiences,
+rfm grid; ARGV: A, C, link event id, now, stream maxlen, link event time, bound, shard
+(empty: one Redis only)."""

@@ -104,12 +104,13 @@ class BatchWriter:
             await self.retry(functools.partial(self.store.erase, result.erased, now_ms,
                                                version))
         fenced = await self.retry(functools.partial(stitching.write_links, result.linked))
+        await self.retry(functools.partial(stitching.unlink, result.unlinked))
         # Change messages reach the Redis stream atomically with each write; the relay
         # (stream.relay) forwards them to Kafka.
         changes, fenced_now = await self.retry(functools.partial(
             self.store.write, result.assignments, now_ms))
         changes += await self.retry(functools.partial(stitching.mirror, result.merged,
-                                                      now_ms))
+                                                      now_ms, result.produce))
         # what the batch produces (identity stitching) is acknowledged before its commit
         await stitching.produce(result.produce)
         fenced += fenced_now

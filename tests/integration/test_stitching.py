@@ -327,7 +327,7 @@ async def test_kill_9_during_merges_alone_or_one_of_two_equals_an_uninterrupted_
         assert want[f"cust-{i}"][2]["customer_id"] == f"cust-{i}"
 
 
-async def test_linked_ids_are_bounded_and_erased_with_their_customer(
+async def test_linked_ids_are_bounded_unlinked_and_erased_with_their_customer(
         settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
     if settings.redis_cluster:
         pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
@@ -351,6 +351,17 @@ async def test_linked_ids_are_bounded_and_erased_with_their_customer(
             return ids == set(anons[1:]) and mirrors == [None, cust.encode(), cust.encode()]
         await wait_for(linked, 60, "two linked ids with mirrors, the oldest dropped")
         await wait_for(lambda: quiet(settings), 60, "the merges to be committed")
+        # the dropped id was unlinked: its later events are a profile of its own
+        await produce(settings, [message(_ev("b0-late", "purchase", t + 400_000, 9.0,
+                                             anonymous_id=anons[0]))])
+
+        async def own_profile() -> bool:
+            found = await read_customer(r, keys, anons[0])
+            return found is not None and found[1] is not None and found[1].orders_total == 1
+        await wait_for(own_profile, 60, "the dropped id's later event to count for itself")
+        assert await r.hget(keys.customer(anons[0]), "customer_id") is None
+        found = await read_customer(r, keys, cust)
+        assert found is not None and found[1] is not None and found[1].orders_total == 1
 
         status, _, body = request(worker, "DELETE", f"/customers/{cust}",
                                   headers={"Authorization": f"Bearer {settings.api_token}"})

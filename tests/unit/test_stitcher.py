@@ -8,7 +8,7 @@ import orjson
 
 from models.config import BatchResult
 from models.core import Record, Segmenter, SegmenterConfig
-from models.identity import LINK, MERGE, merge_id
+from models.identity import LINK, MERGE, UNLINK, Unlink, encode_unlink, merge_id
 from models.records import CONTROL_HEADER
 from models.stitching import decode_record
 
@@ -97,3 +97,17 @@ def test_a_malformed_link_is_dead_lettered_and_an_erasure_forgets_the_link() -> 
     assert res.erased == ["ck-1"] and "ck-1" not in seg.stitch.links
     res = run(seg, [rec(0, 2, "ck-1", ev("a9", T, anonymous_id="ck-1"))])
     assert not res.produce and "ck-1" in seg.states  # a profile of its own again
+
+
+def test_an_unlink_forgets_only_a_link_to_that_customer() -> None:
+    seg = Segmenter(SegmenterConfig(warmup=10**6))
+    for anon, cid in (("ck-1", "c1"), ("ck-2", "c2")):
+        seg.stitch.links[anon] = decode_record(b"\x01LNK" + orjson.dumps([cid, "id", 5])
+                                               + b"\x00")  # type: ignore[assignment]
+        seg.stitch.partitions[anon] = 0
+    res = run(seg, [rec(0, 0, "ck-1", encode_unlink(Unlink("c1", "ck-1")), UNLINK),
+                    rec(0, 1, "ck-2", encode_unlink(Unlink("c1", "ck-2")), UNLINK)])
+    assert res.unlinked == [("ck-1", "c1")]  # ck-2 links to c2 now: kept
+    assert "ck-1" not in seg.stitch.links and "ck-2" in seg.stitch.links
+    res = run(seg, [rec(0, 2, "ck-1", ev("a9", T, anonymous_id="ck-1"))])
+    assert not res.produce and "ck-1" in seg.states
