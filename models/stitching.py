@@ -1,7 +1,8 @@
 """Identity stitching, the protocol's steps as pure functions (the README's "Identity
 stitching", steps 1-4): what each worker does with what it consumes, and what it produces.
-The stream layer is to run them in its batches and produce what they return before it
-commits (not wired yet); :mod:`models.identity` merges the states.
+The worker runs them in its batches and produces what they return before it
+commits (:mod:`models.stitcher` in the core, ``stream.stitch_io`` around it);
+:mod:`models.identity` merges the states.
 
 Every step is idempotent, so at-least-once delivery of the control messages (a worker killed
 between producing and committing redelivers) gives exactly-once merges:
