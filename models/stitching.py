@@ -115,7 +115,7 @@ def encode_record(record: LinkRecord) -> bytes:
     """A link record as stored in place of the anonymous id's state (after the
     ``partition:offset:`` head): the frame, its fields as JSON, a NUL, the snapshot.
 
-    >>> rec = LinkRecord("c1", "e9", 5, b"\x00s")
+    >>> rec = LinkRecord("c1", "e9", 5, b"snapshot")
     >>> decode_record(encode_record(rec)) == rec, decode_record(b"[4,...]")
     (True, None)
     """
