@@ -116,7 +116,7 @@ class Assigner:
                 st.segment = segment
                 why = _explain(model, st, z[i], centres[label])
                 res.assignments.append(self.assignment(
-                    model, st, "event" if ev is not None else "model_update", why))
+                    model, st, _reason(ev), why))
                 dirty.pop(cid, None)
             else:
                 dirty[cid] = None
@@ -266,3 +266,11 @@ def _explain(model: BaseModel, st: CustomerState, z: Any, centre: Any) -> str:
     """``st``'s explanation of its segment (already set), from its scaled row ``z``."""
     return customer_explanation(z.tolist(), centre.tolist(), model.names.get(st.segment, ""),
                                 buyer=st.orders_total > 0)
+
+
+def _reason(ev: Event | None) -> str:
+    """Why a customer in ``changed`` is assigned: its event, a merge of an anonymous
+    profile into it (identity stitching), or none (the first model)."""
+    if ev is None:
+        return "model_update"
+    return "merge" if ev.type == "merge" else "event"

@@ -82,6 +82,19 @@ class BatchResult:
     """Segments born, split, merged or retired by this batch's model updates."""
     learn_seconds: float = 0.0
     """Time spent updating the model (sampling, learning, naming), for the stage metric."""
+    produce: list[tuple[bytes, bytes | None, bytes | None]] = field(default_factory=list)
+    """Messages for the events topic, in order, before the batch is committed (identity
+    stitching: links, merges, forwarded events; erasures of linked ids): key, value, the
+    ``segmenter.control`` header's value (None: an event)."""
+    linked: list[tuple[str, int, int, bytes]] = field(default_factory=list)
+    """Link records to write in place of anonymous ids' states: id, partition, offset (of
+    the link message: the fence), the record's bytes."""
+    unlinked: list[tuple[str, str]] = field(default_factory=list)
+    """Link records to delete (the id was dropped past its customer's bound): anonymous id,
+    the customer it must still be linked to."""
+    merged: list[tuple[str, str, str, int]] = field(default_factory=list)
+    """Anonymous ids merged into customers: anonymous id, customer id, link event id and
+    time (the mirror and the ``merge`` change message follow the customer's write)."""
     centres: dict[str, tuple[list[float], list[float]]] = field(default_factory=dict)
     """Centre (scaled, model space) of every segment a lifecycle event names, as it was at
     that update: a segment born and merged within one batch still gets a full profile."""

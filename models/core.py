@@ -47,6 +47,7 @@ from models.config import BatchResult, SegmenterConfig
 from models.drift import DriftMonitor
 from models.events import KNOWN_TYPES, Event
 from models.features import DAY_MS, update
+from models.identity import Link, Merge, Unlink
 from models.learning import Learned, LearnJob, UpdateSchedule, fresh_names, learn
 from models.model import BaseModel
 from models.records import (
@@ -61,6 +62,7 @@ from models.records import (
     parse_records,
 )
 from models.state import CustomerState
+from models.stitcher import Stitcher
 from models.windows import applied_event
 
 __all__ = ["CONTROL_HEADER", "Assignment", "BatchResult", "DeadLetter", "Erase", "Parsed",
@@ -87,6 +89,7 @@ class Segmenter:
         self.schedule = UpdateSchedule(config)
         self.changed: dict[str, Event] = {}
         """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""
+        self.stitch = Stitcher(self.cache)  # identity stitching (links, merges, forwards)
 
     # -- views of the parts, for callers that only read ---------------------------------------
     @property
@@ -112,9 +115,11 @@ class Segmenter:
 
     def missing(self, parsed: Parsed) -> set[str]:
         """Customer ids whose state is not cached (the caller loads them from Redis)."""
-        states = self.cache.states
-        return {e.customer_id for _, e in parsed
-                if type(e) is Event and e.customer_id not in states}
+        states, stitch = self.cache.states, self.stitch
+        ids = {e.customer_id for _, e in parsed
+               if type(e) is Event and e.customer_id not in states}
+        ids.update(stitch.target(e) for _, e in parsed if isinstance(e, (Link, Merge, Unlink)))
+        return ids - states.keys() - stitch.links.keys() if stitch.links else ids
 
     # -- one batch ------------------------------------------------------------------------------
     def apply(self, parsed: Parsed, loaded: dict[str, CustomerState],
@@ -153,7 +158,11 @@ class Segmenter:
                     counts["invalid", "dead_lettered"] += 1
                 elif isinstance(ev, Erase):
                     self._erase(ev.customer_id, res)
+                elif isinstance(ev, (Link, Merge, Unlink)):  # identity stitching
+                    self.stitch.control(rec, ev, res, changed, half_life, lateness, max_ids)
                 continue
+            if ev.anonymous_id is not None and self.stitch.event(rec, ev, res):
+                continue  # forwarded to the customer the anonymous id is linked to
             label = ev.type
             if label not in processed:
                 counts["other", "ignored"] += 1
@@ -242,9 +251,9 @@ class Segmenter:
     def _erase(self, cid: str, res: BatchResult) -> None:
         """Forget a customer: what came before the erasure is never written."""
         self.cache.forget(cid)
+        self.stitch.forget(cid)
         self.changed.pop(cid, None)
-        if any(a.customer_id == cid for a in res.assignments):
-            res.assignments = [a for a in res.assignments if a.customer_id != cid]
+        res.assignments = [a for a in res.assignments if a.customer_id != cid]  # (rare)
         res.erased.append(cid)
         res.counts["erase", "processed"] += 1
 
@@ -255,23 +264,13 @@ class Segmenter:
             self.schedule.force_refresh = True
 
     def _rename(self, names: dict[str, str]) -> None:
-        """Give the model ``names``; customers of a renamed segment get the new name at the
-        next drain."""
+        """Give the model ``names`` (a renamed segment's customers get it at the next drain)."""
         before, self.model.names = self.model.names, names
         self.cache.mark_renamed({sid for sid, n in names.items() if before.get(sid, n) != n})
 
     def waiting(self) -> str | None:
         """Why nobody has a segment yet (no model), for people; None once a model exists."""
-        if self.model.ready:
-            return None
-        seen = len(self.cache) + sum(pop for pop, _ in self.schedule.remote.values())
-        need = self.config.warmup - seen
-        days = self.config.active_days
-        why = (f"waiting for {need} more customers" if need > 0 else
-               "learning the first model" + (f" (customers active in the last {days:g} days "
-                                             "of event time count)" if days > 0 else ""))
-        return (f"no model yet: {why}; {seen} seen, the first model needs "
-                f"{self.config.warmup} (SEGMENTER_WARMUP)")
+        return None if self.model.ready else self.schedule.waiting(len(self.cache))
 
     # -- between batches ------------------------------------------------------------------------
     def adopt(self, model: BaseModel) -> BatchResult | None:
@@ -299,6 +298,7 @@ class Segmenter:
     def forget_partitions(self, partitions: set[int]) -> None:
         """Drop cached states of revoked partitions (another worker may change them)."""
         self.cache.forget_partitions(partitions)
+        self.stitch.forget_partitions(partitions)
         for cid in [c for c, e in self.changed.items() if c not in self.cache.states]:
             del self.changed[cid]
 

@@ -65,6 +65,15 @@ class Merge(NamedTuple):
     (empty: the visitor had sent nothing)."""
 
 
+class Unlink(NamedTuple):
+    """Control message to the worker of an anonymous id dropped from its customer's linked
+    ids (the bound): forget the link to ``customer_id``, if it is still that one (keyed by
+    the anonymous id). Its later events start a profile of their own."""
+
+    customer_id: str
+    anonymous_id: str
+
+
 def merge_id(anonymous_id: str, link_event_id: str) -> int:
     """The id a merge is admitted by in the customer's seen ids (like an event id).
 
@@ -175,9 +184,14 @@ def encode_merge(merge_msg: Merge) -> bytes:
     return encode_link(merge_msg.link) + b"\x00" + merge_msg.snapshot
 
 
-def decode(control: bytes, value: bytes) -> Link | Merge:
-    """A link or merge control message's value (``control``: its header's value); raise
-    ValueError when it is not one.
+def encode_unlink(unlink: Unlink) -> bytes:
+    """The value of an unlink control message (its key: the anonymous id)."""
+    return orjson.dumps(unlink._asdict())
+
+
+def decode(control: bytes, value: bytes) -> Link | Merge | Unlink:
+    """A link, merge or unlink control message's value (``control``: its header's value);
+    raise ValueError when it is not one.
 
     >>> lk = Link("c1", "a1", "e2", 5)
     >>> decode(LINK, encode_link(lk)) == lk, decode(MERGE, encode_merge(Merge(lk, b"s\\x00")))
@@ -187,6 +201,8 @@ snapshot=b's\\x00'))
     head, _, snapshot = value.partition(b"\x00") if control == MERGE else (value, b"", b"")
     try:
         obj = orjson.loads(head)
+        if control == UNLINK:
+            return Unlink(str(obj["customer_id"]), str(obj["anonymous_id"]))
         link = Link(str(obj["customer_id"]), str(obj["anonymous_id"]), str(obj["event_id"]),
                     int(obj["ts_ms"]))
     except (orjson.JSONDecodeError, KeyError, TypeError, ValueError) as exc:

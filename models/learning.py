@@ -234,3 +234,14 @@ class UpdateSchedule:
     def drop_remote(self, worker: str) -> None:
         """A worker whose sample went stale (it is gone)."""
         self.remote.pop(worker, None)
+
+    def waiting(self, held: int) -> str:
+        """Why no model exists yet (``held``: customers this worker holds), for people."""
+        seen = held + sum(pop for pop, _ in self.remote.values())
+        need = self.config.warmup - seen
+        days = self.config.active_days
+        why = (f"waiting for {need} more customers" if need > 0 else
+               "learning the first model" + (f" (customers active in the last {days:g} days "
+                                             "of event time count)" if days > 0 else ""))
+        return (f"no model yet: {why}; {seen} seen, the first model needs "
+                f"{self.config.warmup} (SEGMENTER_WARMUP)")

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import NamedTuple, Protocol
 
 from models.events import Event, InvalidEvent, parse_event
+from models.identity import LINK, MERGE, UNLINK, Link, Merge, Unlink, decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,8 @@ class Erase(NamedTuple):
 
 CONTROL_HEADER = "segmenter.control"
 """Header of control messages; with the value ``erase`` and no message value, the message
-(keyed by the customer id) erases the customer, in order with that customer's events."""
+(keyed by the customer id) erases the customer, in order with that customer's events; with
+``link``, ``merge`` or ``unlink``, identity stitching's steps (:mod:`models.stitching`)."""
 
 
 class RecordLike(Protocol):
@@ -114,15 +116,32 @@ class Assignment(NamedTuple):  # a NamedTuple: one per changed customer per batc
     ones than Redis holds leaves memberships alone)."""
 
 
-Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase"]]
+Parsed = list[tuple[RecordLike, "Event | DeadLetter | Erase | Link | Merge | Unlink"]]
 """A batch of records, each with its event, why it is invalid, or its control message."""
+
+
+def _control(r: RecordLike) -> Erase | Link | Merge | Unlink | DeadLetter | None:
+    """The control message ``r`` carries (erase, or identity stitching's link, merge and unlink:
+    :mod:`models.identity`), a dead letter for a malformed one, or None for an event."""
+    for name, value in r.headers:
+        if name != CONTROL_HEADER:
+            continue
+        if value == b"erase" and r.value is None and r.key:
+            return Erase(r.key.decode("utf-8", "replace"))
+        if value in (LINK, MERGE, UNLINK) and r.value is not None:
+            try:
+                return decode(value, r.value)
+            except ValueError as exc:
+                return DeadLetter(r, str(exc))
+    return None
 
 
 def parse_records(records: Sequence[RecordLike],
                   validated: Sequence[Event | str] | None = None) -> Parsed:
     """Validate every record (:func:`models.events.parse_event`); or take ``validated``, what
     it gave for each record elsewhere (e.g. in a helper process): its event, or why it is
-    invalid. Erasure control messages become :class:`Erase`.
+    invalid. Control messages become :class:`Erase`, :class:`~models.identity.Link` or
+    :class:`~models.identity.Merge`.
 
     >>> parsed = parse_records([Record("events", 0, 7, b"c1", b"{}")])
     >>> parsed[0][1].reason
@@ -130,8 +149,8 @@ def parse_records(records: Sequence[RecordLike],
     """
     out: Parsed = []
     for i, r in enumerate(records):
-        if r.value is None and r.key and (CONTROL_HEADER, b"erase") in (r.headers or ()):
-            out.append((r, Erase(r.key.decode("utf-8", "replace"))))
+        if r.headers and (control := _control(r)) is not None:  # no headers: an event
+            out.append((r, control))
             continue
         if validated is not None:
             ev = validated[i]

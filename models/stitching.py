@@ -1,7 +1,8 @@
 """Identity stitching, the protocol's steps as pure functions (the README's "Identity
 stitching", steps 1-4): what each worker does with what it consumes, and what it produces.
-The stream layer is to run them in its batches and produce what they return before it
-commits (not wired yet); :mod:`models.identity` merges the states.
+The worker runs them in its batches and produces what they return before it
+commits (:mod:`models.stitcher` in the core, ``stream.stitch_io`` around it);
+:mod:`models.identity` merges the states.
 
 Every step is idempotent, so at-least-once delivery of the control messages (a worker killed
 between producing and committing redelivers) gives exactly-once merges:
@@ -29,6 +30,8 @@ Examples
 from __future__ import annotations
 
 from typing import NamedTuple
+
+import orjson
 
 from models.events import Event
 from models.identity import MAX_ANONYMOUS_IDS, Link, Merge, add_link, merge, rekeyed
@@ -102,3 +105,52 @@ def forward(value: bytes, record: LinkRecord | None) -> tuple[bytes, bytes] | No
     if record is None:
         return None
     return record.customer_id.encode(), rekeyed(value, record.customer_id)
+
+
+RECORD_FRAME = b"\x01LNK"
+"""How a stored link record begins (a state never does: see :meth:`CustomerState.to_bytes`)."""
+
+
+def encode_record(record: LinkRecord) -> bytes:
+    """A link record as stored in place of the anonymous id's state (after the
+    ``partition:offset:`` head): the frame, its fields as JSON, a NUL, the snapshot.
+
+    >>> rec = LinkRecord("c1", "e9", 5, b"snapshot")
+    >>> decode_record(encode_record(rec)) == rec, decode_record(b"[4,...]")
+    (True, None)
+    """
+    return (RECORD_FRAME + orjson.dumps([record.customer_id, record.event_id, record.ts_ms])
+            + b"\x00" + record.snapshot)
+
+
+def decode_record(blob: bytes) -> LinkRecord | None:
+    """The link record ``blob`` holds, or None when it is a state."""
+    if not blob.startswith(RECORD_FRAME):
+        return None
+    head, _, snapshot = blob[len(RECORD_FRAME):].partition(b"\x00")
+    cid, event_id, ts_ms = orjson.loads(head)
+    return LinkRecord(str(cid), str(event_id), int(ts_ms), snapshot)
+
+
+Links = dict[str, tuple[int, LinkRecord]]
+"""Link records read from Redis, by anonymous id: the partition written from, the record."""
+
+
+def take_links(stored: list[tuple[str, bytes]], links: Links) -> list[tuple[str, bytes]]:
+    """Of stored ``(id, b"partition:offset:" + blob)`` pairs, the states; the link records
+    go to ``links``.
+
+    >>> links: Links = {}
+    >>> rec = b"3:9:" + encode_record(LinkRecord("c1", "e9", 5, b""))
+    >>> take_links([("a1", rec), ("c2", b"3:7:[4,...]")], links), links["a1"][0]
+    ([('c2', b'3:7:[4,...]')], 3)
+    """
+    states = []
+    for cid, raw in stored:
+        p, _, blob = raw.split(b":", 2)
+        record = decode_record(blob)
+        if record is None:
+            states.append((cid, raw))
+        else:
+            links[cid] = (int(p), record)
+    return states

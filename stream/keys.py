@@ -82,6 +82,12 @@ class Keys:
         """The contract §2 hash a website reads."""
         return f"{self.prefix}customer:{{{cid}}}"
 
+    def ids(self, cid: str) -> str:
+        """Hash of the anonymous ids linked to a customer by identity stitching, id -> link
+        event time (same slot as the customer's other keys; bounded by
+        ``SEGMENTER_MAX_ANONYMOUS_IDS``)."""
+        return f"{self.prefix}ids:{{{cid}}}"
+
     def state(self, cid: str) -> str:
         """Internal feature state of a customer: a string ``partition:offset:`` + the
         :meth:`~models.features.CustomerState.to_bytes` blob (a plain string, not a hash:

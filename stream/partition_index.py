@@ -24,6 +24,7 @@ from typing import Any
 from redis.asyncio.cluster import RedisCluster
 
 from models.features import CustomerState
+from models.stitching import Links
 from stream.errors import RetriableError, reason
 from stream.redis_io import RETRIABLE, RedisStore
 
@@ -59,29 +60,31 @@ async def scan_step(r: Any, cursor: Cursor, match: str, count: int) -> tuple[Cur
 
 
 async def partition_states(store: RedisStore, partition: int, cursor: int,
-                           count: int = 1000) -> tuple[int, list[CustomerState]]:
+                           count: int = 1000, links: Links | None = None
+                           ) -> tuple[int, list[CustomerState]]:
     """One ``SSCAN`` step over a partition's index: the next cursor (0 at the end) and the
     states of its customers whose last write came from that partition (an erased customer,
-    or one moved by a repartition, is skipped)."""
+    or one moved by a repartition, is skipped); link records go to ``links``."""
     try:
         cursor, members = await store.r.sscan(store.keys.partition(partition), cursor,
                                               count=count)
         cids = [m.decode() if isinstance(m, bytes) else m for m in members]
-        return int(cursor), await store.read_states(cids, {partition})
+        return int(cursor), await store.read_states(cids, {partition}, links)
     except RETRIABLE as exc:
         raise RetriableError(f"Redis unavailable while reading states: {reason(exc)}") from exc
 
 
 async def scan_states(store: RedisStore, cursor: Cursor, partitions: set[int],
-                      count: int = 1000) -> tuple[Cursor, list[CustomerState], int]:
+                      count: int = 1000, links: Links | None = None
+                      ) -> tuple[Cursor, list[CustomerState], int]:
     """One ``SCAN`` step over every customer state (a keyspace without the index): the
-    next cursor (0 at the end), the states of these partitions among the keys it returned,
-    and how many keys it returned."""
+    next cursor (0 at the end), the states of these partitions among the keys it returned
+    (link records to ``links``), and how many keys it returned."""
     head = len(store.keys.state(""))
     try:
         cursor, keys = await scan_step(store.r, cursor, store.keys.state_pattern, count)
         cids = [(k.decode() if isinstance(k, bytes) else k)[head - 1:-1] for k in keys]
-        return cursor, await store.read_states(cids, partitions), len(cids)
+        return cursor, await store.read_states(cids, partitions, links), len(cids)
     except RETRIABLE as exc:
         raise RetriableError(f"Redis unavailable while scanning states: {reason(exc)}") from exc
 

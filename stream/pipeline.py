@@ -121,7 +121,8 @@ class EventPipeline:
         self.reader = BatchReader(self.consumer, self.validator, self.metrics, s.batch_max,
                                   live_max=s.live_batch_max)
         self.writer = BatchWriter(self.store, self.sync, self.metrics, self.health,
-                                  self.consumer, producer, s.dlq_topic)
+                                  self.consumer, producer, s.dlq_topic,
+                                  (s.events_topic, s.max_anonymous_ids))
         self.writer.freshness_sink = self.freshness_sink
         await self.maintain(rescore=0)  # trainer or not, before the first event
         self.consumer.subscribe([s.events_topic], listener=_Rebalance(self))
@@ -208,8 +209,7 @@ class EventPipeline:
             if not batch:
                 return
         core = self.core
-        loaded = await self.writer.retry(functools.partial(self.store.load_states,
-                                                           core.missing(parsed)))
+        loaded = await self.writer.load(core, parsed)  # (and link records: identity stitching)
         t_loaded = time.perf_counter()
         now_ms = int(time.time() * 1000)
         result, waited = await self.updates.apply(core, parsed, loaded)
@@ -295,8 +295,6 @@ class EventPipeline:
             await self.writer.retry(functools.partial(
                 self.audiences.report_progress, self.worker_id, *progress))
 
-    async def _written(self) -> None:
-        await (self.writer.written() if self.writer is not None else asyncio.sleep(0))
     def _owned(self) -> set[int]:
         return {tp.partition for tp in self.consumer.assignment() - self.revoked} \
             if self.consumer is not None else set()

@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.core import Assignment
 from models.features import CustomerState
+from models.stitching import RECORD_FRAME, Links, take_links
 from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError, reason
 from stream.keys import Keys, decode_state, load_profile
@@ -122,27 +123,32 @@ class RedisStore:
                 pipe.execute_command("EVALSHA", script.sha, nkeys, *call)
             return list(await pipe.execute(raise_on_error=False))
 
-    async def load_states(self, ids: set[str]) -> dict[str, CustomerState]:
+    async def load_states(self, ids: set[str], links: Links | None = None
+                          ) -> dict[str, CustomerState]:
         """States of these customers that Redis holds (unknown ones are absent), with their
-        current segment (what stickiness and re-scoring start from)."""
+        current segment (what stickiness and re-scoring start from); link records of
+        linked anonymous ids go to ``links``."""
         if not ids:
             return {}
         try:
-            return {s.customer_id: s for s in await self.read_states(list(ids))}
+            return {s.customer_id: s for s in await self.read_states(list(ids), links=links)}
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while loading states: {reason(exc)}") from exc
 
-    async def read_states(self, cids: list[str],
-                          partitions: set[int] | None = None) -> list[CustomerState]:
+    async def read_states(self, cids: list[str], partitions: set[int] | None = None,
+                          links: Links | None = None) -> list[CustomerState]:
         """States with their current segment; with ``partitions``, only those whose last
-        event came from one of them. Hashes are read only for the states found: most cache
-        misses are new customers, who cost one ``GET`` instead of two commands."""
+        event came from one of them; link records (identity stitching) go to ``links``
+        (by id: partition, record), not returned. Hashes are read only for the states
+        found: most cache misses are new customers, one ``GET`` instead of two commands."""
         async with self.r.pipeline(transaction=False) as pipe:
             for cid in cids:
                 pipe.get(self.keys.state(cid))
             got = await pipe.execute()
         kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True) if raw and (
             partitions is None or int(raw.split(b":", 1)[0]) in partitions)]
+        if any(RECORD_FRAME in raw[:48] for _, raw in kept):  # rare: one pass more
+            kept = take_links(kept, links if links is not None else {})
         if not kept:
             return []
         async with self.r.pipeline(transaction=False) as pipe:

@@ -34,6 +34,7 @@ from redis.exceptions import NoScriptError
 
 from models.rfm import Population, Quintiles, grid
 from models.state import CustomerState
+from models.stitching import RECORD_FRAME
 from models.traits import from_fields
 from stream.keys import decode_state
 from stream.shards import sum_hashes
@@ -111,7 +112,10 @@ async def read_customer(r: aioredis.Redis, keys: Keys,
     if not raw:
         return None
     doc = {_text(k): _text(v) for k, v in raw.items()}
-    state = decode_state(cid, blob.split(b":", 2)[2], from_fields(doc)) if blob else None
+    blob = blob.split(b":", 2)[2] if blob else b""
+    # a linked anonymous id holds a link record: its hash mirrors its customer's
+    state = decode_state(cid, blob, from_fields(doc)) if blob and not blob.startswith(
+        RECORD_FRAME) else None
     return doc, state
 
 

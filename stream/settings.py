@@ -21,6 +21,7 @@ from urllib.parse import urlsplit
 
 from stream.errors import SettingsError
 from stream.http_limits import check_http
+from stream.settings_checks import check_credentials
 
 if TYPE_CHECKING:  # imported when used: a parse helper process imports settings, not NumPy
     from models.config import SegmenterConfig
@@ -147,6 +148,10 @@ class Settings:
     dedup_max_ids: int = 128
     """Most event ids remembered per customer; a customer with more events within the
     allowed lateness gets a tighter lateness (its oldest ids are dropped first)."""
+    max_anonymous_ids: int = 8
+    """Most anonymous ids (devices, browsers) linked to one customer by identity stitching
+    (``seg:ids:{<customer>}``); a newer link beyond it drops the oldest one's mirror (its
+    lookups find nothing until it sends events again). Must be at least 1."""
     model_update_every: int = 5000
     """Valid events between model updates (each update bumps ``model_version``)."""
     model_update_days: float = 1.0
@@ -236,8 +241,9 @@ class Settings:
             else:
                 values[f.name] = raw
         s = cls(**values)
-        if s.partitions < 1 or s.min_segments < 1 or s.batch_max < 1:
-            raise SettingsError("SEGMENTER_PARTITIONS, _MIN_SEGMENTS and _BATCH_MAX must be >= 1")
+        if min(s.partitions, s.min_segments, s.batch_max, s.max_anonymous_ids) < 1:
+            raise SettingsError("SEGMENTER_PARTITIONS, _MIN_SEGMENTS, _BATCH_MAX and "
+                                "_MAX_ANONYMOUS_IDS must be >= 1")
         if s.max_segments < s.min_segments:
             raise SettingsError("SEGMENTER_MAX_SEGMENTS must be at least SEGMENTER_MIN_SEGMENTS")
         if s.warmup < s.max_segments:
@@ -246,47 +252,8 @@ class Settings:
         if s.algorithm not in ("kmeans", "dbstream"):
             raise SettingsError(f"SEGMENTER_ALGORITHM must be kmeans or dbstream, "
                                 f"got {s.algorithm!r}")
-        s._check_credentials()
+        check_credentials(s)
         return s
-
-    def _check_credentials(self) -> None:
-        """Credentials and TLS files that would be silently unused, or cannot be read."""
-        url = urlsplit(self.redis_url)
-        if self.redis_password and url.password is not None or (
-                self.redis_username and url.username):
-            raise SettingsError("the Redis user or password is both in SEGMENTER_REDIS_URL and "
-                                "in SEGMENTER_REDIS_USERNAME/_PASSWORD: give it once")
-        tls = {"SEGMENTER_REDIS_CA_FILE": self.redis_ca_file,
-               "SEGMENTER_REDIS_CERT_FILE": self.redis_cert_file,
-               "SEGMENTER_REDIS_KEY_FILE": self.redis_key_file}
-        if any(tls.values()) and url.scheme != "rediss":
-            raise SettingsError(f"{', '.join(k for k, v in tls.items() if v)} set, but "
-                                "SEGMENTER_REDIS_URL is not a rediss:// (TLS) URL")
-        protocol, mechanism = self.kafka_security_protocol, self.kafka_sasl_mechanism
-        if protocol not in ("PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"):
-            raise SettingsError("SEGMENTER_KAFKA_SECURITY_PROTOCOL must be PLAINTEXT, SSL, "
-                                f"SASL_PLAINTEXT or SASL_SSL, got {protocol!r}")
-        if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
-            raise SettingsError("SEGMENTER_KAFKA_SASL_MECHANISM must be PLAIN, SCRAM-SHA-256 "
-                                f"or SCRAM-SHA-512, got {mechanism!r}")
-        sasl = protocol.startswith("SASL_")
-        if sasl != bool(self.kafka_username) or sasl != bool(self.kafka_password):
-            raise SettingsError(
-                f"SEGMENTER_KAFKA_SECURITY_PROTOCOL={protocol} needs SEGMENTER_KAFKA_USERNAME "
-                "and _PASSWORD" if sasl else "SEGMENTER_KAFKA_USERNAME/_PASSWORD are only "
-                "used with SEGMENTER_KAFKA_SECURITY_PROTOCOL=SASL_PLAINTEXT or SASL_SSL")
-        tls = {"SEGMENTER_KAFKA_CA_FILE": self.kafka_ca_file,
-               "SEGMENTER_KAFKA_CERT_FILE": self.kafka_cert_file,
-               "SEGMENTER_KAFKA_KEY_FILE": self.kafka_key_file}
-        if any(tls.values()) and not protocol.endswith("SSL"):
-            raise SettingsError(f"{', '.join(k for k, v in tls.items() if v)} set, but "
-                                f"SEGMENTER_KAFKA_SECURITY_PROTOCOL is {protocol}, not TLS")
-        tls.update({"SEGMENTER_REDIS_CA_FILE": self.redis_ca_file,
-                    "SEGMENTER_REDIS_CERT_FILE": self.redis_cert_file,
-                    "SEGMENTER_REDIS_KEY_FILE": self.redis_key_file})
-        for name, path in tls.items():
-            if path and not os.access(path, os.R_OK):
-                raise SettingsError(f"{name}: cannot read {path!r}")
 
     def __repr__(self) -> str:
         # Secrets show only whether they are set; the Redis URL without its password.

@@ -21,6 +21,7 @@ from prometheus_client import Counter
 
 from models.core import Segmenter
 from models.features import CustomerState
+from models.stitching import Links
 from stream.errors import FatalError, reason
 from stream.health import Health, retry
 from stream.partition_index import Cursor, indexed, mark_if_empty, partition_states, scan_states
@@ -80,17 +81,20 @@ class Warmer:
             if self._task is asyncio.current_task():  # not replaced by a newer assignment
                 self.core.schedule.warming = False
 
-    async def _add(self, states: list[CustomerState]) -> int:
+    async def _add(self, states: list[CustomerState], links: Links) -> int:
         async with self.lock:
             owned = self.owned()
+            self.core.stitch.load({a: pr for a, pr in links.items() if pr[0] in owned})
             return self.core.warm([s for s in states if s.partition in owned])
 
     async def _warm_partition(self, partition: int) -> int:
         cursor, added = 0, 0
         while len(self.core.cache) < self.limit and partition in self.owned():
+            links: Links = {}  # linked anonymous ids' records (identity stitching)
             cursor, states = await retry(functools.partial(
-                partition_states, self.store, partition, cursor), self.health, self.errors)
-            added += await self._add(states)
+                partition_states, self.store, partition, cursor, links=links), self.health,
+                self.errors)
+            added += await self._add(states, links)
             if cursor == 0:
                 break
         return added
@@ -100,13 +104,15 @@ class Warmer:
         added, seen = 0, 0
         cursor: Cursor = 0
         while True:
+            links: Links = {}
             cursor, states, n = await retry(functools.partial(
-                scan_states, self.store, cursor, partitions), self.health, self.errors)
+                scan_states, self.store, cursor, partitions, links=links), self.health,
+                self.errors)
             if n and not seen:  # an empty store (a new deployment) needs no index
                 log.warning("no partition index in Redis: warming up by a SCAN of every "
                             "customer state; run `segmenter reindex` once to read only this "
                             "worker's")
-            added, seen = added + await self._add(states), seen + n
+            added, seen = added + await self._add(states, links), seen + n
             if cursor == 0 or len(self.core.cache) >= self.limit:
                 break
         if cursor == 0 and seen == 0:

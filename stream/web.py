@@ -12,7 +12,6 @@ import orjson
 from faust.web import Request, Response, View
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from models.core import CONTROL_HEADER
 from models.features import DAY_MS
 from models.rfm import key_of
 from models.traits import TRAIT_NAMES, for_api, from_fields
@@ -22,6 +21,7 @@ from stream.guard import any_token, error, token_matches, unauthorized
 from stream.http_limits import public_field_names
 from stream.ingest import Ingest
 from stream.rfm_io import read_customer, read_grid
+from stream.stitch_io import produce
 
 if TYPE_CHECKING:
     import faust
@@ -172,9 +172,11 @@ def register(app: faust.App, rt: Runtime) -> None:
             found = await rt.store.stored(customer_id)
             # In order with the customer's events: the worker owning the partition forgets
             # its copy too; the Redis deletion below makes the erasure visible at once.
-            await rt.producer.send_and_wait(
-                settings.events_topic, key=customer_id.encode(), value=None,
-                headers=[(CONTROL_HEADER, b"erase")])
+            # Its linked anonymous ids too (identity stitching): their workers forget them.
+            linked = await rt.pipeline.writer.stitching.linked([customer_id]) \
+                if rt.pipeline.writer is not None else []
+            await produce(rt.producer, settings.events_topic, [
+                (cid.encode(), None, b"erase") for cid in [customer_id, *linked]])
             found |= bool(await rt.store.erase([customer_id], int(time.time() * 1000),
                                                rt.status().model_version))
             return self.json({"customer_id": customer_id, "erased": True, "found": found})

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 from stream.audiences_io import AUDIENCES_LUA
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
+from stream.stitch_lua import LINK_BODY, MERGE_BODY, MIRROR_LUA
 
 AGG_LUA = """
 local SHARDED, EFFECTS, OUT_P = false, {}, nil
@@ -44,10 +45,12 @@ end
 
 # Lua run after a script's body (a function returning its reply): in the sharded layout,
 # the recorded effects become one outbox entry and the reply gets the outbox's entries.
-_TAIL = """
+_HEAD = """
 SHARDED = ARGV[#ARGV] ~= ''
 OUT_P = ARGV[#ARGV]
 local res = body()
+"""
+_TAIL = """
 if not SHARDED then return res end
 if type(res) ~= 'table' then res = {res, ''} end
 local outbox = KEYS[#KEYS]
@@ -58,10 +61,12 @@ return {res[1], res[2], redis.call('XRANGE', outbox, '-', '+', 'COUNT', 200)}
 """
 
 
-def customer_script(prelude: str, body: str) -> str:
-    """A customer write script: ``body`` (Lua returning the reply) with the aggregate
-    functions and, in the sharded layout, the outbox around it."""
-    return AGG_LUA + prelude + "local function body()\n" + body + "\nend\n" + _TAIL
+def customer_script(prelude: str, body: str, after: str = "") -> str:
+    """A customer write script: ``body`` (Lua returning the reply ``res``; then ``after``)
+    with the aggregate and identity stitching functions and, in the sharded layout, the
+    outbox around it."""
+    return (AGG_LUA + MIRROR_LUA + prelude + "local function body()\n" + body + "\nend\n"
+            + _HEAD + after + _TAIL)
 
 
 UPSERT = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
@@ -87,9 +92,10 @@ local msg = cjson.encode({customer_id = ARGV[11], ['from'] = old or cjson.null, 
   changed_at = tonumber(ARGV[7]), reason = ARGV[10]})
 agg_xadd(KEYS[4], 'changes', ARGV[12], 'change', msg)
 return {1, msg}
-""")
+""", "if res[1] ~= -1 then mirror_links(KEYS[2], ARGV[11]) end\n")
 """Write a customer's state and segment: ``{1, change}`` when the segment changed,
-``{0, ''}`` when not, ``{-1, ''}`` when fenced (a newer write from the same partition)."""
+``{0, ''}`` when not, ``{-1, ''}`` when fenced (a newer write from the same partition).
+The hash is copied to the mirrors of the customer's linked anonymous ids (one Redis)."""
 
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
 # The partition index entry goes too: its key is built from the partition in the state head
@@ -99,6 +105,9 @@ local p = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):')
 if p then
   OUT_P = p
   if SHARDED then agg_index('', ARGV[1], 0) else agg_index(ARGV[5] .. p .. '}', ARGV[1], 0) end
+end
+if erase_links(KEYS[2], ARGV[1]) then  -- a linked id: its customer keeps the history
+  return {redis.call('DEL', KEYS[1], KEYS[2]), ''}
 end
 forget_rfm(KEYS[2], KEYS[5], KEYS[9])
 forget_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], ARGV[1], ARGV[2], ARGV[3])
@@ -112,7 +121,9 @@ local msg = cjson.encode({customer_id = ARGV[1], ['from'] = old, to = cjson.null
 agg_xadd(KEYS[4], 'changes', ARGV[3], 'change', msg)
 return {existed, msg}
 """)
-"""Forget a customer: ``{existed, change}`` (change empty without a segment). In the
+"""Forget a customer: ``{existed, change}`` (change empty without a segment), with the
+mirrors and link records of its linked anonymous ids (one Redis); a linked id alone loses
+its mirror and link record, not its customer's history. In the
 sharded layout the last argument is the partition whose shards take a customer without
 a stored state (its own partition otherwise, from the state's head)."""
 
@@ -134,7 +145,7 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   if ARGV[9] ~= '' then redis.call('HSET', KEYS[2], 'explanation', ARGV[9]) end
 end
 return 0
-""")
+""", "if res ~= -1 then mirror_links(KEYS[2], ARGV[14]) end\n")
 """Write a customer's state whose segment did not change: 0, or -1 when fenced."""
 
 # The audience pass's write (stream.audience_pass): memberships only, if the state is still
@@ -146,3 +157,11 @@ return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[
                      ARGV[4], ARGV[5], '', ARGV[7], ARGV[6])
 """)
 """Write a customer's memberships: the number of changes, or -1 when written since."""
+
+LINK = customer_script("", LINK_BODY)
+"""Identity stitching: a link record in place of an anonymous id's state (``{-1, ''}``:
+fenced)."""
+
+MERGE = customer_script(FORGET_LUA + AUDIENCES_LUA, MERGE_BODY)
+"""Identity stitching: an anonymous id merged into its customer gets its mirror and change
+message (``{1, change}``; ``{0, ''}``: done before). One Redis only: its keys span slots."""

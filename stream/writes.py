@@ -20,13 +20,17 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.errors import CommitFailedError, IllegalStateError, KafkaError
 
 from models.config import BatchResult
+from models.core import Parsed, Segmenter
 from models.records import Assignment
+from models.state import CustomerState
+from models.stitching import Links
 from stream.errors import reason
 from stream.health import Health, retry
 from stream.kafka_io import send_dead_letters
 from stream.metrics import Metrics
 from stream.modelsync import ModelSync, Snapshot
 from stream.redis_io import RedisStore
+from stream.stitch_io import Stitching
 
 log = logging.getLogger(__name__)
 
@@ -42,13 +46,17 @@ class BatchWriter:
         Commits go to the consumer's group; dead letters through the producer.
     dlq_topic
         The dead-letter topic.
+    stitching
+        Identity stitching's events topic and ``SEGMENTER_MAX_ANONYMOUS_IDS``
+        (:class:`stream.stitch_io.Stitching`).
     """
 
     def __init__(self, store: RedisStore, sync: ModelSync, metrics: Metrics, health: Health,
                  consumer: AIOKafkaConsumer, producer: AIOKafkaProducer,
-                 dlq_topic: str) -> None:
+                 dlq_topic: str, stitching: tuple[str, int]) -> None:
         self.store, self.sync, self.metrics, self.health = store, sync, metrics, health
         self.consumer, self.producer, self.dlq_topic = consumer, producer, dlq_topic
+        self.stitching = Stitching(store, producer, *stitching)
         self.last_commit = 0.0
         self.uncommitted_since = 0.0  # when the oldest uncommitted batch was written
         self.freshness_sink: Any = None  # a deque that receives recent freshness samples
@@ -65,6 +73,15 @@ class BatchWriter:
             writing, self._writing = self._writing, None
             await writing
 
+    async def load(self, core: Segmenter, parsed: Parsed) -> dict[str, CustomerState]:
+        """States of the batch's customers that the core does not hold, read from Redis;
+        the link records of linked anonymous ids found go to the core's stitcher."""
+        links: Links = {}
+        loaded: dict[str, CustomerState] = await self.retry(functools.partial(
+            self.store.load_states, core.missing(parsed), links))
+        core.stitch.load(links)
+        return loaded
+
     async def write_batch(self, result: BatchResult, snap: Snapshot | None,
                           offsets: dict[TopicPartition, int], now_ms: int, version: int,
                           started: float) -> None:
@@ -80,13 +97,23 @@ class BatchWriter:
             await send_dead_letters(self.producer, self.dlq_topic, result.dead)
         if snap is not None:
             await self.retry(functools.partial(self.sync.send, snap))
-        if result.erased:
+        stitching = self.stitching
+        if result.erased:  # their linked anonymous ids too: at once, then in order
+            linked = await self.retry(functools.partial(stitching.linked, result.erased))
+            result.produce.extend((a.encode(), None, b"erase") for a in linked)
             await self.retry(functools.partial(self.store.erase, result.erased, now_ms,
                                                version))
+        fenced = await self.retry(functools.partial(stitching.write_links, result.linked))
+        await self.retry(functools.partial(stitching.unlink, result.unlinked))
         # Change messages reach the Redis stream atomically with each write; the relay
         # (stream.relay) forwards them to Kafka.
-        changes, fenced = await self.retry(functools.partial(
+        changes, fenced_now = await self.retry(functools.partial(
             self.store.write, result.assignments, now_ms))
+        changes += await self.retry(functools.partial(stitching.mirror, result.merged,
+                                                      now_ms, result.produce))
+        # what the batch produces (identity stitching) is acknowledged before its commit
+        await stitching.produce(result.produce)
+        fenced += fenced_now
         if not self._uncommitted:
             self.uncommitted_since = time.time()
         self._uncommitted.update(offsets)
