@@ -265,6 +265,13 @@ def from_model_space(values: list[float]) -> list[float]:
 
     >>> from_model_space([91.0, -0.01] + [0.0] * (len(FEATURES) - 2))[:2]
     [90.0, 0.0]
+    >>> len(from_model_space([1e6] * len(FEATURES)))  # past exp's range: no OverflowError
+    18
     """
-    return [min(max(math.expm1(v) if f.log else v, 0.0), f.high)
+    # a centre learned from absurd (fuzzed) amounts may sit past exp's range: e^709 is
+    # already beyond any real spend, so the shown value saturates instead of raising
+    return [min(max(math.expm1(min(v, _EXP_MAX)) if f.log else v, 0.0), f.high)
             for v, f in zip(values, FEATURES, strict=True)]
+
+
+_EXP_MAX = 709.0  # math.expm1 raises OverflowError past ~709.78
