@@ -132,12 +132,15 @@ def applied_event(state: CustomerState, ev: Event, keep: Mapping[str, int]) -> N
 def window(state: CustomerState, now_ms: int) -> Window:
     """The ``Facts.window`` of this customer as of ``now_ms``."""
     today = now_ms // DAY_MS
+    windows = state.windows
 
     def read(etype: str, days: float, agg: str) -> float:
+        buckets = windows.get(etype)
+        if not buckets:  # no event of the type kept: the sum of no day
+            return 0
         first = today - math.ceil(days) + 1
         i = 0 if agg == "count" else 1
-        return sum(c[i] for d, c in state.windows.get(etype, {}).items()
-                   if first <= d <= today)
+        return sum([c[i] for d, c in buckets.items() if first <= d <= today])
     return read
 
 
