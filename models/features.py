@@ -127,63 +127,74 @@ def update(state: CustomerState, event: Event, half_life_ms: float,
     """Fold ``event`` into ``state``: ``'new'``; or change nothing and say why:
     ``'duplicate'`` (its id was applied before) or ``'late'`` (before the customer's
     lateness floor, :meth:`CustomerState.admit`)."""
-    outcome = state.admit(event.id_hash or event_id_hash(event.event_id), event.ts_ms,
-                          lateness_ms, max_ids)
+    t = event.ts_ms
+    outcome = state.admit(event.id_hash or event_id_hash(event.event_id), t, lateness_ms,
+                          max_ids)
     if outcome != "new":
         return outcome
+    # per event: each attribute read once into a local (this runs for every event)
     c = state.counters
-    t = event.ts_ms
+    last = state.last_ts
     state.events_total += 1
-    newest = t >= state.last_ts  # the last device and channel are those of the newest event
-    if state.first_ts == 0 or t < state.first_ts:
+    first = state.first_ts
+    if first == 0 or t < first:
         state.first_ts = t
-    if t >= state.last_ts:
-        factor = 2.0 ** (-(t - state.last_ts) / half_life_ms) if state.last_ts else 1.0
-        if factor != 1.0:  # in place: new lists per event cost more (measured)
-            for i in range(N_COUNTERS):
-                c[i] *= factor
-            for k in state.categories:
-                state.categories[k] *= factor
+    newest = t >= last  # the last device and channel are those of the newest event
+    if newest:
+        if last and t != last:  # else the factor is 1.0: nothing decays
+            factor = 2.0 ** (-(t - last) / half_life_ms)
+            if factor != 1.0:  # in place: new lists per event cost more (measured)
+                for i in range(N_COUNTERS):
+                    c[i] *= factor
+                cats = state.categories
+                for k in cats:
+                    cats[k] *= factor
         state.last_ts = t
         w = 1.0
     else:
         # A late event counts as much as it would have decayed to by now.
-        w = 2.0 ** (-(state.last_ts - t) / half_life_ms)
+        w = 2.0 ** (-(last - t) / half_life_ms)
 
-    if event.type == "identify" and event.traits is not None:
+    etype = event.type
+    idx = _TYPE_COUNTER.get(etype)
+    if idx is not None:
+        c[idx] += w
+        if idx == PURCHASES:
+            amount = event.amount
+            c[SPEND] += w * amount
+            state.orders_total += 1
+            state.spend_total += amount
+            if t > state.last_purchase_ts:
+                state.last_purchase_ts = t
+    elif etype == "identify" and event.traits is not None:
         tr = event.traits
         state.age = tr.age if tr.age is not None else state.age
         state.income = tr.income if tr.income is not None else state.income
         state.household = tr.household_size if tr.household_size is not None else state.household
         state.gender = tr.gender if tr.gender is not None else state.gender
-    idx = _TYPE_COUNTER.get(event.type)
-    if idx is not None:
-        c[idx] += w
-    if event.type == "purchase":
-        c[SPEND] += w * event.amount
-        state.orders_total += 1
-        state.spend_total += event.amount
-        state.last_purchase_ts = max(state.last_purchase_ts, t)
     c[EVENTS] += w
     if event.local_hour >= 18:
         c[EVENING] += w
-    if event.device is not None:
+    device = event.device
+    if device is not None:
         if newest:
-            state.device = event.device
+            state.device = device
         c[DEVICE_SEEN] += w
-        if event.device == "mobile":
+        if device == "mobile":
             c[MOBILE] += w
-    if event.channel is not None:
+    channel = event.channel
+    if channel is not None:
         if newest:
-            state.channel = event.channel
+            state.channel = channel
         c[CHANNEL_SEEN] += w
-        if event.channel in ("paid", "social"):
+        if channel == "paid" or channel == "social":
             c[PAID_SOCIAL] += w
-        elif event.channel in ("email", "direct"):
+        elif channel == "email" or channel == "direct":
             c[EMAIL_DIRECT] += w
-    if event.category is not None:
+    category = event.category
+    if category is not None:
         cats = state.categories
-        cats[event.category] = cats.get(event.category, 0.0) + w
+        cats[category] = cats.get(category, 0.0) + w
         if len(cats) > MAX_CATEGORIES:
             del cats[min(cats, key=cats.__getitem__)]
     if event.country is not None:

@@ -79,8 +79,9 @@ def traits(state: CustomerState) -> dict[str, Any]:
         out["last_purchase"] = state.last_purchase_ts
     cats = state.categories
     if cats:
-        # ties broken by name: the order must not depend on the order categories came in
-        top = sorted(cats, key=lambda k: (-cats[k], k))[:FAVOURITES]
+        # most weight first, ties broken by name (stable sorts: by name, then by weight):
+        # the order must not depend on the order categories came in
+        top = sorted(sorted(cats), key=cats.__getitem__, reverse=True)[:FAVOURITES]
         while len(orjson.dumps(top)) > MAX_VALUE:  # as stored: the lean state refers to it
             top.pop()
         out["categories"] = top
@@ -109,7 +110,20 @@ def encode(t: dict[str, Any]) -> bytes:
     """
     parts: list[bytes] = []
     for name, value in t.items():
-        if isinstance(value, list):
+        kind = type(value)
+        if kind is int:  # most traits: their decimal text as is
+            parts += [name.encode(), b"%d" % value]
+            continue
+        if kind is float:  # "23", not "23.0": Redis keeps it as a small integer; others
+            # in full (repr): read back exactly
+            parts += [name.encode(), b"%d" % value if value.is_integer() and abs(value) < 1e15
+                      else str(value).encode()]
+            continue
+        if kind is str:
+            raw = value.encode()
+            if len(raw) > MAX_VALUE:
+                raw = raw[:MAX_VALUE].decode("utf-8", "ignore").encode()
+        elif isinstance(value, list):
             items = list(value)
             raw = orjson.dumps(items)
             while len(raw) > MAX_VALUE and items:

@@ -104,16 +104,20 @@ def record(state: CustomerState, etype: str, ts_ms: int, amount: float,
     if not days:
         return
     day = ts_ms // DAY_MS
-    buckets = state.windows.setdefault(etype, {})
+    windows = state.windows
+    buckets = windows.get(etype)
+    if buckets is None:
+        buckets = windows[etype] = {}
     cell = buckets.get(day)
     if cell is None:
         buckets[day] = [1.0, amount]
     else:
         cell[0] += 1
         cell[1] += amount
-    newest = state.last_ts // DAY_MS if state.last_ts else day
-    if next(iter(buckets)) <= newest - days:
-        for d in [d for d in buckets if d <= newest - days]:
+    last = state.last_ts
+    oldest = (last // DAY_MS if last else day) - days  # days up to this one are dropped
+    if next(iter(buckets)) <= oldest:
+        for d in [d for d in buckets if d <= oldest]:
             del buckets[d]
 
 
@@ -121,18 +125,22 @@ def applied_event(state: CustomerState, ev: Event, keep: Mapping[str, int]) -> N
     """What audiences need of an event just applied to ``state``: its id (the one an
     audience change names, with or without a model) and its count in the windows."""
     state.last_event_id = ev.event_id
-    record(state, ev.type, ev.ts_ms, ev.amount, keep)
+    if ev.type in keep:  # most events' types are not kept: no call for them
+        record(state, ev.type, ev.ts_ms, ev.amount, keep)
 
 
 def window(state: CustomerState, now_ms: int) -> Window:
     """The ``Facts.window`` of this customer as of ``now_ms``."""
     today = now_ms // DAY_MS
+    windows = state.windows
 
     def read(etype: str, days: float, agg: str) -> float:
+        buckets = windows.get(etype)
+        if not buckets:  # no event of the type kept: the sum of no day
+            return 0
         first = today - math.ceil(days) + 1
         i = 0 if agg == "count" else 1
-        return sum(c[i] for d, c in state.windows.get(etype, {}).items()
-                   if first <= d <= today)
+        return sum([c[i] for d, c in buckets.items() if first <= d <= today])
     return read
 
 
