@@ -1,7 +1,8 @@
 """Segment / RudderStack messages (contract §1.3) and anonymous visitors (§1.2) through a real
 worker, broker and Redis: a funnel in that format lands on the visitor's profile, keyed by
-the anonymous id, readable in one round trip; an invalid one is dead-lettered with the reason;
-a re-sent one changes nothing."""
+the anonymous id, and its identify merges it into the user's (identity stitching), readable
+by either id in one round trip; an invalid one is dead-lettered with the reason; a re-sent
+one changes nothing."""
 
 from __future__ import annotations
 
@@ -35,21 +36,23 @@ async def test_segment_funnel_through_a_worker(settings: Settings, tmp_path: Pat
                       + [(key(bad), orjson.dumps(bad))])
         await wait_for(lambda: lag_is_zero(settings), 60, "the funnel to be applied")
 
+        # the identify linked the visitor to the user: the six anonymous events were merged
+        # into the user's profile once, and the visitor's key mirrors the user's hash
         h = {_text(k): _text(v) for k, v in
              (await r.hgetall(f"{prefix}customer:{{{ANON}}}")).items()}
         assert h["segment"].startswith("s") and h["model_version"], h
-        assert (h["orders"], h["events"], h["device"], h["channel"], h["country"]) == (
-            "1", "6", "mobile", "email", "NL")
-        status, _, body = request(worker, "GET", f"/customers/{ANON}", headers=auth)
-        assert status == 200, body
-        t = body["traits"]
-        assert (t["orders"], t["revenue"], t["events"], t["region"]) == (
-            1, 25.0, 6, "Noord-Holland")
-        assert t["categories"] == ["Games"]
-        # the identify is the user's own event until stitching links the two (issue #19 item 2)
-        status, _, body = request(worker, "GET", f"/customers/{USER}", headers=auth)
-        assert status == 200 and (body["traits"]["age"], body["traits"]["gender"]) == (
-            40, "male"), body
+        assert (h["customer_id"], h["orders"], h["events"], h["device"], h["channel"],
+                h["country"]) == (USER, "1", "7", "mobile", "email", "NL")
+        user = {_text(k): _text(v) for k, v in
+                (await r.hgetall(f"{prefix}customer:{{{USER}}}")).items()}
+        assert {**user, "customer_id": USER} == h
+        for who in (ANON, USER):
+            status, _, body = request(worker, "GET", f"/customers/{who}", headers=auth)
+            assert status == 200, body
+            t = body["traits"]
+            assert (t["orders"], t["revenue"], t["events"], t["region"], t["age"],
+                    t["gender"]) == (1, 25.0, 7, "Noord-Holland", 40, "male"), (who, t)
+            assert t["categories"] == ["Games"]
 
         dead = await consume_all(settings, settings.dlq_topic, expect=1, timeout=20)
         assert len(dead) == 1 and dead[0].key == ANON.encode()
