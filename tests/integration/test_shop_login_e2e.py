@@ -66,8 +66,12 @@ async def test_an_anonymous_visitor_is_personalised_then_logs_in_and_keeps_the_h
         assert await page.get_attribute("body", "data-logged-in") == "false"
         assert await page.is_visible("[data-testid=login]")
         await page.wait_for_function(dataset("segment", "segment"), timeout=30_000)
-        shown = await page.get_attribute("[data-testid=segment]", "data-segment")
-        assert shown == (await r.hget(keys.customer(anon), "segment") or b"").decode()
+
+        async def shows_its_segment() -> bool:  # the page re-reads every 2 s
+            held = await r.hget(keys.customer(anon), "segment")
+            return held is not None and held.decode() == await page.get_attribute(
+                "[data-testid=segment]", "data-segment")
+        await wait_for(shows_its_segment, 10, "the page to show the anonymous segment")
         card = page.locator("[data-testid=picks] .card").first
         price = int(await card.get_attribute("data-price") or 0)
         await card.locator("[data-action=product_view]").click()
