@@ -52,13 +52,18 @@ class Ingest:
 
     async def post(self, request: Request, check: Check | None = None) -> Response:
         """Validate and produce the events of a request; 202 ``{"accepted": n}``."""
-        settings = self.rt.settings
         raw = await guard.aio(request).read()  # bounded by the app's client_max_size (413)
         try:
             body = orjson.loads(raw)
         except orjson.JSONDecodeError as exc:
             return guard.error(400, f"body is not JSON: {exc}")
-        items = body if isinstance(body, list) else [body]
+        return await self.accept(request, body if isinstance(body, list) else [body], check)
+
+    async def accept(self, request: Request, items: list[Any],
+                     check: Check | None = None) -> Response:
+        """Validate and produce events already decoded (a request's body, or the demo shop's
+        own ``identify``); 202 ``{"accepted": n}``, else the refusal, nothing produced."""
+        settings = self.rt.settings
         if not 0 < len(items) <= MAX_EVENTS_PER_REQUEST:
             return guard.error(400, f"send 1 to {MAX_EVENTS_PER_REQUEST} events")
         encoded = []

@@ -201,7 +201,7 @@ def paths() -> Doc:
         "/openapi.json": {"get": _op("This description.",
                                      {"200": _json({"type": "object"}, "OpenAPI 3.1")})},
         "/demo/shop": {"get": _op(
-            "The example shop page (signs in a new visitor with an HttpOnly cookie).",
+            "The example shop page (a new visitor gets an anonymous id in an HttpOnly cookie).",
             {"200": {"description": "HTML", "content": {"text/html": {"schema": TEXT}}}},
             params=[{"name": "customer", "in": "query", "required": False,
                      "schema": {"type": "string"}}])},
@@ -215,6 +215,13 @@ def paths() -> Doc:
             400, 401, 403, 413, 415, 429, security=SHOP,
             body={"type": "array", "items": _ref("Event"), "minItems": 1,
                   "maxItems": MAX_EVENTS_PER_REQUEST})},
+        "/demo/shop/login": {"post": _op(
+            "Logs the shop's anonymous visitor in as a customer id Segmenter has not seen "
+            "(an identify with both ids, then the session is the customer's).",
+            {"200": _json({"type": "object", "required": ["customer_id"]}, "logged in")},
+            400, 401, 403, 413, 415, 429, security=SHOP,
+            body={"type": "object", "required": ["customer_id"],
+                  "properties": {"customer_id": ID}})},
     }
 
 
