@@ -68,14 +68,15 @@ class AudiencePass:
         Settles the core: waits for the batches' Redis work in flight and assigns the
         customers waiting for a model update (call under ``lock``).
     rate
-        Customers per second, at most.
+        Customers per second, at most (0: unpaced; re-scoring is off, but a new audience
+        must still reach every stored customer).
     """
 
     def __init__(self, store: RedisStore, core: Segmenter, lock: asyncio.Lock,
                  owned: Callable[[], set[int]], written: Callable[[], Awaitable[None]],
                  rate: int, health: Health, errors: Counter) -> None:
         self.store, self.core, self.lock, self.owned = store, core, lock, owned
-        self.written, self.rate = written, max(1, rate)
+        self.written, self.rate = written, rate
         self.health, self.errors = health, errors
         self._members = store.r.register_script(MEMBERS)
         self._done_script = store.r.register_script(_DONE)
@@ -210,7 +211,8 @@ class AudiencePass:
             cids = await self._retry(functools.partial(self._write, writes, version))
         self.done += n if self.reason == "definition" else 0
         # paced, and the event loop is free between pages
-        await asyncio.sleep(max(0.0, PAGE / self.rate - (time.monotonic() - started)))
+        pause = PAGE / self.rate - (time.monotonic() - started) if self.rate else 0.0
+        await asyncio.sleep(max(0.0, pause))
         return True
 
     async def _cached(self, partition: int, cids: list[str], version: int) -> \

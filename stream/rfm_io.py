@@ -38,6 +38,7 @@ from models.stitching import RECORD_FRAME
 from models.traits import from_fields
 from stream.keys import decode_state
 from stream.shards import sum_hashes
+from stream.stitch_lua import MIRROR_LUA
 
 if TYPE_CHECKING:
     import redis.asyncio as aioredis
@@ -93,11 +94,14 @@ local function forget_rfm(h, pop, grid)
   move_rfm(pop, grid, rfm_of(h), -1)
 end
 """
-# A name moved with the population, unless a purchase moved the customer meanwhile.
-_RENAME = """
+# A name moved with the population, unless a purchase moved the customer meanwhile; the
+# mirrors of the customer's linked anonymous ids follow (ARGV[4]: '1' on Redis Cluster,
+# where they are not in this slot; ARGV[5]: the customer id).
+_RENAME = "local SHARDED = ARGV[4] == '1'\n" + MIRROR_LUA + """
 local v = redis.call('HMGET', KEYS[1], 'orders', 'last_purchase')
 if v[1] ~= ARGV[1] or v[2] ~= ARGV[2] then return 0 end
 redis.call('HSET', KEYS[1], 'rfm', ARGV[3])
+mirror_links(KEYS[1], ARGV[5])
 return 1
 """
 
@@ -182,10 +186,11 @@ class RfmRefresher:
         if not self._loaded:  # (a cluster pipeline cannot load it as it runs)
             await self.r.script_load(_RENAME)
             self._loaded = True
+        sharded = "1" if self.keys.cluster else ""
         async with self.r.pipeline(transaction=False) as pipe:
             for cid, orders, last, name in moves:
                 pipe.execute_command("EVALSHA", self._rename.sha, 1, self.keys.customer(cid),
-                                     orders, last, name)
+                                     orders, last, name, sharded, cid)
             try:
                 done = await pipe.execute()
             except Exception as exc:

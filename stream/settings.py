@@ -173,7 +173,9 @@ class Settings:
     """Run model updates in a helper process while the core goes on with the events after
     them (same segments as inline: unit-tested; ``false``: in the worker, one process less)."""
     rescore_per_s: int = 5000
-    """Customers without new events re-scored per second (reasons ``time``, ``model_update``)."""
+    """Customers without new events re-scored per second (reasons ``time``, ``model_update``);
+    also the pace of a new audience's pass over stored customers (0: no re-scoring, and the
+    pass unpaced)."""
     model_poll_s: float = 1.0
     """Seconds between checks for a newer model snapshot, and between sample publications."""
     state_cache: int = 200_000

@@ -155,8 +155,9 @@ local head = redis.call('GETRANGE', KEYS[1], 0, 40)
 if string.sub(head, 1, #ARGV[1]) ~= ARGV[1] then return -1 end
 return put_audiences(KEYS[2], KEYS[3], KEYS[4], KEYS[5], KEYS[6], ARGV[2], ARGV[3],
                      ARGV[4], ARGV[5], '', ARGV[7], ARGV[6])
-""")
-"""Write a customer's memberships: the number of changes, or -1 when written since."""
+""", "if res ~= -1 then mirror_links(KEYS[2], ARGV[4]) end\n")
+"""Write a customer's memberships: the number of changes, or -1 when written since (the
+mirrors of the customer's linked anonymous ids follow, as after any write)."""
 
 LINK = customer_script("", LINK_BODY)
 """Identity stitching: a link record in place of an anonymous id's state (``{-1, ''}``:
