@@ -143,8 +143,10 @@ async def test_health_and_lag_through_a_redis_outage(settings: Settings,
         await wait_for(lambda: lag_is_zero(settings), 60, "the worker to catch up")
         await wait_for(lambda: _equal(worker, {p: 0 for p in expected}), 15, "metric back to 0")
     finally:
-        assert worker.stop() == 0, worker.log()
-        redis_server.stop()
+        try:
+            assert worker.stop() == 0, worker.log()
+        finally:  # not left running when the worker failed
+            redis_server.stop()
 
 
 async def _equal(worker: WorkerProcess, expected: dict[int, int]) -> bool:
