@@ -9,11 +9,12 @@ from typing import Any
 
 import orjson
 import pytest
-import redis.asyncio as aioredis
 
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.layout import counts, layout
 from tests.integration.test_pipeline import lag_is_zero
 from tests.integration.test_serving import seeded_worker
 
@@ -50,7 +51,8 @@ async def shown(page: Any) -> dict[str, Any]:
 async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
                                             browser: Any) -> None:  # noqa: F811
     worker, _ = await seeded_worker(settings, tmp_path, customers=500)
-    r = aioredis.from_url(settings.redis_url)
+    r = connect(settings.redis_url, cluster=settings.redis_cluster)
+    keys = layout(r, settings.redis_prefix)
     try:
         await produce(settings, [(b"x", b"{broken") for _ in range(7)])
         await wait_for(lambda: lag_is_zero(settings), 30, "bad messages to be consumed")
@@ -70,11 +72,11 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
             got = await shown(page)
             expected = metrics(worker)
             profiles = {k.decode(): orjson.loads(v) for k, v in
-                        (await r.hgetall(f"{settings.redis_prefix}segments")).items()}
+                        (await r.hgetall(keys.segments)).items()}
             # retired segments are out of the way: listed only on request
-            expected["sizes"] = {k.decode(): int(v) for k, v in
-                                 (await r.hgetall(f"{settings.redis_prefix}sizes")).items()
-                                 if profiles.get(k.decode(), {}).get("status") != "retired"}
+            expected["sizes"] = {k: v for k, v in
+                                 (await counts(r, settings.redis_prefix, "sizes")).items()
+                                 if profiles.get(k, {}).get("status") != "retired"}
             if got == expected:
                 break
             await asyncio.sleep(1)
@@ -83,10 +85,10 @@ async def test_dashboard_shows_live_numbers(settings: Settings, tmp_path: Path,
         assert expected["lag"] == 0
         assert await page.inner_text("#status") == "healthy"
         # the sizes over time keep every segment's history, retired ones included
-        assert await page.locator("#sizes polyline").count() == await r.hlen(
-            f"{settings.redis_prefix}sizes")
+        assert await page.locator("#sizes polyline").count() == len(
+            await counts(r, settings.redis_prefix, "sizes"))
         # the model card shows the published model's criterion per segment count tried
-        snapshot = orjson.loads(await r.get(f"{settings.redis_prefix}model") or b"{}")
+        snapshot = orjson.loads(await r.get(keys.model) or b"{}")
         crit = snapshot["criterion"]
         rows = await page.eval_on_selector_all(
             "[data-testid=criterion] tbody tr",

@@ -14,6 +14,7 @@ from models.simulator import DAY_MS, ShopSimulator
 from stream.kafka_io import ensure_topics
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
+from tests.integration.layout import counts, layout
 from tests.integration.test_model_lifecycle import START, hashes, metric, published_model
 from tests.integration.test_pipeline import lag_is_zero
 
@@ -44,11 +45,11 @@ async def test_dbstream_segments_customers_and_survives_a_restart(
         assert not unassigned, f"{len(unassigned)} customers have no segment"
         assert {d["segment"] for d in docs.values()} <= set(profiles)
         assert all(1 <= int(d["model_version"]) <= model["version"] for d in docs.values())
-        sizes = {k.decode(): int(v) for k, v in (await r.hgetall(f"{prefix}sizes")).items()}
+        sizes = await counts(r, prefix, "sizes")
         assert sum(sizes.values()) == len(sim.truth)
 
         async def serving_it() -> bool:  # the worker assigns with the version it published
-            published = int(await r.get(f"{prefix}model-version") or 0)
+            published = int(await r.get(layout(r, prefix).model_version) or 0)
             return metric(worker, "segmenter_model_version") == published
         await wait_for(serving_it, 30, "the worker to report the published model version")
     finally:

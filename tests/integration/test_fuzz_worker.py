@@ -9,11 +9,11 @@ from collections import Counter
 from pathlib import Path
 
 import orjson
-import redis.asyncio as aioredis
 from hypothesis import HealthCheck, Phase, given, settings
 
 from models.events import KNOWN_TYPES
 from stream.kafka_io import ensure_topics
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.fuzz import messages
 from tests.integration.helpers import WorkerProcess, consume_all, produce, wait_for
@@ -71,7 +71,7 @@ async def test_fuzzed_corpus_through_a_real_worker(settings: Settings, tmp_path:
         assert counted["processed"] + counted["duplicate"] + counted["ignored"] + \
             counted["late"] == len(good)
         assert worker.health()[0] == 200 and worker.proc.poll() is None
-        r = aioredis.from_url(settings.redis_url)
+        r = connect(settings.redis_url, cluster=settings.redis_cluster)
         try:  # every valid event's customer has a state; keys hold the raw id in a hash tag
             ids = sorted({e["customer_id"] for e in map(orjson.loads, good)
                           if e["type"] in KNOWN_TYPES})

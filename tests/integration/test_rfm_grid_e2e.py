@@ -9,6 +9,7 @@ from typing import Any
 import redis.asyncio as aioredis
 
 from models.rfm import GRID, Population, bucket_key
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import wait_for
@@ -52,7 +53,7 @@ async def shown_grid(page: Any) -> dict[tuple[int, int], tuple[int, str]]:
 async def test_dashboard_rfm_grid_counts_the_buyers(settings: Settings, tmp_path: Path,
                                                     browser: Any) -> None:  # noqa: F811
     worker, _ = await seeded_worker(settings, tmp_path, customers=500)
-    r = aioredis.from_url(settings.redis_url)
+    r = connect(settings.redis_url, cluster=settings.redis_cluster)
     try:
         expected = await expected_grid(r, settings.redis_prefix)
         buyers = sum(expected.values())

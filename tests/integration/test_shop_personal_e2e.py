@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 
+from stream.redis_io import connect
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.test_serving import seeded_worker
@@ -37,7 +37,7 @@ async def test_shop_personalises_on_audience_and_traits_for_its_own_visitor_only
     settings = dataclasses.replace(settings, read_token="read-secret-t",
                                    audiences_file=str(path))
     worker, _ = await seeded_worker(settings, tmp_path, customers=600)
-    r = aioredis.from_url(settings.redis_url)
+    r = connect(settings.redis_url, cluster=settings.redis_cluster)
     base = f"http://127.0.0.1:{settings.web_port}"
     cid = "shopper-personal-1"
     try:

@@ -50,7 +50,7 @@ def assignment(cid: str, partition: int, segment: str) -> Assignment:
 
 async def test_scan_returns_only_the_asked_partitions_with_their_segments(
         settings: Settings) -> None:
-    client = connect(settings.redis_url)
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
     store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
     try:
         writes = [assignment(f"c{i}/{{x}}", i % 4, f"s{i % 3}") for i in range(40)]

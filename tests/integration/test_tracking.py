@@ -11,6 +11,7 @@ import urllib.parse
 from pathlib import Path
 
 import orjson
+import pytest
 import redis.asyncio as aioredis
 
 from stream.settings import Settings
@@ -26,6 +27,8 @@ def _text(x: bytes | str) -> str:
 
 async def test_segment_funnel_through_a_worker(settings: Settings, tmp_path: Path,
                                                r: aioredis.Redis) -> None:
+    if settings.redis_cluster:  # its identify is read back through the visitor's mirror
+        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
     settings = dataclasses.replace(settings, read_token="read-t")
     worker, _ = await seeded_worker(settings, tmp_path)
     prefix, auth = settings.redis_prefix, {"Authorization": "Bearer read-t"}
