@@ -228,7 +228,7 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
                               **personal(fields, names)},
                              headers={"Cache-Control": "no-store"})
 
-    async def guarded(request: Request) -> Session | Response:
+    def guarded(request: Request) -> Session | Response:
         """The session of a request to a shop route that writes (events, log-in, log-out),
         or its refusal: 429 over the client's rate, 401 without a shop session, 415 unless
         JSON (no cross-site form posts)."""
@@ -260,7 +260,7 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     @app.page("/demo/shop/events")
     class ShopEvents(View):
         async def post(self, request: Request) -> Response:
-            session = await guarded(request)
+            session = guarded(request)
             if isinstance(session, Response):
                 return session
             return await ingest.post(request, session.refuses)
@@ -268,7 +268,7 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     @app.page("/demo/shop/login")
     class ShopLogin(View):
         async def post(self, request: Request) -> Response:
-            own = await guarded(request)
+            own = guarded(request)
             if isinstance(own, Response):
                 return own
             try:
@@ -282,16 +282,19 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
             if own.customer_id is not None or own.anonymous_id is None:
                 return (json_response(200, {"customer_id": cid}) if cid == own.customer_id
                         else error(403, f"already logged in as {own.visitor}"))
-            if not await opens(cid) or not await claim(own.anonymous_id, cid):
+            if not await opens(cid):
                 return error(403, "the demo has no passwords: it logs in only as an id "
                                   "Segmenter has not seen yet")
+            if not await claim(own.anonymous_id, cid):
+                return error(403, "another log-in holds this visitor or this id")
             session = Session(own.anonymous_id, cid)
             identify = {"event_id": "login-" + secrets.token_hex(12), "type": "identify",
                         "customer_id": cid, "anonymous_id": own.anonymous_id,
                         "timestamp": int(time.time() * 1000)}
             sent = await ingest.accept(request, [identify], session.refuses)
             if sent.status != 202:  # nothing linked: the pair is free again
-                await rt.redis.delete(keys.shop_claim(cid), keys.shop_claim(own.anonymous_id))
+                for held in (cid, own.anonymous_id):  # one key a call: slots differ
+                    await rt.redis.delete(keys.shop_claim(held))
                 return sent
             return json_response(200, {"customer_id": cid, "anonymous_id": own.anonymous_id},
                                  sessions.cookie(session))
@@ -299,7 +302,7 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     @app.page("/demo/shop/logout")
     class ShopLogout(View):
         async def post(self, request: Request) -> Response:
-            own = await guarded(request)
+            own = guarded(request)
             if isinstance(own, Response):
                 return own
             # a new anonymous visitor: the old ids stay linked in Segmenter, not to this one
