@@ -242,6 +242,14 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
             return error(415, "send application/json")
         return session
 
+    async def json_object(request: Request) -> dict[str, Any] | Response:
+        """The request's body, a JSON object, or a 400 saying why not."""
+        try:
+            body = orjson.loads(await aio(request).read())
+        except orjson.JSONDecodeError as exc:
+            return error(400, f"body is not JSON: {exc}")
+        return body if isinstance(body, dict) else error(400, "send a JSON object")
+
     async def claim(anon: str, cid: str) -> bool:
         """Claim the pair (anonymous id, customer id) for a log-in, atomically per id
         (``SET NX`` on each): of two log-ins racing, one of the same anonymous id as two
@@ -261,7 +269,7 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     class ShopEvents(View):
         async def post(self, request: Request) -> Response:
             session = guarded(request)
-            if isinstance(session, Response):
+            if not isinstance(session, Session):
                 return session
             return await ingest.post(request, session.refuses)
 
@@ -269,13 +277,12 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     class ShopLogin(View):
         async def post(self, request: Request) -> Response:
             own = guarded(request)
-            if isinstance(own, Response):
+            if not isinstance(own, Session):
                 return own
-            try:
-                body = orjson.loads(await aio(request).read())
-            except orjson.JSONDecodeError as exc:
-                return error(400, f"body is not JSON: {exc}")
-            cid = body.get("customer_id") if isinstance(body, dict) else None
+            body = await json_object(request)
+            if not isinstance(body, dict):
+                return body
+            cid = body.get("customer_id")
             if not isinstance(cid, str) or not 0 < len(cid) <= 128 or cid.startswith(
                     ANONYMOUS):
                 return error(400, f"customer_id: 1 to 128 characters, not {ANONYMOUS}...")
@@ -303,8 +310,10 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
     class ShopLogout(View):
         async def post(self, request: Request) -> Response:
             own = guarded(request)
-            if isinstance(own, Response):
+            if not isinstance(own, Session):
                 return own
+            if not isinstance(body := await json_object(request), dict):  # {} will do
+                return body
             # a new anonymous visitor: the old ids stay linked in Segmenter, not to this one
             session = Session(ANONYMOUS + secrets.token_hex(8), None)
             return json_response(200, {"anonymous_id": session.anonymous_id},
