@@ -42,7 +42,9 @@ class CustomerCache:
         self.states: OrderedDict[str, CustomerState] = OrderedDict()
         self.dirty: dict[str, None] = {}  # an ordered set: changed since the last drain
         self.pending: set[str] = set()  # changed before the model was ready
-        self.renamed: set[str] = set()  # in a renamed segment: explained again at the drain
+        # explained again at the drain: in a renamed segment, or bought since (a stored
+        # explanation of their segment would still say "no purchase yet" or "lapsing")
+        self.renamed: set[str] = set()
         self.watermark = 0  # the latest event time seen: "now" for time-based features
 
     def __len__(self) -> int:

@@ -9,11 +9,10 @@ letters, counts and per-customer assignments out. No I/O happens here.
 4. learn: :class:`~models.learning.UpdateSchedule` plans a :class:`~models.learning.LearnJob`
    whenever an update is due, and takes back a :class:`~models.learning.Learned` model.
 
-The caller (``stream.pipeline``) does the I/O around it: :meth:`Segmenter.missing` names the
-states to read from Redis; :meth:`Segmenter.apply` runs a batch with model updates inline
-(``stream.updates`` drives the same steps with updates in a helper process: :meth:`consume`,
-:meth:`assign_changed`, :meth:`plan_update`, :meth:`take`); :meth:`drain` returns the other
-changed states, written once per commit interval; :meth:`rescore` re-scores the others.
+The caller (``stream.pipeline``) does the I/O: :meth:`Segmenter.missing` names the states
+to read from Redis; :meth:`Segmenter.apply` runs a batch with updates inline (``stream.updates``
+runs its steps with updates in a helper process); :meth:`drain` returns the other changed
+states, written once per commit interval; :meth:`rescore` re-scores the others.
 
 Examples
 --------
@@ -87,8 +86,7 @@ class Segmenter:
         self.cache = CustomerCache(config.cache_size)
         self.assigner = Assigner(self.cache, self.half_life_ms, config.sticky)
         self.schedule = UpdateSchedule(config)
-        self.changed: dict[str, Event] = {}
-        """Customers with events applied but not assigned yet (by :meth:`assign_changed`)."""
+        self.changed: dict[str, Event] = {}  # events applied, assigned by assign_changed
         self.stitch = Stitcher(self.cache)  # identity stitching (links, merges, forwards)
 
     # -- views of the parts, for callers that only read ---------------------------------------
@@ -145,6 +143,7 @@ class Segmenter:
         batch ends; returns where it stopped. The customers changed wait in
         :attr:`changed` for :meth:`assign_changed`."""
         cache, counts, event_ts, arrived = self.cache, res.counts, res.event_ts, res.arrived_ts
+        explain = cache.renamed
         states, changed, schedule = cache.states, self.changed, self.schedule
         half_life, keep = self.half_life_ms, self.assigner.window_keep  # for audiences
         lateness, max_ids = self.config.allowed_lateness_ms, self.config.dedup_max_ids
@@ -198,6 +197,8 @@ class Segmenter:
                 watermark = ts
                 timed = ts >= due_at
             changed[cid] = ev
+            if label == "purchase":  # a buyer now, or no longer lapsing: explain again
+                explain.add(cid)
             applied += 1
             if applied >= left or timed:
                 stop = i + 1
@@ -308,13 +309,12 @@ class Segmenter:
 
     def drain(self) -> list[Assignment]:
         """Full writes for every customer changed since the last drain (their segment did
-        not change, or it was written already); then shrink the cache to its bound. The
-        caller writes these, then commits."""
+        not change, or it was written already; explained again if renamed or bought since);
+        then shrink the cache to its bound. The caller writes these, then commits."""
         model, renamed = self.model, self.cache.renamed
         states = self.cache.drain()
         explained = self.assigner.explain(model, [st for st in states
                                                   if st.customer_id in renamed])
         renamed.clear()
-        return [self.assigner.assignment(model, st, "event",
-                                         explained.get(st.customer_id, ""))
+        return [self.assigner.assignment(model, st, "event", explained.get(st.customer_id, ""))
                 for st in states]

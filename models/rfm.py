@@ -22,8 +22,12 @@ Buckets (:func:`bucket_key`):
 - monetary: revenue in buckets 1% wide (relative accuracy, as DDSketch).
 
 Scores (:func:`score`): with ``q_k`` the k/5 quantile of the population (the smallest value
-with at least k/5 of the buyers at or below it), a value scores ``1 + #{k : value > q_k}``,
-so 5 is most recent / most frequent / highest spend and equal values score alike. Exact
+with at least k/5 of the buyers at or below it), a value scores ``1 + #{k : value > q_k}``
+plus half (rounded down) of the boundaries it equals, so 5 is most recent / most frequent /
+highest spend and equal values score alike. The half matters where many buyers share a
+value and it spans several quintiles: a lone buyer, or a small population that all bought
+in the same hour, ties all four boundaries and scores 3 (as a buyer compared with nobody),
+not 1 ("Lost" for someone who bought a minute ago). Exact
 batch quintiles under the same rule (:func:`exact_scores`) differ only for customers who
 share a bucket with a quintile boundary but not its exact value (measured in
 ``tests/unit/test_rfm.py`` and ``scripts/rfm_agreement.py``).
@@ -118,8 +122,13 @@ def _boundaries(hist: Mapping[int, int]) -> tuple[int, ...]:
 
 
 def score(value: float, bounds: Sequence[float]) -> int:
-    """``1 + #{k : value > q_k}`` for the quintile boundaries ``bounds``."""
-    return 1 + sum(1 for q in bounds if value > q)
+    """``1 + #{k : value > q_k}`` for the quintile boundaries ``bounds``, plus half of the
+    boundaries ``value`` ties: a value all of them equal is in the middle, not the bottom.
+
+    >>> score(7, (2, 4, 6, 8)), score(4, (2, 4, 6, 8)), score(5, (5, 5, 5, 5))
+    (4, 2, 3)
+    """
+    return 1 + sum(1 for q in bounds if value > q) + sum(1 for q in bounds if value == q) // 2
 
 
 @dataclass(frozen=True, slots=True)

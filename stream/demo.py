@@ -141,7 +141,9 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         asyncio.run(ensure_topics(settings))
         print(f"Kafka  {settings.kafka}   Redis {redact_url(settings.redis_url)}   "
               f"(embedded: {kafka is not None})")
-        print(f"Worker http://127.0.0.1:{port}/  (shop: /demo/shop) - try:")
+        # the two pages a newcomer opens first, as links a terminal makes clickable
+        print(f"Dashboard http://127.0.0.1:{port}/   Shop http://127.0.0.1:{port}/demo/shop")
+        print("Try:")
         print(f"  curl http://127.0.0.1:{port}/customers/c000001/segment")
         print(f"  curl -H 'Authorization: Bearer {first_token(settings.read_token)}' "
               f"http://127.0.0.1:{port}/customers/c000001")

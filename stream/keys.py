@@ -82,6 +82,11 @@ class Keys:
         """The contract §2 hash a website reads."""
         return f"{self.prefix}customer:{{{cid}}}"
 
+    def shop_claim(self, some_id: str) -> str:
+        """The demo shop's log-in claim of an anonymous id (value: its customer id) or of a
+        customer id (value: its anonymous id); ``ck-`` ids are never customer ids."""
+        return f"{self.prefix}shop-claim:{{{some_id}}}"
+
     def ids(self, cid: str) -> str:
         """Hash of the anonymous ids linked to a customer by identity stitching, id -> link
         event time (same slot as the customer's other keys; bounded by

@@ -222,6 +222,11 @@ def paths() -> Doc:
             400, 401, 403, 413, 415, 429, security=SHOP,
             body={"type": "object", "required": ["customer_id"],
                   "properties": {"customer_id": ID}})},
+        "/demo/shop/logout": {"post": _op(
+            "Logs the shop's visitor out: a new anonymous id in a fresh session (a new "
+            "visitor).",
+            {"200": _json({"type": "object", "required": ["anonymous_id"]}, "logged out")},
+            401, 413, 415, 429, security=SHOP, body={"type": "object"})},
     }
 
 

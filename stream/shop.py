@@ -21,7 +21,11 @@ one worker:
   nobody logs in as someone else and reads their traits). It sends an ``identify`` with
   both ids through the collector's path below (validated, rate-limited, produced keyed by
   the customer id), then re-signs the session with both ids: the worker merges the
-  anonymous profile into the customer's once, and the page reads the customer's;
+  anonymous profile into the customer's once, and the page reads the customer's. The pair
+  is claimed first (``SET NX`` per id), so two log-ins racing cannot link one anonymous id
+  to two customers, or two visitors to one customer;
+- ``POST /demo/shop/logout`` ends it: a new anonymous id in a fresh cookie, a new visitor
+  (the old ids stay linked in Segmenter, the page no longer reads them);
 - ``GET /demo/shop/me`` is the shop's server-side read for the session's own visitor (the
   customer id once logged in, else the anonymous id): one round trip (``HMGET`` of the
   hash and the audience definitions for their names), answering only what the page shows
@@ -62,6 +66,9 @@ ANONYMOUS = "ck-"
 FIELDS = ("segment", "segment_name", "confidence", "explanation", "audiences", "orders",
           "events", "categories", "rfm")
 """What the shop's server reads of the visitor's hash (one ``HMGET``)."""
+CLAIM_TTL_S = 86_400
+"""How long a log-in's claims hold (:func:`register`'s ``claim``): by then the identify has
+long made the customer id one Segmenter has seen, which no other log-in may take."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -168,7 +175,8 @@ def _cookie(request: Request) -> str:
 
 
 def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
-    """Add ``/demo/shop`` and its ``/me``, ``/events`` and ``/login`` to the Faust app."""
+    """Add ``/demo/shop`` and its ``/me``, ``/events``, ``/login`` and ``/logout`` to the
+    Faust app."""
     sessions = Sessions.for_token(rt.settings.api_token)
     keys = rt.store.keys
 
@@ -220,35 +228,61 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
                               **personal(fields, names)},
                              headers={"Cache-Control": "no-store"})
 
+    def guarded(request: Request) -> Session | Response:
+        """The session of a request to a shop route that writes (events, log-in, log-out),
+        or its refusal: 429 over the client's rate, 401 without a shop session, 415 unless
+        JSON (no cross-site form posts)."""
+        limited = ingest.limited(request)
+        if limited is not None:
+            return limited
+        session = sessions.session(_cookie(request))
+        if session is None:
+            return error(401, "no shop session")
+        if aio(request).content_type != "application/json":
+            return error(415, "send application/json")
+        return session
+
+    async def json_object(request: Request) -> dict[str, Any] | Response:
+        """The request's body, a JSON object, or a 400 saying why not."""
+        try:
+            body = orjson.loads(await aio(request).read())
+        except orjson.JSONDecodeError as exc:
+            return error(400, f"body is not JSON: {exc}")
+        return body if isinstance(body, dict) else error(400, "send a JSON object")
+
+    async def claim(anon: str, cid: str) -> bool:
+        """Claim the pair (anonymous id, customer id) for a log-in, atomically per id
+        (``SET NX`` on each): of two log-ins racing, one of the same anonymous id as two
+        customers or of two anonymous ids as one customer, only one gets both claims. A retry
+        of the same pair holds them already. A lost race gives back what it took."""
+        mine = await rt.redis.set(keys.shop_claim(anon), cid, nx=True, ex=CLAIM_TTL_S)
+        if not mine and await rt.redis.get(keys.shop_claim(anon)) != cid.encode():
+            return False
+        if await rt.redis.set(keys.shop_claim(cid), anon, nx=True, ex=CLAIM_TTL_S) or (
+                await rt.redis.get(keys.shop_claim(cid)) == anon.encode()):
+            return True
+        if mine:
+            await rt.redis.delete(keys.shop_claim(anon))
+        return False
+
     @app.page("/demo/shop/events")
     class ShopEvents(View):
         async def post(self, request: Request) -> Response:
-            limited = ingest.limited(request)
-            if limited is not None:
-                return limited
-            session = sessions.session(_cookie(request))
-            if session is None:
-                return self.json({"error": "no shop session"}, status=401)
-            if aio(request).content_type != "application/json":  # no cross-site form posts
-                return self.json({"error": "send application/json"}, status=415)
+            session = guarded(request)
+            if not isinstance(session, Session):
+                return session
             return await ingest.post(request, session.refuses)
 
     @app.page("/demo/shop/login")
     class ShopLogin(View):
         async def post(self, request: Request) -> Response:
-            limited = ingest.limited(request)
-            if limited is not None:
-                return limited
-            own = sessions.session(_cookie(request))
-            if own is None:
-                return error(401, "no shop session")
-            if aio(request).content_type != "application/json":  # no cross-site form posts
-                return error(415, "send application/json")
-            try:
-                body = orjson.loads(await aio(request).read())
-            except orjson.JSONDecodeError as exc:
-                return error(400, f"body is not JSON: {exc}")
-            cid = body.get("customer_id") if isinstance(body, dict) else None
+            own = guarded(request)
+            if not isinstance(own, Session):
+                return own
+            body = await json_object(request)
+            if not isinstance(body, dict):
+                return body
+            cid = body.get("customer_id")
             if not isinstance(cid, str) or not 0 < len(cid) <= 128 or cid.startswith(
                     ANONYMOUS):
                 return error(400, f"customer_id: 1 to 128 characters, not {ANONYMOUS}...")
@@ -258,12 +292,29 @@ def register(app: faust.App, rt: Runtime, ingest: Ingest) -> None:
             if not await opens(cid):
                 return error(403, "the demo has no passwords: it logs in only as an id "
                                   "Segmenter has not seen yet")
+            if not await claim(own.anonymous_id, cid):
+                return error(403, "another log-in holds this visitor or this id")
             session = Session(own.anonymous_id, cid)
             identify = {"event_id": "login-" + secrets.token_hex(12), "type": "identify",
                         "customer_id": cid, "anonymous_id": own.anonymous_id,
                         "timestamp": int(time.time() * 1000)}
             sent = await ingest.accept(request, [identify], session.refuses)
-            if sent.status != 202:
+            if sent.status != 202:  # nothing linked: the pair is free again
+                for held in (cid, own.anonymous_id):  # one key a call: slots differ
+                    await rt.redis.delete(keys.shop_claim(held))
                 return sent
             return json_response(200, {"customer_id": cid, "anonymous_id": own.anonymous_id},
+                                 sessions.cookie(session))
+
+    @app.page("/demo/shop/logout")
+    class ShopLogout(View):
+        async def post(self, request: Request) -> Response:
+            own = guarded(request)
+            if not isinstance(own, Session):
+                return own
+            if not isinstance(body := await json_object(request), dict):  # {} will do
+                return body
+            # a new anonymous visitor: the old ids stay linked in Segmenter, not to this one
+            session = Session(ANONYMOUS + secrets.token_hex(8), None)
+            return json_response(200, {"anonymous_id": session.anonymous_id},
                                  sessions.cookie(session))

@@ -53,11 +53,7 @@ end
 """Functions ``mirror_links`` and ``erase_links`` (after ``AGG_LUA``: they read SHARDED)."""
 
 LINK_BODY = """
-local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
-if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
-  return {-1, ''}
-end
-redis.call('SET', KEYS[1], ARGV[3])
+if not fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return {-1, ''} end
 agg_index(KEYS[2], ARGV[4], 1)
 return {0, ''}
 """

@@ -1,7 +1,8 @@
 """The customer write scripts (Lua) of :mod:`stream.redis_io`: upsert, refresh, erase.
 
 Each is one atomic call on one customer's keys, fenced by source partition/offset (the
-``partition:offset:`` head of the state string). What a write moves in the aggregates that
+``partition:offset:`` head of the state string; one function, ``fenced_set`` of :data:`AGG_LUA`,
+does it for every script that writes a state). What a write moves in the aggregates that
 every customer shares (segment sizes and changes, the RFM population and grid, audience
 sizes and changes, the partition index) goes through the functions of :data:`AGG_LUA`:
 
@@ -41,6 +42,17 @@ local function agg_index(key, member, add)
   if SHARDED then EFFECTS[#EFFECTS + 1] = {add == 1 and 's' or 'r', member} return end
   if add == 1 then redis.call('SADD', key, member) else redis.call('SREM', key, member) end
 end
+-- a customer's state, written unless it holds a later offset of the same source partition
+-- (a replay, or a deposed writer's late write, must not undo a newer state); the head of the
+-- state is 'partition:offset:'. False when fenced.
+local function fenced_set(key, partition, offset, value)
+  local p, o = string.match(redis.call('GETRANGE', key, 0, 40), '^(%d+):(%d+):')
+  if p and tonumber(p) == tonumber(partition) and tonumber(o) > tonumber(offset) then
+    return false
+  end
+  redis.call('SET', key, value)
+  return true
+end
 """
 
 # Lua run after a script's body (a function returning its reply): in the sharded layout,
@@ -70,11 +82,7 @@ def customer_script(prelude: str, body: str, after: str = "") -> str:
 
 
 UPSERT = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
-local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
-if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
-  return {-1, ''}
-end
-redis.call('SET', KEYS[1], ARGV[3])
+if not fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return {-1, ''} end
 agg_index(KEYS[11], ARGV[11], 1)
 put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
 put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
@@ -130,11 +138,7 @@ a stored state (its own partition otherwise, from the state's head)."""
 # The interval flush of customers whose segment did not change: state, confidence, version,
 # and the segment's current name (a renamed segment reaches its customers' hashes).
 REFRESH = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
-local p, o = string.match(redis.call('GETRANGE', KEYS[1], 0, 40), '^(%d+):(%d+):')
-if p and tonumber(p) == tonumber(ARGV[1]) and tonumber(o) > tonumber(ARGV[2]) then
-  return -1
-end
-redis.call('SET', KEYS[1], ARGV[3])
+if not fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return -1 end
 agg_index(KEYS[9], ARGV[14], 1)
 put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
 put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],

@@ -2,10 +2,12 @@
 item 4): anonymous from the first page view, personalised from the first clicks on the
 anonymous profile, then logged in (an ``identify`` with both ids through the shop's
 server), keeping the history: the customer's profile holds the clicks made before the login
-counted once, the anonymous id's hash mirrors it, and the page shows it."""
+counted once, the anonymous id's hash mirrors it, and the page shows it; then logged out (a new
+anonymous visitor), and two log-ins racing for one anonymous id or one customer id (one wins)."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,10 @@ async def test_an_anonymous_visitor_is_personalised_then_logs_in_and_keeps_the_h
                                          timeout=20_000)
         assert all(e.get("anonymous_id") == anon and "customer_id" not in e
                    for e in sent.values())
+        # an anonymous buyer is thanked, not welcomed back (that is for a login)
+        assert (await page.inner_text("[data-testid=hello]")).startswith(
+            "Thank you for your order! 2 orders so far")
+        assert await page.is_hidden("[data-testid=logout]")
         before = len(sent)
         assert before == 2 + 1 + 2 * 3  # page load, a view, two purchases of three events
         assert not await r.exists(keys.customer(CUSTOMER))
@@ -94,6 +100,7 @@ async def test_an_anonymous_visitor_is_personalised_then_logs_in_and_keeps_the_h
         assert await page.get_attribute("body", "data-visitor") == CUSTOMER
         assert await page.get_attribute("body", "data-logged-in") == "true"
         assert await page.is_hidden("[data-testid=login]")
+        assert await page.is_visible("[data-testid=logout]")
         await page.wait_for_function("document.body.dataset.updated", timeout=20_000)
         after = list(sent.values())[before:]
         assert [e["type"] for e in after] == ["session_start", "page_view"]
@@ -154,6 +161,41 @@ async def test_an_anonymous_visitor_is_personalised_then_logs_in_and_keeps_the_h
         assert me["customer_id"] == stranger and not me["logged_in"]
         assert "shop-login-write-key" not in await page.content()
         await elsewhere.close()
+
+        # 6. log-out: a new anonymous visitor, who sees nothing of the customer's
+        async with page.expect_navigation():
+            await page.click("[data-testid=logout]")
+        fresh = str(await page.get_attribute("body", "data-visitor"))
+        assert fresh.startswith("ck-") and fresh not in (anon, stranger)
+        assert await page.get_attribute("body", "data-logged-in") == "false"
+        assert await page.inner_text("[data-testid=who]") == "anonymous visitor"
+        assert await page.is_visible("[data-testid=login]")
+        assert await page.is_hidden("[data-testid=logout]")
+        me = await page.evaluate("fetch('/demo/shop/me').then(r => r.json())")
+        assert (me["customer_id"], me["logged_in"], me["orders"]) == (fresh, False, 0)
+        await page.wait_for_function(dataset("hello", "orders") + " === '0'", timeout=20_000)
+        assert await page.is_hidden("[data-testid=history]")
+        # the customer's history stays theirs
+        found = await read_customer(r, keys, CUSTOMER)
+        assert found is not None and found[1] is not None and found[1].orders_total == 2
+
+        # 7. two log-ins racing: one anonymous id as two customers, two visitors as one
+        # customer; one of each pair wins (the claim is atomic), the other is refused
+        login = ("id => fetch('/demo/shop/login', {method: 'POST', headers: {'Content-Type': "
+                 "'application/json'}, body: JSON.stringify({customer_id: id})})"
+                 ".then(r => r.status)")
+        race = await page.evaluate(
+            f"Promise.all(['racer-a', 'racer-b'].map({login}))")
+        assert sorted(race) == [200, 403], race
+        pages = []
+        for _ in range(2):
+            ctx = await browser.new_context()
+            pages.append(await ctx.new_page())
+            await pages[-1].goto(f"{base}/demo/shop")
+        both = await asyncio.gather(*(p.evaluate(f"({login})('racer-c')") for p in pages))
+        assert sorted(both) == [200, 403], both
+        for p in pages:
+            await p.context.close()
         await context.close()
     finally:
         assert worker.stop() == 0, worker.log()

@@ -150,3 +150,21 @@ def test_grid_from_the_joint_buckets_scores_each_buyer_as_alone() -> None:
     assert {k: c["customers"] for k, c in cells.items() if c["customers"]} == own
     assert all(c["segment"] == GRID[r][f - 1] for (r, f), c in cells.items())
     assert sum(g["segments"].values()) == 3000
+
+
+def test_a_buyer_tied_with_the_whole_population_is_not_lost() -> None:
+    # the demo shop's e2e test showed "Lost" for a shopper who had just bought twice: the
+    # only buyer, or buyers who all bought in the same hour, tie every quintile boundary,
+    # and ties scored the lowest of the quintiles they span
+    alone = Population()
+    key = bucket_key(10 * HOUR_MS, 2, 60.0)
+    alone.add(key)
+    assert alone.quintiles().scores(key) == (3, 3, 3) == Quintiles().scores(key)
+    same_hour = Population()
+    for orders in (1, 1, 2, 2, 3):
+        same_hour.add(bucket_key(10 * HOUR_MS, orders, 20.0 * orders))
+    q = same_hour.quintiles()
+    assert {q.scores(bucket_key(10 * HOUR_MS, o, 20.0 * o))[0] for o in (1, 2, 3)} == {3}
+    assert "Lost" not in {q.name(bucket_key(10 * HOUR_MS, o, 20.0 * o)) for o in (1, 2, 3)}
+    # distinct values keep their fifths, the tie rule changes nothing there
+    assert exact_scores(list(range(1, 11))) == [1, 1, 2, 2, 3, 3, 4, 4, 5, 5]

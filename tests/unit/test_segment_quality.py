@@ -210,3 +210,27 @@ def test_a_new_count_is_taken_only_when_it_wins_two_refreshes_in_a_row() -> None
     for data in (four, three, four, three):
         once.learn(data.tolist(), refresh=True)
         assert once.n_segments == 3
+
+
+def test_a_first_purchase_is_explained_again_in_the_same_segment() -> None:
+    # the demo shop's banner said "because: no purchase yet" after two anonymous purchases:
+    # the segment did not change, so the explanation written with it was never redone (the
+    # write kept the stored one)
+    seg = Segmenter(SegmenterConfig(update_every=10**9))
+    seg.apply(seg.parse(stream(800, 20, seed=5)), {})
+    seg.drain()
+    explained = seg.assigner.explain(seg.model, [st for st in seg.states.values()
+                                                 if not st.orders_total])
+    stayed = 0
+    for n, cid in enumerate(c for c, text in explained.items() if NO_PURCHASE in text):
+        before = seg.states[cid].segment
+        buy = {"event_id": f"first-buy-{n}", "customer_id": cid, "type": "purchase",
+               "timestamp": seg.watermark, "properties": {"amount": 1.0}}
+        out = seg.apply(seg.parse([Record("events", 0, 10**7 + n, cid.encode(),
+                                          orjson.dumps(buy))]), {})
+        last = [a for a in out.assignments + seg.drain() if a.customer_id == cid][-1]
+        assert seg.states[cid].orders_total == 1
+        if last.segment == before:  # the banner's case: no change, a write of the drain
+            assert last.explanation and NO_PURCHASE not in last.explanation, last
+            stayed += 1
+    assert stayed > 50
