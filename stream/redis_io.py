@@ -33,6 +33,7 @@ from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError, reason
 from stream.keys import Keys, decode_state, load_profile
 from stream.lease import FENCE_LUA
+from stream.resp import evalsha_many
 from stream.shards import Shards, collect, sum_hashes
 from stream.write_lua import ERASE, REFRESH, UPSERT
 
@@ -116,10 +117,11 @@ class RedisStore:
 
     async def _evalsha(self, script: AsyncScript, nkeys: int,
                        calls: Sequence[Sequence[Any]]) -> list[Any]:
+        if self.shards is None:  # one Redis: packed in C (stream.resp)
+            return await evalsha_many(self.r, script.sha, nkeys, calls)
         async with self.r.pipeline(transaction=False) as pipe:
-            for call in calls:
-                # not pipe.evalsha: a cluster pipeline refuses that method, though it routes
-                # the command itself by its first key's slot
+            for call in calls:  # not pipe.evalsha: a cluster pipeline refuses that method,
+                # though it routes the command itself by its first key's slot
                 pipe.execute_command("EVALSHA", script.sha, nkeys, *call)
             return list(await pipe.execute(raise_on_error=False))
 

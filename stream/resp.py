@@ -1,0 +1,52 @@
+"""Many script calls in one round trip on one Redis, packed by hiredis (C).
+
+redis-py's asyncio pipeline packs every argument in Python (``Encoder.encode`` and
+``pack_command`` per argument): with ~25 arguments per customer write that was the largest
+single cost of the worker's flush on its main thread (cProfile over 200k events: 1.6 s of
+9.5 s in ``pack_command``). ``hiredis.pack_command`` builds the same bytes in C. The
+replies are read as the pipeline reads them: one per call, in order, an error reply as its
+exception in its place. On a Redis Cluster the caller keeps the cluster pipeline (it routes
+each call by its first key's slot).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import hiredis
+import redis.asyncio as aioredis
+from redis.exceptions import ResponseError
+
+__all__ = ["evalsha_many", "pack_evalsha"]
+
+
+def pack_evalsha(sha: str, nkeys: int, calls: Sequence[Sequence[Any]]) -> bytes:
+    """``EVALSHA sha nkeys *call`` for every call, as RESP bytes (what redis-py sends:
+    ``str`` as UTF-8, ``int`` and ``float`` as their decimal text, ``repr`` for floats)."""
+    pack = hiredis.pack_command
+    return b"".join([pack(("EVALSHA", sha, nkeys, *call)) for call in calls])
+
+
+async def evalsha_many(client: aioredis.Redis, sha: str, nkeys: int,
+                       calls: Sequence[Sequence[Any]]) -> list[Any]:
+    """Run the script ``sha`` once per call on one connection of ``client``'s pool, in one
+    round trip; replies in call order (an error reply, e.g. ``NOSCRIPT``, as its exception).
+    A connection error drops the connection (the next use reconnects) and is raised: the
+    caller retries the whole batch, as every write script is fenced and idempotent."""
+    pool = client.connection_pool
+    conn = await pool.get_connection()
+    try:
+        await conn.send_packed_command(pack_evalsha(sha, nkeys, calls))
+        out: list[Any] = []
+        for _ in range(len(calls)):
+            try:
+                out.append(await conn.read_response())
+            except ResponseError as exc:
+                out.append(exc)
+        return out
+    except BaseException:
+        await conn.disconnect()  # replies may be left unread: never reuse it as it is
+        raise
+    finally:
+        await pool.release(conn)
