@@ -18,7 +18,7 @@ import hiredis
 import redis.asyncio as aioredis
 from redis.exceptions import ResponseError
 
-__all__ = ["evalsha_many", "pack_evalsha"]
+__all__ = ["evalsha_many", "pack_evalsha", "run_many"]
 
 
 def pack_evalsha(sha: str, nkeys: int, calls: Sequence[Sequence[Any]]) -> bytes:
@@ -34,12 +34,34 @@ async def evalsha_many(client: aioredis.Redis, sha: str, nkeys: int,
     round trip; replies in call order (an error reply, e.g. ``NOSCRIPT``, as its exception).
     A connection error drops the connection (the next use reconnects) and is raised: the
     caller retries the whole batch, as every write script is fenced and idempotent."""
+    return await _exchange(client, pack_evalsha(sha, nkeys, calls), len(calls))
+
+
+async def run_many(client: Any, commands: Sequence[Sequence[Any]], cluster: bool) -> list[Any]:
+    """Commands whose replies redis-py leaves as they come (``GET``, ``HMGET``, ``EVALSHA``;
+    not ``HGETALL``, which it turns into a dict) in one round trip, replies in order; the
+    first error reply is raised. ``cluster``: through the cluster client's pipeline (it
+    routes each command by its first key's slot)."""
+    if cluster:
+        async with client.pipeline(transaction=False) as pipe:
+            for cmd in commands:
+                pipe.execute_command(*cmd)
+            return list(await pipe.execute())
+    pack = hiredis.pack_command
+    out = await _exchange(client, b"".join([pack(tuple(c)) for c in commands]), len(commands))
+    for res in out:
+        if isinstance(res, ResponseError):
+            raise res
+    return out
+
+
+async def _exchange(client: aioredis.Redis, packed: bytes, n: int) -> list[Any]:
     pool = client.connection_pool
     conn = await pool.get_connection()
     try:
-        await conn.send_packed_command(pack_evalsha(sha, nkeys, calls))
+        await conn.send_packed_command(packed)
         out: list[Any] = []
-        for _ in range(len(calls)):
+        for _ in range(n):
             try:
                 out.append(await conn.read_response())
             except ResponseError as exc:
