@@ -18,3 +18,39 @@ def test_pack_evalsha_is_what_redis_py_sends() -> None:
         assert pack_evalsha("ab" * 20, nkeys, [call]) == expected
     assert pack_evalsha("ab" * 20, 2, calls) == b"".join(
         b"".join(conn.pack_command("EVALSHA", "ab" * 20, 2, *c)) for c in calls)
+
+
+def test_silent_server_times_out_and_drops_the_connection() -> None:
+    import asyncio
+
+    import pytest
+    import redis.asyncio as aioredis
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    from stream.resp import evalsha_many
+
+    async def scenario() -> None:
+        got: list[bytes] = []
+
+        async def silent(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            while b"EVALSHA" not in (data := await reader.read(65536)):
+                # the client's handshake (RESP3) is answered: HELLO, then plain OKs
+                writer.write(b"%1\r\n+proto\r\n:3\r\n" if b"HELLO" in data else b"+OK\r\n")
+            got.append(data)  # the calls: read, never answered
+            await reader.read()
+            writer.close()
+
+        server = await asyncio.start_server(silent, "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        client = aioredis.Redis(port=port, socket_timeout=0.2, lib_name=None, lib_version=None)
+        try:
+            with pytest.raises(RedisTimeoutError, match="2 replies missing"):
+                await evalsha_many(client, "ab" * 20, 1, [("k1", 1), ("k2", 2)])
+            assert got and got[0].startswith(b"*5\r\n$7\r\nEVALSHA\r\n")
+            pool = client.connection_pool
+            assert all(not c.is_connected for c in pool._available_connections)
+        finally:
+            await client.aclose()
+            server.close()
+
+    asyncio.run(scenario())
