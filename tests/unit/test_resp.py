@@ -42,7 +42,7 @@ def test_silent_server_times_out_and_drops_the_connection() -> None:
 
         server = await asyncio.start_server(silent, "127.0.0.1", 0)
         port = server.sockets[0].getsockname()[1]
-        client = aioredis.Redis(port=port, socket_timeout=0.2, lib_name=None, lib_version=None)
+        client = aioredis.Redis(port=port, socket_timeout=0.2)
         try:
             with pytest.raises(RedisTimeoutError, match="2 replies missing"):
                 await evalsha_many(client, "ab" * 20, 1, [("k1", 1), ("k2", 2)])
