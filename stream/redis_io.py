@@ -118,7 +118,7 @@ class RedisStore:
 
     async def _evalsha(self, script: AsyncScript, nkeys: int,
                        calls: Sequence[Sequence[Any]]) -> list[Any]:
-        if self.shards is None:  # one Redis: packed in C (stream.resp)
+        if not isinstance(self.r, RedisCluster):  # one Redis: packed in C (stream.resp)
             return await evalsha_many(self.r, script.sha, nkeys, calls)
         async with self.r.pipeline(transaction=False) as pipe:
             for call in calls:  # not pipe.evalsha: a cluster pipeline refuses that method,
@@ -144,8 +144,7 @@ class RedisStore:
         event came from one of them; link records (identity stitching) go to ``links``
         (by id: partition, record), not returned. Hashes are read only for the states
         found: most cache misses are new customers, one ``GET`` instead of two commands."""
-        cluster = self.shards is not None
-        got = await run_many(self.r, [("GET", self.keys.state(c)) for c in cids], cluster)
+        got = await run_many(self.r, [("GET", self.keys.state(c)) for c in cids])
         kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True) if raw and (
             partitions is None or int(raw.split(b":", 1)[0]) in partitions)]
         if any(RECORD_FRAME in raw[:48] for _, raw in kept):  # rare: one pass more
@@ -153,7 +152,7 @@ class RedisStore:
         if not kept:
             return []
         hashes = await run_many(self.r, [("HMGET", self.keys.customer(cid), *_HMGET)
-                                         for cid, _ in kept], cluster)
+                                         for cid, _ in kept])
         out = []
         for (cid, raw), (segment, version, confidence, rfm, aud, *tr) in zip(
                 kept, hashes, strict=True):

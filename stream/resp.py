@@ -17,6 +17,7 @@ from typing import Any
 
 import hiredis
 import redis.asyncio as aioredis
+from redis.asyncio.cluster import RedisCluster
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
@@ -40,12 +41,12 @@ async def evalsha_many(client: aioredis.Redis, sha: str, nkeys: int,
     return await _exchange(client, pack_evalsha(sha, nkeys, calls), len(calls))
 
 
-async def run_many(client: Any, commands: Sequence[Sequence[Any]], cluster: bool) -> list[Any]:
+async def run_many(client: Any, commands: Sequence[Sequence[Any]]) -> list[Any]:
     """Commands whose replies redis-py leaves as they come (``GET``, ``HMGET``, ``EVALSHA``;
     not ``HGETALL``, which it turns into a dict) in one round trip, replies in order; the
-    first error reply is raised. ``cluster``: through the cluster client's pipeline (it
-    routes each command by its first key's slot)."""
-    if cluster:
+    first error reply is raised. A cluster client's go through its pipeline (it routes each
+    command by its first key's slot)."""
+    if isinstance(client, RedisCluster):
         async with client.pipeline(transaction=False) as pipe:
             for cmd in commands:
                 pipe.execute_command(*cmd)

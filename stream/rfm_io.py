@@ -186,7 +186,7 @@ class RfmRefresher:
         try:
             done = await run_many(self.r, [
                 ("EVALSHA", self._rename.sha, 1, self.keys.customer(cid), orders, last, name)
-                for cid, orders, last, name in moves], self.keys.cluster)
+                for cid, orders, last, name in moves])
         except Exception as exc:
             if isinstance(exc, NoScriptError):  # Redis restarted: loaded again next time
                 self._loaded = False
