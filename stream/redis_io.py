@@ -33,6 +33,7 @@ from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError, reason
 from stream.keys import Keys, decode_state, load_profile
 from stream.lease import FENCE_LUA
+from stream.resp import evalsha_many, run_many
 from stream.shards import Shards, collect, sum_hashes
 from stream.write_lua import ERASE, REFRESH, UPSERT
 
@@ -60,6 +61,7 @@ RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
 _CURRENT = ("segment", "model_version", "confidence")
 """Customer hash fields a loaded state takes its current segment from."""
+_HMGET = (*_CURRENT, "rfm", "audiences", *TRAIT_NAMES)  # what a loaded state reads
 
 
 def connect(url: str, max_connections: int = 16, cluster: bool = False,
@@ -116,10 +118,11 @@ class RedisStore:
 
     async def _evalsha(self, script: AsyncScript, nkeys: int,
                        calls: Sequence[Sequence[Any]]) -> list[Any]:
+        if not isinstance(self.r, RedisCluster):  # one Redis: packed in C (stream.resp)
+            return await evalsha_many(self.r, script.sha, nkeys, calls)
         async with self.r.pipeline(transaction=False) as pipe:
-            for call in calls:
-                # not pipe.evalsha: a cluster pipeline refuses that method, though it routes
-                # the command itself by its first key's slot
+            for call in calls:  # not pipe.evalsha: a cluster pipeline refuses that method,
+                # though it routes the command itself by its first key's slot
                 pipe.execute_command("EVALSHA", script.sha, nkeys, *call)
             return list(await pipe.execute(raise_on_error=False))
 
@@ -141,20 +144,15 @@ class RedisStore:
         event came from one of them; link records (identity stitching) go to ``links``
         (by id: partition, record), not returned. Hashes are read only for the states
         found: most cache misses are new customers, one ``GET`` instead of two commands."""
-        async with self.r.pipeline(transaction=False) as pipe:
-            for cid in cids:
-                pipe.get(self.keys.state(cid))
-            got = await pipe.execute()
+        got = await run_many(self.r, [("GET", self.keys.state(c)) for c in cids])
         kept = [(cid, raw) for cid, raw in zip(cids, got, strict=True) if raw and (
             partitions is None or int(raw.split(b":", 1)[0]) in partitions)]
         if any(RECORD_FRAME in raw[:48] for _, raw in kept):  # rare: one pass more
             kept = take_links(kept, links if links is not None else {})
         if not kept:
             return []
-        async with self.r.pipeline(transaction=False) as pipe:
-            for cid, _ in kept:
-                pipe.hmget(self.keys.customer(cid), *_CURRENT, "rfm", "audiences", *TRAIT_NAMES)
-            hashes = await pipe.execute()
+        hashes = await run_many(self.r, [("HMGET", self.keys.customer(cid), *_HMGET)
+                                         for cid, _ in kept])
         out = []
         for (cid, raw), (segment, version, confidence, rfm, aud, *tr) in zip(
                 kept, hashes, strict=True):

@@ -37,6 +37,7 @@ from models.state import CustomerState
 from models.stitching import RECORD_FRAME
 from models.traits import from_fields
 from stream.keys import decode_state
+from stream.resp import run_many
 from stream.shards import sum_hashes
 from stream.stitch_lua import MIRROR_LUA
 
@@ -187,18 +188,17 @@ class RfmRefresher:
             await self.r.script_load(_RENAME)
             self._loaded = True
         sharded = "1" if self.keys.cluster else ""
-        async with self.r.pipeline(transaction=False) as pipe:
-            for cid, orders, last, name in moves:
-                pipe.execute_command("EVALSHA", self._rename.sha, 1, self.keys.customer(cid),
-                                     orders, last, name, sharded, cid)
-            try:
-                done = await pipe.execute()
-            except Exception as exc:
-                if isinstance(exc, NoScriptError):  # Redis restarted: loaded again next time
-                    self._loaded = False
-                for cid, *_ in moves:  # looked at again in the next pass
-                    st = core.states.get(cid)
-                    if st is not None:
-                        st.rfm = ""
-                raise
+        try:
+            done = await run_many(self.r, [
+                ("EVALSHA", self._rename.sha, 1, self.keys.customer(cid), orders, last, name,
+                 sharded, cid)
+                for cid, orders, last, name in moves])
+        except Exception as exc:
+            if isinstance(exc, NoScriptError):  # Redis restarted: loaded again next time
+                self._loaded = False
+            for cid, *_ in moves:  # looked at again in the next pass
+                st = core.states.get(cid)
+                if st is not None:
+                    st.rfm = ""
+            raise
         self.renamed += sum(1 for d in done if d == 1)
