@@ -153,8 +153,10 @@ def run_demo(customers: int, rate: float, days: float, seconds: float) -> int:
         if made:  # the demo's own keys, for trying the API (never in a log)
             print("  demo keys (random; set them to choose): " +
                   "  ".join(f"{k}={v}" for k, v in made.items()))
-        print(f"  redis-cli -p {redis.port if redis else '<port>'} "
-              f"HGETALL '{settings.redis_prefix}customer:{{c000001}}'")
+        # redis-cli is not part of the demo extra; the venv's Python always has a client
+        print(f"  python -c \"import redis; print(redis.Redis(port="
+              f"{redis.port if redis else '<port>'}).hgetall("
+              f"'{settings.redis_prefix}customer:{{c000001}}'))\"  (or redis-cli, if installed)")
         print(f"Logs in {logdir}. Ctrl-C stops everything.\n", flush=True)
         worker = _spawn(["worker"], env, os.path.join(logdir, "worker.log"))
         # The history goes in as a backfill (as fast as the worker takes it), so the
