@@ -8,7 +8,6 @@ anonymous visitor), and two log-ins racing for one anonymous id or one customer 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -16,13 +15,11 @@ import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from stream.kafka_io import ensure_topics
-from stream.keys import Keys
 from stream.rfm_io import read_customer
 from stream.settings import Settings
 from tests.integration.browser import browser  # noqa: F401  (fixture)
 from tests.integration.helpers import WorkerProcess, wait_for
-from tests.integration.test_stitching import learned_model, merge_changes
+from tests.integration.test_stitching import merge_changes, with_model
 
 ARTIFACTS = Path(__file__).resolve().parents[2] / "artifacts"
 CUSTOMER = "shopper-login-1"
@@ -40,13 +37,7 @@ async def test_an_anonymous_visitor_is_personalised_then_logs_in_and_keeps_the_h
         pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
     # a model installed, no learning (as in test_stitching): a segment from the first event;
     # a write key set, as in `segmenter demo`: the page sends through the shop's server
-    checkpoint = learned_model(dataclasses.replace(settings, warmup=100))
-    settings = dataclasses.replace(settings, model_update_every=10**9, model_update_days=0.0,
-                                   rescore_per_s=0, write_key="shop-login-write-key")
-    keys = Keys(settings.redis_prefix)
-    await ensure_topics(settings)
-    await r.set(keys.model, orjson.dumps(checkpoint))
-    await r.set(keys.model_version, checkpoint["version"])
+    settings, keys = await with_model(settings, r, write_key="shop-login-write-key")
     worker = WorkerProcess(settings, tmp_path)
     base = f"http://127.0.0.1:{settings.web_port}"
     try:

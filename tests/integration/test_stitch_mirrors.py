@@ -5,21 +5,19 @@ page reading the anonymous id sees the customer's current audiences and RFM segm
 
 from __future__ import annotations
 
-import dataclasses
 from pathlib import Path
 
 import orjson
 import pytest
 import redis.asyncio as aioredis
 
-from stream.kafka_io import ensure_topics
 from stream.keys import Keys
 from stream.rfm_io import _RENAME
 from stream.settings import Settings
 from tests.integration.helpers import WorkerProcess, produce, wait_for
 from tests.integration.test_audiences import ADMIN
 from tests.integration.test_serving import request
-from tests.integration.test_stitching import ANON, CUST, journey, learned_model, message
+from tests.integration.test_stitching import ANON, CUST, journey, message, with_model
 
 BUYERS = {"name": "Bought twice", "where": {"trait": "orders", "op": ">=", "value": 2}}
 
@@ -33,13 +31,7 @@ async def test_the_mirror_follows_the_audience_pass_and_rfm_renames(
         settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
     if settings.redis_cluster:
         pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
-    checkpoint = learned_model(dataclasses.replace(settings, warmup=100))
-    settings = dataclasses.replace(settings, model_update_every=10**9, model_update_days=0.0,
-                                   rescore_per_s=0, api_token="admin-t")
-    keys = Keys(settings.redis_prefix)
-    await ensure_topics(settings)
-    await r.set(keys.model, orjson.dumps(checkpoint))
-    await r.set(keys.model_version, checkpoint["version"])
+    settings, keys = await with_model(settings, r, api_token="admin-t")
     before, identify, _ = journey()
     await produce(settings, [message(e) for e in [*before, identify]])
     worker = WorkerProcess(settings, tmp_path)

@@ -86,19 +86,26 @@ async def merge_changes(r: aioredis.Redis, keys: Keys) -> list[dict[str, Any]]:
     return [d for d in docs if d.get("reason") == "merge"]
 
 
-async def test_an_identify_merges_the_anonymous_profile_once(
-        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
-    if settings.redis_cluster:
-        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
-    # a model installed (learned in-process from a simulated shop), no learning: segments
-    # from the first event, and the same ones whatever the batching
+async def with_model(settings: Settings, r: aioredis.Redis,
+                     **more: Any) -> tuple[Settings, Keys]:
+    """Settings without learning (and ``more``) and a model installed in Redis, learned
+    in-process from a simulated shop: segments from the first event, and the same ones
+    whatever the batching."""
     checkpoint = learned_model(dataclasses.replace(settings, warmup=100))
     settings = dataclasses.replace(settings, model_update_every=10**9, model_update_days=0.0,
-                                   rescore_per_s=0)
+                                   rescore_per_s=0, **more)
     keys = Keys(settings.redis_prefix)
     await ensure_topics(settings)
     await r.set(keys.model, orjson.dumps(checkpoint))
     await r.set(keys.model_version, checkpoint["version"])
+    return settings, keys
+
+
+async def test_an_identify_merges_the_anonymous_profile_once(
+        settings: Settings, tmp_path: Path, r: aioredis.Redis) -> None:
+    if settings.redis_cluster:
+        pytest.skip("mirrors of linked anonymous ids are not built on Redis Cluster yet")
+    settings, keys = await with_model(settings, r)
     before, identify, after = journey()
     await produce(settings, [message(e) for e in before])
     worker = WorkerProcess(settings, tmp_path)
