@@ -110,15 +110,15 @@ class Event(NamedTuple):
 
 
 def event_id_hash(event_id: str) -> int:
-    """Stable 64-bit hash of an event id (kept instead of the id to bound memory; stored in
-    customer states, so it must never change).
+    """Stable 48-bit hash of an event id, kept in customer states (so it must never change):
+    the low 48 bits of the 64-bit one of schemas before 7 (older ids read back masked). A
+    collision with one of a customer's ~20 remembered ids: 1 in ~10^13 events.
 
-    >>> event_id_hash("e-1") == event_id_hash("e-1") != event_id_hash("e-2")
-    True
-    >>> event_id_hash("e-1")
-    11461081932386169649
+    >>> event_id_hash("e-1"), event_id_hash("e-1") != event_id_hash("e-2")
+    (265305658389297, True)
     """
-    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "little")
+    d = hashlib.blake2b(event_id.encode(), digest_size=8).digest()
+    return int.from_bytes(d[:6], "little")
 
 
 def _str_field(obj: dict[str, object], name: str, max_len: int = 128) -> str:

@@ -42,9 +42,11 @@ from typing import Any
 import orjson
 
 from models.state_codec import (
+    LEAN6_FRAME,
     LEAN_FRAME,
     LEAN_SCHEMA,
     N_COUNTERS,
+    masked,
     pack_lean,
     unpack_lean,
     unpack_lean5,
@@ -180,10 +182,10 @@ class CustomerState:
         beside it) by its place there.
 
         >>> s = CustomerState("c1")
-        >>> s.counters[0], s.seen_ids, s.seen_ms = 2.5, array("Q", [2**64 - 1]), array("q", [9])
+        >>> s.counters[0], s.seen_ids, s.seen_ms = 2.5, array("Q", [2**48 - 1]), array("q", [9])
         >>> t = CustomerState.from_bytes("c1", s.to_bytes())
         >>> t.counters[0], list(t.seen_ids), list(t.seen_ms), t.to_bytes() == s.to_bytes()
-        (2.5, [18446744073709551615], [9], True)
+        (2.5, [281474976710655], [9], True)
         >>> s.seen_ids, s.seen_ms = array("Q", [1, 2]), array("q", [0, 10**11])  # years apart
         >>> CustomerState.from_bytes("c1", s.to_bytes()).seen_ms == s.seen_ms
         True
@@ -226,7 +228,7 @@ class CustomerState:
     def from_bytes(cls, customer_id: str, blob: bytes,
                    traits: Mapping[str, Any] | None = None) -> CustomerState:
         """Inverse of :meth:`to_bytes`; ``traits``: those stored beside a lean state (typed,
-        by their trait names). Reads every schema: the lean ones (5, 6) and schemas 1 and 2
+        by their trait names). Reads every schema: the lean ones (5, 6, 7) and schemas 1 and 2
         (whose ids carry no times: they are taken as of the customer's newest event);
         raises :class:`UnknownSchema` for a newer schema.
 
@@ -240,7 +242,7 @@ class CustomerState:
         (True, True)
         """
         s = cls(customer_id)
-        if blob[:4] == LEAN_FRAME:
+        if blob[:4] in (LEAN_FRAME, LEAN6_FRAME):
             unpack_lean(s, blob, traits)
             return s
         if blob[:3] == b"[1,":
@@ -248,7 +250,7 @@ class CustomerState:
             (_, s.partition, s.offset, s.first_ts, s.last_ts, s.last_purchase_ts, s.counters,
              s.orders_total, s.spend_total, s.categories, s.country, s.region, s.age,
              s.income, s.household, s.gender, ids) = data
-            s.seen_ids = array("Q", ids)
+            s.seen_ids = masked(array("Q", ids))
             s.seen_ms = array("q", [s.last_ts] * len(ids))
             return s
         cut = blob.find(b"\x00")  # JSON never holds a raw NUL: the first one ends the head
@@ -287,4 +289,5 @@ class CustomerState:
                 times.byteswap()
             s.seen_ms = array("q", [t + base for t in times]) if base is not None else \
                 array("q", times)
+        s.seen_ids = masked(s.seen_ids)
         return s

@@ -4,7 +4,7 @@ A lean state leaves to the customer hash what it holds as live traits (:data:`TR
 read back from there) and packs the rest in as few bytes as exactness allows, since it is
 most of a customer's memory in Redis (target: 1 KiB per customer with the hash):
 
-``[6]\\x00`` (a JSON head a reader of an older version parses and refuses as a newer
+``[7]\\x00`` (a JSON head a reader of an older version parses and refuses as a newer
 schema, never misreads), the length of the integer section, then
 
 - the integer section: unsigned LEB128 varints (7 bits a byte), signed ones zig-zag coded:
@@ -16,12 +16,13 @@ schema, never misreads), the length of the integer section, then
   count and sum);
 - the float64s (little-endian): the counters that are not 0, the category weights, and any
   spend or window sum that is no whole number of cents;
-- the seen ids, uint64 little-endian.
+- the seen ids, 48-bit little-endian (:func:`models.events.event_id_hash`; schema 6 kept
+  them in 64 bits: read back masked).
 
 A number that may be fractional (spend, a window's count or sum) is a varint ``n << 2 |
 kind``: kind 0 a whole number ``n``, kind 1 ``n`` cents (taken only when ``n / 100`` gives
 back the same float), kind 2 a float64 of the float section: exact in every case.
-Schema 5 (a JSON head, the previous lean form) is still read (:func:`unpack_lean5`).
+Schema 6 (8-byte ids) and schema 5 (a JSON head) are still read (:func:`unpack_lean5`).
 
 Examples
 --------
@@ -47,12 +48,15 @@ from array import array
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["LEAN_FRAME", "LEAN_SCHEMA", "TRAIT_FIELDS", "pack_lean", "unpack_lean",
-           "unpack_lean5"]
+__all__ = ["ID_MASK", "LEAN6_FRAME", "LEAN_FRAME", "LEAN_SCHEMA", "TRAIT_FIELDS", "masked",
+           "pack_lean", "unpack_lean", "unpack_lean5"]
 
-LEAN_SCHEMA = 6
-"""Version of the lean form this module writes (5: a JSON head + float64s + ids)."""
-LEAN_FRAME = b"[6]\x00"
+LEAN_SCHEMA = 7
+"""Version of the lean form this module writes (6: ids in 64 bits; 5: a JSON head)."""
+LEAN_FRAME = b"[7]\x00"
+LEAN6_FRAME = b"[6]\x00"
+ID_MASK = (1 << 48) - 1
+"""Seen ids keep 48 bits (:func:`models.events.event_id_hash`)."""
 TRAIT_FIELDS: tuple[tuple[str, str, Any], ...] = (
     ("first_seen", "first_ts", 0), ("last_seen", "last_ts", 0),
     ("last_purchase", "last_purchase_ts", 0), ("orders", "orders_total", 0),
@@ -189,8 +193,10 @@ def pack_lean(s: Any, top: Sequence[str] = ()) -> bytes:
     if _BIG_ENDIAN:
         ids = array("Q", ids)
         ids.byteswap()
+    raw = ids.tobytes()  # little-endian: each id's low 6 bytes (the rest are 0)
     return b"%s%s%s%s%s" % (LEAN_FRAME, _varints([len(head)]), head,
-                            struct.pack(f"<{len(floats)}d", *floats), ids.tobytes())
+                            struct.pack(f"<{len(floats)}d", *floats),
+                            b"".join([raw[i:i + 6] for i in range(0, len(raw), 8)]))
 
 
 def _read_traits(s: Any, traits: Mapping[str, Any] | None) -> list[str]:
@@ -215,7 +221,8 @@ def unpack_lean(s: Any, blob: bytes, traits: Mapping[str, Any] | None = None) ->
     it = iter(_unvarints(blob[pos:pos + size]))
     pos += size
     n_ids = next(it)
-    floats = struct.unpack_from(f"<{(len(blob) - pos - 8 * n_ids) // 8}d", blob, pos)
+    width = 6 if blob[:len(LEAN_FRAME)] == LEAN_FRAME else 8  # schema 6: 64-bit ids
+    floats = struct.unpack_from(f"<{(len(blob) - pos - width * n_ids) // 8}d", blob, pos)
     f = 0
     s.partition, s.offset, mask, floor = _unzz(next(it)), _unzz(next(it)), next(it), next(it)
     last = s.last_ts
@@ -258,9 +265,23 @@ def unpack_lean(s: Any, blob: bytes, traits: Mapping[str, Any] | None = None) ->
             prev -= _unzz(next(it))
             days[prev] = [num(), num()]
         s.windows[etype] = days
-    s.seen_ids.frombytes(blob[len(blob) - 8 * n_ids:])
+    raw = blob[len(blob) - width * n_ids:]
+    if width == 6:
+        raw = b"".join([raw[i:i + 6] + b"\0\0" for i in range(0, len(raw), 6)])
+    s.seen_ids.frombytes(raw)
     if _BIG_ENDIAN:
         s.seen_ids.byteswap()
+    if width == 8:
+        s.seen_ids = masked(s.seen_ids)
+
+
+def masked(ids: array[int]) -> array[int]:
+    """Seen ids of a state written before schema 7 as the 48-bit hashes of today.
+
+    >>> list(masked(array("Q", [2**64 - 1, 5])))
+    [281474976710655, 5]
+    """
+    return array("Q", [i & ID_MASK for i in ids]) if any(i > ID_MASK for i in ids) else ids
 
 
 def unpack_lean5(s: Any, head: list[Any], blob: bytes, cut: int,

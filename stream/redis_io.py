@@ -28,6 +28,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from models.core import Assignment
 from models.features import CustomerState
+from models.records import explanation_arg
 from models.stitching import RECORD_FRAME, Links, take_links
 from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError, reason
@@ -183,7 +184,7 @@ class RedisStore:
                         a.customer_id, k.rfm, *k.audience_keys, k.rfm_grid,
                         k.partition(a.partition)), a.partition,
                      a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
-                     a.confidence, a.model_version, now_ms, a.segment_name, a.explanation,
+                     a.confidence, a.model_version, now_ms, a.segment_name, explanation_arg(a),
                      a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
                      a.audiences, a.audiences_version, self.shard_arg(a.partition))
                     for a in assignments])
@@ -195,7 +196,7 @@ class RedisStore:
                     k.partition(a.partition)), a.partition, a.offset,
                  b"%d:%d:%s" % (a.partition, a.offset, a.state),
                  a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
-                 a.event_id, a.reason, a.customer_id, self.maxlen, a.explanation,
+                 a.event_id, a.reason, a.customer_id, self.maxlen, explanation_arg(a),
                  a.traits, a.rfm, a.audiences, a.audiences_version,
                  self.shard_arg(a.partition))
                 for a in assignments])

@@ -154,10 +154,10 @@ def personal(fields: dict[str, str | None], names: dict[str, str]) -> dict[str, 
     [{'id': 'a1', 'name': 'Repeat buyers'}]
     """
     cats = orjson.loads(fields.get("categories") or "[]")
-    confidence = fields.get("confidence")
+    confidence, name = fields.get("confidence"), fields.get("segment_name") or ""
     return {"segment": fields.get("segment"), "segment_name": fields.get("segment_name"),
             "confidence": float(confidence) if confidence else None,
-            "explanation": fields.get("explanation") or None,
+            "explanation": fields.get("explanation", name.lower()) or None,
             "audiences": [{"id": a, "name": names.get(a, a)}
                           for a in orjson.loads(fields.get("audiences") or "[]")],
             "orders": int(fields.get("orders") or 0),

@@ -49,13 +49,18 @@ def segment_fields(doc: dict[str, str] | None) -> dict[str, Any] | None:
 
 
 def typed(doc: dict[str, str]) -> dict[str, Any]:
-    """Hash fields with their JSON types (Redis stores strings).
+    """Hash fields with their JSON types (Redis stores strings), and the explanation the
+    hash leaves out when it would repeat the segment's name.
 
     >>> typed({"segment": "s1", "confidence": "0.5", "model_version": "3",
     ...        "audiences": '["a1"]'})
     {'segment': 's1', 'confidence': 0.5, 'model_version': 3, 'audiences': ['a1']}
+    >>> typed({"segment": "s1", "segment_name": "Big spenders"})["explanation"]
+    'big spenders'
     """
     out: dict[str, Any] = dict(doc)
+    if "segment_name" in out and "explanation" not in out:  # the hash omits a repeated name
+        out["explanation"] = out["segment_name"].lower()
     for name, kind in (("model_version", int), ("updated_at", int), ("confidence", float),
                        ("audiences", orjson.loads)):
         if name in out:

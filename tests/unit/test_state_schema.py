@@ -94,7 +94,7 @@ def _rich() -> CustomerState:
     s.counters[0], s.counters[6], s.counters[9] = 1 / 3, 2.0, 6.5
     s.categories = {"shoes": 0.75, "hats": 1 / 7, "books": 2.0}
     s.country, s.device, s.channel = "DE", "mobile", "email"
-    s.seen_ids = array("Q", [2**64 - 1, 12345, 2**40 + 7])
+    s.seen_ids = array("Q", [2**48 - 1, 12345, 2**40 + 7])  # 48-bit hashes (schema 7)
     s.seen_ms = array("q", [s.last_ts - 3_600_000, s.last_ts - 5000, s.last_ts])
     s.floor_ms = s.last_ts - day
     s.windows = {"purchase": {20454: [1.0, 0.30000000000000004], 20456: [1.0, 40.0]},
@@ -111,7 +111,21 @@ def test_the_previous_lean_schema_reads_back_exactly() -> None:
     back = decode_state("c1", LEAN5, _hash_traits(s))
     assert back.to_bytes() == s.to_bytes()  # every field, exactly (schema 4 holds them all)
     assert back.to_bytes(lean=True, top=["books", "shoes"]) == \
-        s.to_bytes(lean=True, top=["books", "shoes"])  # rewritten as schema 6
+        s.to_bytes(lean=True, top=["books", "shoes"])  # rewritten as schema 7
+
+
+def test_schema_6_ids_read_back_as_the_48_bit_hashes_of_today() -> None:
+    s = _rich()
+    top = ["books", "shoes"]
+    blob7 = s.to_bytes(lean=True, top=top)
+    assert blob7[:4] == b"[7]\x00"
+    n = len(s.seen_ids)
+    # schema 6 kept each id in 8 bytes: the hash's upper 16 bits set, as its 64-bit hash had
+    wide = array("Q", [i | 0xBEEF << 48 for i in s.seen_ids]).tobytes()
+    blob6 = b"[6]\x00" + blob7[4:len(blob7) - 6 * n] + wide
+    back = decode_state("c1", blob6, _hash_traits(s))
+    assert list(back.seen_ids) == list(s.seen_ids)
+    assert back.to_bytes() == s.to_bytes() and back.to_bytes(lean=True, top=top) == blob7
 
 
 def _lean_round_trip(s: CustomerState, top: list[str]) -> CustomerState:
