@@ -8,8 +8,7 @@ On a Redis Cluster (the sharded layout, ``stream.shards``) that script moves no 
 it leaves the moves in its slot's outbox, which :class:`~stream.shards.Shards` applies to
 the partition's shards, once, before the caller commits. The scripts: ``stream.write_lua``.
 
-Every script is a redis-py ``register_script`` object, run by its SHA (``EVALSHA``); see
-:meth:`RedisStore.pipelined` for how a batch of calls stays one round trip.
+Scripts run by their SHA (``EVALSHA``), a batch in one round trip (:meth:`RedisStore.pipelined`).
 """
 
 from __future__ import annotations
@@ -230,10 +229,10 @@ class RedisStore:
         await self.shards.apply(outboxes)
 
     async def erase(self, ids: list[str], now_ms: int, model_version: int) -> int:
-        """Forget these customers; return how many had anything stored."""
+        """Forget these customers and the shop's log-in claims of them; how many existed."""
+        k = self.keys
         if not ids:
             return 0
-        k = self.keys
         try:
             results = await self.pipelined(self._erase, 9, [
                 (k.state(cid), k.customer(cid), *self.agg_keys(
@@ -241,6 +240,10 @@ class RedisStore:
                     k.audiences, k.rfm_grid), cid, now_ms, self.maxlen, model_version,
                  k.partition("")[:-1], self.shard_arg(0)) for cid in ids])
             await self.apply_outboxes(ids, results)
+            async with self.r.pipeline(transaction=False) as pipe:  # each names the other id
+                for cid in ids:
+                    pipe.delete(k.shop_claim(cid))
+                await pipe.execute()
         except RETRIABLE as exc:
             raise RetriableError(f"Redis unavailable while erasing: {reason(exc)}") from exc
         return sum(1 for res in results if res[0])

@@ -135,3 +135,22 @@ async def test_profiles_written_by_pythons_json_still_load(own: aioredis.Redis) 
                    b'{"id": "s0", "criterion": {"value": Infinity, "by_count": {"1": NaN}}}')
     assert await store.profiles() == {
         "s0": {"id": "s0", "criterion": {"value": None, "by_count": {"1": None}}, "size": 0}}
+
+
+async def test_erasure_forgets_the_shops_log_in_claims_of_the_id(settings: Settings) -> None:
+    client = connect(settings.redis_url, cluster=settings.redis_cluster)
+    store = RedisStore(client, settings.redis_prefix, settings.stream_maxlen)
+    k = store.keys
+    try:
+        await store.write([assignment("claimed-1", 0, "s1"), assignment("kept-1", 1, "s1")],
+                          1767225600000)
+        # as the shop's log-in leaves them: each id claimed, naming the other id
+        for a, b in (("claimed-1", "anon-claimed-1"), ("kept-1", "anon-kept-1")):
+            await client.set(k.shop_claim(a), b, ex=86_400)
+            await client.set(k.shop_claim(b), a, ex=86_400)
+        assert await store.erase(["claimed-1", "anon-claimed-1"], 1767225600000, 3) == 1
+        assert await client.exists(k.shop_claim("claimed-1"), k.shop_claim("anon-claimed-1")) == 0
+        assert await client.get(k.shop_claim("kept-1")) == b"anon-kept-1"
+        assert await client.exists(k.customer("claimed-1"), k.state("claimed-1")) == 0
+    finally:
+        await client.aclose()
