@@ -114,9 +114,9 @@ class Segmenter:
     def missing(self, parsed: Parsed) -> set[str]:
         """Customer ids whose state is not cached (the caller loads them from Redis)."""
         states, stitch = self.cache.states, self.stitch
-        ids = {e.customer_id for _, e in parsed
-               if type(e) is Event and e.customer_id not in states}
-        ids.update(stitch.target(e) for _, e in parsed if isinstance(e, (Link, Merge, Unlink)))
+        ids = {e.customer_id if type(e) is Event else stitch.target(e)  # type: ignore[arg-type]
+               for _, e in parsed if (e.customer_id not in states if type(e) is Event
+                                      else isinstance(e, (Link, Merge, Unlink)))}  # one pass
         return ids - states.keys() - stitch.links.keys() if stitch.links else ids
 
     # -- one batch ------------------------------------------------------------------------------

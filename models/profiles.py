@@ -19,6 +19,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from models.features import FEATURE_NAMES, FEATURES, from_model_space
@@ -174,17 +175,41 @@ def customer_explanation(z: list[float], centre: list[float], name: str = "",
     >>> customer_explanation(z, c, "Big spenders")
     'big spenders, frequent buyers'
     """
-    phrases = [_phrase(t[0], t[1], buyer) or p for p in name.split(" (")[0].lower().split(", ")
-               if (t := _TRAIT_OF.get(p)) and z[t[0]] * t[1] >= KEEP_Z]
-    for i in sorted(range(len(centre)), key=lambda i: -abs(centre[i])):
-        ci, zi = centre[i], z[i]
-        if abs(ci) < MIN_Z:
+    phrases = [_phrase(i, d, buyer) or p for p, i, d in _name_terms(name)
+               if z[i] * d >= KEEP_Z]
+    for i, ci, to_buyer, to_other in _centre_terms(tuple(centre)):
+        if len(phrases) >= most:  # only the first ``most`` are given
             break
-        phrase = _phrase(i, 1 if ci > 0 else -1, buyer)
+        zi = z[i]
+        phrase = to_buyer if buyer else to_other
         if phrase and zi * ci > 0 and abs(zi) >= MIN_Z and phrase not in phrases:
             phrases.append(phrase)
     phrases = phrases[:most]
     return ", ".join(phrases) if phrases else "close to the segment's typical customer"
+
+
+# Every segment change is explained (per customer), against a handful of centres and names
+# per model: their parts are worked out once, not per customer.
+@functools.lru_cache(maxsize=256)
+def _name_terms(name: str) -> tuple[tuple[str, int, int], ...]:
+    """The phrases of a segment name that name a trait: (phrase, feature, direction)."""
+    return tuple((p, *t) for p in name.split(" (")[0].lower().split(", ")
+                 if (t := _TRAIT_OF.get(p)))
+
+
+@functools.lru_cache(maxsize=256)
+def _centre_terms(centre: tuple[float, ...]
+                  ) -> tuple[tuple[int, float, str | None, str | None], ...]:
+    """A centre's features that set it apart, strongest first: (feature, its value, the
+    phrase for a buyer, for a customer without a purchase)."""
+    out = []
+    for i in sorted(range(len(centre)), key=lambda i: -abs(centre[i])):
+        ci = centre[i]
+        if abs(ci) < MIN_Z:
+            break
+        sign = 1 if ci > 0 else -1
+        out.append((i, ci, _phrase(i, sign, True), _phrase(i, sign, False)))
+    return tuple(out)
 
 
 def unique_names(names: list[str]) -> list[str]:

@@ -76,6 +76,8 @@ N_COUNTERS = 16
 DAY_MS = 86_400_000
 _EXACT = 2 ** 53  # integers beyond lose their units digit as floats
 _BIG_ENDIAN = sys.byteorder == "big"
+_BITS = tuple(1 << i for i in range(N_COUNTERS))  # counter i's bit in the mask
+_SMALL = [bytes((n,)) for n in range(0x80)]  # one-byte varints
 
 
 def _zz(n: int) -> int:
@@ -153,23 +155,25 @@ def _put_name(out: list[int], name: str, places: Mapping[str, int]) -> None:
 def pack_lean(s: Any, top: Sequence[str] = ()) -> bytes:
     """The lean form of the state ``s`` (a :class:`models.state.CustomerState`); ``top``:
     the favourite categories the customer hash holds beside it."""
-    last, times = s.last_ts, s.seen_ms
-    floats, mask = [], 0
-    for i, v in enumerate(s.counters):
-        if v:
-            mask |= 1 << i
-            floats.append(v)
-    ints = [len(times), _zz(s.partition), _zz(s.offset), mask,
+    # (runs for every written customer: C-level loops where they do the same)
+    last, times, counters = s.last_ts, s.seen_ms, s.counters
+    floats = list(itertools.compress(counters, counters))  # those that are not 0
+    partition, offset = s.partition, s.offset
+    ints = [len(times), partition << 1 if partition >= 0 else ~(partition << 1),
+            offset << 1 if offset >= 0 else ~(offset << 1),
+            sum(itertools.compress(_BITS, counters)),
             _zz(last - s.floor_ms) + 1 if s.floor_ms else 0]
     # each id's time after the previous one's (the first: before the last event), zig-zag
     ints += [d << 1 if d >= 0 else ~(d << 1)
              for d in map(operator.sub, itertools.chain((last,), times), times)]
     _num(ints, floats, s.spend_total)
-    at = {name: i for i, name in enumerate(top)}
-    ints.append(len(s.categories))
-    for name, weight in s.categories.items():
-        _put_name(ints, name, at)
-        floats.append(weight)
+    cats = s.categories
+    ints.append(len(cats))
+    if cats:
+        at = {name: i for i, name in enumerate(top)}
+        for name in cats:
+            _put_name(ints, name, at)
+        floats += cats.values()
     windows = [(t, days) for t, days in s.windows.items() if days]
     ints.append(len(windows))
     for etype, days in windows:
@@ -189,14 +193,15 @@ def pack_lean(s: Any, top: Sequence[str] = ()) -> bytes:
             else:
                 _num(ints, floats, amount)
     head = _varints(ints)
+    n = len(head)
     ids = s.seen_ids
     if _BIG_ENDIAN:
         ids = array("Q", ids)
         ids.byteswap()
     raw = ids.tobytes()  # little-endian: each id's low 6 bytes (the rest are 0)
-    return b"%s%s%s%s%s" % (LEAN_FRAME, _varints([len(head)]), head,
-                            struct.pack(f"<{len(floats)}d", *floats),
-                            b"".join([raw[i:i + 6] for i in range(0, len(raw), 8)]))
+    return b"".join((LEAN_FRAME, _varints([n]) if n >= 0x80 else _SMALL[n], head,
+                     struct.pack(f"<{len(floats)}d", *floats),
+                     b"".join([raw[i:i + 6] for i in range(0, len(raw), 8)])))
 
 
 def _read_traits(s: Any, traits: Mapping[str, Any] | None) -> list[str]:

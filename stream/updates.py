@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import dataclasses
 import time
 
 from models.config import BatchResult
@@ -130,7 +131,9 @@ class ModelUpdates(Helper):
     def submit(self, model: BaseModel, job: LearnJob) -> Running:
         """Start ``job`` on a copy of ``model`` now (not running: done inline, on a copy)."""
         if self.running:
-            return self.call(_learn, model, job)
+            # what learning reads: not the changed customers' events (a pickle of
+            # thousands of events per update, for the core to take back unread)
+            return self.call(_learn, model, dataclasses.replace(job, changed={}))
         done: Running = asyncio.get_running_loop().create_future()
         done.set_result(learn(copy.deepcopy(model), job))
         return done
