@@ -150,7 +150,8 @@ class EventPipeline:
         Per batch, new segments are written at once (with their change-stream entries); the
         other changed states are written once per commit interval, right before the commit
         (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
-        not one per batch. Nothing is committed that Redis does not hold.
+        not one per batch; while caught up, in slices between the next batches (RFM names
+        after the last, then the commit). Nothing is committed that Redis does not hold.
         """
         assert self.reader is not None
         interval = self.settings.commit_interval_s
@@ -169,10 +170,18 @@ class EventPipeline:
                     self._idle.clear()  # set again only when the loop has drained and exited
                     async with self.lock:
                         await self._apply_batch(batch, parsed)
-                if time.monotonic() >= next_flush:
+                assert self.writer is not None
+                size = 0 if self.reader.behind else self.settings.flush_slice
+                if self.writer.flushing:
                     async with self.lock:
-                        await self.flush_and_commit()
+                        await self.writer.flush_step(size)
+                elif time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + interval
+                    async with self.lock:
+                        await self.settle()
+                        await self.writer.begin_flush(self.core.drain(), self.core.cache.states,
+                                                      functools.partial(self.rfm.tick, self.core),
+                                                      size)
         finally:
             await self.reader.close()
             async with self.lock:
@@ -269,10 +278,12 @@ class EventPipeline:
     async def maintain(self, rescore: int) -> None:
         """Keep the shared model and audiences in sync, then re-score up to ``rescore``
         customers without new events (time passed, or the model moved); writes what changed.
-        Called on a timer, and once before consuming."""
+        Called on a timer, and once before consuming; never during a flush in slices (its
+        drained states would overwrite customers re-scored now)."""
         assert self.writer is not None
         version = await self.writer.retry(self.audiences.version)
-        async with self.lock:
+        await self.writer.between_flushes(self.lock)
+        try:
             await self.settle()
             if version != self.audiences_version:
                 # new definitions apply to what follows; a write of older ones is refused
@@ -290,6 +301,8 @@ class EventPipeline:
             timed = 0 if self.audience_pass.running else rescore
             await self.writer.write_rescored(self.core.assigner.audience_moves(
                 self.core.model, timed), now_ms, rescored=False)
+        finally:
+            self.lock.release()
         progress = self.audience_pass.progress()
         if progress is not None:
             await self.writer.retry(functools.partial(
@@ -302,17 +315,3 @@ class EventPipeline:
     def assigned(self) -> int:
         """Partitions assigned to this worker now."""
         return len(self.consumer.assignment()) if self.consumer is not None else 0
-
-    async def refresh_sizes(self) -> dict[str, int]:
-        """Read segment and audience sizes from Redis into the gauges; returns the
-        segments'."""
-        sizes = await self.store.sizes()
-        for sid, n in sizes.items():
-            self.metrics.segment_size.labels(sid).set(n)
-        gauge = self.metrics.audience_size
-        members = await self.audiences.sizes()
-        for aid, n in members.items():
-            gauge.labels(aid).set(n)
-        for (aid,) in [k for k in gauge._metrics if k[0] not in members]:  # deleted ones
-            gauge.remove(aid)
-        return sizes
