@@ -37,6 +37,7 @@ from stream.parsing import Validator
 from stream.redis_io import RedisStore
 from stream.rfm_io import RfmRefresher
 from stream.settings import Settings
+from stream.slices import drain_states, full_writes
 from stream.updates import ModelUpdates
 from stream.warm import Warmer
 from stream.writes import BatchWriter
@@ -179,9 +180,11 @@ class EventPipeline:
                     next_flush = time.monotonic() + interval
                     async with self.lock:
                         await self.settle()
-                        await self.writer.begin_flush(self.core.drain(), self.core.cache.states,
-                                                      functools.partial(self.rfm.tick, self.core),
-                                                      size)
+                        drained, again = drain_states(self.core)
+                        await self.writer.begin_flush(
+                            drained, self.core.cache.states,
+                            functools.partial(full_writes, self.core, again=again),
+                            functools.partial(self.rfm.tick, self.core), size)
         finally:
             await self.reader.close()
             async with self.lock:

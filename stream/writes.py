@@ -42,6 +42,8 @@ from stream.redis_io import RedisStore
 from stream.stitch_io import Stitching
 
 log = logging.getLogger(__name__)
+Encode = Callable[[list[CustomerState]], list[Assignment]]
+"""Full writes of customer states (:func:`stream.slices.full_writes`)."""
 
 
 class BatchWriter:
@@ -74,7 +76,8 @@ class BatchWriter:
         self._erasing: set[str] = set()  # customers it erases
         # a flush in slices: states drained and not written yet, by customer (in order), what
         # runs after them, and the offsets their commit covers (None: no flush under way)
-        self._slices: dict[str, Assignment] = {}
+        self._slices: dict[str, CustomerState] = {}
+        self._encode: Encode = lambda _: []
         self._then: Callable[[], Awaitable[Any]] | None = None
         self._flush_offsets: dict[TopicPartition, int] | None = None
         self._flush_at = 0.0  # when it began: what stays uncommitted after it is newer
@@ -152,18 +155,21 @@ class BatchWriter:
         """A flush in slices is under way (:meth:`flush_step` goes on with it)."""
         return self._flush_offsets is not None
 
-    async def begin_flush(self, drained: list[Assignment], cached: Container[str],
+    async def begin_flush(self, drained: list[CustomerState], cached: Container[str],
+                          encode: Encode,
                           then: Callable[[], Awaitable[Any]] | None, size: int) -> None:
-        """Start a flush in slices of ``drained`` and write the first :meth:`flush_step`;
-        ``then`` runs after the last slice, and the commit covers what was applied until
-        now. Those not in ``cached`` (evicted by the drain) are written at once: a batch
-        would read them from Redis. The caller has settled the core and waited for
-        :meth:`written`."""
-        evicted = [a for a in drained if a.customer_id not in cached]
+        """Start a flush in slices of the ``drained`` states (``encode``: their full writes,
+        built as each slice goes out, :mod:`stream.slices`) and write the first
+        :meth:`flush_step`; ``then`` runs after the last slice, and the commit covers what
+        was applied until now. Those not in ``cached`` (evicted by the drain) are written at
+        once: a batch would read them from Redis. The caller has settled the core and waited
+        for :meth:`written`."""
+        evicted = [st for st in drained if st.customer_id not in cached]
         if evicted:
-            await self._write_slice(evicted)
-        self._slices.update((a.customer_id, a) for a in drained if a.customer_id in cached)
-        self._then, self._flush_offsets = then, dict(self._uncommitted)
+            await self._write_slice(encode(evicted))
+        self._slices.update((st.customer_id, st) for st in drained
+                            if st.customer_id in cached)
+        self._encode, self._then, self._flush_offsets = encode, then, dict(self._uncommitted)
         self._flush_at = time.time()
         self.flushed.clear()
         await self.flush_step(size)
@@ -183,7 +189,7 @@ class BatchWriter:
         once the flush is done (committed, or the commit left for later)."""
         if self._slices:
             ids = list(itertools.islice(self._slices, size)) if size > 0 else list(self._slices)
-            part = [self._slices.pop(cid) for cid in ids]
+            part = self._encode([self._slices.pop(cid) for cid in ids])
             await self.written()
             self._writing = asyncio.create_task(self._write_slice(part))
             if self._slices or size > 0:  # (in slices, the last one's write overlaps too)
@@ -208,7 +214,7 @@ class BatchWriter:
         left, run ``then`` (what must follow the writes before the commit: RFM names that
         moved with them), then commit what was applied. The caller has settled the core and
         waited for :meth:`written`."""
-        drained = [*self._slices.values(), *drained]
+        drained = [*self._encode(list(self._slices.values())), *drained]
         self._slices, self._then, self._flush_offsets = {}, None, None
         if drained:
             await self._write_slice(drained)

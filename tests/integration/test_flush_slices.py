@@ -12,6 +12,7 @@ batches touch, so every drain evicts some, whom the next batches read back from 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import time
 from typing import Any
@@ -29,6 +30,7 @@ from stream.metrics import Metrics
 from stream.modelsync import ModelSync
 from stream.redis_io import RedisStore, connect
 from stream.settings import Settings
+from stream.slices import drain_states, full_writes
 from stream.writes import BatchWriter
 from tests.integration.helpers import consume_all, produce
 
@@ -52,18 +54,19 @@ async def run(settings: Settings, recs: list[Record],
     flushes: list[tuple[dict[TopicPartition, int], dict[TopicPartition, int]]] = []
     at_flush: dict[TopicPartition, int] = {}
     drained: list[Any] = []
+    held: dict[str, tuple[int, int]] = {}
     erase, returned = "", 0
     try:
         for n, i in enumerate(range(0, len(recs), BATCH)):
             part = recs[i:i + BATCH]
             if n == FLUSH_EVERY:  # (not a record of the topic: no offset to commit)
-                erase = [a.customer_id for a in drained if a.customer_id in core.cache][-1]
+                erase = [st.customer_id for st in drained if st.customer_id in core.cache][-1]
                 assert not size or erase in writer._slices  # between two slices
                 part = [*part, Record(settings.events_topic, 0, -1, erase.encode(), None,
                                       ((CONTROL_HEADER, b"erase"),))]
             parsed = core.parse(part)
             if writer.flushing:  # evicted by the drain, read back before its last slice
-                returned += len(core.missing(parsed) & {a.customer_id for a in drained})
+                returned += len(core.missing(parsed) & held.keys())
             res = core.apply(parsed, await writer.load(core, parsed))
             offsets = {TopicPartition(r.topic, r.partition): r.offset + 1 for r in part
                        if r.offset >= 0}
@@ -74,14 +77,18 @@ async def run(settings: Settings, recs: list[Record],
                 done = await writer.flush_step(size)
             elif n % FLUSH_EVERY == FLUSH_EVERY - 1:
                 await writer.written()
-                at_flush, drained = dict(applied), core.drain()
-                await writer.begin_flush(drained, core.cache.states, None, size)
+                drained, again = drain_states(core)
+                at_flush = dict(applied)
+                held = {st.customer_id: (st.partition, st.offset) for st in drained}
+                await writer.begin_flush(drained, core.cache.states,
+                                         functools.partial(full_writes, core, again=again),
+                                         None, size)
                 done = not writer.flushing
             else:
                 continue
             if done:  # what the commit covered, Redis holds
                 flushes.append((at_flush, await committed(consumer, tps)))
-                await check_held(store, drained, erase)
+                await check_held(store, held, erase)
         await writer.written()
         await writer.flush_and_commit(core.drain())
         assert await committed(consumer, tps) == applied
@@ -117,15 +124,15 @@ async def committed(consumer: AIOKafkaConsumer,
     return {tp: o for tp, o in out.items() if o is not None}
 
 
-async def check_held(store: RedisStore, states: list[Any], erased: str) -> None:
-    """Redis holds each drained state, or a newer one of the same partition."""
-    for a in states:
-        raw = await store.r.get(store.keys.state(a.customer_id))
-        if a.customer_id == erased:
+async def check_held(store: RedisStore, held: dict[str, tuple[int, int]], erased: str) -> None:
+    """Redis holds each state drained (its partition and offset then), or a newer one."""
+    for cid, (partition, offset) in held.items():
+        raw = await store.r.get(store.keys.state(cid))
+        if cid == erased:
             continue
-        assert raw is not None, a.customer_id
+        assert raw is not None, cid
         p, o, _ = raw.split(b":", 2)
-        assert int(p) == a.partition and int(o) >= a.offset, a.customer_id
+        assert int(p) == partition and int(o) >= offset, cid
 
 
 async def dump(r: aioredis.Redis, prefix: str) -> dict[str, Any]:
