@@ -182,7 +182,7 @@ class Settings:
     """Customer states kept in worker memory; the rest are re-read from Redis."""
     commit_interval_s: float = 1.0
     """Seconds between state flushes + offset commits (new segments are written at once)."""
-    flush_slice: int = 500
+    flush_slice: int = 200
     """Most changed states written between two batches while the worker is caught up: the
     interval flush is written in slices interleaved with batches (the commit follows the
     last), so a live event waits behind one slice, not a whole flush (issue #21). Behind,
