@@ -151,9 +151,8 @@ class EventPipeline:
         Per batch, new segments are written at once (with their change-stream entries); the
         other changed states are written once per commit interval, right before the commit
         (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
-        not one per batch; while caught up, in slices between the next batches (RFM names
-        after the last, then the commit). Nothing is committed that Redis does not hold.
-        """
+        not one per batch; caught up, in slices between batches (RFM names after the last,
+        then the commit). Nothing is committed that Redis does not hold."""
         assert self.reader is not None
         interval = self.settings.commit_interval_s
         next_flush = time.monotonic() + interval
@@ -282,7 +281,7 @@ class EventPipeline:
         """Keep the shared model and audiences in sync, then re-score up to ``rescore``
         customers without new events (time passed, or the model moved); writes what changed.
         Called on a timer, and once before consuming; never during a flush in slices (its
-        drained states would overwrite customers re-scored now)."""
+        drained states would overwrite customers re-scored now); re-scoring in slices too."""
         assert self.writer is not None
         version = await self.writer.retry(self.audiences.version)
         await self.writer.between_flushes(self.lock)
@@ -299,13 +298,14 @@ class EventPipeline:
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
-            await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
             # event time moved cached memberships; not during a pass (reason "definition")
             timed = 0 if self.audience_pass.running else rescore
             await self.writer.write_rescored(self.core.assigner.audience_moves(
                 self.core.model, timed), now_ms, rescored=False)
         finally:
             self.lock.release()
+        slices = self.settings.flush_slice
+        await self.writer.rescore(self.lock, self.settle, self.core.rescore, rescore, slices)
         progress = self.audience_pass.progress()
         if progress is not None:
             await self.writer.retry(functools.partial(

@@ -183,6 +183,22 @@ class BatchWriter:
                 return
             lock.release()
 
+    async def rescore(self, lock: asyncio.Lock, settle: Callable[[], Awaitable[None]],
+                      rescore: Callable[[int], list[Assignment]], budget: int,
+                      size: int) -> None:
+        """Re-score ``budget`` customers (``rescore``: the core's) in slices of ``size`` (0:
+        at once), each under ``lock`` between flushes in slices and after ``settle``, and
+        write those who moved: batches go on between two slices, as with the flush."""
+        while budget > 0:
+            n = min(budget, size or budget)
+            budget -= n
+            await self.between_flushes(lock)
+            try:
+                await settle()
+                await self.write_rescored(rescore(n), int(time.time() * 1000))
+            finally:
+                lock.release()
+
     async def flush_step(self, size: int) -> bool:
         """Write the next ``size`` states of the flush under way (0: all of them), in order
         with the batches' work; after the last, run its ``then`` and commit. Returns True
