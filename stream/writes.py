@@ -6,13 +6,11 @@ one at a time and in order, so a customer's writes stay ordered. Its offsets bec
 committable only once that work is done, and :meth:`BatchWriter.flush_and_commit` writes the
 other changed states before committing: nothing is committed that Redis does not hold.
 
-A flush can also go out in slices between batches (:meth:`BatchWriter.begin_flush`,
-:meth:`BatchWriter.flush_step`), through the same queue as the batches' work, so a live event
-waits behind one slice rather than a whole flush. Its commit follows the last slice and
-covers the offsets as of the flush point only (what later batches applied may wait in memory
-for the next flush). A state drained but not written yet is older than anything a later
-batch writes for that customer: the write scripts' offset fence refuses it then; an erasure
-or a link record written meanwhile takes the customer out of the slices still to come.
+A flush can also go out in slices between batches (:meth:`BatchWriter.begin_flush`), in the
+batches' queue, so a live event waits behind one slice, not a whole flush. Its commit follows
+the last slice and covers the offsets as of the flush point (what later batches applied
+waits for the next flush). A slice writes its states as they are then, fenced by offset; an
+erasure or a link record written meanwhile takes the customer out of the slices to come.
 """
 
 from __future__ import annotations
@@ -205,7 +203,9 @@ class BatchWriter:
         once the flush is done (committed, or the commit left for later)."""
         if self._slices:
             ids = list(itertools.islice(self._slices, size)) if size > 0 else list(self._slices)
+            started = time.perf_counter()  # (building the writes: main thread, as the I/O)
             part = self._encode([self._slices.pop(cid) for cid in ids])
+            self.metrics.busy.labels("flush").inc(time.perf_counter() - started)
             await self.written()
             self._writing = asyncio.create_task(self._write_slice(part))
             if self._slices or size > 0:  # (in slices, the last one's write overlaps too)
