@@ -304,7 +304,7 @@ class EventPipeline:
                 self.core.model, timed), now_ms, rescored=False)
         finally:
             self.lock.release()
-        slices = self.settings.flush_slice
+        slices = 0 if self.reader is None or self.reader.behind else self.settings.flush_slice
         await self.writer.rescore(self.lock, self.settle, self.core.rescore, rescore, slices)
         progress = self.audience_pass.progress()
         if progress is not None:

@@ -186,7 +186,8 @@ class Settings:
     """Most changed states written between two batches while the worker is caught up: the
     interval flush is written in slices interleaved with batches (the commit follows the
     last), so a live event waits behind one slice, not a whole flush (issue #21). Behind,
-    and with ``0``, the flush is written at once (throughput)."""
+    and with ``0``, the flush is written at once (throughput). Re-scoring goes in slices of
+    the same size."""
     batch_max: int = 20000
     """Most records consumed per batch (larger batches amortise per-batch work; measured)."""
     live_batch_max: int = 1000
