@@ -10,7 +10,7 @@ import os
 import sys
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import faust
 from aiohttp_cors import ResourceOptions
@@ -21,6 +21,9 @@ from stream.errors import reason
 from stream.monitor import LagWatch, every
 from stream.runtime import Runtime
 from stream.settings import Settings
+
+if TYPE_CHECKING:
+    from stream.pipeline import EventPipeline
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +108,7 @@ def create_app(settings: Settings) -> faust.App:
             rt.metrics.assigned.set(rt.pipeline.assigned())
             rt.metrics.cached.set(len(rt.pipeline.core.cache))
             rt.metrics.health_ok.set(0 if rt.problems() else 1)
-            sizes = await rt.pipeline.refresh_sizes()
+            sizes = await refresh_sizes(rt.pipeline)
             totals = lag.totals(now_ms)
             if totals is not None:  # the last lag read's: never waits for the broker
                 rt.dashboard.sample(rt.status(), sizes, *totals)
@@ -166,3 +169,17 @@ def run_worker(settings: Settings, loglevel: str = "info") -> None:
         sys.stdout.flush()
         os._exit(code)
     sys.exit(code)
+
+
+async def refresh_sizes(pipeline: EventPipeline) -> dict[str, int]:
+    """Read segment and audience sizes from Redis into the gauges; returns the segments'."""
+    sizes = await pipeline.store.sizes()
+    for sid, n in sizes.items():
+        pipeline.metrics.segment_size.labels(sid).set(n)
+    gauge = pipeline.metrics.audience_size
+    members = await pipeline.audiences.sizes()
+    for aid, n in members.items():
+        gauge.labels(aid).set(n)
+    for (aid,) in [k for k in gauge._metrics if k[0] not in members]:  # deleted ones
+        gauge.remove(aid)
+    return sizes

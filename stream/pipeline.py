@@ -37,6 +37,7 @@ from stream.parsing import Validator
 from stream.redis_io import RedisStore
 from stream.rfm_io import RfmRefresher
 from stream.settings import Settings
+from stream.slices import drain_states, full_writes
 from stream.updates import ModelUpdates
 from stream.warm import Warmer
 from stream.writes import BatchWriter
@@ -150,8 +151,8 @@ class EventPipeline:
         Per batch, new segments are written at once (with their change-stream entries); the
         other changed states are written once per commit interval, right before the commit
         (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
-        not one per batch. Nothing is committed that Redis does not hold.
-        """
+        not one per batch; caught up, in slices between batches (RFM names after the last,
+        then the commit). Nothing is committed that Redis does not hold."""
         assert self.reader is not None
         interval = self.settings.commit_interval_s
         next_flush = time.monotonic() + interval
@@ -169,10 +170,20 @@ class EventPipeline:
                     self._idle.clear()  # set again only when the loop has drained and exited
                     async with self.lock:
                         await self._apply_batch(batch, parsed)
-                if time.monotonic() >= next_flush:
+                assert self.writer is not None
+                size = 0 if self.reader.behind else self.settings.flush_slice
+                if self.writer.flushing:
                     async with self.lock:
-                        await self.flush_and_commit()
+                        await self.writer.flush_step(size)
+                elif time.monotonic() >= next_flush:
                     next_flush = time.monotonic() + interval
+                    async with self.lock:
+                        await self.settle()
+                        drained, again = drain_states(self.core)
+                        await self.writer.begin_flush(
+                            drained, self.core.cache.states,
+                            functools.partial(full_writes, self.core, again=again),
+                            functools.partial(self.rfm.tick, self.core), size)
         finally:
             await self.reader.close()
             async with self.lock:
@@ -269,10 +280,12 @@ class EventPipeline:
     async def maintain(self, rescore: int) -> None:
         """Keep the shared model and audiences in sync, then re-score up to ``rescore``
         customers without new events (time passed, or the model moved); writes what changed.
-        Called on a timer, and once before consuming."""
+        Called on a timer, and once before consuming; never during a flush in slices (its
+        drained states would overwrite customers re-scored now); re-scoring in slices too."""
         assert self.writer is not None
         version = await self.writer.retry(self.audiences.version)
-        async with self.lock:
+        await self.writer.between_flushes(self.lock)
+        try:
             await self.settle()
             if version != self.audiences_version:
                 # new definitions apply to what follows; a write of older ones is refused
@@ -285,11 +298,14 @@ class EventPipeline:
             now_ms = int(time.time() * 1000)
             for res in await self.writer.retry(functools.partial(self.sync.tick, self.core)):
                 await self.writer.write_rescored(res.assignments, now_ms)
-            await self.writer.write_rescored(self.core.rescore(rescore), now_ms)
             # event time moved cached memberships; not during a pass (reason "definition")
             timed = 0 if self.audience_pass.running else rescore
             await self.writer.write_rescored(self.core.assigner.audience_moves(
                 self.core.model, timed), now_ms, rescored=False)
+        finally:
+            self.lock.release()
+        slices = 0 if self.reader is None or self.reader.behind else self.settings.flush_slice
+        await self.writer.rescore(self.lock, self.settle, self.core.rescore, rescore, slices)
         progress = self.audience_pass.progress()
         if progress is not None:
             await self.writer.retry(functools.partial(
@@ -302,17 +318,3 @@ class EventPipeline:
     def assigned(self) -> int:
         """Partitions assigned to this worker now."""
         return len(self.consumer.assignment()) if self.consumer is not None else 0
-
-    async def refresh_sizes(self) -> dict[str, int]:
-        """Read segment and audience sizes from Redis into the gauges; returns the
-        segments'."""
-        sizes = await self.store.sizes()
-        for sid, n in sizes.items():
-            self.metrics.segment_size.labels(sid).set(n)
-        gauge = self.metrics.audience_size
-        members = await self.audiences.sizes()
-        for aid, n in members.items():
-            gauge.labels(aid).set(n)
-        for (aid,) in [k for k in gauge._metrics if k[0] not in members]:  # deleted ones
-            gauge.remove(aid)
-        return sizes

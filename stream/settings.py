@@ -182,6 +182,12 @@ class Settings:
     """Customer states kept in worker memory; the rest are re-read from Redis."""
     commit_interval_s: float = 1.0
     """Seconds between state flushes + offset commits (new segments are written at once)."""
+    flush_slice: int = 200
+    """Most changed states written between two batches while the worker is caught up: the
+    interval flush is written in slices interleaved with batches (the commit follows the
+    last), so a live event waits behind one slice, not a whole flush (issue #21). Behind,
+    and with ``0``, the flush is written at once (throughput). Re-scoring goes in slices of
+    the same size."""
     batch_max: int = 20000
     """Most records consumed per batch (larger batches amortise per-batch work; measured)."""
     live_batch_max: int = 1000

@@ -5,15 +5,22 @@ segments with their change-stream entries) runs as one task while the next batch
 one at a time and in order, so a customer's writes stay ordered. Its offsets become
 committable only once that work is done, and :meth:`BatchWriter.flush_and_commit` writes the
 other changed states before committing: nothing is committed that Redis does not hold.
+
+A flush can also go out in slices between batches (:meth:`BatchWriter.begin_flush`), in the
+batches' queue, so a live event waits behind one slice, not a whole flush. Its commit follows
+the last slice and covers the offsets as of the flush point (what later batches applied
+waits for the next flush). A slice writes its states as they are then, fenced by offset; an
+erasure or a link record written meanwhile takes the customer out of the slices to come.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import itertools
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Container
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
@@ -33,6 +40,8 @@ from stream.redis_io import RedisStore
 from stream.stitch_io import Stitching
 
 log = logging.getLogger(__name__)
+Encode = Callable[[list[CustomerState]], list[Assignment]]
+"""Full writes of customer states (:func:`stream.slices.full_writes`)."""
 
 
 class BatchWriter:
@@ -62,6 +71,17 @@ class BatchWriter:
         self.freshness_sink: Any = None  # a deque that receives recent freshness samples
         self._uncommitted: dict[TopicPartition, int] = {}
         self._writing: asyncio.Task[None] | None = None  # the last batch's Redis work
+        self._erasing: set[str] = set()  # customers it erases
+        # a flush in slices: states drained and not written yet, by customer (in order), what
+        # runs after them, and the offsets their commit covers (None: no flush under way)
+        self._slices: dict[str, CustomerState] = {}
+        self._encode: Encode = lambda _: []
+        self._then: Callable[[], Awaitable[Any]] | None = None
+        self._flush_offsets: dict[TopicPartition, int] | None = None
+        self._flush_at = 0.0  # when it began: what stays uncommitted after it is newer
+        self.flushed = asyncio.Event()
+        """Set while no flush in slices is under way."""
+        self.flushed.set()
 
     async def retry(self, call: Callable[[], Awaitable[Any]]) -> Any:
         """:func:`stream.health.retry` for this worker."""
@@ -72,13 +92,17 @@ class BatchWriter:
         if self._writing is not None:
             writing, self._writing = self._writing, None
             await writing
+            self._erasing = set()
 
     async def load(self, core: Segmenter, parsed: Parsed) -> dict[str, CustomerState]:
         """States of the batch's customers that the core does not hold, read from Redis;
         the link records of linked anonymous ids found go to the core's stitcher."""
         links: Links = {}
+        missing = core.missing(parsed)
+        if not self._erasing.isdisjoint(missing):  # read once the erasure is done, or the
+            await self.written()  # state it deletes would come back
         loaded: dict[str, CustomerState] = await self.retry(functools.partial(
-            self.store.load_states, core.missing(parsed), links))
+            self.store.load_states, missing, links))
         core.stitch.load(links)
         return loaded
 
@@ -86,7 +110,12 @@ class BatchWriter:
                           offsets: dict[TopicPartition, int], now_ms: int, version: int,
                           started: float) -> None:
         """Start the batch's Redis work once the previous batch's is done; returns then."""
+        if self._slices:  # a slice still to come must not bring them back
+            for cid in [*result.erased, *(link[0] for link in result.linked),
+                        *(m[0] for m in result.merged)]:
+                self._slices.pop(cid, None)
         await self.written()
+        self._erasing = set(result.erased)
         self._writing = asyncio.create_task(
             self._write(result, snap, offsets, now_ms, version, started))
 
@@ -119,16 +148,98 @@ class BatchWriter:
         self._uncommitted.update(offsets)
         self._observe(result, len(changes), fenced, started)
 
+    @property
+    def flushing(self) -> bool:
+        """A flush in slices is under way (:meth:`flush_step` goes on with it)."""
+        return self._flush_offsets is not None
+
+    async def begin_flush(self, drained: list[CustomerState], cached: Container[str],
+                          encode: Encode,
+                          then: Callable[[], Awaitable[Any]] | None, size: int) -> None:
+        """Start a flush in slices of the ``drained`` states (``encode``: their full writes,
+        built as each slice goes out, :mod:`stream.slices`) and write the first
+        :meth:`flush_step`; ``then`` runs after the last slice, and the commit covers what
+        was applied until now. Those not in ``cached`` (evicted by the drain) are written at
+        once: a batch would read them from Redis. The caller has settled the core and waited
+        for :meth:`written`."""
+        evicted = [st for st in drained if st.customer_id not in cached]
+        if evicted:
+            await self._write_slice(encode(evicted))
+        self._slices.update((st.customer_id, st) for st in drained
+                            if st.customer_id in cached)
+        self._encode, self._then, self._flush_offsets = encode, then, dict(self._uncommitted)
+        self._flush_at = time.time()
+        self.flushed.clear()
+        await self.flush_step(size)
+
+    async def between_flushes(self, lock: asyncio.Lock) -> None:
+        """Take ``lock`` at a moment no flush in slices is under way."""
+        while True:
+            await self.flushed.wait()
+            await lock.acquire()
+            if not self.flushing:
+                return
+            lock.release()
+
+    async def rescore(self, lock: asyncio.Lock, settle: Callable[[], Awaitable[None]],
+                      rescore: Callable[[int], list[Assignment]], budget: int,
+                      size: int) -> None:
+        """Re-score ``budget`` customers (``rescore``: the core's) in slices of ``size`` (0:
+        at once), each under ``lock`` between flushes in slices and after ``settle``, and
+        write those who moved: batches go on between two slices, as with the flush."""
+        while budget > 0:
+            n = min(budget, size or budget)
+            budget -= n
+            await self.between_flushes(lock)
+            try:
+                await settle()
+                await self.write_rescored(rescore(n), int(time.time() * 1000))
+            finally:
+                lock.release()
+
+    async def flush_step(self, size: int) -> bool:
+        """Write the next ``size`` states of the flush under way (0: all of them), in order
+        with the batches' work; after the last, run its ``then`` and commit. Returns True
+        once the flush is done (committed, or the commit left for later)."""
+        if self._slices:
+            ids = list(itertools.islice(self._slices, size)) if size > 0 else list(self._slices)
+            started = time.perf_counter()  # (building the writes: main thread, as the I/O)
+            part = self._encode([self._slices.pop(cid) for cid in ids])
+            self.metrics.busy.labels("flush").inc(time.perf_counter() - started)
+            await self.written()
+            self._writing = asyncio.create_task(self._write_slice(part))
+            if self._slices or size > 0:  # (in slices, the last one's write overlaps too)
+                return False
+        await self.written()
+        then, self._then = self._then, None
+        offsets, self._flush_offsets = self._flush_offsets or {}, None
+        await self._finish(then, offsets)
+        self.flushed.set()
+        return True
+
+    async def _write_slice(self, part: list[Assignment]) -> None:
+        started = time.perf_counter()
+        _, fenced = await self.retry(functools.partial(
+            self.store.write, part, int(time.time() * 1000), refresh=True))
+        self.metrics.fenced.inc(fenced)
+        self.metrics.busy.labels("flush").inc(time.perf_counter() - started)
+
     async def flush_and_commit(self, drained: list[Assignment],
                                then: Callable[[], Awaitable[Any]] | None = None) -> None:
-        """Write ``drained`` (every other changed state), run ``then`` (what must follow
-        the writes before the commit: RFM names that moved with them), then commit what was
-        applied. The caller has settled the core and waited for :meth:`written`."""
-        started = time.perf_counter()
+        """Write ``drained`` (every other changed state) after what a flush in slices has
+        left, run ``then`` (what must follow the writes before the commit: RFM names that
+        moved with them), then commit what was applied. The caller has settled the core and
+        waited for :meth:`written`."""
+        drained = [*self._encode(list(self._slices.values())), *drained]
+        self._slices, self._then, self._flush_offsets = {}, None, None
         if drained:
-            _, fenced = await self.retry(functools.partial(
-                self.store.write, drained, int(time.time() * 1000), refresh=True))
-            self.metrics.fenced.inc(fenced)
+            await self._write_slice(drained)
+        await self._finish(then, dict(self._uncommitted))
+        self.flushed.set()
+
+    async def _finish(self, then: Callable[[], Awaitable[Any]] | None,
+                      offsets: dict[TopicPartition, int]) -> None:
+        started = time.perf_counter()
         if then is not None:
             try:
                 await then()
@@ -136,9 +247,11 @@ class BatchWriter:
                 log.warning("RFM names not brought up to date: %r", exc)
         flushed = time.perf_counter()
         self.metrics.busy.labels("flush").inc(flushed - started)
-        if self._uncommitted and await self._commit(dict(self._uncommitted)):
-            self._uncommitted.clear()
-            self.uncommitted_since = 0.0
+        if offsets and await self._commit(offsets):
+            for tp, offset in offsets.items():  # (later batches' offsets wait for their flush)
+                if self._uncommitted.get(tp) == offset:
+                    del self._uncommitted[tp]
+            self.uncommitted_since = self._flush_at if self._uncommitted else 0.0
         self.metrics.busy.labels("commit").inc(time.perf_counter() - flushed)
 
     async def write_rescored(self, writes: list[Assignment], now_ms: int,
