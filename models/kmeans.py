@@ -63,6 +63,12 @@ class SegmentModel(BaseModel):
         Refreshes in a row that the same other count must win before the model moves to it:
         each refresh judges a new sample, and on a flat index (a real log of lapsed buyers)
         sampling noise alone made the count swing 4 -> 7 -> 4 one refresh apart.
+    resolution
+        Counts whose index is within this relative margin of the lowest one are judged
+        equally good, and a refresh takes the largest of them as its candidate: differences
+        that small are within the noise between two refresh samples, and the finer partition
+        keeps more of the population's variance (a persona merged into another is the costly
+        mistake: at seeds 2 and 4 of ``scripts.evaluate`` one row each ended a count short).
     settle, reach
         Once the count has held for ``settle`` refreshes, a refresh judges only the counts
         within ``reach`` of it (a count further away is reached step by step): the counts
@@ -76,18 +82,19 @@ class SegmentModel(BaseModel):
                  learn_sample: int = 256, seed: int = 42, min_share: float = 0.01,
                  step: float = 0.02, n_init: int = 6, hysteresis: float = 0.02,
                  confirm: int = 2, warm_margin: float = 0.02, settle: int = 3,
-                 reach: int = 2) -> None:
+                 reach: int = 2, resolution: float = 0.03) -> None:
         super().__init__(min_segments, max_segments, warmup, learn_sample, seed, min_share)
         self.step, self.n_init, self.hysteresis = step, n_init, hysteresis
         self.confirm, self.warm_margin = confirm, warm_margin
-        self.settle, self.reach = settle, reach
+        self.settle, self.reach, self.resolution = settle, reach, resolution
         self._pending = (0, 0)  # (count, refreshes in a row it won) while not yet taken
         self._held = 0  # refreshes in a row that kept the count
 
     def params(self) -> dict[str, Any]:
         return {**super().params(), "step": self.step, "n_init": self.n_init,
                 "hysteresis": self.hysteresis, "confirm": self.confirm,
-                "warm_margin": self.warm_margin, "settle": self.settle, "reach": self.reach}
+                "warm_margin": self.warm_margin, "settle": self.settle, "reach": self.reach,
+                "resolution": self.resolution}
 
     def _state(self) -> dict[str, Any]:
         return {"pending": list(self._pending), "held": self._held}
@@ -148,9 +155,12 @@ class SegmentModel(BaseModel):
         for sol in candidates:
             if sol.k in best and sol.inertia <= best[sol.k].inertia * (1 + self.hysteresis / 5):
                 best[sol.k] = sol
-        # The count: lowest Davies-Bouldin index, each count at its best solution; another
-        # count than the current one only when clearly better.
-        chosen = min(best.values(), key=lambda s: s.score)
+        # The count: lowest Davies-Bouldin index (the largest count within ``resolution``
+        # of it), each count at its best solution; another count than the current one only
+        # when clearly better.
+        lowest = min(sol.score for sol in best.values())
+        chosen = max((sol for sol in best.values()
+                      if sol.score <= lowest * (1 + self.resolution)), key=lambda s: s.k)
         now = best.get(self.n_segments)
         if now is not None and chosen.score >= now.score * (1 - self.hysteresis):
             chosen = now
