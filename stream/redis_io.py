@@ -180,6 +180,9 @@ class RedisStore:
         except RETRIABLE as exc:
             self.written.forget()  # some may have been written: none is known to be
             raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
+        except BaseException:  # a script error, a cancellation: likewise
+            self.written.forget()
+            raise
         if refresh:
             return [], sum(1 for r in results if script_status(r) == -1)
         return [r[1] for r in results if r[0] == 1], sum(1 for r in results if r[0] == -1)
