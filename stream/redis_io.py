@@ -177,15 +177,13 @@ class RedisStore:
                     results[i] = res
             self.written.settle(assignments, [script_status(res) for res in results])
             await self.apply_outboxes(assignments, results)
-        except RETRIABLE as exc:
-            self.written.forget()  # some may have been written: none is known to be
-            raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
-        except BaseException:  # a script error, a cancellation: likewise
-            self.written.forget()
+        except BaseException as exc:  # (a cancellation too) some may have been written
+            self.written.forget()  # but none is known to be
+            if isinstance(exc, RETRIABLE):
+                raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
             raise
-        if refresh:
-            return [], sum(1 for r in results if script_status(r) == -1)
-        return [r[1] for r in results if r[0] == 1], sum(1 for r in results if r[0] == -1)
+        fenced = sum(1 for r in results if script_status(r) == -1)
+        return ([] if refresh else [r[1] for r in results if r[0] == 1]), fenced
 
     def _refresh_call(self, now_ms: int, a: Assignment, traits: bytes,
                       base: bytes) -> tuple[Any, ...]:
