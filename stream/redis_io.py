@@ -13,6 +13,7 @@ Scripts run by their SHA (``EVALSHA``), a batch in one round trip (:meth:`RedisS
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any, cast
@@ -32,29 +33,11 @@ from models.stitching import RECORD_FRAME, Links, take_links
 from models.traits import TRAIT_NAMES, from_fields
 from stream.errors import RetriableError, reason
 from stream.keys import Keys, decode_state, load_profile
-from stream.lease import FENCE_LUA
 from stream.resp import evalsha_many, run_many
 from stream.shards import Shards, collect, sum_hashes
-from stream.write_lua import ERASE, REFRESH, UPSERT
+from stream.write_lua import ERASE, PUBLISH, REFRESH, UPSERT
+from stream.written import STALE, WrittenTraits
 
-# Publish a model snapshot unless a newer one is already there, or a newer trainer took the
-# lease since the publisher's fencing token (ARGV[5], '' unfenced): the checkpoint, its
-# version, every segment profile and the lifecycle messages.
-_PUBLISH = FENCE_LUA + """
-if ARGV[5] ~= '' and fenced(KEYS[5], ARGV[5]) then return -1 end
-local current = tonumber(redis.call('GET', KEYS[2]) or '0')
-if current >= tonumber(ARGV[1]) then return 0 end
-redis.call('SET', KEYS[1], ARGV[2])
-redis.call('SET', KEYS[2], ARGV[1])
-local n = tonumber(ARGV[4])
-for i = 1, n do
-  redis.call('HSET', KEYS[3], ARGV[5 + 2 * i - 1], ARGV[5 + 2 * i])
-end
-for i = 5 + 2 * n + 1, #ARGV do
-  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
-end
-return 1
-"""
 log = logging.getLogger(__name__)
 RETRIABLE = (RedisConnectionError, RedisTimeoutError, ConnectionError, OSError)
 
@@ -85,8 +68,11 @@ def connect(url: str, max_connections: int = 16, cluster: bool = False,
 class RedisStore:
     """Reads and writes of one worker."""
 
-    def __init__(self, client: aioredis.Redis, prefix: str, stream_maxlen: int) -> None:
+    def __init__(self, client: aioredis.Redis, prefix: str, stream_maxlen: int,
+                 remember: int = 200_000) -> None:
         self.r = client
+        self.written = WrittenTraits(remember)
+        """The traits last written per customer (``remember`` customers at most)."""
         self.keys = Keys(prefix, cluster=isinstance(client, RedisCluster))
         self.shards = Shards(client, self.keys, stream_maxlen) if self.keys.cluster else None
         """The per-partition aggregates of the sharded layout (None on one Redis)."""
@@ -94,7 +80,7 @@ class RedisStore:
         self._upsert = client.register_script(UPSERT)
         self._refresh = client.register_script(REFRESH)
         self._erase = client.register_script(ERASE)
-        self._publish = client.register_script(_PUBLISH)
+        self._publish = client.register_script(PUBLISH)
 
     async def pipelined(self, script: AsyncScript, nkeys: int,
                          calls: Sequence[Sequence[Any]]) -> list[Any]:
@@ -172,39 +158,53 @@ class RedisStore:
 
         With ``refresh`` the segment is known not to have changed: only the state, the
         confidence, the model version and ``updated_at`` are written (a lighter script).
+        Traits go as the fields changed since this worker's last write
+        (:mod:`stream.written`); the writes whose base was not stored go again in full.
         """
         if not assignments:
             return [], 0
-        k = self.keys
+        call = functools.partial(self._refresh_call if refresh else self._upsert_call, now_ms)
+        script, nkeys = (self._refresh, 9) if refresh else (self._upsert, 11)
+        sent = self.written.send
         try:
-            if refresh:
-                results = await self.pipelined(self._refresh, 9, [
-                    (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
-                        a.customer_id, k.rfm, *k.audience_keys, k.rfm_grid,
-                        k.partition(a.partition)), a.partition,
-                     a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
-                     a.confidence, a.model_version, now_ms, a.segment_name, explanation_arg(a),
-                     a.traits, a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen,
-                     a.audiences, a.audiences_version, self.shard_arg(a.partition))
-                    for a in assignments])
-                await self.apply_outboxes(assignments, results)
-                return [], sum(1 for r in results if script_status(r) == -1)
-            results = await self.pipelined(self._upsert, 11, [
-                (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
-                    a.customer_id, k.sizes, k.changes, k.rfm, *k.audience_keys, k.rfm_grid,
-                    k.partition(a.partition)), a.partition, a.offset,
-                 b"%d:%d:%s" % (a.partition, a.offset, a.state),
-                 a.segment, a.segment_name, a.model_version, now_ms, a.confidence,
-                 a.event_id, a.reason, a.customer_id, self.maxlen, explanation_arg(a),
-                 a.traits, a.rfm, a.audiences, a.audiences_version,
-                 self.shard_arg(a.partition))
-                for a in assignments])
+            results = await self.pipelined(script, nkeys, [call(a, *sent(a))
+                                                           for a in assignments])
+            stale = [i for i, res in enumerate(results) if script_status(res) == STALE]
+            if stale:  # written since this worker's last write: every field
+                again = await self.pipelined(script, nkeys, [
+                    call(assignments[i], assignments[i].traits, b"") for i in stale])
+                for i, res in zip(stale, again, strict=True):
+                    results[i] = res
+            self.written.settle(assignments, [script_status(res) for res in results])
             await self.apply_outboxes(assignments, results)
-        except RETRIABLE as exc:
-            raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
-        changes = [r[1] for r in results if r[0] == 1]
-        fenced = sum(1 for r in results if r[0] == -1)
-        return changes, fenced
+        except BaseException as exc:  # (a cancellation too) some may have been written
+            self.written.forget()  # but none is known to be
+            if isinstance(exc, RETRIABLE):
+                raise RetriableError(f"Redis unavailable while writing: {reason(exc)}") from exc
+            raise
+        fenced = sum(1 for r in results if script_status(r) == -1)
+        return ([] if refresh else [r[1] for r in results if r[0] == 1]), fenced
+
+    def _refresh_call(self, now_ms: int, a: Assignment, traits: bytes,
+                      base: bytes) -> tuple[Any, ...]:
+        k = self.keys
+        return (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
+            a.customer_id, k.rfm, *k.audience_keys, k.rfm_grid, k.partition(a.partition)),
+            a.partition, a.offset, b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment,
+            a.confidence, a.model_version, now_ms, a.segment_name, explanation_arg(a), traits,
+            a.rfm, a.event_id, a.reason, a.customer_id, self.maxlen, a.audiences,
+            a.audiences_version, base, self.shard_arg(a.partition))
+
+    def _upsert_call(self, now_ms: int, a: Assignment, traits: bytes,
+                     base: bytes) -> tuple[Any, ...]:
+        k = self.keys
+        return (k.state(a.customer_id), k.customer(a.customer_id), *self.agg_keys(
+            a.customer_id, k.sizes, k.changes, k.rfm, *k.audience_keys, k.rfm_grid,
+            k.partition(a.partition)), a.partition, a.offset,
+            b"%d:%d:%s" % (a.partition, a.offset, a.state), a.segment, a.segment_name,
+            a.model_version, now_ms, a.confidence, a.event_id, a.reason, a.customer_id,
+            self.maxlen, explanation_arg(a), traits, a.rfm, a.audiences, a.audiences_version,
+            base, self.shard_arg(a.partition))
 
     def agg_keys(self, cid: str, *names: str) -> tuple[str, ...]:
         """The aggregate keys of a customer write: the global ones on one Redis; in the

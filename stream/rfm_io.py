@@ -72,18 +72,24 @@ local function rfm_of(h)
   return rfm_parts(v[1], v[2], v[3])
 end
 """
-# The traits (name/value pairs joined by \x1f), the RFM name and the population.
+# The traits (name/value pairs joined by \x1f), the RFM name and the population. With
+# ``delta`` (stream.written) ``tr`` holds only the fields that changed since the writer's last
+# write, which the state's head showed to be the stored one: every RFM input when one changed
+# (the buckets then come from the same values as a full write's), none when the buckets cannot
+# have moved (no lookup then).
 TRAITS_LUA = RFM_LUA + """
-local function put_traits(h, pop, grid, tr, name)
-  if tr == '' then return end
+local function put_traits(h, pop, grid, tr, name, delta)
+  if tr == '' and not delta then return end
   local args, new = {}, {}
   for part in string.gmatch(tr, '[^\\31]+') do args[#args + 1] = part end
   for i = 1, #args - 1, 2 do new[args[i]] = args[i + 1] end
-  local was = rfm_of(h)
-  local now = rfm_parts(new['last_purchase'], new['orders'], new['revenue'])
-  if table.concat(was, ',') ~= table.concat(now, ',') then
-    move_rfm(pop, grid, was, -1)
-    move_rfm(pop, grid, now, 1)
+  if not delta or new['orders'] or new['revenue'] or new['last_purchase'] then
+    local was = rfm_of(h)
+    local now = rfm_parts(new['last_purchase'], new['orders'], new['revenue'])
+    if table.concat(was, ',') ~= table.concat(now, ',') then
+      move_rfm(pop, grid, was, -1)
+      move_rfm(pop, grid, now, 1)
+    end
   end
   args[#args + 1], args[#args + 2] = 'rfm', name  -- the contract's field: '' without a purchase
   redis.call('HSET', h, unpack(args))

@@ -37,7 +37,8 @@ class Runtime:
         self.health = Health()
         self.redis = connect(settings.redis_url, cluster=settings.redis_cluster,
                              **redis_options(settings))
-        self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen)
+        self.store = RedisStore(self.redis, settings.redis_prefix, settings.stream_maxlen,
+                                remember=settings.state_cache)
         self.audiences = AudienceStore(self.redis, self.store.keys)
         self.pipeline = EventPipeline(settings, self.store, self.metrics, self.health,
                                       self.audiences)

@@ -179,7 +179,8 @@ class Settings:
     model_poll_s: float = 1.0
     """Seconds between checks for a newer model snapshot, and between sample publications."""
     state_cache: int = 200_000
-    """Customer states kept in worker memory; the rest are re-read from Redis."""
+    """Customer states kept in worker memory; the rest are re-read from Redis. Also how many
+    customers' last written traits a worker remembers (a write sends the changed ones)."""
     commit_interval_s: float = 1.0
     """Seconds between state flushes + offset commits (new segments are written at once)."""
     flush_slice: int = 200

@@ -19,6 +19,7 @@ sizes and changes, the partition index) goes through the functions of :data:`AGG
 from __future__ import annotations
 
 from stream.audiences_io import AUDIENCES_LUA
+from stream.lease import FENCE_LUA
 from stream.rfm_io import FORGET_LUA, TRAITS_LUA
 from stream.stitch_lua import LINK_BODY, MERGE_BODY, MIRROR_LUA
 
@@ -44,12 +45,16 @@ local function agg_index(key, member, add)
 end
 -- a customer's state, written unless it holds a later offset of the same source partition
 -- (a replay, or a deposed writer's late write, must not undo a newer state); the head of the
--- state is 'partition:offset:'. False when fenced.
-local function fenced_set(key, partition, offset, value)
-  local p, o = string.match(redis.call('GETRANGE', key, 0, 40), '^(%d+):(%d+):')
+-- state is 'partition:offset:'. False when fenced. With a base (the head of the writer's
+-- last write, stream.written), nil unless the state still has that head: the traits are a
+-- delta from what that write left, which a write since (or none at all) makes wrong.
+local function fenced_set(key, partition, offset, value, base)
+  local head = redis.call('GETRANGE', key, 0, 40)
+  local p, o = string.match(head, '^(%d+):(%d+):')
   if p and tonumber(p) == tonumber(partition) and tonumber(o) > tonumber(offset) then
     return false
   end
+  if base and base ~= '' and string.sub(head, 1, #base) ~= base then return nil end
   redis.call('SET', key, value)
   return true
 end
@@ -88,9 +93,11 @@ def customer_script(prelude: str, body: str, after: str = "") -> str:
 
 
 UPSERT = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
-if not fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return {-1, ''} end
+local set = fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[18])
+if set == nil then return {-2, ''} end
+if not set then return {-1, ''} end
 agg_index(KEYS[11], ARGV[11], 1)
-put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15])
+put_traits(KEYS[2], KEYS[5], KEYS[10], ARGV[14], ARGV[15], ARGV[18] ~= '')
 put_audiences(KEYS[2], KEYS[6], KEYS[7], KEYS[8], KEYS[9], ARGV[16], ARGV[17], ARGV[11],
               ARGV[7], ARGV[9], ARGV[10], ARGV[12])
 if ARGV[4] == '' then return {0, ''} end
@@ -106,9 +113,11 @@ local msg = cjson.encode({customer_id = ARGV[11], ['from'] = old or cjson.null, 
   changed_at = tonumber(ARGV[7]), reason = ARGV[10]})
 agg_xadd(KEYS[4], 'changes', ARGV[12], 'change', msg)
 return {1, msg}
-""", "if res[1] ~= -1 then mirror_links(KEYS[2], ARGV[11]) end\n")
+""", "if res[1] >= 0 then mirror_links(KEYS[2], ARGV[11]) end\n")
 """Write a customer's state and segment: ``{1, change}`` when the segment changed,
-``{0, ''}`` when not, ``{-1, ''}`` when fenced (a newer write from the same partition).
+``{0, ''}`` when not, ``{-1, ''}`` when fenced (a newer write from the same partition),
+``{-2, ''}`` when the traits are a delta (ARGV[18]: its base) from a state no longer stored
+(nothing written: ``stream.written``).
 The hash is copied to the mirrors of the customer's linked anonymous ids (one Redis)."""
 
 # Right to erasure: forget the customer; a change with reason "delete" if it had a segment.
@@ -144,9 +153,11 @@ a stored state (its own partition otherwise, from the state's head)."""
 # The interval flush of customers whose segment did not change: state, confidence, version,
 # and the segment's current name (a renamed segment reaches its customers' hashes).
 REFRESH = customer_script(TRAITS_LUA + AUDIENCES_LUA, """
-if not fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3]) then return -1 end
+local set = fenced_set(KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[18])
+if set == nil then return -2 end
+if not set then return -1 end
 agg_index(KEYS[9], ARGV[14], 1)
-put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11])
+put_traits(KEYS[2], KEYS[3], KEYS[8], ARGV[10], ARGV[11], ARGV[18] ~= '')
 put_audiences(KEYS[2], KEYS[4], KEYS[5], KEYS[6], KEYS[7], ARGV[16], ARGV[17], ARGV[14],
               ARGV[7], ARGV[12], ARGV[13], ARGV[15])
 if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
@@ -155,8 +166,9 @@ if ARGV[4] ~= '' and redis.call('HGET', KEYS[2], 'segment') == ARGV[4] then
   if ARGV[9] ~= '' then put_explanation(KEYS[2], ARGV[9]) end
 end
 return 0
-""", "if res ~= -1 then mirror_links(KEYS[2], ARGV[14]) end\n")
-"""Write a customer's state whose segment did not change: 0, or -1 when fenced."""
+""", "if res >= 0 then mirror_links(KEYS[2], ARGV[14]) end\n")
+"""Write a customer's state whose segment did not change: 0, -1 when fenced, -2 when the
+traits are a delta from a state no longer stored (as :data:`UPSERT`)."""
 
 # The audience pass's write (stream.audience_pass): memberships only, if the state is still
 # the one evaluated (its head as read), with sizes and one message per change.
@@ -176,3 +188,23 @@ fenced)."""
 MERGE = customer_script(FORGET_LUA + AUDIENCES_LUA, MERGE_BODY)
 """Identity stitching: an anonymous id merged into its customer gets its mirror and change
 message (``{1, change}``; ``{0, ''}``: done before). One Redis only: its keys span slots."""
+
+# Publish a model snapshot unless a newer one is already there, or a newer trainer took the
+# lease since the publisher's fencing token (ARGV[5], '' unfenced): the checkpoint, its
+# version, every segment profile and the lifecycle messages.
+PUBLISH = FENCE_LUA + """
+if ARGV[5] ~= '' and fenced(KEYS[5], ARGV[5]) then return -1 end
+local current = tonumber(redis.call('GET', KEYS[2]) or '0')
+if current >= tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('SET', KEYS[2], ARGV[1])
+local n = tonumber(ARGV[4])
+for i = 1, n do
+  redis.call('HSET', KEYS[3], ARGV[5 + 2 * i - 1], ARGV[5 + 2 * i])
+end
+for i = 5 + 2 * n + 1, #ARGV do
+  redis.call('XADD', KEYS[4], 'MAXLEN', '~', ARGV[3], '*', 'lifecycle', ARGV[i])
+end
+return 1
+"""
+"""The model snapshot's script (``stream.redis_io.RedisStore.publish_model``)."""
