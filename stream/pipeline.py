@@ -151,11 +151,11 @@ class EventPipeline:
         Per batch, new segments are written at once (with their change-stream entries); the
         other changed states are written once per commit interval, right before the commit
         (as Kafka Streams caches a changelog), so a busy customer costs one write per interval,
-        not one per batch; caught up, in slices between batches (RFM names after the last,
-        then the commit). Nothing is committed that Redis does not hold."""
+        not one per batch (``commit_interval_behind_s`` while behind); caught up, in slices
+        between batches (RFM names after the last, then the commit). Redis holds what commits."""
         assert self.reader is not None
-        interval = self.settings.commit_interval_s
-        next_flush = time.monotonic() + interval
+        interval, behind = self.settings.commit_interval_s, self.settings.commit_interval_behind_s
+        last_flush = time.monotonic()
         try:
             while not self.stopping.is_set():
                 try:
@@ -175,8 +175,8 @@ class EventPipeline:
                 if self.writer.flushing:
                     async with self.lock:
                         await self.writer.flush_step(size)
-                elif time.monotonic() >= next_flush:
-                    next_flush = time.monotonic() + interval
+                elif time.monotonic() - last_flush >= (behind if self.reader.behind else interval):
+                    last_flush = time.monotonic()
                     async with self.lock:
                         await self.settle()
                         drained, again = drain_states(self.core)

@@ -183,6 +183,10 @@ class Settings:
     customers' last written traits a worker remembers (a write sends the changed ones)."""
     commit_interval_s: float = 1.0
     """Seconds between state flushes + offset commits (new segments are written at once)."""
+    commit_interval_behind_s: float = 5.0
+    """The same while the worker is behind (a backlog, a backfill): a customer's events in
+    that stretch cost one write, not one per second (as a Kafka Streams cache is flushed on
+    its commit interval); caught up again, ``commit_interval_s`` holds at once."""
     flush_slice: int = 200
     """Most changed states written between two batches while the worker is caught up: the
     interval flush is written in slices interleaved with batches (the commit follows the

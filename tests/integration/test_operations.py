@@ -156,3 +156,42 @@ async def _equal(worker: WorkerProcess, expected: dict[int, int]) -> bool:
 
 async def _healthy(worker: WorkerProcess) -> bool:
     return worker.health()[0] == 200
+
+
+async def committed_total(settings: Settings) -> int:
+    """The group's committed offsets on the events topic, summed (read without joining)."""
+    c = AIOKafkaConsumer(bootstrap_servers=settings.kafka, group_id=settings.group,
+                         enable_auto_commit=False)
+    await c.start()
+    try:
+        return sum([await c.committed(TopicPartition(settings.events_topic, p)) or 0
+                    for p in range(settings.partitions)])
+    finally:
+        await c.stop()
+
+
+async def test_a_backlog_is_committed_on_the_behind_interval_then_at_once(
+        settings: Settings, tmp_path: Path) -> None:
+    """Behind, states are flushed and offsets committed every ``commit_interval_behind_s``
+    (here longer than the backlog lasts); caught up, every ``commit_interval_s`` (0.2 s), at
+    once: the committed offsets go from nothing to (about) the end in one step."""
+    s = dataclasses.replace(settings, commit_interval_s=0.2, commit_interval_behind_s=600.0,
+                            batch_max=500)
+    await ensure_topics(s)
+    n = 60_000  # > 1 s of work: with the live interval while behind, commits on the way
+    await produce(s, events(n))
+    seen: set[int] = set()
+
+    async def committed_all() -> bool:
+        seen.add(total := await committed_total(s))
+        return total == n
+
+    worker = WorkerProcess(s, tmp_path)
+    try:
+        await wait_for(committed_all, 120, "the backlog to be committed once caught up",
+                       every=0.05)
+    finally:
+        assert worker.stop() == 0, worker.log()
+    # caught up means fewer than a batch and a live batch left (stream.consume.BatchReader)
+    near = n - s.batch_max - s.live_batch_max
+    assert all(t == 0 or t >= near for t in seen), f"committed while behind: {sorted(seen)}"
