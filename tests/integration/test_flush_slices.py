@@ -143,6 +143,8 @@ async def dump(r: aioredis.Redis, prefix: str) -> dict[str, Any]:
         kind = (await r.type(key)).decode()
         if kind == "string":
             out[name] = await r.get(key)
+        elif kind == "hash" and name.startswith("moved:"):  # Redis Cluster's layout: the
+            out[name] = sorted(await r.hkeys(key))  # outboxes applied, by entry ids (times)
         elif kind == "hash":
             out[name] = {k: v for k, v in (await r.hgetall(key)).items()
                          if k != b"updated_at"}
