@@ -179,6 +179,14 @@ class Assigner:
         return {st.customer_id: _explain(model, st, z[i], centres[model.ids.index(st.segment)])
                 for i, st in enumerate(known)}
 
+    def full_writes(self, model: BaseModel, states: list[CustomerState],
+                    again: set[str]) -> list[Assignment]:
+        """What the writer stores for ``states`` at a drain, those in ``again`` explained
+        again (the others keep the explanation stored with their segment)."""
+        explained = self.explain(model, [st for st in states if st.customer_id in again])
+        return [self.assignment(model, st, "event", explained.get(st.customer_id, ""))
+                for st in states]
+
     def assignment(self, model: BaseModel, st: CustomerState, reason: str,
                    explanation: str) -> Assignment:
         """What the writer stores for ``st`` (its segment named by ``model``), with its

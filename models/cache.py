@@ -107,3 +107,11 @@ class CustomerCache:
             self.pending.discard(cid)
             self.renamed.discard(cid)
         return out
+
+    def drain_explained(self) -> tuple[list[CustomerState], set[str]]:
+        """:meth:`drain`, and those of its customers to explain again (in a renamed segment,
+        or bought since)."""
+        states = self.drain()
+        again = {st.customer_id for st in states if st.customer_id in self.renamed}
+        self.renamed.clear()
+        return states, again

@@ -311,10 +311,4 @@ class Segmenter:
         """Full writes for every customer changed since the last drain (their segment did
         not change, or it was written already; explained again if renamed or bought since);
         then shrink the cache to its bound. The caller writes these, then commits."""
-        model, renamed = self.model, self.cache.renamed
-        states = self.cache.drain()
-        explained = self.assigner.explain(model, [st for st in states
-                                                  if st.customer_id in renamed])
-        renamed.clear()
-        return [self.assigner.assignment(model, st, "event", explained.get(st.customer_id, ""))
-                for st in states]
+        return self.assigner.full_writes(self.model, *self.cache.drain_explained())

@@ -22,18 +22,11 @@ from models.state import CustomerState
 def drain_states(core: Segmenter) -> tuple[list[CustomerState], set[str]]:
     """The customers changed since the last drain and those of them to explain again (in a
     renamed segment, or bought since); then the cache shrunk to its bound."""
-    renamed = core.cache.renamed
-    states = core.cache.drain()
-    again = {st.customer_id for st in states if st.customer_id in renamed}
-    renamed.clear()
-    return states, again
+    return core.cache.drain_explained()
 
 
 def full_writes(core: Segmenter, states: list[CustomerState],
                 again: set[str]) -> list[Assignment]:
-    """Full writes of ``states`` with the current model (explained again: those in
-    ``again``), as :meth:`Segmenter.drain` builds them."""
-    model, assigner = core.model, core.assigner
-    explained = assigner.explain(model, [st for st in states if st.customer_id in again])
-    return [assigner.assignment(model, st, "event", explained.get(st.customer_id, ""))
-            for st in states]
+    """Full writes of ``states`` with the model current when called (explained again:
+    those in ``again``), as :meth:`Segmenter.drain` builds them."""
+    return core.assigner.full_writes(core.model, states, again)
